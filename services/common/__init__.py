@@ -1,0 +1,4 @@
+"""The shared service runtime: bootstrap, configuration, errors, auth, health and telemetry.
+
+Every service composes these; none re-implements them.
+"""

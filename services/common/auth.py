@@ -1,0 +1,135 @@
+"""API keys: created and revoked by the CLI, stored in Redis only as hashes, verified per call.
+
+A key reads `cal_<key id>_<secret>`. Redis keeps, per key id, the tenant and SHA-256 of the
+whole key; the secret itself is shown once at creation and never stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from dataclasses import dataclass
+
+from callisto.services.common.tenancy import TENANT_PATTERN
+from redis.asyncio import Redis
+
+KEY_PATTERN = re.compile(r"^cal_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
+_PREFIX = "callisto:auth"
+
+
+@dataclass(frozen=True)
+class ApiKeyInfo:
+    """What is stored about a key (never the key itself)."""
+
+    key_id: str
+    tenant: str
+    label: str
+    created_time: float
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class ApiKeyStore:
+    """Creates, verifies and revokes API keys in Redis."""
+
+    def __init__(self, redis: Redis, *, cache_seconds: float = 0.0) -> None:
+        self._redis = redis
+        self._cache_seconds = cache_seconds
+        self._cache: dict[str, tuple[str, float]] = {}
+
+    async def create(self, tenant: str, label: str = "") -> tuple[str, ApiKeyInfo]:
+        """Returns the new key (shown once) and what was stored about it."""
+        if not TENANT_PATTERN.match(tenant):
+            raise ValueError(f"tenant {tenant!r} must match {TENANT_PATTERN.pattern}")
+        key_id = secrets.token_hex(8)
+        key = f"cal_{key_id}_{secrets.token_urlsafe(32)}"
+        info = ApiKeyInfo(key_id=key_id, tenant=tenant, label=label, created_time=time.time())
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(
+                f"{_PREFIX}:key:{key_id}",
+                mapping={
+                    "tenant": tenant,
+                    "sha256": _digest(key),
+                    "label": label,
+                    "created_time": repr(info.created_time),
+                },
+            )
+            pipe.sadd(f"{_PREFIX}:tenant:{tenant}", key_id)
+            await pipe.execute()
+        return key, info
+
+    async def verify(self, key: str) -> str | None:
+        """The tenant the key belongs to, or None for an unknown, malformed or revoked key."""
+        match = KEY_PATTERN.match(key)
+        if match is None:
+            return None
+        key_id = match.group(1)
+        digest = _digest(key)
+        cached = self._cache.get(digest)
+        now = time.monotonic()
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        stored = await self._redis.hmget(f"{_PREFIX}:key:{key_id}", ["tenant", "sha256"])
+        tenant_raw, digest_raw = stored
+        if tenant_raw is None or digest_raw is None:
+            self._cache.pop(digest, None)
+            return None
+        if not hmac.compare_digest(_text(digest_raw), digest):
+            return None
+        tenant = _text(tenant_raw)
+        if self._cache_seconds > 0:
+            self._cache[digest] = (tenant, now + self._cache_seconds)
+        return tenant
+
+    async def revoke(self, key_id: str) -> bool:
+        """Deletes a key; False when no such key exists."""
+        tenant = await self._redis.hget(f"{_PREFIX}:key:{key_id}", "tenant")
+        if tenant is None:
+            return False
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(f"{_PREFIX}:key:{key_id}")
+            pipe.srem(f"{_PREFIX}:tenant:{_text(tenant)}", key_id)
+            await pipe.execute()
+        return True
+
+    async def list(self, tenant: str | None = None) -> list[ApiKeyInfo]:
+        """Keys of one tenant, or of every tenant."""
+        if tenant is not None:
+            key_ids = [_text(k) for k in await self._redis.smembers(f"{_PREFIX}:tenant:{tenant}")]
+        else:
+            key_ids = [
+                _text(k).rsplit(":", 1)[1]
+                async for k in self._redis.scan_iter(match=f"{_PREFIX}:key:*")
+            ]
+        infos = []
+        for key_id in sorted(key_ids):
+            fields = await self._redis.hgetall(f"{_PREFIX}:key:{key_id}")
+            if not fields:
+                continue
+            values = {_text(k): _text(v) for k, v in fields.items()}
+            infos.append(
+                ApiKeyInfo(
+                    key_id=key_id,
+                    tenant=values["tenant"],
+                    label=values.get("label", ""),
+                    created_time=float(values.get("created_time", "0")),
+                )
+            )
+        return infos
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def bearer_key(authorization: str) -> str | None:
+    """The key of an `authorization: Bearer <key>` header value."""
+    scheme, _, credentials = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer" or not credentials.strip():
+        return None
+    return credentials.strip()

@@ -1,0 +1,107 @@
+"""`grpc.health.v1` that tells the truth: NOT_SERVING until every dependency answers, and back to
+NOT_SERVING as soon as one stops answering."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from callisto.services.common.telemetry import DEPENDENCY_UP
+from grpc_health.v1 import health_pb2
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DependencyCheck:
+    """A named probe; it answers True when the dependency is usable."""
+
+    name: str
+    probe: Callable[[], Awaitable[bool]]
+    timeout: float = 2.0
+
+
+class HealthMonitor:
+    """Probes dependencies on an interval and publishes the result for every service name."""
+
+    def __init__(
+        self, service_names: Sequence[str], checks: Sequence[DependencyCheck], interval: float
+    ) -> None:
+        self.servicer = health_aio.HealthServicer()
+        self._names = ["", *service_names]
+        self._checks = list(checks)
+        self._interval = interval
+        self._healthy: bool | None = None
+        self._draining = False
+        self._task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+
+    @property
+    def healthy(self) -> bool:
+        return bool(self._healthy) and not self._draining
+
+    async def start(self) -> None:
+        await self._publish(False)
+        await self.probe_once()
+        self._task = asyncio.create_task(self._run(), name="health-monitor")
+
+    async def probe_once(self) -> bool:
+        results = await asyncio.gather(*(self._probe(check) for check in self._checks))
+        healthy = all(results)
+        await self._publish(healthy)
+        return healthy
+
+    async def wait_healthy(self, within: float) -> bool:
+        try:
+            async with asyncio.timeout(within):
+                while not self.healthy:
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def drain(self) -> None:
+        """Reports NOT_SERVING for good, so load balancers stop sending new calls."""
+        self._draining = True
+        for name in self._names:
+            await self.servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.probe_once()
+
+    async def _probe(self, check: DependencyCheck) -> bool:
+        try:
+            async with asyncio.timeout(check.timeout):
+                ok = await check.probe()
+        except Exception as error:  # a probe failing in any way means "not usable"
+            log.debug("health probe %s failed: %r", check.name, error)
+            ok = False
+        DEPENDENCY_UP.labels(check.name).set(1 if ok else 0)
+        return ok
+
+    async def _publish(self, healthy: bool) -> None:
+        if self._draining or healthy == self._healthy:
+            return
+        if self._healthy is not None:
+            level = logging.INFO if healthy else logging.WARNING
+            log.log(level, "health changed", extra={"fields": {"serving": healthy}})
+        self._healthy = healthy
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if healthy
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in self._names:
+            await self.servicer.set(name, status)
+        self._changed.set()

@@ -1,0 +1,178 @@
+"""The one server interceptor every service runs: authentication and tenant binding, error
+mapping, metrics and an access log.
+
+Handlers raise typed `CallistoError`s; this is the only place that turns them (and anything
+unexpected) into a gRPC status with `google.rpc` details in the trailers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from callisto.services.common.auth import ApiKeyStore, bearer_key
+from callisto.services.common.errors import (
+    CallistoError,
+    Unauthenticated,
+    Unavailable,
+    status_from_exception,
+)
+from callisto.services.common.telemetry import RPC_IN_FLIGHT, RPC_LATENCY, RPC_REQUESTS
+from callisto.services.common.tenancy import bind_tenant, reset_tenant
+from redis.exceptions import RedisError
+
+log = logging.getLogger("callisto.rpc")
+
+PUBLIC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+async def abort_with_error(
+    context: grpc.aio.ServicerContext[Any, Any], error: BaseException
+) -> None:
+    """Ends the call with the status of `error`, details in `grpc-status-details-bin`."""
+    status = status_from_exception(error)
+    code = next((c for c in grpc.StatusCode if c.value[0] == status.code), grpc.StatusCode.UNKNOWN)
+    await context.abort(
+        code,
+        status.message,
+        trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
+    )
+
+
+class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Wraps every non-public handler: authenticate, bind the tenant, run, map errors, measure."""
+
+    def __init__(self, keys: ApiKeyStore) -> None:
+        self._keys = keys
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.startswith(PUBLIC_PREFIXES):
+            return handler
+        return _wrap(handler, _Call(self._keys, method))
+
+
+class _Call:
+    """Per-method wrapper state: the method name and the key store."""
+
+    def __init__(self, keys: ApiKeyStore, method: str) -> None:
+        self.keys = keys
+        self.method = method
+
+    async def authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+        metadata = {key: value for key, value in (context.invocation_metadata() or ())}
+        header = metadata.get("authorization")
+        if not isinstance(header, str) or not header:
+            raise Unauthenticated("missing `authorization: Bearer <api key>` metadata")
+        key = bearer_key(header)
+        if key is None:
+            raise Unauthenticated("authorization must be `Bearer <api key>`")
+        try:
+            tenant = await self.keys.verify(key)
+        except (RedisError, OSError) as error:
+            raise Unavailable("cannot verify the API key right now", retry_after=1.0) from error
+        if tenant is None:
+            raise Unauthenticated("invalid or revoked API key")
+        return tenant
+
+    def finish(self, started: float, code: grpc.StatusCode, error: BaseException | None) -> None:
+        elapsed = time.perf_counter() - started
+        RPC_REQUESTS.labels(self.method, code.name).inc()
+        RPC_LATENCY.labels(self.method).observe(elapsed)
+        RPC_IN_FLIGHT.labels(self.method).dec()
+        fields = {"method": self.method, "code": code.name, "duration_ms": round(elapsed * 1000, 3)}
+        if error is not None and not isinstance(error, CallistoError):
+            log.error("rpc failed", exc_info=error, extra={"fields": fields})
+        elif code in (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED):
+            log.debug("rpc", extra={"fields": fields})
+        else:
+            log.info("rpc", extra={"fields": {**fields, "error": str(error)}})
+
+
+def _code_of(error: BaseException) -> grpc.StatusCode:
+    if isinstance(error, CallistoError):
+        return error.code
+    if isinstance(error, asyncio.CancelledError):
+        return grpc.StatusCode.CANCELLED
+    return grpc.StatusCode.INTERNAL
+
+
+def _wrap(handler: Any, call: _Call) -> Any:
+    # The grpc stubs type handlers for the sync server; these are grpc.aio coroutines.
+    if handler.response_streaming:
+        behavior = handler.unary_stream or handler.stream_stream
+
+        async def streaming(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            started = time.perf_counter()
+            RPC_IN_FLIGHT.labels(call.method).inc()
+            code, failure, token = grpc.StatusCode.OK, None, None
+            try:
+                token = bind_tenant(await call.authenticate(context))
+                async for response in behavior(request, context):
+                    yield response
+            except BaseException as error:
+                code, failure = _code_of(error), error
+                if isinstance(error, Exception) and not _is_abort(error):
+                    await abort_with_error(context, error)
+                raise
+            finally:
+                if token is not None:
+                    reset_tenant(token)
+                call.finish(started, code, failure)
+
+        factory = (
+            grpc.unary_stream_rpc_method_handler
+            if handler.unary_stream
+            else grpc.stream_stream_rpc_method_handler
+        )
+        return factory(
+            streaming,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    behavior_unary = handler.unary_unary or handler.stream_unary
+
+    async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        started = time.perf_counter()
+        RPC_IN_FLIGHT.labels(call.method).inc()
+        code, failure, token = grpc.StatusCode.OK, None, None
+        try:
+            token = bind_tenant(await call.authenticate(context))
+            return await behavior_unary(request, context)
+        except BaseException as error:
+            code, failure = _code_of(error), error
+            if isinstance(error, Exception) and not _is_abort(error):
+                await abort_with_error(context, error)
+            raise
+        finally:
+            if token is not None:
+                reset_tenant(token)
+            call.finish(started, code, failure)
+
+    factory_unary = (
+        grpc.unary_unary_rpc_method_handler
+        if handler.unary_unary
+        else grpc.stream_unary_rpc_method_handler
+    )
+    return factory_unary(
+        unary,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+def _is_abort(error: BaseException) -> bool:
+    # context.abort() raises grpc.aio's internal AbortError; it has already set the status.
+    return type(error).__name__ == "AbortError"

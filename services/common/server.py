@@ -1,0 +1,149 @@
+"""Server bootstrap shared by every service: a service's `__main__` is `run(build, Settings)`.
+
+It wires the grpc.aio server (message size limits, interceptors), health that follows the
+service's dependencies, reflection, metrics, logging and tracing, and a graceful shutdown:
+on SIGTERM health turns NOT_SERVING, streams are told to end with a clean terminal message, and
+in-flight calls get `CALLISTO_SHUTDOWN_GRACE_SECONDS` to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import grpc
+from callisto.services.common import catalog
+from callisto.services.common.auth import ApiKeyStore
+from callisto.services.common.config import CommonSettings
+from callisto.services.common.health import DependencyCheck, HealthMonitor
+from callisto.services.common.interceptors import ServerInterceptor
+from callisto.services.common.telemetry import (
+    configure_logging,
+    configure_tracing,
+    start_metrics_server,
+)
+from grpc_health.v1 import health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
+from redis.asyncio import Redis
+
+log = logging.getLogger("callisto.server")
+
+S = TypeVar("S", bound=CommonSettings)
+
+
+@dataclass
+class ServiceDefinition:
+    """What a service contributes to the shared bootstrap."""
+
+    # Full names of the gRPC services it serves (for health and reflection).
+    service_names: Sequence[str]
+    # Adds the servicers to the server.
+    register: Callable[[grpc.aio.Server], None]
+    # Probes of the dependencies that must answer before the service reports SERVING.
+    checks: Sequence[DependencyCheck] = ()
+    # Called after the server stopped, to close backends.
+    on_stop: Sequence[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+class Runtime(Generic[S]):
+    """Process-wide resources a service builds on."""
+
+    def __init__(self, name: str, settings: S) -> None:
+        self.name = name
+        self.settings = settings
+        self.auth_redis: Redis = Redis.from_url(
+            settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0
+        )
+        self.keys = ApiKeyStore(self.auth_redis, cache_seconds=settings.auth_cache_seconds)
+        # Set when the process begins to shut down: long streams end cleanly when they see it.
+        self.stopping = asyncio.Event()
+
+    def channel(self, target: str) -> grpc.aio.Channel:
+        """A channel to another service that propagates the trace context and honours limits."""
+        return grpc.aio.insecure_channel(
+            target,
+            options=message_size_options(self.settings.max_message_bytes),
+            interceptors=aio_client_interceptors(),  # type: ignore[no-untyped-call]
+        )
+
+    async def close(self) -> None:
+        await self.auth_redis.aclose()
+
+
+def message_size_options(limit: int) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", limit),
+    ]
+
+
+async def serve(
+    name: str,
+    default_port: int,
+    build: Callable[[Runtime[S]], Awaitable[ServiceDefinition]],
+    settings: S,
+    *,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Runs one service until `stop` is set (or SIGTERM/SIGINT when `stop` is not given)."""
+    configure_tracing(name, settings.otel_exporter)
+    runtime = Runtime(name, settings)
+    definition = await build(runtime)
+    server = grpc.aio.server(
+        interceptors=[aio_server_interceptor(), ServerInterceptor(runtime.keys)],  # type: ignore[no-untyped-call]
+        options=message_size_options(settings.max_message_bytes),
+    )
+    definition.register(server)
+    monitor = HealthMonitor(
+        definition.service_names, definition.checks, settings.health_interval_seconds
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(monitor.servicer, server)
+    reflected = catalog.service_names() if settings.reflect_mesh else list(definition.service_names)
+    reflection.enable_server_reflection(
+        [*reflected, "grpc.health.v1.Health", reflection.SERVICE_NAME], server
+    )
+    port = settings.port or default_port
+    bound = server.add_insecure_port(f"{settings.host}:{port}")
+    if bound == 0:
+        raise SystemExit(f"cannot bind {settings.host}:{port}")
+    metrics_port = start_metrics_server(settings.host, settings.metrics_port)
+    await server.start()
+    await monitor.start()
+    log.info(
+        "serving",
+        extra={"fields": {"address": f"{settings.host}:{bound}", "metrics_port": metrics_port}},
+    )
+
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+    log.info("shutting down", extra={"fields": {"grace_seconds": settings.shutdown_grace_seconds}})
+    await monitor.drain()
+    runtime.stopping.set()
+    await server.stop(settings.shutdown_grace_seconds)
+    await monitor.stop()
+    for close in definition.on_stop:
+        await close()
+    await runtime.close()
+    log.info("stopped")
+
+
+def run(
+    name: str,
+    default_port: int,
+    build: Callable[[Runtime[S]], Awaitable[ServiceDefinition]],
+    settings_type: type[S],
+) -> None:
+    """Entry point of a service process."""
+    settings = settings_type.from_env()
+    configure_logging(name, settings.log_level, settings.log_format)
+    asyncio.run(serve(name, default_port, build, settings))
