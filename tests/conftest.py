@@ -1,0 +1,81 @@
+"""Session fixtures that start the real servers the tests need, on free ports, stopped by PID."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from callisto.mesh.processes import RedisServer, ServiceProcess, free_port
+from callisto.services.common.auth import ApiKeyStore
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def service_env(redis_server: RedisServer) -> dict[str, str]:
+    """Environment for service processes under test: fast health probes, no key cache."""
+    return {
+        "CALLISTO_REDIS_URL": redis_server.url,
+        "CALLISTO_AUTH_CACHE_SECONDS": "0",
+        "CALLISTO_HEALTH_INTERVAL_SECONDS": "0.2",
+        "CALLISTO_SHUTDOWN_GRACE_SECONDS": "2",
+        "CALLISTO_LOG_LEVEL": "INFO",
+    }
+
+
+@pytest.fixture(scope="session")
+def persistence(
+    service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServiceProcess]:
+    logs = tmp_path_factory.mktemp("persistence")
+    service = ServiceProcess(
+        "persistence", free_port(), env=service_env, log_path=logs / "persistence.log"
+    )
+    service.start()
+    service.wait_healthy()
+    yield service
+    service.stop()
+
+
+def create_api_key(redis_url: str, tenant: str) -> str:
+    async def create() -> str:
+        redis = Redis.from_url(redis_url)
+        try:
+            key, _ = await ApiKeyStore(redis).create(tenant, label="tests")
+            return key
+        finally:
+            await redis.aclose()
+
+    return asyncio.run(create())
+
+
+@pytest.fixture(scope="session")
+def api_key(redis_server: RedisServer) -> str:
+    """A key of tenant `acme`."""
+    return create_api_key(redis_server.url, "acme")
+
+
+@pytest.fixture(scope="session")
+def other_api_key(redis_server: RedisServer) -> str:
+    """A key of tenant `globex`, to prove isolation from `acme`."""
+    return create_api_key(redis_server.url, "globex")
+
+
+def bearer(key: str) -> tuple[tuple[str, str], ...]:
+    """gRPC metadata carrying an API key."""
+    return (("authorization", f"Bearer {key}"),)
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
