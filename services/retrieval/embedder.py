@@ -1,0 +1,111 @@
+"""Text embeddings from the Triton ``embedder`` model over gRPC.
+
+The model takes ``text`` (TYPE_STRING, dims [1], batched along the first dimension, at most 64 per
+request) and returns ``embedding`` (TYPE_FP32 [384], L2-normalised). :class:`TritonEmbedder`
+splits a call into batches of at most ``max_batch_size``, runs up to ``max_concurrency`` of them at
+once and bounds the whole call with a timeout. Anything that embeds text can stand in through the
+:class:`Embedder` protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+from callisto.services.retrieval.errors import BackendUnavailable, InvalidArgument
+
+EMBEDDING_DIM = 384
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Embeds texts into unit vectors of ``dim`` floats (one row per text, same order)."""
+
+    @property
+    def dim(self) -> int: ...
+
+    async def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]: ...
+
+
+class TritonEmbedder:
+    """Async client for the Triton ``embedder`` model (``tritonclient.grpc.aio``)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        model_name: str = "embedder",
+        model_version: str = "",
+        max_batch_size: int = 64,
+        max_concurrency: int = 4,
+        timeout_s: float = 30.0,
+        dim: int = EMBEDDING_DIM,
+    ) -> None:
+        from tritonclient.grpc import aio as grpcclient
+
+        if not 1 <= max_batch_size <= 64:
+            raise InvalidArgument("max_batch_size", "must be between 1 and 64")
+        self._client = grpcclient.InferenceServerClient(url=url)
+        self._model = model_name
+        self._version = model_version
+        self._max_batch = max_batch_size
+        self._semaphore = asyncio.Semaphore(max_concurrency)
+        self._timeout = timeout_s
+        self._dim = dim
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    async def ready(self) -> bool:
+        """Whether Triton reports the model ready (for health checks)."""
+        try:
+            return bool(await self._client.is_model_ready(self._model, self._version))
+        except Exception:  # any transport failure means "not ready" to a health probe
+            return False
+
+    async def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        if not texts:
+            return np.zeros((0, self._dim), dtype=np.float32)
+        batches = [texts[i : i + self._max_batch] for i in range(0, len(texts), self._max_batch)]
+        try:
+            async with asyncio.timeout(self._timeout):
+                results = await asyncio.gather(*(self._embed_batch(b) for b in batches))
+        except TimeoutError as exc:
+            raise BackendUnavailable(
+                "embedder", f"Triton embedder did not answer within {self._timeout:.1f} s"
+            ) from exc
+        return np.concatenate(results, axis=0)
+
+    async def _embed_batch(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        from tritonclient.grpc import aio as grpcclient
+        from tritonclient.utils import InferenceServerException
+
+        data = np.array([[t.encode("utf-8")] for t in texts], dtype=np.object_)
+        inputs = [grpcclient.InferInput("text", list(data.shape), "BYTES")]
+        inputs[0].set_data_from_numpy(data)
+        outputs = [grpcclient.InferRequestedOutput("embedding")]
+        async with self._semaphore:
+            try:
+                result = await self._client.infer(
+                    self._model,
+                    inputs,
+                    model_version=self._version,
+                    outputs=outputs,
+                    client_timeout=self._timeout,
+                )
+            except InferenceServerException as exc:
+                raise BackendUnavailable("embedder", f"Triton embedder failed: {exc}") from exc
+        array = result.as_numpy("embedding")
+        if array is None or array.shape != (len(texts), self._dim):
+            shape = None if array is None else array.shape
+            raise BackendUnavailable(
+                "embedder", f"embedder returned shape {shape}, expected ({len(texts)}, {self._dim})"
+            )
+        return np.asarray(array, dtype=np.float32)
+
+    async def close(self) -> None:
+        await self._client.close()

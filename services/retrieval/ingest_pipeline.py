@@ -1,0 +1,249 @@
+"""Streaming ingestion: read → parse → chunk → embed → store as bounded asyncio stages.
+
+Stages are connected by bounded queues, so at most ``queue_size`` parsed documents wait for the
+embedder and at most ``queue_size`` embedded documents wait for Milvus: the embedder stays busy
+while the next documents are parsed and the previous ones written, and memory stays bounded (a
+document's bytes are assembled only up to the size limit). A failing document yields a
+``DOCUMENT_FAILED`` event with the typed error's field and description; the rest go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+from callisto.services.retrieval.chunking import ChunkOptions, chunk_document
+from callisto.services.retrieval.embedder import Embedder
+from callisto.services.retrieval.errors import DocumentTooLarge, NotFound, RetrievalError
+from callisto.services.retrieval.filters import validate_id
+from callisto.services.retrieval.milvus_store import MilvusStore
+from callisto.services.retrieval.models import (
+    Chunk,
+    DocumentMeta,
+    ProgressEvent,
+    ProgressKind,
+)
+from callisto.services.retrieval.parsing import ParseOptions, parse_document, resolve_mime_type
+
+
+@dataclass(frozen=True, slots=True)
+class IngestDocument:
+    """A document to ingest; ``content`` yields its bytes in pieces (e.g. from a gRPC stream)."""
+
+    meta: DocumentMeta
+    content: AsyncIterable[bytes]
+    filename: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class IngestOptions:
+    parse: ParseOptions = field(default_factory=ParseOptions)
+    chunk: ChunkOptions = field(default_factory=ChunkOptions)
+    queue_size: int = 4
+    embed_workers: int = 2
+
+
+@dataclass(slots=True)
+class _Parsed:
+    meta: DocumentMeta
+    chunks: list[Chunk]
+    content_hash: str
+
+
+@dataclass(slots=True)
+class _Embedded:
+    parsed: _Parsed
+    vectors: npt.NDArray[np.float32]
+
+
+@dataclass(slots=True)
+class _Counters:
+    parsed: int = 0
+    embedded: int = 0
+    stored: int = 0
+    failed: int = 0
+
+
+async def read_limited(content: AsyncIterable[bytes], max_bytes: int) -> tuple[bytes, str]:
+    """Assemble at most ``max_bytes`` bytes (else :class:`DocumentTooLarge`) and their sha256."""
+    digest = hashlib.sha256()
+    parts: list[bytes] = []
+    size = 0
+    async for piece in content:
+        size += len(piece)
+        if size > max_bytes:
+            raise DocumentTooLarge("content", f"document is larger than the {max_bytes}-byte limit")
+        digest.update(piece)
+        parts.append(piece)
+    return b"".join(parts), digest.hexdigest()
+
+
+def _parse_and_chunk(
+    data: bytes, meta: DocumentMeta, filename: str, options: IngestOptions
+) -> list[Chunk]:
+    parsed = parse_document(data, meta.mime_type, filename, options.parse)
+    return chunk_document(parsed, options.chunk)
+
+
+class IngestPipeline:
+    """Runs batches of documents through parse → embed → store, yielding progress events."""
+
+    def __init__(
+        self, store: MilvusStore, embedder: Embedder, options: IngestOptions | None = None
+    ) -> None:
+        self._store = store
+        self._embedder = embedder
+        self._options = options or IngestOptions()
+
+    async def run(self, documents: AsyncIterable[IngestDocument]) -> AsyncIterator[ProgressEvent]:
+        """Ingest ``documents``; events arrive as work completes, ending when all are done."""
+        options = self._options
+        parsed_q: asyncio.Queue[_Parsed | None] = asyncio.Queue(options.queue_size)
+        embedded_q: asyncio.Queue[_Embedded | None] = asyncio.Queue(options.queue_size)
+        events: asyncio.Queue[ProgressEvent | None] = asyncio.Queue()
+        counters = _Counters()
+
+        def emit(
+            kind: ProgressKind,
+            document_id: str,
+            chunk_count: int = 0,
+            error: RetrievalError | None = None,
+        ) -> None:
+            events.put_nowait(
+                ProgressEvent(
+                    kind=kind,
+                    document_id=document_id,
+                    documents_parsed=counters.parsed,
+                    chunks_embedded=counters.embedded,
+                    chunks_stored=counters.stored,
+                    documents_failed=counters.failed,
+                    chunk_count=chunk_count,
+                    error_field=error.field if error else "",
+                    error=error.description if error else "",
+                )
+            )
+
+        def fail(document_id: str, exc: BaseException) -> None:
+            counters.failed += 1
+            error = (
+                exc
+                if isinstance(exc, RetrievalError)
+                else RetrievalError("document", f"{type(exc).__name__}: {exc}")
+            )
+            emit(ProgressKind.DOCUMENT_FAILED, document_id, error=error)
+
+        async def produce() -> None:
+            try:
+                async for document in documents:
+                    meta = document.meta
+                    try:
+                        validate_id(meta.tenant, "tenant")
+                        validate_id(meta.document_id, "document_id")
+                        mime = resolve_mime_type(meta.mime_type, document.filename)
+                        if mime != meta.mime_type:
+                            meta = _with_mime(meta, mime)
+                        data, content_hash = await read_limited(
+                            document.content, options.parse.max_bytes
+                        )
+                        if await self._unchanged(meta, content_hash):
+                            counters.parsed += 1
+                            emit(ProgressKind.DOCUMENT_UNCHANGED, meta.document_id)
+                            continue
+                        chunks = await asyncio.to_thread(
+                            _parse_and_chunk, data, meta, document.filename, options
+                        )
+                        del data
+                    except Exception as exc:  # one bad document must not stop the batch
+                        fail(meta.document_id, exc)
+                        continue
+                    counters.parsed += 1
+                    emit(ProgressKind.DOCUMENT_PARSED, meta.document_id, len(chunks))
+                    await parsed_q.put(_Parsed(meta, chunks, content_hash))
+            finally:
+                for _ in range(options.embed_workers):
+                    await parsed_q.put(None)
+
+        async def embed() -> None:
+            while (item := await parsed_q.get()) is not None:
+                try:
+                    vectors = await self._embedder.embed([c.text for c in item.chunks])
+                except Exception as exc:
+                    fail(item.meta.document_id, exc)
+                    continue
+                counters.embedded += len(item.chunks)
+                emit(ProgressKind.CHUNKS_EMBEDDED, item.meta.document_id, len(item.chunks))
+                await embedded_q.put(_Embedded(item, vectors))
+
+        async def store() -> None:
+            while (item := await embedded_q.get()) is not None:
+                parsed = item.parsed
+                try:
+                    result = await self._store.upsert_document(
+                        parsed.meta, parsed.chunks, item.vectors, parsed.content_hash
+                    )
+                except Exception as exc:
+                    fail(parsed.meta.document_id, exc)
+                    continue
+                kind = (
+                    ProgressKind.DOCUMENT_UNCHANGED
+                    if result.unchanged
+                    else (ProgressKind.DOCUMENT_STORED)
+                )
+                counters.stored += result.chunks_written
+                emit(kind, parsed.meta.document_id, result.chunks_written)
+
+        async def orchestrate() -> None:
+            try:
+                embedders = [asyncio.create_task(embed()) for _ in range(options.embed_workers)]
+                writer = asyncio.create_task(store())
+                try:
+                    await produce()
+                    await asyncio.gather(*embedders)
+                    await embedded_q.put(None)
+                    await writer
+                except BaseException:
+                    for task in (*embedders, writer):
+                        task.cancel()
+                    raise
+            finally:
+                events.put_nowait(None)
+
+        runner = asyncio.create_task(orchestrate())
+        try:
+            while (event := await events.get()) is not None:
+                yield event
+            await runner  # re-raise a failure of the document source itself
+        finally:
+            if not runner.done():
+                runner.cancel()
+
+    async def _unchanged(self, meta: DocumentMeta, content_hash: str) -> bool:
+        """Skip parsing and embedding when the stored document already has this content."""
+        try:
+            info = await self._store.get_document(meta.tenant, meta.document_id)
+        except NotFound:
+            return False
+        return (
+            info.content_hash == content_hash
+            and info.title == meta.title
+            and info.source_uri == meta.source_uri
+            and info.mime_type == meta.mime_type
+            and info.tags == tuple(meta.tags)
+            and info.attributes == dict(meta.attributes)
+        )
+
+
+def _with_mime(meta: DocumentMeta, mime_type: str) -> DocumentMeta:
+    return DocumentMeta(
+        tenant=meta.tenant,
+        document_id=meta.document_id,
+        title=meta.title,
+        source_uri=meta.source_uri,
+        mime_type=mime_type,
+        tags=meta.tags,
+        attributes=meta.attributes,
+    )

@@ -1,0 +1,346 @@
+"""Turn document bytes into text segments with page numbers, heading paths and exact offsets.
+
+Every parser feeds a :class:`_TextBuilder`, which joins segments with a blank line into the
+document's ``full_text`` and records where each one starts, so citations can point at exact
+character ranges. Parsing is CPU-bound and blocking: call :func:`parse_document_async` from the
+event loop (it runs in a worker thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import mimetypes
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from callisto.services.retrieval.errors import (
+    CorruptDocument,
+    DocumentTooLarge,
+    UnsupportedMimeType,
+)
+from callisto.services.retrieval.models import ParsedDocument, Segment
+
+PDF = "application/pdf"
+DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
+CSV = "text/csv"
+MARKDOWN = "text/markdown"
+HTML = "text/html"
+TEXT = "text/plain"
+
+# Aliases seen in the wild, mapped to the canonical type each parser handles.
+_ALIASES = {
+    "application/csv": CSV,
+    "text/x-markdown": MARKDOWN,
+    "application/xhtml+xml": HTML,
+    "text/x-rst": TEXT,
+}
+_EXTENSIONS = {
+    ".pdf": PDF,
+    ".docx": DOCX,
+    ".csv": CSV,
+    ".md": MARKDOWN,
+    ".markdown": MARKDOWN,
+    ".html": HTML,
+    ".htm": HTML,
+    ".txt": TEXT,
+}
+SUPPORTED_MIME_TYPES = frozenset({PDF, DOCX, CSV, MARKDOWN, HTML, TEXT})
+
+_SEPARATOR = "\n\n"
+
+
+@dataclass(frozen=True, slots=True)
+class ParseOptions:
+    """Limits and modes for parsing; ``max_bytes`` bounds the raw document size."""
+
+    max_bytes: int = 20 * 1024 * 1024
+    # "rows": one record per CSV row ("column: value" lines); "table": the whole table as text.
+    csv_mode: Literal["rows", "table"] = "rows"
+
+
+class _TextBuilder:
+    """Accumulates segments into one full text, keeping each segment's start offset exact."""
+
+    def __init__(self) -> None:
+        self._parts: list[str] = []
+        self._length = 0
+        self.segments: list[Segment] = []
+
+    def add(
+        self,
+        text: str,
+        *,
+        section: tuple[str, ...] = (),
+        page: int | None = None,
+        row: int | None = None,
+    ) -> None:
+        text = text.strip()
+        if not text:
+            return
+        if self._parts:
+            self._parts.append(_SEPARATOR)
+            self._length += len(_SEPARATOR)
+        self.segments.append(
+            Segment(text=text, start=self._length, section=section, page=page, row=row)
+        )
+        self._parts.append(text)
+        self._length += len(text)
+
+    def build(self, mime_type: str, title: str | None) -> ParsedDocument:
+        return ParsedDocument(
+            full_text="".join(self._parts),
+            segments=tuple(self.segments),
+            mime_type=mime_type,
+            title=title,
+        )
+
+
+def resolve_mime_type(mime_type: str, filename: str = "") -> str:
+    """Canonical MIME type for ``mime_type`` (parameters dropped), guessing from the file name
+    when the type is empty or generic; raises :class:`UnsupportedMimeType`."""
+    base = mime_type.split(";", 1)[0].strip().lower()
+    base = _ALIASES.get(base, base)
+    if base in ("", "application/octet-stream") and filename:
+        suffix = "." + filename.rsplit(".", 1)[-1].lower() if "." in filename else ""
+        guessed = _EXTENSIONS.get(suffix) or mimetypes.guess_type(filename)[0] or ""
+        base = _ALIASES.get(guessed, guessed)
+    if base not in SUPPORTED_MIME_TYPES:
+        raise UnsupportedMimeType(
+            "mime_type",
+            f"unsupported MIME type {mime_type!r}; supported: "
+            + ", ".join(sorted(SUPPORTED_MIME_TYPES)),
+        )
+    return base
+
+
+def check_size(size: int, options: ParseOptions) -> None:
+    if size > options.max_bytes:
+        raise DocumentTooLarge(
+            "content", f"document is larger than the {options.max_bytes}-byte limit"
+        )
+
+
+def parse_document(
+    data: bytes, mime_type: str, filename: str = "", options: ParseOptions | None = None
+) -> ParsedDocument:
+    """Parse ``data`` according to its MIME type (blocking; see :func:`parse_document_async`)."""
+    options = options or ParseOptions()
+    check_size(len(data), options)
+    kind = resolve_mime_type(mime_type, filename)
+    if kind == PDF:
+        return _parse_pdf(data)
+    if kind == DOCX:
+        return _parse_docx(data)
+    if kind == CSV:
+        return _parse_csv(data, options.csv_mode)
+    if kind == MARKDOWN:
+        return _parse_markdown(_decode(data))
+    if kind == HTML:
+        return _parse_html(_decode(data))
+    return _parse_text(_decode(data))
+
+
+async def parse_document_async(
+    data: bytes, mime_type: str, filename: str = "", options: ParseOptions | None = None
+) -> ParsedDocument:
+    """:func:`parse_document` in a worker thread, so parsing never blocks the event loop."""
+    return await asyncio.to_thread(parse_document, data, mime_type, filename, options)
+
+
+def _decode(data: bytes) -> str:
+    if b"\x00" in data[:8192] and not data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise CorruptDocument("content", "binary data (NUL bytes) in a text document")
+    for encoding in (
+        ("utf-8-sig", "utf-16")
+        if data.startswith((b"\xff\xfe", b"\xfe\xff"))
+        else (
+            "utf-8-sig",
+            "cp1252",
+        )
+    ):
+        try:
+            return data.decode(encoding).replace("\r\n", "\n").replace("\r", "\n")
+        except UnicodeDecodeError:
+            continue
+    raise CorruptDocument("content", "text is neither UTF-8 nor Windows-1252")
+
+
+def _parse_pdf(data: bytes) -> ParsedDocument:
+    from pypdf import PdfReader
+    from pypdf.errors import PyPdfError
+
+    builder = _TextBuilder()
+    try:
+        reader = PdfReader(io.BytesIO(data), strict=False)
+        if reader.is_encrypted:
+            raise CorruptDocument("content", "PDF is encrypted")
+        title = reader.metadata.title if reader.metadata is not None else None
+        for number, page in enumerate(reader.pages, start=1):
+            builder.add(_normalise_newlines(page.extract_text() or ""), page=number)
+    except CorruptDocument:
+        raise
+    # pypdf raises a wide range of errors on damaged files (struct, zlib, key and value errors).
+    except (PyPdfError, ValueError, KeyError, TypeError, AttributeError, OSError) as exc:
+        raise CorruptDocument("content", f"unreadable PDF: {exc}") from exc
+    return builder.build(PDF, str(title) if title else None)
+
+
+def _parse_docx(data: bytes) -> ParsedDocument:
+    import zipfile
+
+    import docx
+    from docx.table import Table
+    from docx.text.paragraph import Paragraph
+
+    try:
+        document = docx.Document(io.BytesIO(data))
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
+        raise CorruptDocument("content", f"unreadable DOCX: {exc}") from exc
+    except Exception as exc:  # python-docx wraps lxml/opc failures in its own types
+        raise CorruptDocument("content", f"unreadable DOCX: {exc}") from exc
+    builder = _TextBuilder()
+    headings: list[str] = []
+    body: list[str] = []
+
+    def flush() -> None:
+        builder.add("\n".join(body), section=tuple(headings))
+        body.clear()
+
+    for block in document.iter_inner_content():
+        if isinstance(block, Paragraph):
+            level = _docx_heading_level(block.style.name if block.style is not None else "")
+            text = block.text.strip()
+            if level is not None and text:
+                flush()
+                del headings[level - 1 :]
+                headings.append(text)
+                body.append(text)
+            elif text:
+                body.append(text)
+        elif isinstance(block, Table):
+            for row in block.rows:
+                cells = [cell.text.strip() for cell in row.cells]
+                if any(cells):
+                    body.append(" | ".join(cells))
+    flush()
+    title = document.core_properties.title or None
+    return builder.build(DOCX, title)
+
+
+def _docx_heading_level(style_name: str) -> int | None:
+    if style_name == "Title":
+        return 1
+    match = re.fullmatch(r"Heading (\d)", style_name)
+    return int(match.group(1)) if match else None
+
+
+def _parse_csv(data: bytes, mode: Literal["rows", "table"]) -> ParsedDocument:
+    text = _decode(data)
+    try:
+        rows = list(csv.reader(io.StringIO(text), strict=True))
+    except csv.Error as exc:
+        raise CorruptDocument("content", f"malformed CSV: {exc}") from exc
+    builder = _TextBuilder()
+    if not rows:
+        return builder.build(CSV, None)
+    header = [name.strip() or f"column_{i + 1}" for i, name in enumerate(rows[0])]
+    if mode == "table":
+        builder.add("\n".join(", ".join(cell.strip() for cell in row) for row in rows))
+        return builder.build(CSV, None)
+    for number, row in enumerate(rows[1:], start=1):
+        names = header + [f"column_{i + 1}" for i in range(len(header), len(row))]
+        lines = [
+            f"{name}: {value.strip()}"
+            for name, value in zip(names, row, strict=False)
+            if value.strip()
+        ]
+        builder.add("\n".join(lines), row=number)
+    return builder.build(CSV, None)
+
+
+_ATX_HEADING = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.*?)[ \t#]*$")
+_FENCE = re.compile(r"^ {0,3}(```|~~~)")
+
+
+def _parse_markdown(text: str) -> ParsedDocument:
+    builder = _TextBuilder()
+    headings: list[tuple[int, str]] = []
+    body: list[str] = []
+    in_fence = False
+
+    def flush() -> None:
+        builder.add("\n".join(body), section=tuple(h for _, h in headings))
+        body.clear()
+
+    title: str | None = None
+    for line in text.split("\n"):
+        if _FENCE.match(line):
+            in_fence = not in_fence
+        match = None if in_fence else _ATX_HEADING.match(line)
+        if match:
+            flush()
+            level, heading = len(match.group(1)), match.group(2).strip()
+            headings = [(lv, h) for lv, h in headings if lv < level]
+            headings.append((level, heading))
+            if title is None and level == 1:
+                title = heading
+            body.append(heading)
+        else:
+            body.append(line)
+    flush()
+    return builder.build(MARKDOWN, title)
+
+
+# Private-use marker placed around heading text so headings survive get_text() flattening.
+_MARK = "\ue000"
+_HEADING_LINE = re.compile(rf"^{_MARK}(\d){_MARK}(.*?){_MARK}$")
+
+
+def _parse_html(text: str) -> ParsedDocument:
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup(text.replace(_MARK, ""), "html.parser")
+    for tag in soup(["script", "style", "noscript", "template"]):
+        tag.decompose()
+    title_tag = soup.find("title")
+    title = title_tag.get_text(" ", strip=True) if title_tag is not None else None
+    if title_tag is not None:
+        title_tag.decompose()
+    for level in range(1, 7):
+        for heading in soup.find_all(f"h{level}"):
+            label = " ".join(heading.get_text(" ", strip=True).split())
+            heading.replace_with(f"\n{_MARK}{level}{_MARK}{label}{_MARK}\n")
+    builder = _TextBuilder()
+    headings: list[tuple[int, str]] = []
+    body: list[str] = []
+
+    def flush() -> None:
+        builder.add("\n".join(body), section=tuple(h for _, h in headings))
+        body.clear()
+
+    for raw in soup.get_text("\n").split("\n"):
+        line = " ".join(raw.split())
+        match = _HEADING_LINE.match(line)
+        if match:
+            flush()
+            level, label = int(match.group(1)), match.group(2)
+            headings = [(lv, h) for lv, h in headings if lv < level]
+            headings.append((level, label))
+            body.append(label)
+        elif line:
+            body.append(line)
+    flush()
+    return builder.build(HTML, title or None)
+
+
+def _parse_text(text: str) -> ParsedDocument:
+    builder = _TextBuilder()
+    builder.add(text)
+    return builder.build(TEXT, None)
+
+
+def _normalise_newlines(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n")

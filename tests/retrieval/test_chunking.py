@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import pytest
+from callisto.services.retrieval.chunking import ChunkOptions, chunk_document
+from callisto.services.retrieval.errors import InvalidArgument
+from callisto.services.retrieval.parsing import MARKDOWN, parse_document
+
+
+def corpus() -> str:
+    sentences = " ".join(f"Sentence number {i} talks about topic {i % 7}." for i in range(40))
+    return f"# One\n{sentences}\n# Two\nShort section.\n## Deeper\n{'x' * 250} tail words."
+
+
+def test_chunk_text_matches_full_text_offsets_exactly() -> None:
+    doc = parse_document(corpus().encode(), MARKDOWN)
+    chunks = chunk_document(doc, ChunkOptions(max_chars=200, overlap_chars=60))
+    assert len(chunks) > 5
+    for chunk in chunks:
+        assert doc.full_text[chunk.start : chunk.end] == chunk.text
+        assert len(chunk.text) <= 200
+    assert [c.index for c in chunks] == list(range(len(chunks)))
+
+
+def test_chunks_never_cross_sections() -> None:
+    doc = parse_document(corpus().encode(), MARKDOWN)
+    chunks = chunk_document(doc, ChunkOptions(max_chars=200, overlap_chars=60))
+    for chunk in chunks:
+        owners = [s for s in doc.segments if s.start <= chunk.start and chunk.end <= s.end]
+        assert len(owners) == 1 and owners[0].section == chunk.section
+    assert {c.section for c in chunks} == {("One",), ("Two",), ("Two", "Deeper")}
+
+
+def test_chunks_end_on_sentence_boundaries_with_overlap() -> None:
+    doc = parse_document(corpus().encode(), MARKDOWN)
+    first_section = [c for c in chunk_document(doc, ChunkOptions(200, 60)) if c.section == ("One",)]
+    for chunk in first_section:
+        assert chunk.text.endswith(".")
+    for prev, nxt in zip(first_section, first_section[1:], strict=False):
+        assert nxt.start < prev.end  # consecutive chunks share trailing sentences
+        assert nxt.start > prev.start
+
+
+def test_only_overlong_sentences_are_hard_split() -> None:
+    doc = parse_document(corpus().encode(), MARKDOWN)
+    deeper = [
+        c for c in chunk_document(doc, ChunkOptions(100, 20)) if c.section[-1:] == ("Deeper",)
+    ]
+    assert len(deeper) >= 3
+    assert all(len(c.text) <= 100 for c in deeper)
+    assert "".join(c.text for c in deeper).replace(" ", "").startswith("Deeper" + "x" * 250)
+
+
+def test_invalid_options_are_rejected() -> None:
+    doc = parse_document(b"text", "text/plain")
+    with pytest.raises(InvalidArgument):
+        chunk_document(doc, ChunkOptions(max_chars=100, overlap_chars=100))
