@@ -1,0 +1,436 @@
+"""Envoy configuration for the Callisto gateway, generated from a typed `GatewaySpec`.
+
+One listener speaks HTTP/1.1 and h2c on the same port. A request meets, in order:
+CORS -> local rate limit -> gRPC-Web -> gRPC-JSON transcoder -> router. Routes are one per
+service (plus one per streaming method, which must not carry the unary timeout); the transcoder
+rewrites an HTTP/JSON request into its gRPC path and clears the route cache, so transcoded
+requests and native gRPC requests share the same service routes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from callisto.gateway.descriptors import find_service, http_annotated_methods, is_server_streaming
+
+Config = dict[str, Any]
+
+_TYPE = "type.googleapis.com/"
+HCM_TYPE = (
+    _TYPE + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+)
+CORS_TYPE = _TYPE + "envoy.extensions.filters.http.cors.v3.Cors"
+CORS_POLICY_TYPE = _TYPE + "envoy.extensions.filters.http.cors.v3.CorsPolicy"
+RATELIMIT_TYPE = _TYPE + "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
+GRPC_WEB_TYPE = _TYPE + "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb"
+TRANSCODER_TYPE = _TYPE + "envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder"
+ROUTER_TYPE = _TYPE + "envoy.extensions.filters.http.router.v3.Router"
+STDOUT_LOG_TYPE = _TYPE + "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
+HTTP_PROTOCOL_OPTIONS_TYPE = _TYPE + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+TRANSCODER = "envoy.filters.http.grpc_json_transcoder"
+CORS = "envoy.filters.http.cors"
+
+# The response header that marks a request refused by the local rate limiter.
+RATE_LIMITED_HEADER = "x-local-rate-limit"
+
+REFLECTION_PREFIXES = (
+    "/grpc.reflection.v1.ServerReflection/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+)
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
+
+# gRPC-Web clients send these; browsers must be allowed to send and read them cross-origin.
+_CORS_ALLOW_HEADERS = (
+    "content-type,x-grpc-web,x-user-agent,grpc-timeout,authorization,traceparent,tracestate,"
+    "x-request-id,accept"
+)
+_CORS_EXPOSE_HEADERS = "grpc-status,grpc-message,grpc-status-details-bin,x-request-id"
+
+# What every request leaves in the JSON access log (stdout).
+_ACCESS_LOG_FORMAT: dict[str, str] = {
+    "start_time": "%START_TIME%",
+    "method": "%REQ(:METHOD)%",
+    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    "protocol": "%PROTOCOL%",
+    "response_code": "%RESPONSE_CODE%",
+    "grpc_status": "%GRPC_STATUS(NUMBER)%",
+    "response_flags": "%RESPONSE_FLAGS%",
+    "bytes_received": "%BYTES_RECEIVED%",
+    "bytes_sent": "%BYTES_SENT%",
+    "duration_ms": "%DURATION%",
+    "upstream_cluster": "%UPSTREAM_CLUSTER%",
+    "upstream_host": "%UPSTREAM_HOST%",
+    "request_id": "%REQ(X-REQUEST-ID)%",
+    "traceparent": "%REQ(TRACEPARENT)%",
+    "user_agent": "%REQ(USER-AGENT)%",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class GatewaySpec:
+    """What the gateway listens on and where each routed service lives.
+
+    Durations are in seconds. Only the services in `upstreams` are routed and transcoded.
+    """
+
+    # Service full name -> (host, port) of the gRPC server that implements it.
+    upstreams: dict[str, tuple[str, int]]
+    # Descriptor set written by `descriptors.descriptor_set_bytes` (absolute path).
+    descriptor_path: Path
+    listen_address: str = "127.0.0.1"
+    listen_port: int = 8080
+    # The admin interface is always bound to 127.0.0.1: it can stop the server.
+    admin_port: int = 9901
+    # The service whose upstream answers server reflection and health; the first one by default.
+    reflection_service: str | None = None
+    # Local rate limit: a token bucket shared by all connections.
+    rate_limit_tokens: int = 1000
+    rate_limit_fill_interval_s: float = 1.0
+    # Largest HTTP/JSON request body the transcoder buffers; also bounds connection buffers.
+    max_request_body_bytes: int = 4 * 1024 * 1024
+    # Largest unary HTTP/JSON response body the transcoder buffers.
+    max_response_body_bytes: int = 16 * 1024 * 1024
+    # A stream (or request) with no bytes in either direction for this long is reset.
+    stream_idle_timeout_s: float = 300.0
+    # Whole-request bound for unary RPCs; also the most a gRPC deadline may ask for on them.
+    unary_timeout_s: float = 30.0
+    # Most a gRPC deadline may ask for on a streaming RPC (they have no route timeout).
+    max_stream_duration_s: float = 3600.0
+    connect_timeout_s: float = 2.0
+    max_request_headers_kb: int = 60
+
+    def __post_init__(self) -> None:
+        if not self.upstreams:
+            raise ValueError("a gateway needs at least one upstream service")
+        if self.reflection_service is not None and self.reflection_service not in self.upstreams:
+            raise ValueError(f"reflection service {self.reflection_service!r} is not routed")
+        for name in self.upstreams:
+            find_service(name)  # fails early, with the known names, on a typo
+
+    @property
+    def reflection_upstream(self) -> str:
+        return self.reflection_service or next(iter(self.upstreams))
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:g}s"
+
+
+def cluster_name(service: str) -> str:
+    """`callisto.generation.v1.GenerationService` -> `callisto_generation_v1_generation_service`."""
+    package, _, short = service.rpartition(".")
+    snake = "".join(f"_{c.lower()}" if c.isupper() else c for c in short).lstrip("_")
+    return f"{package.replace('.', '_')}_{snake}"
+
+
+def transcoded_services(spec: GatewaySpec) -> list[str]:
+    """Routed services with at least one `google.api.http`-annotated RPC."""
+    return [name for name in spec.upstreams if http_annotated_methods(find_service(name))]
+
+
+def _transcoder(spec: GatewaySpec, *, server_sent_events: bool) -> Config:
+    return {
+        "proto_descriptor": str(spec.descriptor_path),
+        "services": transcoded_services(spec),
+        "print_options": {
+            # Clients see every field (zeros, false, empty strings) rather than guessing defaults;
+            # field names stay lowerCamelCase, the proto3 JSON mapping every SDK expects.
+            "always_print_primitive_fields": True,
+            "preserve_proto_field_names": False,
+            # One JSON object per message instead of one growing JSON array: clients can parse
+            # each event as it arrives. SSE frames each message as `data: {...}\n\n`.
+            "stream_newline_delimited": not server_sent_events,
+            "stream_sse_style_delimited": server_sent_events,
+        },
+        # Errors come back as a JSON google.rpc.Status with the matching HTTP status code.
+        "convert_grpc_status": True,
+        # Tracking/cache-busting parameters added by browsers and proxies must not break calls.
+        "ignore_unknown_query_parameters": True,
+        "request_validation_options": {
+            # An unknown HTTP path is a 404 here, never an opaque gRPC call upstream.
+            "reject_unknown_method": True,
+        },
+        "max_request_body_size": spec.max_request_body_bytes,
+        "max_response_body_size": spec.max_response_body_bytes,
+    }
+
+
+def _grpc_route(prefix_or_path: Config, cluster: str, *, timeout_s: float, max_s: float) -> Config:
+    return {
+        # No `grpc: {}` matcher: the route is chosen (by the CORS filter) before grpc_web turns a
+        # gRPC-Web content type into application/grpc, and non-gRPC requests that reach here
+        # were already refused by the transcoder's reject_unknown_method.
+        "match": prefix_or_path,
+        "route": {
+            "cluster": cluster,
+            "timeout": _duration(timeout_s),
+            # A client's grpc-timeout is honoured, capped at max_s.
+            "max_stream_duration": {"grpc_timeout_header_max": _duration(max_s)},
+        },
+    }
+
+
+def _routes(spec: GatewaySpec) -> list[Config]:
+    routes: list[Config] = [
+        {
+            # Server streams as server-sent events when asked for; otherwise the listener-level
+            # transcoder emits newline-delimited JSON. Only the transcoder's per-route config is
+            # read here: it rewrites the path to /pkg.Service/Method and the request is routed
+            # again by the service routes below.
+            "name": "http_json_server_sent_events",
+            "match": {
+                "safe_regex": {"regex": "/v[0-9]+/.*"},
+                "headers": [
+                    {
+                        "name": "accept",
+                        "string_match": {"contains": "text/event-stream", "ignore_case": True},
+                    }
+                ],
+            },
+            "direct_response": {"status": 404},
+            "typed_per_filter_config": {
+                # The per-route config of this filter is a whole GrpcJsonTranscoder.
+                TRANSCODER: {
+                    "@type": TRANSCODER_TYPE,
+                    **_transcoder(spec, server_sent_events=True),
+                }
+            },
+        }
+    ]
+    reflection_cluster = cluster_name(spec.reflection_upstream)
+    for prefix in (*REFLECTION_PREFIXES, HEALTH_PREFIX):
+        # Reflection streams (grpcurl keeps the stream open for a session).
+        routes.append(
+            _grpc_route(
+                {"prefix": prefix},
+                reflection_cluster,
+                timeout_s=0,
+                max_s=spec.max_stream_duration_s,
+            )
+        )
+    for service_name in spec.upstreams:
+        service = find_service(service_name)
+        cluster = cluster_name(service_name)
+        for method in service.methods:
+            if is_server_streaming(method) or method.client_streaming:
+                # Streams are bounded by the idle timeout and the client's deadline, never
+                # by a fixed route timeout.
+                routes.append(
+                    _grpc_route(
+                        {"path": f"/{service_name}/{method.name}"},
+                        cluster,
+                        timeout_s=0,
+                        max_s=spec.max_stream_duration_s,
+                    )
+                )
+        routes.append(
+            _grpc_route(
+                {"prefix": f"/{service_name}/"},
+                cluster,
+                timeout_s=spec.unary_timeout_s,
+                max_s=spec.unary_timeout_s,
+            )
+        )
+    return routes
+
+
+def _cors_policy() -> Config:
+    return {
+        "@type": CORS_POLICY_TYPE,
+        "allow_origin_string_match": [{"safe_regex": {"regex": ".*"}}],
+        "allow_methods": "GET, PUT, DELETE, POST, PATCH, OPTIONS",
+        "allow_headers": _CORS_ALLOW_HEADERS,
+        "expose_headers": _CORS_EXPOSE_HEADERS,
+        "max_age": "1728000",
+    }
+
+
+def _http_filters(spec: GatewaySpec) -> list[Config]:
+    return [
+        {"name": CORS, "typed_config": {"@type": CORS_TYPE}},
+        {
+            "name": "envoy.filters.http.local_ratelimit",
+            "typed_config": {
+                "@type": RATELIMIT_TYPE,
+                "stat_prefix": "http_local_rate_limiter",
+                "token_bucket": {
+                    "max_tokens": spec.rate_limit_tokens,
+                    "tokens_per_fill": spec.rate_limit_tokens,
+                    "fill_interval": _duration(spec.rate_limit_fill_interval_s),
+                },
+                "filter_enabled": {
+                    "runtime_key": "local_rate_limit_enabled",
+                    "default_value": {"numerator": 100, "denominator": "HUNDRED"},
+                },
+                "filter_enforced": {
+                    "runtime_key": "local_rate_limit_enforced",
+                    "default_value": {"numerator": 100, "denominator": "HUNDRED"},
+                },
+                "response_headers_to_add": [
+                    {
+                        "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                        "header": {"key": RATE_LIMITED_HEADER, "value": "true"},
+                    }
+                ],
+                # gRPC callers see RESOURCE_EXHAUSTED instead of UNAVAILABLE for a 429.
+                "rate_limited_as_resource_exhausted": True,
+            },
+        },
+        {"name": "envoy.filters.http.grpc_web", "typed_config": {"@type": GRPC_WEB_TYPE}},
+        {
+            "name": TRANSCODER,
+            "typed_config": {
+                "@type": TRANSCODER_TYPE,
+                **_transcoder(spec, server_sent_events=False),
+            },
+        },
+        {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}},
+    ]
+
+
+def _listener(spec: GatewaySpec) -> Config:
+    return {
+        "name": "callisto_gateway",
+        "address": {
+            "socket_address": {"address": spec.listen_address, "port_value": spec.listen_port}
+        },
+        "per_connection_buffer_limit_bytes": spec.max_request_body_bytes,
+        "filter_chains": [
+            {
+                "filters": [
+                    {
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": {
+                            "@type": HCM_TYPE,
+                            "stat_prefix": "callisto_gateway",
+                            # HTTP/1.1 (curl, browsers) and h2c (gRPC, grpcurl -plaintext).
+                            "codec_type": "AUTO",
+                            "stream_idle_timeout": _duration(spec.stream_idle_timeout_s),
+                            "max_request_headers_kb": spec.max_request_headers_kb,
+                            # Keep the caller's x-request-id so logs correlate end to end.
+                            "generate_request_id": True,
+                            "preserve_external_request_id": True,
+                            "access_log": [
+                                {
+                                    "name": "envoy.access_loggers.stdout",
+                                    "typed_config": {
+                                        "@type": STDOUT_LOG_TYPE,
+                                        "log_format": {"json_format": _ACCESS_LOG_FORMAT},
+                                    },
+                                }
+                            ],
+                            "route_config": {
+                                "name": "callisto_routes",
+                                "virtual_hosts": [
+                                    {
+                                        "name": "callisto",
+                                        "domains": ["*"],
+                                        "typed_per_filter_config": {CORS: _cors_policy()},
+                                        "routes": _routes(spec),
+                                    }
+                                ],
+                            },
+                            "http_filters": _http_filters(spec),
+                        },
+                    }
+                ]
+            }
+        ],
+    }
+
+
+def _cluster(spec: GatewaySpec, service: str, host: str, port: int) -> Config:
+    name = cluster_name(service)
+    return {
+        "name": name,
+        "type": "STATIC" if _is_ip(host) else "STRICT_DNS",
+        "connect_timeout": _duration(spec.connect_timeout_s),
+        "per_connection_buffer_limit_bytes": spec.max_request_body_bytes,
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": HTTP_PROTOCOL_OPTIONS_TYPE,
+                # gRPC needs HTTP/2 to the upstream whatever the client spoke.
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+        "circuit_breakers": {
+            "thresholds": [
+                {
+                    "priority": "DEFAULT",
+                    "max_connections": 1024,
+                    "max_pending_requests": 1024,
+                    "max_requests": 4096,
+                    "max_retries": 3,
+                }
+            ]
+        },
+        # Eject a host that keeps failing; with one host per service the panic threshold still
+        # routes to it, so the caller sees the service's own error.
+        "outlier_detection": {
+            "consecutive_5xx": 5,
+            "consecutive_gateway_failure": 5,
+            "interval": "5s",
+            "base_ejection_time": "10s",
+        },
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {"socket_address": {"address": host, "port_value": port}}
+                            }
+                        }
+                    ]
+                }
+            ],
+        },
+    }
+
+
+def _is_ip(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def render_config(spec: GatewaySpec) -> Config:
+    """The whole Envoy bootstrap for `spec`, as plain data (YAML/JSON-serializable)."""
+    return {
+        "admin": {
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": spec.admin_port}},
+        },
+        "static_resources": {
+            "listeners": [_listener(spec)],
+            "clusters": [
+                _cluster(spec, service, host, port)
+                for service, (host, port) in spec.upstreams.items()
+            ],
+        },
+    }
+
+
+def write_config(spec: GatewaySpec, path: Path) -> Path:
+    """Write the rendered config as YAML (keys in the order Envoy's examples use) and return it."""
+    text = yaml.safe_dump(render_config(spec), sort_keys=False, default_flow_style=False, width=100)
+    path.write_text(f"# Generated by callisto.gateway.config; do not edit.\n{text}")
+    return path
+
+
+__all__ = [
+    "RATE_LIMITED_HEADER",
+    "GatewaySpec",
+    "cluster_name",
+    "render_config",
+    "transcoded_services",
+    "write_config",
+]

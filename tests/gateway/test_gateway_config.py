@@ -1,0 +1,141 @@
+"""The generated Envoy config: accepted by the real `envoy --mode validate`, and safe by shape."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from callisto.gateway.config import GatewaySpec, render_config, write_config
+from callisto.gateway.descriptors import (
+    all_service_names,
+    build_descriptor_set,
+    find_service,
+    http_annotated_methods,
+)
+from callisto.gateway.process import GatewayError, validate, write_gateway_files
+
+
+def all_services_spec(directory: Path) -> GatewaySpec:
+    upstreams = {name: ("127.0.0.1", 50051 + i) for i, name in enumerate(all_service_names())}
+    return GatewaySpec(upstreams=upstreams, descriptor_path=directory / "descriptors.pb")
+
+
+def http_filter(config: dict[str, Any], name: str) -> dict[str, Any]:
+    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    for entry in hcm["typed_config"]["http_filters"]:
+        if entry["name"] == name:
+            typed: dict[str, Any] = entry["typed_config"]
+            return typed
+    raise AssertionError(f"no {name} filter")
+
+
+def test_every_contract_service_is_routed() -> None:
+    assert sorted(all_service_names()) == [
+        "callisto.generation.v1.GenerationService",
+        "callisto.orchestration.v1.OrchestrationService",
+        "callisto.persistence.v1.PersistenceService",
+        "callisto.retrieval.v1.RetrievalService",
+    ]
+
+
+def test_config_is_accepted_by_envoy_validate(tmp_path: Path) -> None:
+    config_path = write_gateway_files(all_services_spec(tmp_path), tmp_path)
+    validate(config_path)
+
+
+def test_validate_raises_with_envoys_message(tmp_path: Path) -> None:
+    spec = all_services_spec(tmp_path)
+    config_path = write_gateway_files(spec, tmp_path)
+    config = yaml.safe_load(config_path.read_text())
+    config["static_resources"]["clusters"][0]["connect_timeout"] = "not-a-duration"
+    config_path.write_text(yaml.safe_dump(config))
+    with pytest.raises(GatewayError, match=r"connect_timeout|[Dd]uration"):
+        validate(config_path)
+
+
+def test_admin_is_bound_to_loopback_only(tmp_path: Path) -> None:
+    admin = render_config(all_services_spec(tmp_path))["admin"]
+    assert admin["address"]["socket_address"]["address"] == "127.0.0.1"
+
+
+def test_filters_are_in_the_order_a_request_meets_them(tmp_path: Path) -> None:
+    config = render_config(all_services_spec(tmp_path))
+    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    assert [f["name"] for f in hcm["typed_config"]["http_filters"]] == [
+        "envoy.filters.http.cors",
+        "envoy.filters.http.local_ratelimit",
+        "envoy.filters.http.grpc_web",
+        "envoy.filters.http.grpc_json_transcoder",
+        "envoy.filters.http.router",
+    ]
+    assert hcm["typed_config"]["codec_type"] == "AUTO"
+
+
+def test_rate_limit_is_present(tmp_path: Path) -> None:
+    spec = GatewaySpec(
+        upstreams={"callisto.generation.v1.GenerationService": ("127.0.0.1", 1)},
+        descriptor_path=tmp_path / "d.pb",
+        rate_limit_tokens=7,
+        rate_limit_fill_interval_s=2,
+    )
+    limiter = http_filter(render_config(spec), "envoy.filters.http.local_ratelimit")
+    assert limiter["token_bucket"] == {"max_tokens": 7, "tokens_per_fill": 7, "fill_interval": "2s"}
+    assert limiter["filter_enforced"]["default_value"]["numerator"] == 100
+
+
+def test_every_annotated_rpc_is_transcoded(tmp_path: Path) -> None:
+    spec = all_services_spec(tmp_path)
+    transcoder = http_filter(render_config(spec), "envoy.filters.http.grpc_json_transcoder")
+    annotated = [
+        method.full_name
+        for name in spec.upstreams
+        for method in http_annotated_methods(find_service(name))
+    ]
+    assert annotated, "the contracts carry google.api.http annotations"
+    for method_name in annotated:
+        assert method_name.rpartition(".")[0] in transcoder["services"]
+    assert transcoder["convert_grpc_status"] is True
+    assert transcoder["print_options"]["stream_newline_delimited"] is True
+
+
+def test_only_given_services_are_routed(tmp_path: Path) -> None:
+    spec = GatewaySpec(
+        upstreams={"callisto.persistence.v1.PersistenceService": ("127.0.0.1", 50051)},
+        descriptor_path=tmp_path / "d.pb",
+    )
+    config = render_config(spec)
+    assert [c["name"] for c in config["static_resources"]["clusters"]] == [
+        "callisto_persistence_v1_persistence_service"
+    ]
+    transcoder = http_filter(config, "envoy.filters.http.grpc_json_transcoder")
+    assert transcoder["services"] == ["callisto.persistence.v1.PersistenceService"]
+
+
+def test_unknown_service_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(KeyError, match="known"):
+        GatewaySpec(upstreams={"callisto.nope.v1.Nope": ("127.0.0.1", 1)}, descriptor_path=tmp_path)
+
+
+def test_descriptor_set_carries_dependencies_and_error_details() -> None:
+    names = [file.name for file in build_descriptor_set().file]
+    for required in (
+        "google/api/annotations.proto",
+        "google/api/http.proto",
+        "google/rpc/status.proto",
+        "google/rpc/error_details.proto",
+        "google/protobuf/descriptor.proto",
+    ):
+        assert required in names
+    # Dependencies come before their dependants, as protoc writes them.
+    assert names.index("google/api/http.proto") < names.index("google/api/annotations.proto")
+    assert names.index("callisto/common/v1/common.proto") < names.index(
+        "callisto/generation/v1/generation.proto"
+    )
+
+
+def test_written_yaml_reads_back_as_the_rendered_config(tmp_path: Path) -> None:
+    spec = all_services_spec(tmp_path)
+    path = write_config(spec, tmp_path / "envoy.yaml")
+    assert yaml.safe_load(path.read_text()) == render_config(spec)

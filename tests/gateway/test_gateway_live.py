@@ -1,0 +1,284 @@
+"""A real Envoy in front of a real grpc.aio server: what HTTP, gRPC and gRPC-Web clients see."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import re
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import httpx
+from callisto.gateway.process import EnvoyGateway
+from callisto.generation.v1 import generation_pb2, generation_pb2_grpc
+from conftest import gateway_for
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+GENERATE = "/v1/models/echo:generate"
+PROMPT = {"messages": [{"role": "ROLE_USER", "content": "hi"}]}
+
+
+def grpcurl_binary() -> str:
+    return str(Path(sys.executable).parent / "grpcurl")
+
+
+async def test_server_stream_is_newline_delimited_json_by_default(gateway: EnvoyGateway) -> None:
+    async with httpx.AsyncClient(base_url=gateway.http_url) as client:
+        response = await client.post(GENERATE, json=PROMPT)
+    assert response.status_code == 200
+    lines = response.text.strip().split("\n")
+    events = [json.loads(line) for line in lines]
+    assert [e["delta"]["text"] for e in events[:3]] == ["token-1", "token-2", "token-3"]
+    assert events[3]["result"]["finishReason"] == "FINISH_REASON_STOP"
+    # Sequence numbers are int64: the proto3 JSON mapping writes them as strings.
+    assert [e["sequence"] for e in events] == ["1", "2", "3", "4"]
+
+
+async def test_server_stream_is_server_sent_events_when_accepted(gateway: EnvoyGateway) -> None:
+    async with httpx.AsyncClient(base_url=gateway.http_url) as client:
+        response = await client.post(GENERATE, json=PROMPT, headers={"accept": "text/event-stream"})
+    assert response.status_code == 200
+    frames = [frame for frame in response.text.split("\n\n") if frame]
+    assert all(frame.startswith("data: ") for frame in frames), response.text
+    events = [json.loads(frame.removeprefix("data: ")) for frame in frames]
+    assert [e["sequence"] for e in events] == ["1", "2", "3", "4"]
+
+
+async def test_stream_messages_arrive_one_by_one(gateway: EnvoyGateway) -> None:
+    body = {**PROMPT, "parameters": {"maxTokens": 5}}
+    async with (
+        httpx.AsyncClient(base_url=gateway.http_url) as client,
+        client.stream("POST", GENERATE, json=body) as response,
+    ):
+        lines = [json.loads(line) async for line in response.aiter_lines() if line]
+    assert len(lines) == 6
+
+
+async def test_unary_rpc_is_transcoded_with_primitive_fields(gateway: EnvoyGateway) -> None:
+    async with httpx.AsyncClient(base_url=gateway.http_url) as client:
+        response = await client.get("/v1/models", params={"utm_source": "ignored"})
+    assert response.status_code == 200
+    models = response.json()["models"]
+    assert models[0]["name"] == "models/echo"
+    assert models[0]["contextLength"] == 0  # always_print_primitive_fields
+
+
+async def test_invalid_argument_becomes_400_with_bad_request_detail(
+    gateway: EnvoyGateway,
+) -> None:
+    async with httpx.AsyncClient(base_url=gateway.http_url) as client:
+        response = await client.post(GENERATE, json={"messages": []})
+    assert response.status_code == 400
+    assert response.headers["content-type"] == "application/json"
+    status = response.json()
+    assert status["code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert status["message"] == "messages is empty"
+    [detail] = status["details"]
+    assert detail["@type"] == "type.googleapis.com/google.rpc.BadRequest"
+    assert detail["fieldViolations"][0]["field"] == "messages"
+
+
+async def test_not_found_becomes_404(gateway: EnvoyGateway) -> None:
+    async with httpx.AsyncClient(base_url=gateway.http_url) as client:
+        response = await client.post("/v1/models/missing:generate", json=PROMPT)
+    assert response.status_code == 404
+    assert response.json()["code"] == grpc.StatusCode.NOT_FOUND.value[0]
+
+
+async def test_unknown_http_path_is_404_not_forwarded(gateway: EnvoyGateway) -> None:
+    async with httpx.AsyncClient(base_url=gateway.http_url) as client:
+        response = await client.get("/v1/no-such-thing")
+    assert response.status_code == 404
+
+
+async def test_error_after_stream_started_keeps_200_and_ends_stream(
+    gateway: EnvoyGateway,
+) -> None:
+    # Once the 200 and the first message are out, HTTP/1.1 has no trailers to carry the gRPC
+    # status: the client sees the delivered messages and then the end of the body.
+    async with httpx.AsyncClient(base_url=gateway.http_url) as client:
+        response = await client.post("/v1/models/fail-midstream:generate", json=PROMPT)
+    assert response.status_code == 200
+    lines = [json.loads(line) for line in response.text.strip().split("\n") if line]
+    assert lines[0]["delta"]["text"] == "token-1"
+    assert all("result" not in line for line in lines)
+
+
+async def test_grpc_passes_through_with_deadline_and_trace_context(
+    gateway_channel: grpc.aio.Channel,
+) -> None:
+    stub = generation_pb2_grpc.GenerationServiceStub(gateway_channel)
+    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    call = stub.Generate(
+        generation_pb2.GenerateRequest(
+            model="models/echo",
+            messages=[generation_pb2.ChatMessage(content="hi")],
+        ),
+        timeout=5,
+        metadata=(("traceparent", traceparent),),
+    )
+    responses = [response async for response in call]
+    assert [r.sequence for r in responses] == [1, 2, 3, 4]
+    assert responses[-1].HasField("result")
+
+
+async def test_grpc_error_detail_passes_through(gateway_channel: grpc.aio.Channel) -> None:
+    stub = generation_pb2_grpc.GenerationServiceStub(gateway_channel)
+    try:
+        async for _ in stub.Generate(generation_pb2.GenerateRequest(model="models/echo")):
+            pass
+    except grpc.aio.AioRpcError as error:
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        # Decoded from the grpc-status-details-bin trailer, which Envoy passed through untouched.
+        # AioRpcError offers the code()/trailing_metadata() that from_call reads.
+        status: status_pb2.Status | None = rpc_status.from_call(error)  # type: ignore[arg-type]
+        assert status is not None
+        bad_request = error_details_pb2.BadRequest()
+        assert status.details[0].Unpack(bad_request)
+        assert bad_request.field_violations[0].field == "messages"
+    else:
+        raise AssertionError("expected INVALID_ARGUMENT")
+
+
+async def test_grpcurl_lists_services_through_reflection(gateway: EnvoyGateway) -> None:
+    listing = await asyncio.to_thread(
+        subprocess.run,
+        [grpcurl_binary(), "-plaintext", gateway.grpc_target, "list"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=True,
+    )
+    assert "callisto.generation.v1.GenerationService" in listing.stdout.split()
+    call = await asyncio.to_thread(
+        subprocess.run,
+        [
+            grpcurl_binary(),
+            "-plaintext",
+            "-d",
+            "{}",
+            gateway.grpc_target,
+            "callisto.generation.v1.GenerationService/ListModels",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=True,
+    )
+    assert json.loads(call.stdout)["models"][0]["name"] == "models/echo"
+
+
+async def test_health_is_routed(gateway: EnvoyGateway) -> None:
+    health = await asyncio.to_thread(
+        subprocess.run,
+        [grpcurl_binary(), "-plaintext", gateway.grpc_target, "grpc.health.v1.Health/Check"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=True,
+    )
+    assert json.loads(health.stdout)["status"] == "SERVING"
+
+
+def grpc_web_frames(body: bytes) -> list[tuple[int, bytes]]:
+    frames: list[tuple[int, bytes]] = []
+    while body:
+        flag, length = struct.unpack(">BI", body[:5])
+        frames.append((flag, body[5 : 5 + length]))
+        body = body[5 + length :]
+    return frames
+
+
+async def test_grpc_web_call_is_framed_with_trailers_in_body(gateway: EnvoyGateway) -> None:
+    message = generation_pb2.ListModelsRequest().SerializeToString()
+    async with httpx.AsyncClient(base_url=gateway.http_url) as client:
+        response = await client.post(
+            "/callisto.generation.v1.GenerationService/ListModels",
+            content=struct.pack(">BI", 0, len(message)) + message,
+            headers={
+                "content-type": "application/grpc-web+proto",
+                "x-grpc-web": "1",
+                "origin": "https://app.example",
+            },
+        )
+    assert response.status_code == 200
+    assert response.headers["access-control-allow-origin"] == "https://app.example"
+    [(data_flag, data), (trailer_flag, trailers)] = grpc_web_frames(response.content)
+    assert data_flag == 0
+    assert generation_pb2.ListModelsResponse.FromString(data).models[0].name == "models/echo"
+    assert trailer_flag == 0x80
+    assert b"grpc-status:0" in trailers.replace(b" ", b"")
+
+
+async def test_grpc_web_text_is_base64(gateway: EnvoyGateway) -> None:
+    message = generation_pb2.ListModelsRequest().SerializeToString()
+    frame = base64.b64encode(struct.pack(">BI", 0, len(message)) + message)
+    async with httpx.AsyncClient(base_url=gateway.http_url) as client:
+        response = await client.post(
+            "/callisto.generation.v1.GenerationService/ListModels",
+            content=frame,
+            headers={
+                "content-type": "application/grpc-web-text",
+                "accept": "application/grpc-web-text",
+                "x-grpc-web": "1",
+            },
+        )
+    # Envoy answers in text only when the client accepts it; otherwise in binary.
+    assert response.headers["content-type"].startswith("application/grpc-web-text")
+    # Each chunk is base64 on its own (padded), so decode the padded segments one by one.
+    segments = re.findall(rb"[A-Za-z0-9+/]+={0,2}", response.content)
+    frames = grpc_web_frames(b"".join(base64.b64decode(segment) for segment in segments))
+    assert frames[0][0] == 0
+    assert frames[-1][0] == 0x80
+
+
+async def test_cors_preflight_allows_grpc_web_and_authorization(gateway: EnvoyGateway) -> None:
+    async with httpx.AsyncClient(base_url=gateway.http_url) as client:
+        response = await client.options(
+            "/callisto.generation.v1.GenerationService/ListModels",
+            headers={
+                "origin": "https://app.example",
+                "access-control-request-method": "POST",
+                "access-control-request-headers": "x-grpc-web,content-type,authorization",
+            },
+        )
+    assert response.status_code == 200
+    allowed = response.headers["access-control-allow-headers"]
+    assert "x-grpc-web" in allowed
+    assert "authorization" in allowed
+
+
+async def test_access_log_is_json_with_traceparent(gateway: EnvoyGateway) -> None:
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    async with httpx.AsyncClient(base_url=gateway.http_url) as client:
+        response = await client.get("/v1/models", headers={"traceparent": traceparent})
+    assert response.status_code == 200
+    for _ in range(50):  # the access log is flushed every log_flush_interval_ms
+        entries = [
+            json.loads(line)
+            for line in gateway.access_log_path.read_text().splitlines()
+            if line.startswith("{")
+        ]
+        if any(entry["traceparent"] == traceparent for entry in entries):
+            break
+        await asyncio.sleep(0.1)
+    [entry] = [entry for entry in entries if entry["traceparent"] == traceparent]
+    assert entry["response_code"] == 200
+    assert entry["request_id"]
+
+
+async def test_exhausted_rate_limit_is_429(backend_port: int, tmp_path: Path) -> None:
+    gateway = gateway_for(
+        backend_port, tmp_path, rate_limit_tokens=2, rate_limit_fill_interval_s=60
+    )
+    async with gateway, httpx.AsyncClient(base_url=gateway.http_url) as client:
+        codes = [(await client.get("/v1/models")).status_code for _ in range(2)]
+        limited = await client.get("/v1/models")
+    assert codes == [200, 200]
+    assert limited.status_code == 429
+    assert limited.headers["x-local-rate-limit"] == "true"
