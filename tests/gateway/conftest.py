@@ -12,7 +12,7 @@ import pytest_asyncio
 from callisto.gateway.config import GatewaySpec
 from callisto.gateway.descriptors import all_service_names
 from callisto.gateway.process import EnvoyGateway
-from gateway_test_backend import SERVICE, start_gateway_test_backend
+from gateway_test_backend import SERVICE, GatewayTestBackend, start_gateway_test_backend
 
 
 def free_port() -> int:
@@ -39,10 +39,15 @@ def gateway_for(backend_port: int, directory: Path, **overrides: int | float) ->
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def backend_port() -> AsyncIterator[int]:
-    server, port = await start_gateway_test_backend()
-    yield port
-    await server.stop(grace=1)
+async def backend() -> AsyncIterator[GatewayTestBackend]:
+    started = await start_gateway_test_backend()
+    yield started
+    await started.server.stop(grace=1)
+
+
+@pytest.fixture(scope="session")
+def backend_port(backend: GatewayTestBackend) -> int:
+    return backend.port
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ unknown model, and ABORTED after the first delta for `models/fail-midstream`.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import grpc
@@ -42,6 +43,10 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], status: grpc.Statu
 class GatewayTestGenerationService(generation_pb2_grpc.GenerationServiceServicer):
     """Deterministic answers, so tests can assert exact bodies."""
 
+    def __init__(self) -> None:
+        # Request metadata of every ListModels call, to see what the gateway forwards.
+        self.list_models_metadata: list[dict[str, str | bytes]] = []
+
     async def ListModels(
         self,
         request: generation_pb2.ListModelsRequest,
@@ -49,6 +54,7 @@ class GatewayTestGenerationService(generation_pb2_grpc.GenerationServiceServicer
             generation_pb2.ListModelsRequest, generation_pb2.ListModelsResponse
         ],
     ) -> generation_pb2.ListModelsResponse:
+        self.list_models_metadata.append(dict(context.invocation_metadata() or ()))
         return generation_pb2.ListModelsResponse(
             models=[
                 generation_pb2.Model(name=name, ready=True, versions=["1"], streaming=True)
@@ -103,12 +109,18 @@ class GatewayTestGenerationService(generation_pb2_grpc.GenerationServiceServicer
         yield generation_pb2.ChatResponse()  # makes this an async generator, like Generate
 
 
-async def start_gateway_test_backend(host: str = "127.0.0.1") -> tuple[grpc.aio.Server, int]:
-    """Start the backend with health and reflection on a free port; return it and the port."""
+@dataclass(frozen=True)
+class GatewayTestBackend:
+    server: grpc.aio.Server
+    port: int
+    service: GatewayTestGenerationService
+
+
+async def start_gateway_test_backend(host: str = "127.0.0.1") -> GatewayTestBackend:
+    """Start the backend with health and reflection on a free port."""
     server = grpc.aio.server()
-    generation_pb2_grpc.add_GenerationServiceServicer_to_server(
-        GatewayTestGenerationService(), server
-    )
+    service = GatewayTestGenerationService()
+    generation_pb2_grpc.add_GenerationServiceServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
@@ -119,4 +131,4 @@ async def start_gateway_test_backend(host: str = "127.0.0.1") -> tuple[grpc.aio.
     )
     port = server.add_insecure_port(f"{host}:0")
     await server.start()
-    return server, port
+    return GatewayTestBackend(server, port, service)

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import yaml
+from callisto.gateway.__main__ import main
 from callisto.gateway.config import GatewaySpec, render_config, write_config
 from callisto.gateway.descriptors import (
     all_service_names,
@@ -139,3 +140,32 @@ def test_written_yaml_reads_back_as_the_rendered_config(tmp_path: Path) -> None:
     spec = all_services_spec(tmp_path)
     path = write_config(spec, tmp_path / "envoy.yaml")
     assert yaml.safe_load(path.read_text()) == render_config(spec)
+
+
+def test_render_command_writes_and_validates(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "render",
+            "--out",
+            str(tmp_path),
+            "--listen",
+            "127.0.0.1:8080",
+            "--admin-port",
+            "9901",
+            "--upstream",
+            "callisto.persistence.v1.PersistenceService=127.0.0.1:50051",
+        ]
+    )
+    assert code == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "envoy.yaml")
+    assert (tmp_path / "callisto_descriptors.pb").stat().st_size > 0
+
+
+def test_render_command_rejects_an_unknown_service(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["render", "--out", str(tmp_path), "--upstream", "callisto.x.v1.Nope=127.0.0.1:1"])
+    assert code == 2
+    assert "unknown service" in capsys.readouterr().err

@@ -16,6 +16,7 @@ import httpx
 from callisto.gateway.process import EnvoyGateway
 from callisto.generation.v1 import generation_pb2, generation_pb2_grpc
 from conftest import gateway_for
+from gateway_test_backend import GatewayTestBackend
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -270,6 +271,19 @@ async def test_access_log_is_json_with_traceparent(gateway: EnvoyGateway) -> Non
     [entry] = [entry for entry in entries if entry["traceparent"] == traceparent]
     assert entry["response_code"] == 200
     assert entry["request_id"]
+
+
+async def test_trace_context_and_request_id_reach_the_upstream_untouched(
+    gateway: EnvoyGateway, backend: GatewayTestBackend
+) -> None:
+    traceparent = "00-1af7651916cd43dd8448eb211c80319c-c7ad6b7169203331-01"
+    headers = {"traceparent": traceparent, "tracestate": "vendor=1", "x-request-id": "req-42"}
+    async with httpx.AsyncClient(base_url=gateway.http_url) as client:
+        response = await client.get("/v1/models", headers=headers)
+    assert response.status_code == 200
+    [seen] = [m for m in backend.service.list_models_metadata if m.get("x-request-id") == "req-42"]
+    assert seen["traceparent"] == traceparent
+    assert seen["tracestate"] == "vendor=1"
 
 
 async def test_exhausted_rate_limit_is_429(backend_port: int, tmp_path: Path) -> None:
