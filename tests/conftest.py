@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from callisto.gateway.config import GatewaySpec
+from callisto.gateway.process import EnvoyGateway
+from callisto.mesh.launcher import PERSISTENCE_SERVICE
 from callisto.mesh.processes import RedisServer, ServiceProcess, free_port
 from callisto.services.common.auth import ApiKeyStore
 
@@ -79,3 +82,24 @@ def bearer(key: str) -> tuple[tuple[str, str], ...]:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def persistence_gateway(
+    persistence: ServiceProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[EnvoyGateway]:
+    """The real Envoy gateway in front of the real persistence service."""
+    directory = tmp_path_factory.mktemp("gateway")
+    gateway = EnvoyGateway(
+        GatewaySpec(
+            upstreams={PERSISTENCE_SERVICE: ("127.0.0.1", persistence.port)},
+            descriptor_path=directory / "callisto.binpb",
+            listen_port=free_port(),
+            admin_port=free_port(),
+            reflection_service=PERSISTENCE_SERVICE,
+        ),
+        directory,
+    )
+    gateway.start()
+    yield gateway
+    gateway.stop()

@@ -116,6 +116,16 @@ class ManagedProcess:
             self._signal_group(signal.SIGKILL)
             self._process.wait()
 
+    def send_signal(self, sig: signal.Signals) -> None:
+        """Signals the whole process group (e.g. SIGTERM to exercise a graceful shutdown)."""
+        self._signal_group(sig)
+
+    def wait(self, timeout: float) -> int:
+        """Waits for the child to exit; returns its exit code."""
+        if self._process is None:
+            raise ProcessError(f"{self.name} was not started")
+        return self._process.wait(timeout)
+
     def check_alive(self) -> None:
         if self._process is None or self._process.poll() is not None:
             code = None if self._process is None else self._process.returncode

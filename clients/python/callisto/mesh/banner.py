@@ -1,0 +1,92 @@
+"""What `callisto up` prints once the mesh is healthy: endpoints, the demo key, and copy-paste
+examples that were just run for real (the banner says what each returned)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+import httpx
+
+from callisto.mesh.launcher import DEMO_TENANT, Mesh, python_bin
+
+DEMO_CONVERSATION = "welcome"
+
+
+def _demo_conversation(mesh: Mesh) -> str:
+    """Creates (once) the demo conversation over HTTP/JSON through the gateway; returns its name."""
+    headers = {"authorization": f"Bearer {mesh.demo_key}"}
+    base = mesh.gateway.http_url
+    with httpx.Client(base_url=base, headers=headers, timeout=10) as http:
+        found = http.get(f"/v1/conversations/{DEMO_CONVERSATION}")
+        if found.status_code == 404:
+            created = http.post(
+                "/v1/conversations",
+                params={"conversation_id": DEMO_CONVERSATION},
+                json={"title": "Welcome to Callisto", "tags": ["demo"]},
+            )
+            created.raise_for_status()
+            http.post(
+                f"/v1/conversations/{DEMO_CONVERSATION}/messages",
+                json={
+                    "role": "ROLE_ASSISTANT",
+                    "author": "callisto",
+                    "text": "Hello from the mesh.",
+                },
+            ).raise_for_status()
+        else:
+            found.raise_for_status()
+        listed = http.get("/v1/conversations", params={"page_size": 1})
+        listed.raise_for_status()
+    return f"conversations/{DEMO_CONVERSATION}"
+
+
+def print_banner(mesh: Mesh) -> None:
+    say = mesh.say
+    conversation = _demo_conversation(mesh)
+    key = mesh.demo_key
+    gateway = mesh.gateway.grpc_target
+    http = mesh.gateway.http_url
+    grpcurl = shlex.quote(python_bin("grpcurl"))
+    auth = shlex.quote(f"authorization: Bearer {key}")
+    create_body = shlex.quote(json.dumps({"title": "My first conversation", "tags": ["demo"]}))
+    grpc_body = shlex.quote(json.dumps({"conversation": {"title": "From grpcurl"}}))
+    message_body = shlex.quote(json.dumps({"role": "ROLE_USER", "author": "me", "text": "Hi!"}))
+    say(
+        f"""
+Callisto mesh is up — checked: created {conversation} over HTTP/JSON through Envoy.
+
+  gateway     {http}  (HTTP/JSON, gRPC + reflection, gRPC-Web)
+  persistence {mesh.persistence.address}  (gRPC, direct)
+  redis       {mesh.redis.url}  (AOF appendfsync {mesh.redis.appendfsync})
+  envoy admin {mesh.gateway.admin_url}
+  logs        {mesh.logs}
+  demo tenant {DEMO_TENANT}
+  API key     {key}
+
+Try it (copy and paste):
+
+  # list and describe the services through the gateway (reflection, no key needed)
+  {grpcurl} -plaintext {gateway} list
+  {grpcurl} -plaintext {gateway} describe callisto.persistence.v1.PersistenceService
+
+  # create a conversation over gRPC, then read it back over HTTP/JSON
+  {grpcurl} -plaintext -H {auth} -d {grpc_body} \\
+      {gateway} callisto.persistence.v1.PersistenceService/CreateConversation
+  curl -s -H {auth} {http}/v1/conversations?page_size=5
+
+  # HTTP/JSON: create a conversation and post a message
+  curl -s -H {auth} -H 'content-type: application/json' -d {create_body} {http}/v1/conversations
+  curl -s -H {auth} -H 'content-type: application/json' -d {message_body} \\
+      {http}/v1/{conversation}/messages
+
+  # follow the event log live: NDJSON, or server-sent events with Accept: text/event-stream
+  curl -sN -H {auth} {http}/v1/{conversation}/events:subscribe
+  curl -sN -H {auth} -H 'accept: text/event-stream' {http}/v1/{conversation}/events:subscribe
+
+  # create another key, or revoke one
+  {shlex.quote(python_bin("callisto"))} keys create --tenant acme
+
+Press Ctrl-C to stop everything.
+"""
+    )

@@ -1,0 +1,210 @@
+"""The embedded mesh: every part as a local child process, started in dependency order, waited on
+until healthy, and stopped by PID in reverse order."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+from redis.asyncio import Redis
+
+from callisto.gateway.config import GatewaySpec
+from callisto.gateway.process import EnvoyGateway
+from callisto.mesh.processes import (
+    ProcessError,
+    RedisServer,
+    ServiceProcess,
+    free_port,
+    port_is_free,
+)
+from callisto.mesh.state import MeshState
+from callisto.services.common.auth import ApiKeyStore
+
+log = logging.getLogger("callisto.mesh")
+
+PERSISTENCE_SERVICE = "callisto.persistence.v1.PersistenceService"
+DEMO_TENANT = "demo"
+DEMO_KEY_FILE = "demo-api-key"
+
+
+@dataclass
+class MeshConfig:
+    """Where the embedded mesh keeps its data and which ports it asks for first."""
+
+    home: Path
+    host: str = "127.0.0.1"
+    gateway_port: int = 8080
+    admin_port: int = 9901
+    redis_port: int = 6390
+    persistence_port: int = 50051
+    appendfsync: str = "everysec"
+    # Extra environment for every service process.
+    service_env: dict[str, str] = field(default_factory=dict)
+
+
+def _port(preferred: int, host: str) -> int:
+    """The preferred port when free, else any free one (the banner prints what was used)."""
+    return preferred if preferred and port_is_free(preferred, host) else free_port(host)
+
+
+class Mesh:
+    """Starts and stops the embedded mesh."""
+
+    def __init__(self, config: MeshConfig, *, say: Callable[[str], None] = print) -> None:
+        self.config = config
+        self.say = say
+        home = config.home
+        self.logs = home / "logs"
+        self.redis = RedisServer(
+            home / "redis",
+            _port(config.redis_port, config.host),
+            appendfsync=config.appendfsync,
+            host=config.host,
+        )
+        env = {
+            "CALLISTO_REDIS_URL": self.redis.url,
+            "CALLISTO_LOG_FORMAT": "json",
+            **config.service_env,
+        }
+        self.persistence = ServiceProcess(
+            "persistence",
+            _port(config.persistence_port, config.host),
+            env={**env, "CALLISTO_REFLECT_MESH": "true"},
+            log_path=self.logs / "persistence.log",
+            host=config.host,
+        )
+        self.gateway = EnvoyGateway(
+            GatewaySpec(
+                upstreams={PERSISTENCE_SERVICE: (config.host, self.persistence.port)},
+                descriptor_path=home / "gateway" / "callisto.binpb",
+                listen_address=config.host,
+                listen_port=_port(config.gateway_port, config.host),
+                admin_port=_port(config.admin_port, "127.0.0.1"),
+                reflection_service=PERSISTENCE_SERVICE,
+            ),
+            home / "gateway",
+        )
+        self.services: list[ServiceProcess] = [self.persistence]
+        self.demo_key = ""
+
+    def start(self) -> None:
+        """Starts every part (from the main thread) and waits until each is healthy."""
+        step = self._step
+        step(
+            "redis", lambda: self.redis.start(), f"{self.redis.url} (AOF {self.redis.appendfsync})"
+        )
+        for service in self.services:
+            step(service.service, lambda s=service: _start_service(s), service.address)
+        step("gateway", lambda: self.gateway.start(), self.gateway.http_url)
+        self.demo_key = asyncio.run(self._ensure_demo_key())
+        self.state().write(self.config.home)
+
+    def stop(self) -> None:
+        """Stops everything in reverse order, by PID."""
+        MeshState.clear(self.config.home)
+        self.gateway.stop()
+        for service in reversed(self.services):
+            service.stop()
+        self.redis.stop()
+
+    def state(self) -> MeshState:
+        pids = {"redis": self.redis.pid, **{s.service: s.pid for s in self.services}}
+        if self.gateway.pid is not None:
+            pids["gateway"] = self.gateway.pid
+        return MeshState(
+            redis_url=self.redis.url,
+            gateway=self.gateway.grpc_target,
+            admin=self.gateway.admin_url,
+            services={s.service: s.address for s in self.services},
+            pids=pids,
+        )
+
+    def first_failure(self) -> str | None:
+        """A description of the first child that died, or None while all run."""
+        for child in (self.redis, *self.services):
+            if not child.running:
+                return f"{child.name} exited:\n{child.log_tail()}"
+        if self.gateway.pid is not None and not self.gateway.running:
+            return "gateway exited"
+        return None
+
+    def _step(self, name: str, action: Callable[[], None], where: str) -> None:
+        started = time.monotonic()
+        action()
+        self.say(f"  ✓ {name:<12} {where}  ({time.monotonic() - started:.1f} s)")
+
+    async def _ensure_demo_key(self) -> str:
+        """Reuses the demo key saved by an earlier start, or creates one for tenant `demo`."""
+        path = self.config.home / DEMO_KEY_FILE
+        redis = Redis.from_url(self.redis.url)
+        try:
+            keys = ApiKeyStore(redis)
+            if path.exists():
+                saved = path.read_text().strip()
+                if await keys.verify(saved) == DEMO_TENANT:
+                    return saved
+            key, _ = await keys.create(DEMO_TENANT, label="demo key created by callisto up")
+        finally:
+            await redis.aclose()
+        # The user's own copy of the demo key; Redis holds only its hash.
+        path.write_text(key + "\n")
+        path.chmod(0o600)
+        return key
+
+
+def _start_service(service: ServiceProcess) -> None:
+    service.start()
+    service.wait_healthy(60.0)
+
+
+class _Stop:
+    """Turns SIGINT/SIGTERM into a flag the supervision loop polls."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = True
+
+
+def run_until_stopped(mesh: Mesh, on_ready: Callable[[Mesh], None]) -> int:
+    """Starts the mesh, calls `on_ready`, supervises until Ctrl-C/SIGTERM or a child dies."""
+    stop = _Stop()
+    exit_code = 0
+    try:
+        mesh.start()
+        on_ready(mesh)
+        while not stop.requested:
+            failure = mesh.first_failure()
+            if failure is not None:
+                mesh.say(f"\n✗ {failure}\nstopping the mesh")
+                exit_code = 1
+                break
+            time.sleep(0.5)
+    except ProcessError as error:
+        mesh.say(f"\n✗ {error}")
+        exit_code = 1
+    finally:
+        mesh.say("stopping…")
+        mesh.stop()
+        mesh.say("stopped; nothing left running")
+    return exit_code
+
+
+def python_bin(name: str) -> str:
+    """A console script installed next to this Python (grpcurl, envoy)."""
+    return str(Path(sys.executable).parent / name)
+
+
+def environment_ok() -> bool:
+    return os.name == "posix"

@@ -1,0 +1,17 @@
+"""Every process's settings, rendered as the README's configuration table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from callisto.services.common.config import CommonSettings, settings_table
+from callisto.services.persistence.settings import PersistenceSettings
+
+SECTIONS: dict[str, list[type[Any]]] = {
+    "every service": [CommonSettings],
+    "persistence": [PersistenceSettings],
+}
+
+
+def configuration_table() -> str:
+    return settings_table(SECTIONS)

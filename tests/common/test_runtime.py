@@ -1,0 +1,136 @@
+"""The shared runtime, seen from outside a real service process: auth, tracing, metrics,
+graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from callisto.mesh.processes import RedisServer, ServiceProcess, free_port
+from callisto.persistence.v1 import persistence_pb2 as pb
+from callisto.persistence.v1 import persistence_pb2_grpc as pb_grpc
+from callisto.services.common.auth import ApiKeyStore
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+def _auth(key: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {key}"),)
+
+
+@pytest.fixture()
+def traced_service(
+    service_env: dict[str, str], tmp_path: Path
+) -> Iterator[tuple[ServiceProcess, int]]:
+    metrics_port = free_port()
+    service = ServiceProcess(
+        "persistence",
+        free_port(),
+        env={
+            **service_env,
+            "CALLISTO_LOG_LEVEL": "DEBUG",
+            "CALLISTO_METRICS_PORT": str(metrics_port),
+        },
+        log_path=tmp_path / "service.log",
+    )
+    service.start()
+    service.wait_healthy()
+    yield service, metrics_port
+    service.stop()
+
+
+async def test_calls_without_a_valid_key_are_unauthenticated(persistence: ServiceProcess) -> None:
+    async with grpc.aio.insecure_channel(persistence.address) as channel:
+        stub = pb_grpc.PersistenceServiceStub(channel)
+        for metadata in [(), (("authorization", "Basic abc"),), _auth("cal_0123456789abcdef_x")]:
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await stub.ListConversations(pb.ListConversationsRequest(), metadata=metadata)
+            assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_a_revoked_key_stops_working(
+    persistence: ServiceProcess, redis_server: RedisServer
+) -> None:
+    redis = Redis.from_url(redis_server.url)
+    store = ApiKeyStore(redis)
+    key, info = await store.create("revokees")
+    async with grpc.aio.insecure_channel(persistence.address) as channel:
+        stub = pb_grpc.PersistenceServiceStub(channel)
+        await stub.ListConversations(pb.ListConversationsRequest(), metadata=_auth(key))
+        assert await store.revoke(info.key_id)
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await stub.ListConversations(pb.ListConversationsRequest(), metadata=_auth(key))
+        assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    await redis.aclose()
+
+
+async def test_keys_are_stored_only_as_hashes(redis_server: RedisServer) -> None:
+    redis = Redis.from_url(redis_server.url)
+    key, _ = await ApiKeyStore(redis).create("hashed")
+    secret = key.rsplit("_", 1)[1].encode()
+    async for name in redis.scan_iter(match="callisto:auth:*"):
+        if await redis.type(name) == b"hash":
+            assert all(secret not in value for value in (await redis.hgetall(name)).values())
+    await redis.aclose()
+
+
+async def test_traceparent_reaches_the_logs_and_metrics_are_exported(
+    traced_service: tuple[ServiceProcess, int], api_key: str
+) -> None:
+    service, metrics_port = traced_service
+    traceparent = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
+    async with grpc.aio.insecure_channel(service.address) as channel:
+        stub = pb_grpc.PersistenceServiceStub(channel)
+        await stub.ListConversations(
+            pb.ListConversationsRequest(),
+            metadata=(*_auth(api_key), ("traceparent", traceparent)),
+        )
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        lines = [json.loads(line) for line in service.log_path.read_text().splitlines() if line]
+        traced = [line for line in lines if line.get("trace_id") == TRACE_ID]
+        if traced:
+            break
+        await asyncio.sleep(0.1)
+    assert traced, "no log line carries the caller's trace id"
+    assert traced[0]["method"].endswith("/ListConversations")
+    async with httpx.AsyncClient() as http:
+        metrics = (await http.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
+    assert (
+        'callisto_rpc_requests_total{code="OK",method="/callisto.persistence.v1.PersistenceService/ListConversations"}'
+        in metrics
+    )
+
+
+async def test_sigterm_ends_open_streams_with_a_clean_status(
+    traced_service: tuple[ServiceProcess, int], api_key: str
+) -> None:
+    service, _ = traced_service
+    async with grpc.aio.insecure_channel(service.address) as channel:
+        stub = pb_grpc.PersistenceServiceStub(channel)
+        created = await stub.CreateConversation(
+            pb.CreateConversationRequest(conversation=pb.Conversation(title="draining")),
+            metadata=_auth(api_key),
+        )
+        stream = stub.SubscribeEvents(
+            pb.SubscribeEventsRequest(parent=created.conversation.name), metadata=_auth(api_key)
+        )
+        await asyncio.sleep(0.3)  # the subscription is now following live
+        service.send_signal(signal.SIGTERM)
+        terminal = None
+        async for response in stream:
+            if response.WhichOneof("kind") in ("end", "error"):
+                terminal = response
+        assert terminal is not None and terminal.WhichOneof("kind") == "error"
+        assert terminal.error.code == grpc.StatusCode.UNAVAILABLE.value[0]
+        assert await stream.code() == grpc.StatusCode.OK
+    assert service.wait(10) == 0
