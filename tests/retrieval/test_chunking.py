@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from callisto.services.retrieval.chunking import ChunkOptions, chunk_document
 from callisto.services.retrieval.errors import InvalidArgument
@@ -35,7 +37,7 @@ def test_chunks_end_on_sentence_boundaries_with_overlap() -> None:
     first_section = [c for c in chunk_document(doc, ChunkOptions(200, 60)) if c.section == ("One",)]
     for chunk in first_section:
         assert chunk.text.endswith(".")
-    for prev, nxt in zip(first_section, first_section[1:], strict=False):
+    for prev, nxt in itertools.pairwise(first_section):
         assert nxt.start < prev.end  # consecutive chunks share trailing sentences
         assert nxt.start > prev.start
 

@@ -21,7 +21,9 @@ from callisto.services.retrieval.rerank import MMRReranker
 from callisto.services.retrieval.search import Retriever, SearchRequest
 
 CORPUS = {
-    "milvus-guide": "# Milvus\nMilvus stores dense vectors and sparse BM25 vectors for hybrid search.",
+    "milvus-guide": (
+        "# Milvus\nMilvus stores dense vectors and sparse BM25 vectors for hybrid search."
+    ),
     "redis-guide": "# Redis\nRedis keeps conversations in streams with append only files.",
     "triton-guide": "# Triton\nTriton inference server hosts the embedder and the language model.",
     "envoy-guide": "# Envoy\nEnvoy gateway transcodes HTTP JSON requests into gRPC calls.",
