@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from callisto.gateway.descriptors import find_service, http_annotated_methods, is_server_streaming
 
 Config = dict[str, Any]
@@ -101,6 +102,8 @@ class GatewaySpec:
     # Most a gRPC deadline may ask for on a streaming RPC (they have no route timeout).
     max_stream_duration_s: float = 3600.0
     connect_timeout_s: float = 2.0
+    # How often each upstream's grpc.health.v1 status is checked.
+    health_check_interval_s: float = 5.0
     max_request_headers_kb: int = 60
 
     def __post_init__(self) -> None:
@@ -311,6 +314,9 @@ def _listener(spec: GatewaySpec) -> Config:
                             "codec_type": "AUTO",
                             "stream_idle_timeout": _duration(spec.stream_idle_timeout_s),
                             "max_request_headers_kb": spec.max_request_headers_kb,
+                            # A stream that fails after its 200 can only report the gRPC status
+                            # in trailers; without this HTTP/1.1 clients would lose it.
+                            "http_protocol_options": {"enable_trailers": True},
                             # Keep the caller's x-request-id so logs correlate end to end.
                             "generate_request_id": True,
                             "preserve_external_request_id": True,
@@ -368,6 +374,17 @@ def _cluster(spec: GatewaySpec, service: str, host: str, port: int) -> Config:
                 }
             ]
         },
+        # Active grpc.health.v1 checks of the whole server (service ""): a host that says
+        # NOT_SERVING (dependencies not ready) takes no traffic while another host can.
+        "health_checks": [
+            {
+                "timeout": "1s",
+                "interval": _duration(spec.health_check_interval_s),
+                "unhealthy_threshold": 2,
+                "healthy_threshold": 1,
+                "grpc_health_check": {},
+            }
+        ],
         # Eject a host that keeps failing; with one host per service the panic threshold still
         # routes to it, so the caller sees the service's own error.
         "outlier_detection": {

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from callisto.gateway.__main__ import main
 from callisto.gateway.config import GatewaySpec, render_config, write_config
 from callisto.gateway.descriptors import (
@@ -169,3 +170,31 @@ def test_render_command_rejects_an_unknown_service(
     code = main(["render", "--out", str(tmp_path), "--upstream", "callisto.x.v1.Nope=127.0.0.1:1"])
     assert code == 2
     assert "unknown service" in capsys.readouterr().err
+
+
+def test_streams_have_no_route_timeout_but_unary_calls_do(tmp_path: Path) -> None:
+    spec = GatewaySpec(
+        upstreams={"callisto.generation.v1.GenerationService": ("127.0.0.1", 1)},
+        descriptor_path=tmp_path / "d.pb",
+        unary_timeout_s=12,
+    )
+    config = render_config(spec)
+    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    routes = hcm["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+    by_match = {
+        route["match"].get("path") or route["match"].get("prefix"): route["route"]
+        for route in routes
+        if "route" in route
+    }
+    generate = by_match["/callisto.generation.v1.GenerationService/Generate"]
+    assert generate["timeout"] == "0s"
+    assert generate["max_stream_duration"]["grpc_timeout_header_max"] == "3600s"
+    unary = by_match["/callisto.generation.v1.GenerationService/"]
+    assert unary["timeout"] == "12s"
+    assert unary["max_stream_duration"]["grpc_timeout_header_max"] == "12s"
+    assert hcm["typed_config"]["stream_idle_timeout"] == "300s"
+    [cluster] = config["static_resources"]["clusters"]
+    protocol = cluster["typed_extension_protocol_options"][
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    ]
+    assert "http2_protocol_options" in protocol["explicit_http_config"]

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import grpc
 import httpx
-from callisto.gateway.process import EnvoyGateway
-from callisto.generation.v1 import generation_pb2, generation_pb2_grpc
-from conftest import gateway_for
 from gateway_test_backend import GatewayTestBackend
+from gateway_test_support import gateway_for
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
+
+from callisto.gateway.process import EnvoyGateway
+from callisto.generation.v1 import generation_pb2, generation_pb2_grpc
 
 GENERATE = "/v1/models/echo:generate"
 PROMPT = {"messages": [{"role": "ROLE_USER", "content": "hi"}]}
@@ -97,17 +98,32 @@ async def test_unknown_http_path_is_404_not_forwarded(gateway: EnvoyGateway) -> 
     assert response.status_code == 404
 
 
-async def test_error_after_stream_started_keeps_200_and_ends_stream(
+async def test_error_after_stream_started_arrives_in_http1_trailers(
     gateway: EnvoyGateway,
 ) -> None:
-    # Once the 200 and the first message are out, HTTP/1.1 has no trailers to carry the gRPC
-    # status: the client sees the delivered messages and then the end of the body.
-    async with httpx.AsyncClient(base_url=gateway.http_url) as client:
-        response = await client.post("/v1/models/fail-midstream:generate", json=PROMPT)
-    assert response.status_code == 200
-    lines = [json.loads(line) for line in response.text.strip().split("\n") if line]
-    assert lines[0]["delta"]["text"] == "token-1"
-    assert all("result" not in line for line in lines)
+    # Once the 200 and the first message are out, the gRPC status can only travel as trailers:
+    # the JSON body stays a clean stream of messages and the chunked body ends with
+    # grpc-status / grpc-message / grpc-status-details-bin (raw, not converted to JSON).
+    body = json.dumps(PROMPT).encode()
+    reader, writer = await asyncio.open_connection(
+        gateway.spec.listen_address, gateway.spec.listen_port
+    )
+    writer.write(
+        b"POST /v1/models/fail-midstream:generate HTTP/1.1\r\nhost: gateway\r\n"
+        b"content-type: application/json\r\nconnection: close\r\n"
+        + f"content-length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    await writer.drain()
+    raw = await asyncio.wait_for(reader.read(), timeout=10)
+    writer.close()
+    head, _, chunked = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert b'"text":"token-1"' in chunked
+    assert b'"result"' not in chunked
+    trailers = chunked.partition(b"\r\n0\r\n")[2]
+    assert b"grpc-status: 10" in trailers
+    assert b"grpc-message: the model failed mid-stream" in trailers
 
 
 async def test_grpc_passes_through_with_deadline_and_trace_context(
