@@ -2,7 +2,9 @@
 
 It streams `max_tokens` (default 3) numbered deltas and a result, and fails the ways the gateway
 must translate: INVALID_ARGUMENT with a BadRequest detail for an empty prompt, NOT_FOUND for an
-unknown model, and ABORTED after the first delta for `models/fail-midstream`.
+unknown model, ABORTED (with RetryInfo and ErrorInfo) for `models/busy`, UNAUTHENTICATED for
+`models/private` without an `authorization` header, and ABORTED after the first delta for
+`models/fail-midstream`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -82,7 +85,21 @@ class GatewayTestGenerationService(generation_pb2_grpc.GenerationServiceServicer
                     error_details_pb2.BadRequest(field_violations=[violation]),
                 ),
             )
-        if request.model not in KNOWN_MODELS:
+        if request.model == "models/busy":
+            await _abort(
+                context,
+                _status(
+                    code_pb2.ABORTED,
+                    "the model is busy",
+                    error_details_pb2.RetryInfo(retry_delay=Duration(seconds=2)),
+                    error_details_pb2.ErrorInfo(reason="MODEL_BUSY", domain="callisto.dev"),
+                ),
+            )
+        if request.model == "models/private":
+            metadata = dict(context.invocation_metadata() or ())
+            if metadata.get("authorization") != "Bearer let-me-in":
+                await _abort(context, _status(code_pb2.UNAUTHENTICATED, "no valid credentials"))
+        elif request.model not in KNOWN_MODELS:
             await _abort(context, _status(code_pb2.NOT_FOUND, f"no model {request.model!r}"))
         count = request.parameters.max_tokens or 3
         for sequence in range(1, count + 1):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import grpc
 import httpx
+import pytest
 from gateway_test_backend import GatewayTestBackend
 from gateway_test_support import gateway_for
 from google.rpc import error_details_pb2, status_pb2
@@ -83,6 +84,39 @@ async def test_invalid_argument_becomes_400_with_bad_request_detail(
     [detail] = status["details"]
     assert detail["@type"] == "type.googleapis.com/google.rpc.BadRequest"
     assert detail["fieldViolations"][0]["field"] == "messages"
+
+
+@pytest.mark.parametrize(
+    ("model", "headers", "http_status", "grpc_code"),
+    [
+        ("models/missing", {}, 404, grpc.StatusCode.NOT_FOUND),
+        ("models/busy", {}, 409, grpc.StatusCode.ABORTED),
+        ("models/private", {}, 401, grpc.StatusCode.UNAUTHENTICATED),
+        ("models/private", {"authorization": "Bearer wrong"}, 401, grpc.StatusCode.UNAUTHENTICATED),
+        ("models/private", {"authorization": "Bearer let-me-in"}, 200, grpc.StatusCode.OK),
+    ],
+)
+async def test_grpc_status_becomes_http_status_with_json_body(
+    gateway: EnvoyGateway,
+    model: str,
+    headers: dict[str, str],
+    http_status: int,
+    grpc_code: grpc.StatusCode,
+) -> None:
+    async with httpx.AsyncClient(base_url=gateway.http_url) as client:
+        response = await client.post(f"/v1/{model}:generate", json=PROMPT, headers=headers)
+    assert response.status_code == http_status
+    if grpc_code != grpc.StatusCode.OK:
+        assert response.json()["code"] == grpc_code.value[0]
+
+
+async def test_retry_info_and_error_info_are_rendered_as_json(gateway: EnvoyGateway) -> None:
+    async with httpx.AsyncClient(base_url=gateway.http_url) as client:
+        response = await client.post("/v1/models/busy:generate", json=PROMPT)
+    retry_info, error_info = response.json()["details"]
+    assert retry_info == {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "2s"}
+    assert error_info["@type"] == "type.googleapis.com/google.rpc.ErrorInfo"
+    assert error_info["reason"] == "MODEL_BUSY"
 
 
 async def test_not_found_becomes_404(gateway: EnvoyGateway) -> None:
@@ -312,3 +346,13 @@ async def test_exhausted_rate_limit_is_429(backend_port: int, tmp_path: Path) ->
     assert codes == [200, 200]
     assert limited.status_code == 429
     assert limited.headers["x-local-rate-limit"] == "true"
+
+
+async def test_oversized_json_body_is_refused(backend_port: int, tmp_path: Path) -> None:
+    gateway = gateway_for(backend_port, tmp_path, max_request_body_bytes=1024)
+    big = {"messages": [{"role": "ROLE_USER", "content": "x" * 4096}]}
+    async with gateway, httpx.AsyncClient(base_url=gateway.http_url) as client:
+        response = await client.post(GENERATE, json=big)
+        small = await client.post(GENERATE, json=PROMPT)
+    assert response.status_code == 413
+    assert small.status_code == 200
