@@ -1,0 +1,788 @@
+"""All of the persistence service's Redis I/O; no protobuf here.
+
+Key layout, every key of a tenant under the hash tag `{t:<tenant>}` so they share one cluster
+slot and the Lua scripts below may touch several of them:
+
+    callisto:{t:T}:conv:C            hash    conversation fields, `version`, `last_seq`, counters
+    callisto:{t:T}:conv:C:msgs       list    messages, "<position> <sequence> <ms> <body json>"
+    callisto:{t:T}:conv:C:events     stream  the event log, entry id `<sequence>-0`
+    callisto:{t:T}:conv:C:req        hash    request ids of messages (`m:<id>`), events (`e:<id>`)
+    callisto:{t:T}:convs             zset    conversation ids scored by create time (ms)
+    callisto:{t:T}:convreq:R         string  conversation id a CreateConversation request id made
+    callisto:{t:T}:sess:S            hash    session fields, `version`
+    callisto:{t:T}:sessions          zset    session ids scored by create time (ms)
+    callisto:{t:T}:retention         hash    `conversation_ttl`, `session_ttl` (ms), `update`
+
+Every write is one script, so a message, its `message.created` event, the counters and the
+retention refresh land together or not at all, and etag checks are compare-and-set. Scripts
+read the clock with TIME so every replica and AOF replay agrees on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from callisto.services.common.errors import (
+    Aborted,
+    AlreadyExists,
+    NotFound,
+    Unavailable,
+)
+from callisto.services.persistence.models import (
+    FOLLOW_POLICY,
+    Conversation,
+    ConversationFields,
+    ConversationFilter,
+    ConversationStatus,
+    Cursor,
+    EndOfLog,
+    Heartbeat,
+    Participant,
+    RetentionPolicy,
+    Session,
+    SessionFields,
+    StoredEvent,
+    StoredMessage,
+)
+
+T = TypeVar("T")
+
+# Longest single XREAD BLOCK: bounds how late a follower notices a deletion or a shutdown.
+_FOLLOW_SLICE_SECONDS = 1.0
+_REPLAY_BATCH = 256
+
+_PRELUDE = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+-- A resource's own ttl (ms) when it has one (>= 0), else the tenant policy's.
+local function effective_ttl(own, policy, field)
+  own = tonumber(own)
+  if own ~= nil and own >= 0 then return own end
+  local p = redis.call('HGET', policy, field)
+  if p then return tonumber(p) end
+  return 0
+end
+-- Expires every key of a resource together (or keeps them forever); returns the expire time.
+local function apply_ttl(ttl, now, keys)
+  for _, key in ipairs(keys) do
+    if ttl > 0 then redis.call('PEXPIRE', key, ttl) else redis.call('PERSIST', key) end
+  end
+  if ttl > 0 then return now + ttl end
+  return 0
+end
+-- Refreshes a conversation's retention from its last write. KEYS: conv msgs events req policy
+local function touch_conversation(now)
+  local ttl = effective_ttl(redis.call('HGET', KEYS[1], 'ttl'), KEYS[5], 'conversation_ttl')
+  redis.call('HSET', KEYS[1], 'update', now)
+  local expire = apply_ttl(ttl, now, {KEYS[1], KEYS[2], KEYS[3], KEYS[4]})
+  redis.call('HSET', KEYS[1], 'expire', expire)
+end
+-- Appends to the log with the next gap-free sequence as the stream id.
+local function append_event(now, ...)
+  local seq = redis.call('HINCRBY', KEYS[1], 'last_seq', 1)
+  redis.call('XADD', KEYS[3], seq .. '-0', 'ms', now, ...)
+  return seq
+end
+"""
+
+# KEYS: conv msgs events req policy index convreq
+# ARGV: id title participants tags status metadata ttl has_request_id request_ttl_s
+_CREATE_CONVERSATION = """
+if ARGV[8] == '1' then
+  local existing = redis.call('GET', KEYS[7])
+  if existing then return {'DUPLICATE', existing} end
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then return {'EXISTS'} end
+-- Leftovers of an expired namesake must not leak into the new conversation.
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+local now = now_ms()
+redis.call('HSET', KEYS[1], 'id', ARGV[1], 'title', ARGV[2], 'participants', ARGV[3],
+  'tags', ARGV[4], 'status', ARGV[5], 'metadata', ARGV[6], 'ttl', ARGV[7], 'create', now,
+  'version', 1, 'message_count', 0, 'last_seq', 0)
+touch_conversation(now)
+redis.call('ZADD', KEYS[6], now, ARGV[1])
+if ARGV[8] == '1' then redis.call('SET', KEYS[7], ARGV[1], 'EX', ARGV[9]) end
+return {'OK', redis.call('HGETALL', KEYS[1])}
+"""
+
+# KEYS: conv msgs events req policy   ARGV: expected_version status_event_data field value ...
+_UPDATE_CONVERSATION = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'NOT_FOUND'} end
+local version = redis.call('HGET', KEYS[1], 'version')
+if ARGV[1] ~= '' and ARGV[1] ~= version then return {'ETAG', version} end
+local before = redis.call('HGET', KEYS[1], 'status')
+local now = now_ms()
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+-- A status change is logged so followers wake up (and can end on a finished conversation).
+if redis.call('HGET', KEYS[1], 'status') ~= before then
+  append_event(now, 't', 'conversation.status_changed', 'd', ARGV[2])
+end
+redis.call('HINCRBY', KEYS[1], 'version', 1)
+touch_conversation(now)
+return {'OK', redis.call('HGETALL', KEYS[1])}
+"""
+
+# KEYS: conv msgs events req index   ARGV: id expected_version
+_DELETE_CONVERSATION = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'NOT_FOUND'} end
+local version = redis.call('HGET', KEYS[1], 'version')
+if ARGV[2] ~= '' and ARGV[2] ~= version then return {'ETAG', version} end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+redis.call('ZREM', KEYS[5], ARGV[1])
+return {'OK'}
+"""
+
+# KEYS: conv msgs events req policy   ARGV: body request_id
+_CREATE_MESSAGE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'NOT_FOUND'} end
+if ARGV[2] ~= '' then
+  local seen = redis.call('HGET', KEYS[4], 'm:' .. ARGV[2])
+  if seen then return {'DUPLICATE', redis.call('LINDEX', KEYS[2], tonumber(seen) - 1)} end
+end
+local now = now_ms()
+local pos = redis.call('LLEN', KEYS[2]) + 1
+local seq = redis.call('HGET', KEYS[1], 'last_seq') + 1
+local record = pos .. ' ' .. seq .. ' ' .. now .. ' ' .. ARGV[1]
+append_event(now, 't', 'message.created', 'm', record)
+redis.call('RPUSH', KEYS[2], record)
+redis.call('HSET', KEYS[1], 'message_count', pos)
+if ARGV[2] ~= '' then redis.call('HSET', KEYS[4], 'm:' .. ARGV[2], pos) end
+touch_conversation(now)
+return {'OK', record}
+"""
+
+# KEYS: conv msgs events req policy   ARGV: type data request_id
+_CREATE_EVENT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'NOT_FOUND'} end
+local seq
+if ARGV[3] ~= '' then seq = redis.call('HGET', KEYS[4], 'e:' .. ARGV[3]) end
+if not seq then
+  local now = now_ms()
+  seq = append_event(now, 't', ARGV[1], 'd', ARGV[2])
+  if ARGV[3] ~= '' then redis.call('HSET', KEYS[4], 'e:' .. ARGV[3], seq) end
+  touch_conversation(now)
+end
+return {'OK', redis.call('XRANGE', KEYS[3], seq .. '-0', seq .. '-0')}
+"""
+
+# KEYS: session policy index   ARGV: id kind state ttl
+_CREATE_SESSION = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return {'EXISTS'} end
+local now = now_ms()
+redis.call('HSET', KEYS[1], 'id', ARGV[1], 'kind', ARGV[2], 'state', ARGV[3], 'ttl', ARGV[4],
+  'version', 1, 'create', now, 'update', now)
+local ttl = effective_ttl(ARGV[4], KEYS[2], 'session_ttl')
+redis.call('HSET', KEYS[1], 'expire', apply_ttl(ttl, now, {KEYS[1]}))
+redis.call('ZADD', KEYS[3], now, ARGV[1])
+return {'OK', redis.call('HGETALL', KEYS[1])}
+"""
+
+# KEYS: session policy   ARGV: expected_version field value ...
+_UPDATE_SESSION = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'NOT_FOUND'} end
+local version = redis.call('HGET', KEYS[1], 'version')
+if ARGV[1] ~= '' and ARGV[1] ~= version then return {'ETAG', version} end
+local now = now_ms()
+for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('HINCRBY', KEYS[1], 'version', 1)
+redis.call('HSET', KEYS[1], 'update', now)
+local ttl = effective_ttl(redis.call('HGET', KEYS[1], 'ttl'), KEYS[2], 'session_ttl')
+redis.call('HSET', KEYS[1], 'expire', apply_ttl(ttl, now, {KEYS[1]}))
+return {'OK', redis.call('HGETALL', KEYS[1])}
+"""
+
+# KEYS: session index   ARGV: id expected_version
+_DELETE_SESSION = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'NOT_FOUND'} end
+local version = redis.call('HGET', KEYS[1], 'version')
+if ARGV[2] ~= '' and ARGV[2] ~= version then return {'ETAG', version} end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return {'OK'}
+"""
+
+# KEYS: policy   ARGV: field value ...
+_UPDATE_RETENTION = """
+for i = 1, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('HSET', KEYS[1], 'update', now_ms())
+return {'OK', redis.call('HGETALL', KEYS[1])}
+"""
+
+
+class _Keys:
+    """Key names of one tenant."""
+
+    def __init__(self, tenant: str) -> None:
+        self.prefix = f"callisto:{{t:{tenant}}}"
+        self.conversations = f"{self.prefix}:convs"
+        self.sessions = f"{self.prefix}:sessions"
+        self.retention = f"{self.prefix}:retention"
+
+    def conversation(self, conversation_id: str) -> list[str]:
+        """conv, msgs, events, req, retention: the KEYS prefix of every conversation script."""
+        base = f"{self.prefix}:conv:{conversation_id}"
+        return [base, f"{base}:msgs", f"{base}:events", f"{base}:req", self.retention]
+
+    def conversation_request(self, request_id: str) -> str:
+        return f"{self.prefix}:convreq:{request_id}"
+
+    def session(self, session_id: str) -> str:
+        return f"{self.prefix}:sess:{session_id}"
+
+
+def _unavailable(what: str = "") -> Unavailable:
+    suffix = f", {what}" if what else ""
+    return Unavailable(f"storage is unavailable{suffix}", retry_after=1.0)
+
+
+async def _guard(call: Awaitable[T]) -> T:
+    """Runs one Redis call; a lost or busy Redis surfaces as UNAVAILABLE, never INTERNAL."""
+    try:
+        return await call
+    except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+        raise _unavailable() from error
+
+
+class RedisStore:
+    """Conversations, messages, event logs, sessions and retention policies in Redis."""
+
+    def __init__(self, url: str, *, request_id_ttl_seconds: int = 86400) -> None:
+        # No automatic retries: a write replayed after a lost reply could duplicate a message.
+        # Dead pooled connections are replaced at checkout, so a restarted Redis is picked up.
+        options: dict[str, Any] = {
+            "decode_responses": True,
+            "socket_connect_timeout": 2.0,
+            "retry": Retry(NoBackoff(), 0),
+        }
+        self._redis: Redis = Redis.from_url(url, socket_timeout=5.0, **options)
+        # Blocking XREADs hold their connection for a while; their own pool keeps them from
+        # starving ordinary calls.
+        self._blocking: Redis = Redis.from_url(
+            url, socket_timeout=_FOLLOW_SLICE_SECONDS + 5.0, **options
+        )
+        self._request_id_ttl = request_id_ttl_seconds
+        register = self._redis.register_script
+        self._create_conversation = register(_PRELUDE + _CREATE_CONVERSATION)
+        self._update_conversation = register(_PRELUDE + _UPDATE_CONVERSATION)
+        self._delete_conversation = register(_PRELUDE + _DELETE_CONVERSATION)
+        self._create_message = register(_PRELUDE + _CREATE_MESSAGE)
+        self._create_event = register(_PRELUDE + _CREATE_EVENT)
+        self._create_session = register(_PRELUDE + _CREATE_SESSION)
+        self._update_session = register(_PRELUDE + _UPDATE_SESSION)
+        self._delete_session = register(_PRELUDE + _DELETE_SESSION)
+        self._update_retention = register(_PRELUDE + _UPDATE_RETENTION)
+
+    async def ping(self) -> bool:
+        return bool(await self._redis.ping())
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+        await self._blocking.aclose()
+
+    # Conversations
+
+    async def create_conversation(
+        self, tenant: str, conversation_id: str, fields: ConversationFields, request_id: str
+    ) -> Conversation:
+        keys = _Keys(tenant)
+        reply = await _guard(
+            self._create_conversation(
+                keys=[
+                    *keys.conversation(conversation_id),
+                    keys.conversations,
+                    keys.conversation_request(request_id),
+                ],
+                args=[
+                    conversation_id,
+                    *_conversation_args(fields),
+                    "1" if request_id else "",
+                    self._request_id_ttl,
+                ],
+            )
+        )
+        if reply[0] == "DUPLICATE":
+            return await self.get_conversation(tenant, reply[1])
+        if reply[0] == "EXISTS":
+            raise AlreadyExists(f"conversation {conversation_id!r} already exists")
+        return _conversation(_pairs(reply[1]))
+
+    async def get_conversation(self, tenant: str, conversation_id: str) -> Conversation:
+        stored = await _guard(self._redis.hgetall(_Keys(tenant).conversation(conversation_id)[0]))
+        if not stored:
+            raise _conversation_not_found(conversation_id)
+        return _conversation(stored)
+
+    async def update_conversation(
+        self,
+        tenant: str,
+        conversation_id: str,
+        changes: dict[str, str],
+        expected_version: int | None,
+        status_event_data: str,
+    ) -> Conversation:
+        """Writes the `changes` (stored field name → value) with compare-and-set on the version."""
+        flat = [item for pair in changes.items() for item in pair]
+        reply = await _guard(
+            self._update_conversation(
+                keys=_Keys(tenant).conversation(conversation_id),
+                args=[_version_arg(expected_version), status_event_data, *flat],
+            )
+        )
+        _check_reply(reply, f"conversation {conversation_id!r}")
+        return _conversation(_pairs(reply[1]))
+
+    async def delete_conversation(
+        self, tenant: str, conversation_id: str, expected_version: int | None
+    ) -> None:
+        keys = _Keys(tenant)
+        reply = await _guard(
+            self._delete_conversation(
+                keys=[*keys.conversation(conversation_id)[:4], keys.conversations],
+                args=[conversation_id, _version_arg(expected_version)],
+            )
+        )
+        _check_reply(reply, f"conversation {conversation_id!r}")
+
+    async def list_conversations(
+        self, tenant: str, query: ConversationFilter, cursor: Cursor | None, page_size: int
+    ) -> tuple[list[Conversation], Cursor | None]:
+        keys = _Keys(tenant)
+
+        async def load(ids: Sequence[str]) -> list[Conversation | None]:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for conversation_id in ids:
+                    pipe.hgetall(keys.conversation(conversation_id)[0])
+                rows = await pipe.execute()
+            return [_conversation(row) if row else None for row in rows]
+
+        return await self._scan_index(
+            keys.conversations,
+            load,
+            query.matches,
+            cursor=cursor,
+            page_size=page_size,
+            ascending=query.ascending,
+            start_ms=query.start_ms,
+            end_ms=query.end_ms,
+        )
+
+    # Messages and events
+
+    async def create_message(
+        self, tenant: str, conversation_id: str, body_json: str, request_id: str
+    ) -> StoredMessage:
+        reply = await _guard(
+            self._create_message(
+                keys=_Keys(tenant).conversation(conversation_id), args=[body_json, request_id]
+            )
+        )
+        _check_reply(reply, f"conversation {conversation_id!r}")
+        return _message(reply[1])
+
+    async def get_message(self, tenant: str, conversation_id: str, position: int) -> StoredMessage:
+        conv, msgs = _Keys(tenant).conversation(conversation_id)[:2]
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.exists(conv)
+            pipe.lindex(msgs, position - 1)
+            exists, record = await _guard(pipe.execute())
+        if not exists:
+            raise _conversation_not_found(conversation_id)
+        if record is None:
+            raise NotFound(f"message {position} of conversation {conversation_id!r} not found")
+        return _message(record)
+
+    async def list_messages(
+        self, tenant: str, conversation_id: str, offset: int, count: int
+    ) -> tuple[list[StoredMessage], bool]:
+        """Messages from 0-based `offset`, and whether more follow."""
+        conv, msgs = _Keys(tenant).conversation(conversation_id)[:2]
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.exists(conv)
+            pipe.lrange(msgs, offset, offset + count)
+            exists, records = await _guard(pipe.execute())
+        if not exists:
+            raise _conversation_not_found(conversation_id)
+        return [_message(r) for r in records[:count]], len(records) > count
+
+    async def create_event(
+        self, tenant: str, conversation_id: str, event_type: str, data_json: str, request_id: str
+    ) -> StoredEvent:
+        reply = await _guard(
+            self._create_event(
+                keys=_Keys(tenant).conversation(conversation_id),
+                args=[event_type, data_json, request_id],
+            )
+        )
+        _check_reply(reply, f"conversation {conversation_id!r}")
+        return _event(reply[1][0])
+
+    async def list_events(
+        self, tenant: str, conversation_id: str, after_sequence: int, count: int
+    ) -> tuple[list[StoredEvent], bool]:
+        """Events after `after_sequence` in order, and whether more exist now."""
+        keys = _Keys(tenant).conversation(conversation_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.exists(keys[0])
+            pipe.xrange(keys[2], f"{after_sequence + 1}-0", "+", count=count + 1)
+            exists, entries = await _guard(pipe.execute())
+        if not exists:
+            raise _conversation_not_found(conversation_id)
+        return [_event(e) for e in entries[:count]], len(entries) > count
+
+    async def export_conversation(
+        self, tenant: str, conversation_id: str, include_events: bool
+    ) -> tuple[Conversation, list[StoredMessage], list[StoredEvent]]:
+        """One consistent snapshot (MULTI) of a conversation, its messages and its log."""
+        conv, msgs, events = _Keys(tenant).conversation(conversation_id)[:3]
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(conv)
+            pipe.lrange(msgs, 0, -1)
+            if include_events:
+                pipe.xrange(events, "-", "+")
+            replies = await _guard(pipe.execute())
+        if not replies[0]:
+            raise _conversation_not_found(conversation_id)
+        return (
+            _conversation(replies[0]),
+            [_message(r) for r in replies[1]],
+            [_event(e) for e in replies[2]] if include_events else [],
+        )
+
+    async def follow_events(
+        self,
+        tenant: str,
+        conversation_id: str,
+        after_sequence: int,
+        heartbeat_seconds: float,
+        stopping: asyncio.Event,
+    ) -> AsyncIterator[StoredEvent | Heartbeat | EndOfLog]:
+        """Replays the log after `after_sequence`, then follows it live.
+
+        Reads always restart from the last delivered sequence, so nothing is skipped or repeated
+        whatever wakes the loop. Ends with EndOfLog once a finished conversation is fully
+        delivered; raises NotFound when the conversation disappears and Unavailable on
+        shutdown or a lost Redis, both naming the sequence to resume from.
+        """
+        conv, _, events = _Keys(tenant).conversation(conversation_id)[:3]
+        loop = asyncio.get_running_loop()
+        delivered = after_sequence
+        idle_since = loop.time()
+        try:
+            if not await self._redis.exists(conv):
+                raise _conversation_not_found(conversation_id)
+            while True:
+                if stopping.is_set():
+                    raise Unavailable(
+                        f"server shutting down, resume from sequence {delivered}",
+                        retry_after=1.0,
+                    )
+                entries = await self._redis.xrange(
+                    events, f"{delivered + 1}-0", "+", count=_REPLAY_BATCH
+                )
+                if entries:
+                    for entry in entries:
+                        event = _event(entry)
+                        delivered = event.sequence
+                        yield event
+                    idle_since = loop.time()
+                    continue
+                status_raw, last_raw = await self._redis.hmget(conv, ["status", "last_seq"])
+                if status_raw is None:
+                    raise NotFound(f"conversation {conversation_id!r} was deleted")
+                status = ConversationStatus(int(status_raw))
+                last_sequence = int(last_raw or 0)
+                if status.finished and delivered >= last_sequence:
+                    yield EndOfLog(last_sequence, status)
+                    return
+                waited = loop.time() - idle_since
+                if waited >= heartbeat_seconds:
+                    yield Heartbeat(delivered)
+                    idle_since, waited = loop.time(), 0.0
+                block = min(_FOLLOW_SLICE_SECONDS, heartbeat_seconds - waited)
+                # Only a wake-up call: the XRANGE above reads whatever arrived.
+                await self._blocking.xread(
+                    {events: f"{delivered}-0"}, count=1, block=max(1, int(block * 1000))
+                )
+        except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+            raise _unavailable(f"resume from sequence {delivered}") from error
+
+    # Sessions
+
+    async def create_session(self, tenant: str, session_id: str, fields: SessionFields) -> Session:
+        keys = _Keys(tenant)
+        reply = await _guard(
+            self._create_session(
+                keys=[keys.session(session_id), keys.retention, keys.sessions],
+                args=[session_id, fields.kind, fields.state_json, fields.ttl_ms],
+            )
+        )
+        if reply[0] == "EXISTS":
+            raise AlreadyExists(f"session {session_id!r} already exists")
+        return _session(_pairs(reply[1]))
+
+    async def get_session(self, tenant: str, session_id: str) -> Session:
+        stored = await _guard(self._redis.hgetall(_Keys(tenant).session(session_id)))
+        if not stored:
+            raise NotFound(f"session {session_id!r} not found")
+        return _session(stored)
+
+    async def update_session(
+        self, tenant: str, session_id: str, changes: dict[str, str], expected_version: int | None
+    ) -> Session:
+        keys = _Keys(tenant)
+        flat = [item for pair in changes.items() for item in pair]
+        reply = await _guard(
+            self._update_session(
+                keys=[keys.session(session_id), keys.retention],
+                args=[_version_arg(expected_version), *flat],
+            )
+        )
+        _check_reply(reply, f"session {session_id!r}")
+        return _session(_pairs(reply[1]))
+
+    async def delete_session(
+        self, tenant: str, session_id: str, expected_version: int | None
+    ) -> None:
+        keys = _Keys(tenant)
+        reply = await _guard(
+            self._delete_session(
+                keys=[keys.session(session_id), keys.sessions],
+                args=[session_id, _version_arg(expected_version)],
+            )
+        )
+        _check_reply(reply, f"session {session_id!r}")
+
+    async def list_sessions(
+        self, tenant: str, kind: str, cursor: Cursor | None, page_size: int
+    ) -> tuple[list[Session], Cursor | None]:
+        keys = _Keys(tenant)
+
+        async def load(ids: Sequence[str]) -> list[Session | None]:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for session_id in ids:
+                    pipe.hgetall(keys.session(session_id))
+                rows = await pipe.execute()
+            return [_session(row) if row else None for row in rows]
+
+        return await self._scan_index(
+            keys.sessions,
+            load,
+            lambda s: not kind or s.fields.kind == kind,
+            cursor=cursor,
+            page_size=page_size,
+            ascending=False,
+        )
+
+    # Retention
+
+    async def get_retention(self, tenant: str) -> RetentionPolicy:
+        return _retention(await _guard(self._redis.hgetall(_Keys(tenant).retention)))
+
+    async def update_retention(self, tenant: str, changes: dict[str, int]) -> RetentionPolicy:
+        flat = [item for pair in changes.items() for item in pair]
+        reply = await _guard(self._update_retention(keys=[_Keys(tenant).retention], args=flat))
+        return _retention(_pairs(reply[1]))
+
+    # Listing
+
+    async def _scan_index(
+        self,
+        index: str,
+        load: Callable[[Sequence[str]], Awaitable[Sequence[T | None]]],
+        accept: Callable[[T], bool],
+        *,
+        cursor: Cursor | None,
+        page_size: int,
+        ascending: bool,
+        start_ms: int | None = None,
+        end_ms: int | None = None,
+    ) -> tuple[list[T], Cursor | None]:
+        """One page of a time index after `cursor`, and the cursor of the next page.
+
+        The cursor is the (score, id) of the last item returned, so items inserted or deleted
+        meanwhile never shift a page. Ids whose resource expired are dropped from the index.
+        """
+        low = str(start_ms) if start_ms is not None else "-inf"
+        high = f"({end_ms}" if end_ms is not None else "+inf"
+        batch = min(max(page_size * 2, 64), 1000)
+        found: list[tuple[Cursor, T]] = []
+        position, offset = cursor, 0
+        while len(found) <= page_size:
+            if ascending:
+                start = str(position.score) if position else low
+                rows: list[Any] = await _guard(
+                    self._redis.zrange(
+                        index, start, high, byscore=True, offset=offset, num=batch, withscores=True
+                    )
+                )
+            else:
+                start = str(position.score) if position else high
+                rows = await _guard(
+                    self._redis.zrange(
+                        index,
+                        start,
+                        low,
+                        desc=True,
+                        byscore=True,
+                        offset=offset,
+                        num=batch,
+                        withscores=True,
+                    )
+                )
+            fresh = [
+                Cursor(int(score), str(member))
+                for member, score in rows
+                if position is None or _after(Cursor(int(score), member), position, ascending)
+            ]
+            if fresh:
+                # Restart from the last row seen: ties on its score are filtered by id above.
+                position, offset = fresh[-1], 0
+                items = await _guard(load([c.id for c in fresh]))
+                gone = [c.id for c, item in zip(fresh, items, strict=True) if item is None]
+                if gone:
+                    await _guard(self._redis.zrem(index, *gone))
+                found.extend(
+                    (c, item)
+                    for c, item in zip(fresh, items, strict=True)
+                    if item is not None and accept(item)
+                )
+            else:
+                offset += len(rows)
+            if len(rows) < batch:
+                break
+        page = found[:page_size]
+        next_cursor = page[-1][0] if len(found) > page_size else None
+        return [item for _, item in page], next_cursor
+
+
+def _after(candidate: Cursor, position: Cursor, ascending: bool) -> bool:
+    key = (candidate.score, candidate.id)
+    mark = (position.score, position.id)
+    return key > mark if ascending else key < mark
+
+
+def _pairs(flat: Sequence[str]) -> dict[str, str]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _version_arg(expected_version: int | None) -> str:
+    return "" if expected_version is None else str(expected_version)
+
+
+def _check_reply(reply: Sequence[Any], what: str) -> None:
+    if reply[0] == "NOT_FOUND":
+        raise NotFound(f"{what} not found")
+    if reply[0] == "ETAG":
+        raise Aborted(
+            f"{what} was changed since the given etag (now at version {reply[1]})",
+            reason="ETAG_MISMATCH",
+            metadata={"current_etag": f'"{reply[1]}"'},
+        )
+
+
+def _conversation_not_found(conversation_id: str) -> NotFound:
+    return NotFound(f"conversation {conversation_id!r} not found")
+
+
+def _conversation_args(fields: ConversationFields) -> list[str | int]:
+    return [
+        fields.title,
+        json.dumps([p.__dict__ for p in fields.participants], separators=(",", ":")),
+        json.dumps(list(fields.tags), separators=(",", ":")),
+        int(fields.status),
+        fields.metadata_json,
+        fields.ttl_ms,
+    ]
+
+
+def conversation_changes(fields: ConversationFields, paths: Sequence[str]) -> dict[str, str]:
+    """The stored hash fields for the update-mask `paths` of a conversation."""
+    title, participants, tags, status, metadata, ttl = (str(v) for v in _conversation_args(fields))
+    stored = {
+        "title": ("title", title),
+        "participants": ("participants", participants),
+        "tags": ("tags", tags),
+        "status": ("status", status),
+        "metadata": ("metadata", metadata),
+        "ttl": ("ttl", ttl),
+    }
+    return dict(stored[path] for path in paths)
+
+
+def session_changes(fields: SessionFields, paths: Sequence[str]) -> dict[str, str]:
+    """The stored hash fields for the update-mask `paths` of a session."""
+    stored = {"kind": fields.kind, "state": fields.state_json, "ttl": str(fields.ttl_ms)}
+    return {path: stored[path] for path in paths}
+
+
+def _conversation(stored: Mapping[Any, Any]) -> Conversation:
+    return Conversation(
+        id=stored["id"],
+        fields=ConversationFields(
+            title=stored.get("title", ""),
+            participants=tuple(Participant(**p) for p in json.loads(stored["participants"])),
+            tags=tuple(json.loads(stored["tags"])),
+            status=ConversationStatus(int(stored["status"])),
+            metadata_json=stored.get("metadata", ""),
+            ttl_ms=int(stored.get("ttl", FOLLOW_POLICY)),
+        ),
+        create_ms=int(stored["create"]),
+        update_ms=int(stored["update"]),
+        expire_ms=int(stored.get("expire", 0)),
+        version=int(stored["version"]),
+        message_count=int(stored.get("message_count", 0)),
+        last_sequence=int(stored.get("last_seq", 0)),
+    )
+
+
+def _message(record: str) -> StoredMessage:
+    position, sequence, millis, body = record.split(" ", 3)
+    return StoredMessage(int(position), int(sequence), int(millis), body)
+
+
+def _event(entry: Sequence[Any]) -> StoredEvent:
+    entry_id, raw = entry
+    fields = raw if isinstance(raw, dict) else _pairs(raw)
+    sequence = int(str(entry_id).split("-", 1)[0])
+    message = _message(fields["m"]) if "m" in fields else None
+    return StoredEvent(
+        sequence=sequence,
+        type=fields["t"],
+        create_ms=int(fields["ms"]),
+        message=message,
+        data_json=fields.get("d"),
+    )
+
+
+def _session(stored: Mapping[Any, Any]) -> Session:
+    return Session(
+        id=stored["id"],
+        fields=SessionFields(
+            kind=stored.get("kind", ""),
+            state_json=stored.get("state", ""),
+            ttl_ms=int(stored.get("ttl", FOLLOW_POLICY)),
+        ),
+        version=int(stored["version"]),
+        create_ms=int(stored["create"]),
+        update_ms=int(stored["update"]),
+        expire_ms=int(stored.get("expire", 0)),
+    )
+
+
+def _retention(stored: Mapping[Any, Any]) -> RetentionPolicy:
+    return RetentionPolicy(
+        conversation_ttl_ms=int(stored.get("conversation_ttl", 0)),
+        session_ttl_ms=int(stored.get("session_ttl", 0)),
+        update_ms=int(stored.get("update", 0)),
+    )
