@@ -6,7 +6,6 @@ import asyncio
 import importlib.util
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from types import TracebackType
 
 from callisto.gateway.config import GatewaySpec, write_config
 from callisto.gateway.descriptors import descriptor_set_bytes
+from callisto.mesh.processes import ManagedProcess
 
 DESCRIPTOR_FILE = "callisto_descriptors.pb"
 CONFIG_FILE = "envoy.yaml"
@@ -92,7 +92,7 @@ class EnvoyGateway:
         self.config_path = directory / CONFIG_FILE
         self.log_path = directory / LOG_FILE
         self.access_log_path = directory / ACCESS_LOG_FILE
-        self._process: subprocess.Popen[bytes] | None = None
+        self._process: ManagedProcess | None = None
 
     @property
     def http_url(self) -> str:
@@ -131,28 +131,25 @@ class EnvoyGateway:
             "--file-flush-interval-msec",
             str(self.log_flush_interval_ms),
         ]
-        with self.access_log_path.open("ab") as access_log:
-            self._process = subprocess.Popen(
-                command,
-                stdout=access_log,  # the JSON access log goes to stdout
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,  # own process group: signals from a test runner stay out
-            )
+        # stdout carries the JSON access log.
+        self._process = ManagedProcess("gateway", command, log_path=self.access_log_path)
+        self._process.start()
         try:
             self._wait_ready(ready_timeout_s)
         except BaseException:
             self.stop()
             raise
 
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.running
+
     def _wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             assert self._process is not None
-            if self._process.poll() is not None:
-                raise GatewayError(
-                    f"envoy exited with {self._process.returncode}: {self._log_tail()}"
-                )
+            if not self._process.running:
+                raise GatewayError(f"envoy exited: {self._log_tail()}")
             try:
                 with urllib.request.urlopen(f"{self.admin_url}/ready", timeout=1) as response:
                     if response.read().strip() == b"LIVE":
@@ -171,14 +168,8 @@ class EnvoyGateway:
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after the grace period; idempotent."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=self.stop_grace_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=self.stop_grace_s)
+        if process is not None:
+            process.stop(self.stop_grace_s)
 
     async def start_async(self, ready_timeout_s: float = 20.0) -> None:
         """`start` off the event loop (validation and the readiness poll block)."""

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from types import FrameType
 
@@ -102,7 +103,7 @@ class Mesh:
             "redis", lambda: self.redis.start(), f"{self.redis.url} (AOF {self.redis.appendfsync})"
         )
         for service in self.services:
-            step(service.service, lambda s=service: _start_service(s), service.address)
+            step(service.service, partial(_start_service, service), service.address)
         step("gateway", lambda: self.gateway.start(), self.gateway.http_url)
         self.demo_key = asyncio.run(self._ensure_demo_key())
         self.state().write(self.config.home)

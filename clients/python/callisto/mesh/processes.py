@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -78,10 +79,13 @@ class ManagedProcess:
         return self._process is not None and self._process.poll() is None
 
     def start(self) -> None:
-        """Starts the child (call from the main thread: the parent-death signal is per thread)."""
+        """Starts the child; from the main thread it also dies with this process."""
         if self.running:
             return
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        # The kernel sends the parent-death signal when the creating *thread* exits, so it is
+        # only safe from the main thread (a worker thread may end long before this process).
+        on_main_thread = threading.current_thread() is threading.main_thread()
         with open(self.log_path, "ab") as log:
             self._process = subprocess.Popen(
                 self.argv,
@@ -91,7 +95,7 @@ class ManagedProcess:
                 env=self.env,
                 cwd=self.cwd,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=_die_with_parent if on_main_thread else None,
             )
 
     def stop(self, grace: float = 10.0) -> int | None:
