@@ -1,0 +1,1 @@
+"""The generation service: token streams from language models served by Triton Inference Server."""

@@ -1,0 +1,120 @@
+"""One real tritonserver (toy_llm, plus the real llm when an `llm` test is selected), the real
+generation service in front of it, and a real Envoy gateway in front of that: once per session."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import pytest_asyncio
+
+from callisto.gateway.config import GatewaySpec
+from callisto.gateway.process import EnvoyGateway
+from callisto.generation.v1 import generation_pb2_grpc
+from callisto.mesh.processes import ServiceProcess, free_port
+from callisto.mesh.triton import TritonServer, default_model_repository, ensure_triton_environment
+
+GENERATION_SERVICE = "callisto.generation.v1.GenerationService"
+# Two cores shared with llama.cpp: no spinning OpenMP threads, one thread per model.
+MODEL_ENV = {
+    "OMP_WAIT_POLICY": "PASSIVE",
+    "OMP_NUM_THREADS": "1",
+    "CALLISTO_LLM_N_THREADS": "1",
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "llm: needs the real llama.cpp model in tritonserver")
+
+
+def wants_llm(session: pytest.Session) -> bool:
+    """Load the real LLM (building its wheel once if missing) when a selected test needs it."""
+    return any(item.get_closest_marker("llm") for item in session.items)
+
+
+@pytest.fixture(scope="session")
+def toy_events(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """JSON lines toy_llm appends per finished request (tokens produced, finish reason)."""
+    return tmp_path_factory.mktemp("toy_llm") / "events.jsonl"
+
+
+def start_triton(workdir: Path, events: Path, with_llm: bool) -> TritonServer:
+    environment = ensure_triton_environment(with_llm=with_llm, with_embedder=False)
+    server = TritonServer(environment, log_path=workdir / "tritonserver.log")
+    env = {**MODEL_ENV, "CALLISTO_TOY_LLM_EVENTS": str(events)}
+    server.start(default_model_repository(), ["toy_llm", *(["llm"] if with_llm else [])], env)
+    return server
+
+
+@pytest.fixture(scope="session")
+def generation_triton(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, toy_events: Path
+) -> Iterator[TritonServer]:
+    server = start_triton(tmp_path_factory.mktemp("triton"), toy_events, wants_llm(request.session))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def generation_env(service_env: dict[str, str], triton_url: str) -> dict[str, str]:
+    return {
+        **service_env,
+        "CALLISTO_TRITON_URL": triton_url,
+        "CALLISTO_GENERATION_DEFAULT_MODEL": "models/toy_llm",
+        "CALLISTO_GENERATION_MODEL_EXTRAS": "1",
+        "CALLISTO_REFLECT_MESH": "1",
+    }
+
+
+@pytest.fixture(scope="session")
+def generation(
+    generation_triton: TritonServer,
+    service_env: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[ServiceProcess]:
+    logs = tmp_path_factory.mktemp("generation")
+    service = ServiceProcess(
+        "generation",
+        free_port(),
+        env=generation_env(service_env, generation_triton.grpc_url),
+        log_path=logs / "generation.log",
+    )
+    service.start()
+    try:
+        service.wait_healthy(60)
+        yield service
+    finally:
+        service.stop()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def stub(
+    generation: ServiceProcess,
+) -> AsyncIterator[generation_pb2_grpc.GenerationServiceStub]:
+    async with grpc.aio.insecure_channel(generation.address) as channel:
+        yield generation_pb2_grpc.GenerationServiceStub(channel)
+
+
+@pytest.fixture(scope="session")
+def generation_gateway(
+    generation: ServiceProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[EnvoyGateway]:
+    directory = tmp_path_factory.mktemp("generation-gateway")
+    gateway = EnvoyGateway(
+        GatewaySpec(
+            upstreams={GENERATION_SERVICE: ("127.0.0.1", generation.port)},
+            descriptor_path=directory / "callisto.binpb",
+            listen_port=free_port(),
+            admin_port=free_port(),
+            reflection_service=GENERATION_SERVICE,
+        ),
+        directory,
+    )
+    gateway.start()
+    try:
+        yield gateway
+    finally:
+        gateway.stop()
