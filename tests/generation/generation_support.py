@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -42,13 +41,3 @@ def violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
             for violation in bad.field_violations:
                 found[violation.field] = violation.description
     return found
-
-
-def read_events(path: Path, tag: str) -> dict[str, Any] | None:
-    if not path.exists():
-        return None
-    for line in path.read_text().splitlines():
-        event = json.loads(line)
-        if event["tag"] == tag:
-            return dict(event)
-    return None
