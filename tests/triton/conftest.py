@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from callisto.mesh.triton import (
     TritonServer,
     default_model_repository,

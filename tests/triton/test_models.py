@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
+
 from callisto.mesh.triton import TritonServer
 
 
@@ -236,3 +237,31 @@ def test_llm_reports_its_context_window_in_the_model_config(triton: TritonServer
     config = client.get_model_config("llm", as_json=True)["config"]
     client.close()
     assert int(config["parameters"]["context_length"]["string_value"]) == 2048
+
+
+@pytest.mark.llm
+def test_llm_serves_concurrent_streams_one_after_another(triton: TritonServer) -> None:
+    if "llm" not in triton.models:
+        pytest.fail("the llama-cpp-python wheel is not built; the real LLM was not loaded")
+    streams = [StreamClient(triton.grpc_url) for _ in range(3)]
+    try:
+        for i, stream in enumerate(streams):
+            stream.send("llm", _chat(f"Say a word about number {i}.", max_tokens=6, seed=i))
+        results = [stream.collect() for stream in streams]
+    finally:
+        for stream in streams:
+            stream.close()
+    for result in results:
+        assert result.error == ""
+        assert result.text.strip()
+        assert result.finish_reason in {"stop", "length"}
+        assert 0 < result.completion_tokens <= 6
+
+
+@pytest.mark.llm
+def test_llm_rejects_a_prompt_longer_than_its_context_window(triton: TritonServer) -> None:
+    if "llm" not in triton.models:
+        pytest.fail("the llama-cpp-python wheel is not built; the real LLM was not loaded")
+    result = _generate(triton.grpc_url, "llm", _chat("word " * 3000, max_tokens=4))
+    assert result.error.startswith("invalid_argument: prompt is ")
+    assert result.error.endswith("tokens; the context window is 2048")

@@ -193,7 +193,8 @@ def ensure_triton_environment(
     stamp = _read_stamp(stamp_path)
     if stamp.get("version") != _STAMP_VERSION:
         stamp = {"version": _STAMP_VERSION, "components": []}
-    installed = {str(c) for c in stamp.get("components", []) or []}  # type: ignore[attr-defined]
+    components = stamp.get("components")
+    installed = {str(c) for c in components} if isinstance(components, list) else set()
     wanted = (
         {"base"} | ({"llm"} if with_llm else set()) | ({"embedder"} if with_embedder else set())
     )

@@ -133,6 +133,28 @@ def _send_final(sender, response):
             pass  # the client is gone and Triton has already released the request
 
 
+def _load_llama(use_extra_bufts, **kwargs):
+    """Llama(**kwargs), with llama.cpp's weight-repacking buffers switched on or off.
+
+    Llama() has no argument for `use_extra_bufts`, so the default model params it starts from
+    are adjusted while it loads. Repacking Q4 weights for AMX crashed (general protection fault)
+    on CPUs that report AMX inside VMs, hence the config parameter.
+    """
+    module = llama_cpp.llama_cpp
+    default_params = module.llama_model_default_params
+
+    def params():
+        value = default_params()
+        value.use_extra_bufts = use_extra_bufts
+        return value
+
+    module.llama_model_default_params = params
+    try:
+        return llama_cpp.Llama(**kwargs)
+    finally:
+        module.llama_model_default_params = default_params
+
+
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
@@ -142,7 +164,8 @@ class TritonPythonModel:
             model_path = _find_packaged_gguf()
         self.context_length = int(params.get("context_length") or 2048)
         n_threads = int(os.environ.get("CALLISTO_LLM_N_THREADS") or params.get("n_threads") or 1)
-        self.llm = llama_cpp.Llama(
+        self.llm = _load_llama(
+            params.get("use_extra_bufts", "false").lower() == "true",
             model_path=model_path,
             n_ctx=self.context_length,
             n_threads=n_threads,
