@@ -73,7 +73,7 @@ Try it (copy and paste):
   # create a conversation over gRPC, then read it back over HTTP/JSON
   {grpcurl} -plaintext -H {auth} -d {grpc_body} \\
       {gateway} callisto.persistence.v1.PersistenceService/CreateConversation
-  curl -s -H {auth} {http}/v1/conversations?page_size=5
+  curl -s -H {auth} {shlex.quote(f"{http}/v1/conversations?pageSize=5")}
 
   # HTTP/JSON: create a conversation and post a message
   curl -s -H {auth} -H 'content-type: application/json' -d {create_body} {http}/v1/conversations
@@ -85,7 +85,7 @@ Try it (copy and paste):
   curl -sN -H {auth} -H 'accept: text/event-stream' {http}/v1/{conversation}/events:subscribe
 
   # create another key, or revoke one
-  {shlex.quote(python_bin("callisto"))} keys create --tenant acme
+  {shlex.quote(python_bin("callisto"))} keys create --tenant acme --redis-url {mesh.redis.url}
 
 Press Ctrl-C to stop everything.
 """
