@@ -23,9 +23,11 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from functools import partial
 from typing import Any, TypeVar
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -241,17 +243,13 @@ class _Keys:
         return f"{self.prefix}:sess:{session_id}"
 
 
+# What a dead, restarting or unreachable Redis raises (BusyLoadingError is a ConnectionError).
+_LOST = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
 def _unavailable(what: str = "") -> Unavailable:
     suffix = f", {what}" if what else ""
     return Unavailable(f"storage is unavailable{suffix}", retry_after=1.0)
-
-
-async def _guard(call: Awaitable[T]) -> T:
-    """Runs one Redis call; a lost or busy Redis surfaces as UNAVAILABLE, never INTERNAL."""
-    try:
-        return await call
-    except (RedisConnectionError, RedisTimeoutError, OSError) as error:
-        raise _unavailable() from error
 
 
 class RedisStore:
@@ -284,7 +282,42 @@ class RedisStore:
         self._update_retention = register(_PRELUDE + _UPDATE_RETENTION)
 
     async def ping(self) -> bool:
-        return bool(await self._redis.ping())
+        return bool(await self._read(self._redis.ping))
+
+    async def _write(self, call: Awaitable[T]) -> T:
+        """Runs one write, never replayed: a lost reply might hide an applied script."""
+        try:
+            return await call
+        except _LOST as error:
+            await self._forget_connections()
+            raise _unavailable() from error
+
+    async def _read(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Runs one read, once more on a fresh connection if the pooled one was dead."""
+        try:
+            return await call()
+        except _LOST:
+            await self._forget_connections()
+        try:
+            return await call()
+        except _LOST as error:
+            raise _unavailable() from error
+
+    async def _transaction(self, build: Callable[[Pipeline], object]) -> list[Any]:
+        """A read-only MULTI/EXEC: one consistent snapshot of several keys."""
+
+        async def run() -> list[Any]:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                build(pipe)
+                return await pipe.execute()
+
+        return await self._read(run)
+
+    async def _forget_connections(self) -> None:
+        # Pooled connections to a Redis that went away fail on their next use (the socket
+        # looks healthy until written to), so after one failure drop every idle one.
+        for client in (self._redis, self._blocking):
+            await client.connection_pool.disconnect(inuse_connections=False)
 
     async def close(self) -> None:
         await self._redis.aclose()
@@ -296,7 +329,7 @@ class RedisStore:
         self, tenant: str, conversation_id: str, fields: ConversationFields, request_id: str
     ) -> Conversation:
         keys = _Keys(tenant)
-        reply = await _guard(
+        reply = await self._write(
             self._create_conversation(
                 keys=[
                     *keys.conversation(conversation_id),
@@ -318,7 +351,8 @@ class RedisStore:
         return _conversation(_pairs(reply[1]))
 
     async def get_conversation(self, tenant: str, conversation_id: str) -> Conversation:
-        stored = await _guard(self._redis.hgetall(_Keys(tenant).conversation(conversation_id)[0]))
+        key = _Keys(tenant).conversation(conversation_id)[0]
+        stored = await self._read(lambda: self._redis.hgetall(key))
         if not stored:
             raise _conversation_not_found(conversation_id)
         return _conversation(stored)
@@ -333,7 +367,7 @@ class RedisStore:
     ) -> Conversation:
         """Writes the `changes` (stored field name → value) with compare-and-set on the version."""
         flat = [item for pair in changes.items() for item in pair]
-        reply = await _guard(
+        reply = await self._write(
             self._update_conversation(
                 keys=_Keys(tenant).conversation(conversation_id),
                 args=[_version_arg(expected_version), status_event_data, *flat],
@@ -346,7 +380,7 @@ class RedisStore:
         self, tenant: str, conversation_id: str, expected_version: int | None
     ) -> None:
         keys = _Keys(tenant)
-        reply = await _guard(
+        reply = await self._write(
             self._delete_conversation(
                 keys=[*keys.conversation(conversation_id)[:4], keys.conversations],
                 args=[conversation_id, _version_arg(expected_version)],
@@ -382,7 +416,7 @@ class RedisStore:
     async def create_message(
         self, tenant: str, conversation_id: str, body_json: str, request_id: str
     ) -> StoredMessage:
-        reply = await _guard(
+        reply = await self._write(
             self._create_message(
                 keys=_Keys(tenant).conversation(conversation_id), args=[body_json, request_id]
             )
@@ -392,10 +426,12 @@ class RedisStore:
 
     async def get_message(self, tenant: str, conversation_id: str, position: int) -> StoredMessage:
         conv, msgs = _Keys(tenant).conversation(conversation_id)[:2]
-        async with self._redis.pipeline(transaction=True) as pipe:
+
+        def read(pipe: Pipeline) -> None:
             pipe.exists(conv)
             pipe.lindex(msgs, position - 1)
-            exists, record = await _guard(pipe.execute())
+
+        exists, record = await self._transaction(read)
         if not exists:
             raise _conversation_not_found(conversation_id)
         if record is None:
@@ -407,10 +443,12 @@ class RedisStore:
     ) -> tuple[list[StoredMessage], bool]:
         """Messages from 0-based `offset`, and whether more follow."""
         conv, msgs = _Keys(tenant).conversation(conversation_id)[:2]
-        async with self._redis.pipeline(transaction=True) as pipe:
+
+        def read(pipe: Pipeline) -> None:
             pipe.exists(conv)
             pipe.lrange(msgs, offset, offset + count)
-            exists, records = await _guard(pipe.execute())
+
+        exists, records = await self._transaction(read)
         if not exists:
             raise _conversation_not_found(conversation_id)
         return [_message(r) for r in records[:count]], len(records) > count
@@ -418,7 +456,7 @@ class RedisStore:
     async def create_event(
         self, tenant: str, conversation_id: str, event_type: str, data_json: str, request_id: str
     ) -> StoredEvent:
-        reply = await _guard(
+        reply = await self._write(
             self._create_event(
                 keys=_Keys(tenant).conversation(conversation_id),
                 args=[event_type, data_json, request_id],
@@ -432,10 +470,12 @@ class RedisStore:
     ) -> tuple[list[StoredEvent], bool]:
         """Events after `after_sequence` in order, and whether more exist now."""
         keys = _Keys(tenant).conversation(conversation_id)
-        async with self._redis.pipeline(transaction=True) as pipe:
+
+        def read(pipe: Pipeline) -> None:
             pipe.exists(keys[0])
             pipe.xrange(keys[2], f"{after_sequence + 1}-0", "+", count=count + 1)
-            exists, entries = await _guard(pipe.execute())
+
+        exists, entries = await self._transaction(read)
         if not exists:
             raise _conversation_not_found(conversation_id)
         return [_event(e) for e in entries[:count]], len(entries) > count
@@ -445,12 +485,14 @@ class RedisStore:
     ) -> tuple[Conversation, list[StoredMessage], list[StoredEvent]]:
         """One consistent snapshot (MULTI) of a conversation, its messages and its log."""
         conv, msgs, events = _Keys(tenant).conversation(conversation_id)[:3]
-        async with self._redis.pipeline(transaction=True) as pipe:
+
+        def snapshot(pipe: Pipeline) -> None:
             pipe.hgetall(conv)
             pipe.lrange(msgs, 0, -1)
             if include_events:
                 pipe.xrange(events, "-", "+")
-            replies = await _guard(pipe.execute())
+
+        replies = await self._transaction(snapshot)
         if not replies[0]:
             raise _conversation_not_found(conversation_id)
         return (
@@ -479,7 +521,7 @@ class RedisStore:
         delivered = after_sequence
         idle_since = loop.time()
         try:
-            if not await self._redis.exists(conv):
+            if not await self._read(lambda: self._redis.exists(conv)):
                 raise _conversation_not_found(conversation_id)
             while True:
                 if stopping.is_set():
@@ -487,8 +529,9 @@ class RedisStore:
                         f"server shutting down, resume from sequence {delivered}",
                         retry_after=1.0,
                     )
-                entries = await self._redis.xrange(
-                    events, f"{delivered + 1}-0", "+", count=_REPLAY_BATCH
+                start = f"{delivered + 1}-0"
+                entries = await self._read(
+                    partial(self._redis.xrange, events, start, "+", count=_REPLAY_BATCH)
                 )
                 if entries:
                     for entry in entries:
@@ -497,7 +540,9 @@ class RedisStore:
                         yield event
                     idle_since = loop.time()
                     continue
-                status_raw, last_raw = await self._redis.hmget(conv, ["status", "last_seq"])
+                status_raw, last_raw = await self._read(
+                    lambda: self._redis.hmget(conv, ["status", "last_seq"])
+                )
                 if status_raw is None:
                     raise NotFound(f"conversation {conversation_id!r} was deleted")
                 status = ConversationStatus(int(status_raw))
@@ -511,17 +556,19 @@ class RedisStore:
                     idle_since, waited = loop.time(), 0.0
                 block = min(_FOLLOW_SLICE_SECONDS, heartbeat_seconds - waited)
                 # Only a wake-up call: the XRANGE above reads whatever arrived.
-                await self._blocking.xread(
-                    {events: f"{delivered}-0"}, count=1, block=max(1, int(block * 1000))
-                )
-        except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+                streams: dict[Any, Any] = {events: f"{delivered}-0"}
+                block_ms = max(1, int(block * 1000))
+                await self._read(partial(self._blocking.xread, streams, count=1, block=block_ms))
+        except Unavailable as error:
+            if stopping.is_set():  # the shutdown notice already names the resume point
+                raise
             raise _unavailable(f"resume from sequence {delivered}") from error
 
     # Sessions
 
     async def create_session(self, tenant: str, session_id: str, fields: SessionFields) -> Session:
         keys = _Keys(tenant)
-        reply = await _guard(
+        reply = await self._write(
             self._create_session(
                 keys=[keys.session(session_id), keys.retention, keys.sessions],
                 args=[session_id, fields.kind, fields.state_json, fields.ttl_ms],
@@ -532,7 +579,8 @@ class RedisStore:
         return _session(_pairs(reply[1]))
 
     async def get_session(self, tenant: str, session_id: str) -> Session:
-        stored = await _guard(self._redis.hgetall(_Keys(tenant).session(session_id)))
+        key = _Keys(tenant).session(session_id)
+        stored = await self._read(lambda: self._redis.hgetall(key))
         if not stored:
             raise NotFound(f"session {session_id!r} not found")
         return _session(stored)
@@ -542,7 +590,7 @@ class RedisStore:
     ) -> Session:
         keys = _Keys(tenant)
         flat = [item for pair in changes.items() for item in pair]
-        reply = await _guard(
+        reply = await self._write(
             self._update_session(
                 keys=[keys.session(session_id), keys.retention],
                 args=[_version_arg(expected_version), *flat],
@@ -555,7 +603,7 @@ class RedisStore:
         self, tenant: str, session_id: str, expected_version: int | None
     ) -> None:
         keys = _Keys(tenant)
-        reply = await _guard(
+        reply = await self._write(
             self._delete_session(
                 keys=[keys.session(session_id), keys.sessions],
                 args=[session_id, _version_arg(expected_version)],
@@ -587,11 +635,12 @@ class RedisStore:
     # Retention
 
     async def get_retention(self, tenant: str) -> RetentionPolicy:
-        return _retention(await _guard(self._redis.hgetall(_Keys(tenant).retention)))
+        key = _Keys(tenant).retention
+        return _retention(await self._read(lambda: self._redis.hgetall(key)))
 
     async def update_retention(self, tenant: str, changes: dict[str, int]) -> RetentionPolicy:
         flat = [item for pair in changes.items() for item in pair]
-        reply = await _guard(self._update_retention(keys=[_Keys(tenant).retention], args=flat))
+        reply = await self._write(self._update_retention(keys=[_Keys(tenant).retention], args=flat))
         return _retention(_pairs(reply[1]))
 
     # Listing
@@ -621,15 +670,23 @@ class RedisStore:
         while len(found) <= page_size:
             if ascending:
                 start = str(position.score) if position else low
-                rows: list[Any] = await _guard(
-                    self._redis.zrange(
-                        index, start, high, byscore=True, offset=offset, num=batch, withscores=True
+                rows: list[Any] = await self._read(
+                    partial(
+                        self._redis.zrange,
+                        index,
+                        start,
+                        high,
+                        byscore=True,
+                        offset=offset,
+                        num=batch,
+                        withscores=True,
                     )
                 )
             else:
                 start = str(position.score) if position else high
-                rows = await _guard(
-                    self._redis.zrange(
+                rows = await self._read(
+                    partial(
+                        self._redis.zrange,
                         index,
                         start,
                         low,
@@ -648,10 +705,11 @@ class RedisStore:
             if fresh:
                 # Restart from the last row seen: ties on its score are filtered by id above.
                 position, offset = fresh[-1], 0
-                items = await _guard(load([c.id for c in fresh]))
+                ids = [c.id for c in fresh]
+                items = await self._read(partial(load, ids))
                 gone = [c.id for c, item in zip(fresh, items, strict=True) if item is None]
                 if gone:
-                    await _guard(self._redis.zrem(index, *gone))
+                    await self._write(self._redis.zrem(index, *gone))
                 found.extend(
                     (c, item)
                     for c, item in zip(fresh, items, strict=True)

@@ -465,7 +465,7 @@ def _mask_paths(v: Violations, paths: Sequence[str], known: Sequence[str]) -> tu
     for path in paths:
         if path not in known:
             v.add("update_mask", f"unknown path {path!r}; known: {', '.join(known)}")
-    return tuple(dict.fromkeys(paths)) if paths else tuple(known)
+    return tuple(p for p in dict.fromkeys(paths) if p in known) if paths else tuple(known)
 
 
 def _etag_version(v: Violations, etag: str, field: str) -> int | None:
