@@ -9,20 +9,15 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
+from generation_support import generation_env, start_triton
 
 from callisto.gateway.config import GatewaySpec
 from callisto.gateway.process import EnvoyGateway
 from callisto.generation.v1 import generation_pb2_grpc
 from callisto.mesh.processes import ServiceProcess, free_port
-from callisto.mesh.triton import TritonServer, default_model_repository, ensure_triton_environment
+from callisto.mesh.triton import TritonServer
 
 GENERATION_SERVICE = "callisto.generation.v1.GenerationService"
-# Two cores shared with llama.cpp: no spinning OpenMP threads, one thread per model.
-MODEL_ENV = {
-    "OMP_WAIT_POLICY": "PASSIVE",
-    "OMP_NUM_THREADS": "1",
-    "CALLISTO_LLM_N_THREADS": "1",
-}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -40,14 +35,6 @@ def toy_events(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("toy_llm") / "events.jsonl"
 
 
-def start_triton(workdir: Path, events: Path, with_llm: bool) -> TritonServer:
-    environment = ensure_triton_environment(with_llm=with_llm, with_embedder=False)
-    server = TritonServer(environment, log_path=workdir / "tritonserver.log")
-    env = {**MODEL_ENV, "CALLISTO_TOY_LLM_EVENTS": str(events)}
-    server.start(default_model_repository(), ["toy_llm", *(["llm"] if with_llm else [])], env)
-    return server
-
-
 @pytest.fixture(scope="session")
 def generation_triton(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, toy_events: Path
@@ -57,16 +44,6 @@ def generation_triton(
         yield server
     finally:
         server.stop()
-
-
-def generation_env(service_env: dict[str, str], triton_url: str) -> dict[str, str]:
-    return {
-        **service_env,
-        "CALLISTO_TRITON_URL": triton_url,
-        "CALLISTO_GENERATION_DEFAULT_MODEL": "models/toy_llm",
-        "CALLISTO_GENERATION_MODEL_EXTRAS": "1",
-        "CALLISTO_REFLECT_MESH": "1",
-    }
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -11,6 +12,32 @@ from grpc_status import rpc_status
 
 from callisto.common.v1 import common_pb2
 from callisto.generation.v1 import generation_pb2
+from callisto.mesh.triton import TritonServer, default_model_repository, ensure_triton_environment
+
+# Two cores shared with llama.cpp: no spinning OpenMP threads, one thread per model.
+MODEL_ENV = {
+    "OMP_WAIT_POLICY": "PASSIVE",
+    "OMP_NUM_THREADS": "1",
+    "CALLISTO_LLM_N_THREADS": "1",
+}
+
+
+def start_triton(workdir: Path, events: Path, with_llm: bool) -> TritonServer:
+    environment = ensure_triton_environment(with_llm=with_llm, with_embedder=False)
+    server = TritonServer(environment, log_path=workdir / "tritonserver.log")
+    env = {**MODEL_ENV, "CALLISTO_TOY_LLM_EVENTS": str(events)}
+    server.start(default_model_repository(), ["toy_llm", *(["llm"] if with_llm else [])], env)
+    return server
+
+
+def generation_env(service_env: dict[str, str], triton_url: str) -> dict[str, str]:
+    return {
+        **service_env,
+        "CALLISTO_TRITON_URL": triton_url,
+        "CALLISTO_GENERATION_DEFAULT_MODEL": "models/toy_llm",
+        "CALLISTO_GENERATION_MODEL_EXTRAS": "1",
+        "CALLISTO_REFLECT_MESH": "1",
+    }
 
 
 def auth(api_key: str, **extras: Any) -> tuple[tuple[str, str], ...]:
