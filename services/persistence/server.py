@@ -161,7 +161,7 @@ class PersistenceServicer(pb_grpc.PersistenceServiceServicer):
         conversation_id = _collect_name(
             v, request.conversation.name, "conversations", "conversation.name"
         )
-        paths = _mask_paths(v, request.update_mask.paths, CONVERSATION_PATHS)
+        paths = _mask_paths(v, request.conversation, request.update_mask.paths, CONVERSATION_PATHS)
         version = _etag_version(v, request.conversation.etag, "conversation.etag")
         fields = _conversation_fields(v, request.conversation, paths)
         if "status" in request.update_mask.paths:
@@ -171,9 +171,6 @@ class PersistenceServicer(pb_grpc.PersistenceServiceServicer):
                 "must be set when listed in update_mask",
             )
         v.raise_if_any()
-        if fields.status == ConversationStatus.UNSPECIFIED:
-            # A full update without a status keeps the current one.
-            paths = tuple(p for p in paths if p != "status")
         status_name = (
             pb.ConversationStatus.Name(_status_proto(fields.status)) if fields.status else ""
         )
@@ -389,7 +386,7 @@ class PersistenceServicer(pb_grpc.PersistenceServiceServicer):
         v = Violations()
         v.check(request.HasField("session"), "session", "is required")
         session_id = _collect_name(v, request.session.name, "sessions", "session.name")
-        paths = _mask_paths(v, request.update_mask.paths, SESSION_PATHS)
+        paths = _mask_paths(v, request.session, request.update_mask.paths, SESSION_PATHS)
         version = _etag_version(v, request.session.etag, "session.etag")
         fields = _session_fields(v, request.session, paths)
         v.raise_if_any()
@@ -429,7 +426,7 @@ class PersistenceServicer(pb_grpc.PersistenceServiceServicer):
             "retention_policy.name",
             f"must be `{RETENTION_NAME}`",
         )
-        paths = _mask_paths(v, request.update_mask.paths, RETENTION_PATHS)
+        paths = _mask_paths(v, policy, request.update_mask.paths, RETENTION_PATHS)
         changes = {
             path: _ttl_millis(v, getattr(policy, path), f"retention_policy.{path}")
             for path in paths
@@ -461,11 +458,25 @@ def _collect_name(v: Violations, name: str, collection: str, field: str) -> str:
         return ""
 
 
-def _mask_paths(v: Violations, paths: Sequence[str], known: Sequence[str]) -> tuple[str, ...]:
+def _mask_paths(
+    v: Violations, resource: message.Message, paths: Sequence[str], known: Sequence[str]
+) -> tuple[str, ...]:
+    """The fields an update writes: the mask's, or (AIP-134) every populated one without it."""
     for path in paths:
         if path not in known:
             v.add("update_mask", f"unknown path {path!r}; known: {', '.join(known)}")
-    return tuple(p for p in dict.fromkeys(paths) if p in known) if paths else tuple(known)
+    if paths:
+        return tuple(p for p in dict.fromkeys(paths) if p in known)
+    return tuple(p for p in known if _populated(resource, p))
+
+
+def _populated(resource: message.Message, name: str) -> bool:
+    value = getattr(resource, name)
+    if isinstance(value, str | bytes | int | float):
+        return bool(value)
+    if isinstance(value, message.Message):
+        return resource.HasField(name)
+    return len(value) > 0
 
 
 def _etag_version(v: Violations, etag: str, field: str) -> int | None:

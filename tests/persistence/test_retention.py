@@ -116,7 +116,8 @@ async def test_tenant_policy_applies_to_sessions_without_their_own_ttl(
     finally:
         await stub.UpdateRetentionPolicy(
             pb.UpdateRetentionPolicyRequest(
-                retention_policy=pb.RetentionPolicy(name="retentionPolicy")
+                retention_policy=pb.RetentionPolicy(name="retentionPolicy"),
+                update_mask=field_mask_pb2.FieldMask(paths=["conversation_ttl", "session_ttl"]),
             ),
             metadata=other_auth,
         )

@@ -163,3 +163,31 @@ async def test_invalid_session_requests_list_every_violation(stub: Stub, auth: M
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await stub.CreateSession(pb.CreateSessionRequest(), metadata=auth)
     assert set(field_violations(error.value)) == {"session"}
+
+
+async def test_update_without_mask_writes_only_the_populated_fields(
+    stub: Stub, auth: Metadata
+) -> None:
+    created = (
+        await stub.CreateSession(
+            pb.CreateSessionRequest(session=pb.Session(kind="chat", state=state(a=1))),
+            metadata=auth,
+        )
+    ).session
+    updated = (
+        await stub.UpdateSession(
+            pb.UpdateSessionRequest(session=pb.Session(name=created.name, state=state(a=2))),
+            metadata=auth,
+        )
+    ).session
+    assert (updated.kind, updated.state["a"]) == ("chat", 2)
+    cleared = (
+        await stub.UpdateSession(
+            pb.UpdateSessionRequest(
+                session=pb.Session(name=created.name),
+                update_mask=field_mask_pb2.FieldMask(paths=["kind"]),
+            ),
+            metadata=auth,
+        )
+    ).session
+    assert (cleared.kind, cleared.state["a"]) == ("", 2)
