@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import atexit
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -189,11 +190,8 @@ def ensure_triton_environment(
     venv = cache_dir / "triton-venv"
     site_packages = _site_packages(venv)
     backend_dir = cache_dir / "triton-backends"
-    stamp_path = venv / _STAMP_NAME
-    stamp = _read_stamp(stamp_path)
-    if stamp.get("version") != _STAMP_VERSION:
-        stamp = {"version": _STAMP_VERSION, "components": []}
-    components = stamp.get("components")
+    stamp = _read_stamp(venv / _STAMP_NAME)
+    components = stamp.get("components") if stamp.get("version") == _STAMP_VERSION else None
     installed = {str(c) for c in components} if isinstance(components, list) else set()
     wanted = (
         {"base"} | ({"llm"} if with_llm else set()) | ({"embedder"} if with_embedder else set())
@@ -203,6 +201,23 @@ def ensure_triton_environment(
     backend_ready = (backend_dir / "python" / "triton_python_backend_stub").exists()
     if wanted <= installed and environment.tritonserver.exists() and backend_ready:
         return environment
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    # Parallel test sessions or launchers must not build the same venv (or compile llama.cpp)
+    # twice at once: the second waits, then finds the work done.
+    with (cache_dir / ".triton-env.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build_environment(environment, cache_dir, wanted, log)
+
+
+def _build_environment(
+    environment: TritonEnvironment, cache_dir: Path, wanted: set[str], log: Log
+) -> TritonEnvironment:
+    venv = environment.venv
+    stamp_path = venv / _STAMP_NAME
+    stamp = _read_stamp(stamp_path)
+    components = stamp.get("components") if stamp.get("version") == _STAMP_VERSION else None
+    installed = {str(c) for c in components} if isinstance(components, list) else set()
+    with_llm, with_embedder = "llm" in wanted, "embedder" in wanted
 
     if not SYSTEM_PYTHON.exists():
         raise TritonEnvironmentError(
@@ -245,7 +260,7 @@ def ensure_triton_environment(
     if with_embedder and "embedder" not in installed:
         _run([*pip, "install", "-q", *EMBEDDER_PACKAGES, NUMPY], log)
         record("embedder")
-    _make_backend_dir(site_packages, backend_dir)
+    _make_backend_dir(environment.site_packages, environment.backend_dir)
     return environment
 
 
