@@ -134,3 +134,41 @@ async def test_triton_dying_mid_stream_ends_cleanly_and_the_service_recovers(
     after = [r async for r in stub.Generate(small, metadata=auth(api_key), timeout=10)]
     assert "".join(r.delta.text for r in after[:-1]) == "x y x y "
     assert after[-1].result.usage.completion_tokens == 4
+
+
+async def test_shutdown_ends_running_streams_with_a_terminal_unavailable(
+    own_triton: TritonServer,
+    service_env: dict[str, str],
+    api_key: str,
+    tmp_path: Path,
+) -> None:
+    service = ServiceProcess(
+        "generation",
+        free_port(),
+        env=generation_env(service_env, own_triton.grpc_url),
+        log_path=tmp_path / "generation.log",
+    )
+    service.start()
+    try:
+        await asyncio.to_thread(service.wait_healthy, 60)
+        async with grpc.aio.insecure_channel(service.address) as channel:
+            stub = generation_pb2_grpc.GenerationServiceStub(channel)
+            request = generation_pb2.GenerateRequest(
+                model="models/toy_llm",
+                messages=chat_messages("a b c"),
+                parameters=generation_pb2.SamplingParameters(max_tokens=2000),
+            )
+            responses: list[generation_pb2.GenerateResponse] = []
+            call = stub.Generate(request, metadata=auth(api_key, delay_ms=20), timeout=30)
+            async for response in call:
+                responses.append(response)
+                if len(responses) == 3:
+                    service.send_signal(signal.SIGTERM)
+            terminal = responses[-1]
+            assert terminal.WhichOneof("event") == "error", terminal
+            assert terminal.error.code == grpc.StatusCode.UNAVAILABLE.value[0]
+            assert has_retry_info(terminal.error.details)
+            assert [r.sequence for r in responses] == list(range(1, len(responses) + 1))
+        assert await asyncio.to_thread(service.wait, 10) == 0
+    finally:
+        service.stop()
