@@ -15,6 +15,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
+
 from callisto.services.retrieval.errors import BackendUnavailable, InvalidArgument
 
 EMBEDDING_DIM = 384

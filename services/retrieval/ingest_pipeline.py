@@ -10,12 +10,15 @@ document's bytes are assembled only up to the size limit). A failing document yi
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
+
 from callisto.services.retrieval.chunking import ChunkOptions, chunk_document
 from callisto.services.retrieval.embedder import Embedder
 from callisto.services.retrieval.errors import DocumentTooLarge, NotFound, RetrievalError
@@ -37,6 +40,9 @@ class IngestDocument:
     meta: DocumentMeta
     content: AsyncIterable[bytes]
     filename: str = ""
+    # Per-document chunking and CSV mode; the pipeline's options when None.
+    chunk: ChunkOptions | None = None
+    csv_mode: Literal["rows", "table"] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +51,9 @@ class IngestOptions:
     chunk: ChunkOptions = field(default_factory=ChunkOptions)
     queue_size: int = 4
     embed_workers: int = 2
+    # Written chunks are flushed once this many are pending, and at the end of every batch:
+    # one flush per document would dominate the cost of small documents.
+    flush_every_chunks: int = 4096
 
 
 @dataclass(slots=True)
@@ -52,6 +61,7 @@ class _Parsed:
     meta: DocumentMeta
     chunks: list[Chunk]
     content_hash: str
+    size_bytes: int
 
 
 @dataclass(slots=True)
@@ -82,11 +92,12 @@ async def read_limited(content: AsyncIterable[bytes], max_bytes: int) -> tuple[b
     return b"".join(parts), digest.hexdigest()
 
 
-def _parse_and_chunk(
-    data: bytes, meta: DocumentMeta, filename: str, options: IngestOptions
-) -> list[Chunk]:
-    parsed = parse_document(data, meta.mime_type, filename, options.parse)
-    return chunk_document(parsed, options.chunk)
+def _parse_and_chunk(data: bytes, document: IngestDocument, options: IngestOptions) -> list[Chunk]:
+    parse = options.parse
+    if document.csv_mode is not None and document.csv_mode != parse.csv_mode:
+        parse = dataclasses.replace(parse, csv_mode=document.csv_mode)
+    parsed = parse_document(data, document.meta.mime_type, document.filename, parse)
+    return chunk_document(parsed, document.chunk or options.chunk)
 
 
 class IngestPipeline:
@@ -112,6 +123,10 @@ class IngestPipeline:
             document_id: str,
             chunk_count: int = 0,
             error: RetrievalError | None = None,
+            *,
+            created: bool = False,
+            content_hash: str = "",
+            size_bytes: int = 0,
         ) -> None:
             events.put_nowait(
                 ProgressEvent(
@@ -124,6 +139,10 @@ class IngestPipeline:
                     chunk_count=chunk_count,
                     error_field=error.field if error else "",
                     error=error.description if error else "",
+                    error_kind=type(error).__name__ if error else "",
+                    created=created,
+                    content_hash=content_hash,
+                    size_bytes=size_bytes,
                 )
             )
 
@@ -149,20 +168,26 @@ class IngestPipeline:
                         data, content_hash = await read_limited(
                             document.content, options.parse.max_bytes
                         )
+                        size = len(data)
                         if await self._unchanged(meta, content_hash):
                             counters.parsed += 1
-                            emit(ProgressKind.DOCUMENT_UNCHANGED, meta.document_id)
+                            emit(
+                                ProgressKind.DOCUMENT_UNCHANGED,
+                                meta.document_id,
+                                content_hash=content_hash,
+                                size_bytes=size,
+                            )
                             continue
-                        chunks = await asyncio.to_thread(
-                            _parse_and_chunk, data, meta, document.filename, options
-                        )
+                        if meta is not document.meta:
+                            document = dataclasses.replace(document, meta=meta)
+                        chunks = await asyncio.to_thread(_parse_and_chunk, data, document, options)
                         del data
                     except Exception as exc:  # one bad document must not stop the batch
                         fail(meta.document_id, exc)
                         continue
                     counters.parsed += 1
                     emit(ProgressKind.DOCUMENT_PARSED, meta.document_id, len(chunks))
-                    await parsed_q.put(_Parsed(meta, chunks, content_hash))
+                    await parsed_q.put(_Parsed(meta, chunks, content_hash, size))
             finally:
                 for _ in range(options.embed_workers):
                     await parsed_q.put(None)
@@ -179,12 +204,17 @@ class IngestPipeline:
                 await embedded_q.put(_Embedded(item, vectors))
 
         async def store() -> None:
+            pending = 0
             while (item := await embedded_q.get()) is not None:
                 parsed = item.parsed
                 try:
                     result = await self._store.upsert_document(
-                        parsed.meta, parsed.chunks, item.vectors, parsed.content_hash
+                        parsed.meta, parsed.chunks, item.vectors, parsed.content_hash, flush=False
                     )
+                    pending += result.chunks_written
+                    if pending >= options.flush_every_chunks:
+                        pending = 0
+                        await self._store.flush()
                 except Exception as exc:
                     fail(parsed.meta.document_id, exc)
                     continue
@@ -194,7 +224,16 @@ class IngestPipeline:
                     else (ProgressKind.DOCUMENT_STORED)
                 )
                 counters.stored += result.chunks_written
-                emit(kind, parsed.meta.document_id, result.chunks_written)
+                emit(
+                    kind,
+                    parsed.meta.document_id,
+                    result.chunks_written,
+                    created=result.created,
+                    content_hash=parsed.content_hash,
+                    size_bytes=parsed.size_bytes,
+                )
+            if pending:
+                await self._store.flush()
 
         async def orchestrate() -> None:
             try:

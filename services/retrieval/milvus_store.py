@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
+
 from callisto.services.retrieval.errors import BackendUnavailable, InvalidArgument, NotFound
 from callisto.services.retrieval.filters import (
     CHUNK_FIELDS,
@@ -163,7 +164,12 @@ class MilvusStore:
     @classmethod
     async def open(cls, config: MilvusConfig) -> MilvusStore:
         store = cls(config)
-        await store._call(store._connect)
+        try:
+            await store._call(store._connect)
+        except BaseException:
+            # A caller that retries (a health probe) must not leak one thread per attempt.
+            store._executor.shutdown(wait=False)
+            raise
         return store
 
     async def close(self) -> None:
@@ -302,12 +308,15 @@ class MilvusStore:
         chunks: Sequence[Chunk],
         vectors: npt.NDArray[np.float32],
         content_hash: str,
+        *,
+        flush: bool = True,
     ) -> UpsertResult:
         """Store a document's chunks idempotently.
 
         The same content hash and metadata writes nothing; otherwise the new chunks overwrite
         the old ones by id and any surplus old chunks are deleted, so a reader never sees the
-        document missing while it is replaced.
+        document missing while it is replaced. A batch writer passes ``flush=False`` and calls
+        :meth:`flush` once per batch (a flush per document costs throughput).
         """
         tenant, document_id = meta.tenant, meta.document_id
         validate_id(tenant, "tenant")
@@ -357,8 +366,11 @@ class MilvusStore:
             ],
         )
         deleted = await self._delete(self.config.chunk_collection, stale)
-        await self.flush()
-        return UpsertResult(document_id, content_hash, written, deleted, unchanged=False)
+        if flush:
+            await self.flush()
+        return UpsertResult(
+            document_id, content_hash, written, deleted, unchanged=False, created=existing is None
+        )
 
     @staticmethod
     def _same_document(
@@ -647,6 +659,39 @@ class MilvusStore:
             await self._delete(self.config.entity_collection, expr)
         await self._call(self._client.flush, self.config.entity_collection)
         return written
+
+    async def entity_records(self, tenant: str, entity_ids: Sequence[str]) -> list[EntityRow]:
+        """Every stored record (master and facets) of the given entities of one tenant."""
+        for entity_id in entity_ids:
+            validate_id(entity_id, "entity_id")
+        if not entity_ids:
+            return []
+        rows = await self._call(
+            self._client.query,
+            self.config.entity_collection,
+            filter=build_expression(
+                tenant, [Condition("entity_id", "in", list(entity_ids))], ENTITY_FIELDS
+            ),
+            output_fields=[*_ENTITY_OUTPUT, "content_hash"],
+            limit=MAX_WINDOW,
+        )
+        return [
+            EntityRow(
+                entity_id=str(r["entity_id"]),
+                entity_type=str(r["entity_type"]),
+                facet=str(r["facet"]),
+                title=str(r["title"]),
+                text=str(r["text"]),
+                attributes=dict(r["attributes"] or {}),
+                content_hash=str(r["content_hash"]),
+            )
+            for r in rows
+        ]
+
+    async def ping(self) -> bool:
+        """Whether Milvus answers (for health checks)."""
+        await self._call(self._client.has_collection, self.config.chunk_collection)
+        return True
 
     async def delete_entity(self, tenant: str, entity_id: str) -> int:
         validate_id(entity_id, "entity_id")

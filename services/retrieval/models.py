@@ -71,6 +71,8 @@ class UpsertResult:
     chunks_written: int
     chunks_deleted: int
     unchanged: bool
+    # True when no earlier version of the document was stored.
+    created: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +204,13 @@ class ProgressEvent:
     chunk_count: int = 0
     error_field: str = ""
     error: str = ""
+    # Class name of the RetrievalError behind a failure, so callers can map it to a status.
+    error_kind: str = ""
+    # DOCUMENT_STORED: whether this was the document's first version.
+    created: bool = False
+    # SHA-256 (hex) and size of the document's bytes, once they were read.
+    content_hash: str = ""
+    size_bytes: int = 0
 
 
 def section_path(section: Sequence[str]) -> str:

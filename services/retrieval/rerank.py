@@ -23,6 +23,7 @@ from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
+
 from callisto.services.retrieval.errors import InvalidArgument
 from callisto.services.retrieval.models import SearchHit
 

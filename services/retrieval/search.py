@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+
 from callisto.services.retrieval.embedder import Embedder
 from callisto.services.retrieval.errors import InvalidArgument
 from callisto.services.retrieval.filters import Condition

@@ -1,18 +1,27 @@
-"""Fixtures for the retrieval backend tests: a real Milvus Lite store in a temp dir and a
-deterministic word-hashing embedder (for storage/search tests only; the Triton embedder has its
-own test in test_embedder.py)."""
+"""Fixtures of the retrieval tests. Backend tests: a real Milvus Lite store in a temp dir and a
+deterministic word-hashing embedder (storage/search only). Service tests: the real Triton
+embedder, the real retrieval service process, the real Envoy gateway in front of it."""
 
 from __future__ import annotations
 
 import hashlib
 import itertools
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
+import grpc
 import numpy as np
 import numpy.typing as npt
 import pytest
+import pytest_asyncio
+from retrieval_test_support import MAX_DOCUMENT_BYTES, RETRIEVAL_SERVICE, create_key
+
+from callisto.gateway.config import GatewaySpec
+from callisto.gateway.process import EnvoyGateway
+from callisto.mesh.processes import RedisServer, ServiceProcess, free_port
+from callisto.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from callisto.services.retrieval.milvus_store import MilvusConfig, MilvusStore
 
 _WORD = re.compile(r"[a-z0-9]+")
@@ -75,3 +84,92 @@ def tenant(request: pytest.FixtureRequest) -> str:
     """A fresh tenant per test so tests sharing the session store never see each other."""
     name = re.sub(r"[^A-Za-z0-9]", "", request.node.name)[:40]
     return f"t{next(_tenant_counter)}-{name}"
+
+
+# Service-level fixtures: one real Triton (embedder only) and one retrieval service process per
+# session, on free ports, plus keys for the tenants the tests use.
+
+
+@pytest.fixture(scope="session")
+def triton_embedder_url() -> Iterator[str]:
+    from callisto.mesh.triton import running_triton
+
+    env = {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1", "CALLISTO_EMBEDDER_THREADS": "1"}
+    server: Any
+    with running_triton(["embedder"], env=env) as server:
+        yield str(server.grpc_url)
+
+
+def retrieval_env(service_env: dict[str, str], triton_url: str, data_dir: Path) -> dict[str, str]:
+    return {
+        **service_env,
+        "CALLISTO_TRITON_GRPC_URL": triton_url,
+        "CALLISTO_RETRIEVAL_DATA_DIR": str(data_dir),
+        "CALLISTO_RETRIEVAL_MAX_DOCUMENT_BYTES": str(MAX_DOCUMENT_BYTES),
+        "CALLISTO_REFLECT_MESH": "true",
+        "OMP_WAIT_POLICY": "PASSIVE",
+        "OMP_NUM_THREADS": "1",
+    }
+
+
+@pytest.fixture(scope="session")
+def retrieval_service(
+    service_env: dict[str, str],
+    triton_embedder_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[ServiceProcess]:
+    data_dir = tmp_path_factory.mktemp("retrieval-service")
+    service = ServiceProcess(
+        "retrieval",
+        free_port(),
+        env=retrieval_env(service_env, triton_embedder_url, data_dir),
+        log_path=data_dir / "retrieval.log",
+    )
+    service.start()
+    service.wait_healthy(timeout=120)
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def tenant_keys(redis_server: RedisServer) -> Callable[[str], str]:
+    """An API key per tenant name, created once per session."""
+    created: dict[str, str] = {}
+
+    def key_for(tenant: str) -> str:
+        if tenant not in created:
+            created[tenant] = create_key(redis_server.url, tenant)
+        return created[tenant]
+
+    return key_for
+
+
+@pytest_asyncio.fixture(scope="session")
+async def retrieval_channel(retrieval_service: ServiceProcess) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(retrieval_service.address) as channel:
+        yield channel
+
+
+@pytest.fixture(scope="session")
+def rstub(retrieval_channel: grpc.aio.Channel) -> pb_grpc.RetrievalServiceAsyncStub:
+    return pb_grpc.RetrievalServiceStub(retrieval_channel)
+
+
+@pytest.fixture(scope="session")
+def retrieval_gateway(
+    retrieval_service: ServiceProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[EnvoyGateway]:
+    directory = tmp_path_factory.mktemp("retrieval-gateway")
+    gateway = EnvoyGateway(
+        GatewaySpec(
+            upstreams={RETRIEVAL_SERVICE: ("127.0.0.1", retrieval_service.port)},
+            descriptor_path=directory / "callisto.binpb",
+            listen_port=free_port(),
+            admin_port=free_port(),
+            reflection_service=RETRIEVAL_SERVICE,
+        ),
+        directory,
+    )
+    gateway.start()
+    yield gateway
+    gateway.stop()

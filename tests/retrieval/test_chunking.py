@@ -3,6 +3,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
+
 from callisto.services.retrieval.chunking import ChunkOptions, chunk_document
 from callisto.services.retrieval.errors import InvalidArgument
 from callisto.services.retrieval.parsing import MARKDOWN, parse_document

@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import time
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
+
 from callisto.services.retrieval.embedder import TritonEmbedder
 from callisto.services.retrieval.errors import BackendUnavailable
-
-
-@pytest.fixture(scope="session")
-def triton_embedder_url() -> Iterator[str]:
-    if importlib.util.find_spec("callisto.mesh.triton") is None:
-        pytest.skip("callisto.mesh.triton (the Triton launcher) is not in this checkout yet")
-    from callisto.mesh.triton import running_triton
-
-    env = {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1", "CALLISTO_EMBEDDER_THREADS": "1"}
-    server: Any
-    with running_triton(["embedder"], env=env) as server:
-        yield str(server.grpc_url)
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from callisto.services.retrieval.embedder import Embedder
 from callisto.services.retrieval.errors import InvalidArgument
 from callisto.services.retrieval.facets import FacetedSearch, aggregate, load_entities_jsonl

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from callisto.services.retrieval.errors import InvalidArgument, InvalidFilter
 from callisto.services.retrieval.filters import (
     ENTITY_FIELDS,

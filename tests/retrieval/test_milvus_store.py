@@ -3,6 +3,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping, Sequence
 
 import pytest
+
 from callisto.services.retrieval.embedder import Embedder
 from callisto.services.retrieval.errors import InvalidArgument, InvalidFilter, NotFound
 from callisto.services.retrieval.filters import Condition

@@ -3,6 +3,7 @@ from __future__ import annotations
 import io
 
 import pytest
+
 from callisto.services.retrieval.errors import (
     CorruptDocument,
     DocumentTooLarge,

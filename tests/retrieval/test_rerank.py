@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from callisto.services.retrieval.models import SearchHit
 from callisto.services.retrieval.rerank import MMRReranker
 

@@ -1,0 +1,262 @@
+"""Stream files into the retrieval service over the bidirectional `IngestDocuments` RPC.
+
+Files are read in pieces while they are sent (a header, `data` messages of at most
+`chunk_bytes`, an end marker per file), so memory stays flat whatever the folder's size; gRPC
+flow control paces the reads. Results arrive per document while later files are still being
+sent; a rich progress bar shows them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import grpc
+from google.rpc import status_pb2
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from callisto.common.v1 import common_pb2
+from callisto.retrieval.v1 import retrieval_pb2 as pb
+from callisto.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
+
+MIME_TYPES: Mapping[str, str] = {
+    ".pdf": "application/pdf",
+    ".docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    ".csv": "text/csv",
+    ".md": "text/markdown",
+    ".markdown": "text/markdown",
+    ".html": "text/html",
+    ".htm": "text/html",
+    ".txt": "text/plain",
+}
+SUPPORTED_SUFFIXES = frozenset(MIME_TYPES)
+CHUNK_BYTES = 64 * 1024
+AttributeValue = str | int | float | bool
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """One file to ingest and the metadata its document gets."""
+
+    path: Path
+    document_id: str
+    mime_type: str
+    title: str = ""
+    source_uri: str = ""
+    tags: tuple[str, ...] = ()
+    attributes: Mapping[str, AttributeValue] = field(default_factory=dict)
+
+
+@dataclass
+class IngestReport:
+    """What one ingestion did, per outcome."""
+
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    failed: dict[str, status_pb2.Status] = field(default_factory=dict)
+    chunks_stored: int = 0
+    duration_ms: float = 0.0
+    # Set when the stream itself failed (the documents before it may still be indexed).
+    error: status_pb2.Status | None = None
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.created or self.updated)
+
+
+def document_id_for(root: Path, path: Path) -> str:
+    """A stable document id from the path relative to the ingested folder."""
+    relative = path.relative_to(root).as_posix() if path != root else path.name
+    cleaned = re.sub(r"[^A-Za-z0-9._:-]+", "-", relative).strip("-._:")
+    return cleaned[-128:].lstrip("-._:") or "document"
+
+
+def discover(folder: Path, recursive: bool = False) -> list[Path]:
+    """Supported files of `folder` (or `folder` itself when it is a file), sorted."""
+    if folder.is_file():
+        return [folder]
+    candidates = folder.rglob("*") if recursive else folder.glob("*")
+    return sorted(
+        p
+        for p in candidates
+        if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES and not p.name.startswith(".")
+    )
+
+
+def file_spec(
+    root: Path,
+    path: Path,
+    *,
+    tags: Sequence[str] = (),
+    attributes: Mapping[str, AttributeValue] | None = None,
+    title: str = "",
+    source_uri: str = "",
+) -> FileSpec:
+    return FileSpec(
+        path=path,
+        document_id=document_id_for(root, path),
+        mime_type=MIME_TYPES.get(path.suffix.lower(), ""),
+        title=title or path.stem.replace("-", " ").replace("_", " ").strip().capitalize(),
+        source_uri=source_uri or path.resolve().as_uri(),
+        tags=tuple(tags),
+        attributes=dict(attributes or {}),
+    )
+
+
+def attribute_proto(value: AttributeValue) -> common_pb2.AttributeValue:
+    if isinstance(value, bool):
+        return common_pb2.AttributeValue(bool_value=value)
+    if isinstance(value, int):
+        return common_pb2.AttributeValue(int_value=value)
+    if isinstance(value, float):
+        return common_pb2.AttributeValue(double_value=value)
+    return common_pb2.AttributeValue(string_value=value)
+
+
+def header_for(spec: FileSpec) -> pb.DocumentHeader:
+    return pb.DocumentHeader(
+        document_id=spec.document_id,
+        title=spec.title,
+        source_uri=spec.source_uri,
+        mime_type=spec.mime_type,
+        tags=list(spec.tags),
+        attributes={k: attribute_proto(v) for k, v in spec.attributes.items()},
+    )
+
+
+async def request_stream(
+    specs: Sequence[FileSpec], chunk_bytes: int = CHUNK_BYTES
+) -> AsyncIterator[pb.IngestDocumentsRequest]:
+    """header, data..., end for each file, reading each file piece by piece."""
+    for spec in specs:
+        yield pb.IngestDocumentsRequest(header=header_for(spec))
+        handle: BinaryIO = await asyncio.to_thread(spec.path.open, "rb")
+        try:
+            while piece := await asyncio.to_thread(handle.read, chunk_bytes):
+                yield pb.IngestDocumentsRequest(data=piece)
+        finally:
+            handle.close()
+        yield pb.IngestDocumentsRequest(end=pb.DocumentEnd())
+
+
+async def ingest_specs(
+    stub: pb_grpc.RetrievalServiceAsyncStub,
+    specs: Sequence[FileSpec],
+    metadata: tuple[tuple[str, str], ...],
+    *,
+    on_result: Callable[[pb.DocumentResult], None] | None = None,
+    on_progress: Callable[[pb.IngestProgress], None] | None = None,
+    deadline_s: float | None = None,
+) -> IngestReport:
+    """Stream `specs` over one IngestDocuments call and collect the per-document results."""
+    report = IngestReport()
+    if not specs:
+        return report
+    call = stub.IngestDocuments(request_stream(specs), metadata=metadata, timeout=deadline_s)
+    async for response in call:
+        kind = response.WhichOneof("event")
+        if kind == "progress":
+            if on_progress is not None:
+                on_progress(response.progress)
+        elif kind == "document":
+            result = response.document
+            _record(report, result)
+            if on_result is not None:
+                on_result(result)
+        elif kind == "summary":
+            report.chunks_stored = response.summary.progress.chunks_stored
+            report.duration_ms = response.summary.duration_ms
+        elif kind == "error":
+            report.error = response.error
+    return report
+
+
+def _record(report: IngestReport, result: pb.DocumentResult) -> None:
+    if result.outcome == pb.DOCUMENT_OUTCOME_CREATED:
+        report.created.append(result.document_id)
+    elif result.outcome == pb.DOCUMENT_OUTCOME_UPDATED:
+        report.updated.append(result.document_id)
+    elif result.outcome == pb.DOCUMENT_OUTCOME_UNCHANGED:
+        report.unchanged.append(result.document_id)
+    else:
+        report.failed[result.document_id] = result.error
+
+
+class FolderIngester:
+    """Ingests folders into the tenant of `api_key` through `target` (service or gateway)."""
+
+    def __init__(
+        self,
+        target: str,
+        api_key: str,
+        *,
+        show_progress: bool = True,
+        console: Console | None = None,
+        chunk_bytes: int = CHUNK_BYTES,
+    ) -> None:
+        self.target = target
+        self.metadata = (("authorization", f"Bearer {api_key}"),)
+        self.show_progress = show_progress
+        self.console = console or Console(stderr=True)
+        self.chunk_bytes = chunk_bytes
+
+    async def ingest_specs(self, specs: Sequence[FileSpec]) -> IngestReport:
+        async with grpc.aio.insecure_channel(self.target) as channel:
+            stub = pb_grpc.RetrievalServiceStub(channel)
+            progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[chunks]} chunks"),
+                TimeElapsedColumn(),
+                console=self.console,
+                disable=not self.show_progress,
+                transient=False,
+            )
+            with progress:
+                task = progress.add_task("ingesting", total=len(specs), chunks=0)
+
+                def on_result(result: pb.DocumentResult) -> None:
+                    progress.advance(task)
+                    if result.outcome == pb.DOCUMENT_OUTCOME_FAILED:
+                        progress.console.print(
+                            f"[red]failed[/red] {result.document_id}: {result.error.message}"
+                        )
+
+                def on_progress(counters: pb.IngestProgress) -> None:
+                    progress.update(task, chunks=counters.chunks_stored)
+
+                return await ingest_specs(
+                    stub, specs, self.metadata, on_result=on_result, on_progress=on_progress
+                )
+
+    async def ingest_folder(
+        self,
+        folder: Path,
+        *,
+        recursive: bool = False,
+        tags: Sequence[str] = (),
+        attributes: Mapping[str, AttributeValue] | None = None,
+    ) -> IngestReport:
+        specs = await asyncio.to_thread(folder_specs, folder, recursive, tags, attributes)
+        return await self.ingest_specs(specs)
+
+
+def folder_specs(
+    folder: Path,
+    recursive: bool = False,
+    tags: Sequence[str] = (),
+    attributes: Mapping[str, AttributeValue] | None = None,
+) -> list[FileSpec]:
+    """A spec per supported file, ids relative to `folder`."""
+    root = folder if folder.is_dir() else folder.parent
+    return [
+        file_spec(root, path, tags=tags, attributes=attributes)
+        for path in discover(folder, recursive)
+    ]
