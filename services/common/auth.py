@@ -13,8 +13,9 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from callisto.services.common.tenancy import TENANT_PATTERN
 from redis.asyncio import Redis
+
+from callisto.services.common.tenancy import TENANT_PATTERN
 
 KEY_PATTERN = re.compile(r"^cal_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
 _PREFIX = "callisto:auth"

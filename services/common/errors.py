@@ -13,6 +13,8 @@ import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 ERROR_DOMAIN = "callisto.dev"
 
@@ -148,10 +150,21 @@ def build_status(
     return status_pb2.Status(code=code.value[0], message=message, details=packed)
 
 
+def as_callisto_error(error: BaseException) -> CallistoError | None:
+    """The typed error an exception stands for: a dependency that cannot be reached (a refused
+    or dropped connection, a timeout) is UNAVAILABLE, so clients know to retry."""
+    if isinstance(error, CallistoError):
+        return error
+    if isinstance(error, (ConnectionError, TimeoutError, RedisConnectionError, RedisTimeoutError)):
+        return Unavailable("a backing service is unreachable; retry shortly", retry_after=1.0)
+    return None
+
+
 def status_from_exception(error: BaseException) -> status_pb2.Status:
     """The status an exception surfaces as; unknown exceptions never leak their text."""
-    if isinstance(error, CallistoError):
-        return error.to_status()
+    typed = as_callisto_error(error)
+    if typed is not None:
+        return typed.to_status()
     return build_status(grpc.StatusCode.INTERNAL, "internal error")
 
 
@@ -178,6 +191,7 @@ __all__ = [
     "ResourceExhausted",
     "Unauthenticated",
     "Unavailable",
+    "as_callisto_error",
     "build_status",
     "grpc_code",
     "status_from_exception",

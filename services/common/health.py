@@ -8,9 +8,10 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from callisto.services.common.telemetry import DEPENDENCY_UP
 from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
+
+from callisto.services.common.telemetry import DEPENDENCY_UP
 
 log = logging.getLogger(__name__)
 

@@ -14,16 +14,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from redis.exceptions import RedisError
+
 from callisto.services.common.auth import ApiKeyStore, bearer_key
 from callisto.services.common.errors import (
-    CallistoError,
     Unauthenticated,
     Unavailable,
+    as_callisto_error,
     status_from_exception,
 )
 from callisto.services.common.telemetry import RPC_IN_FLIGHT, RPC_LATENCY, RPC_REQUESTS
 from callisto.services.common.tenancy import bind_tenant, reset_tenant
-from redis.exceptions import RedisError
 
 log = logging.getLogger("callisto.rpc")
 
@@ -90,7 +91,7 @@ class _Call:
         RPC_LATENCY.labels(self.method).observe(elapsed)
         RPC_IN_FLIGHT.labels(self.method).dec()
         fields = {"method": self.method, "code": code.name, "duration_ms": round(elapsed * 1000, 3)}
-        if error is not None and not isinstance(error, CallistoError):
+        if error is not None and as_callisto_error(error) is None:
             log.error("rpc failed", exc_info=error, extra={"fields": fields})
         elif code in (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED):
             log.debug("rpc", extra={"fields": fields})
@@ -99,8 +100,9 @@ class _Call:
 
 
 def _code_of(error: BaseException) -> grpc.StatusCode:
-    if isinstance(error, CallistoError):
-        return error.code
+    typed = as_callisto_error(error)
+    if typed is not None:
+        return typed.code
     if isinstance(error, asyncio.CancelledError):
         return grpc.StatusCode.CANCELLED
     return grpc.StatusCode.INTERNAL

@@ -16,6 +16,15 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import grpc
+from grpc_health.v1 import health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
 from callisto.services.common import catalog
 from callisto.services.common.auth import ApiKeyStore
 from callisto.services.common.config import CommonSettings
@@ -26,10 +35,6 @@ from callisto.services.common.telemetry import (
     configure_tracing,
     start_metrics_server,
 )
-from grpc_health.v1 import health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
-from redis.asyncio import Redis
 
 log = logging.getLogger("callisto.server")
 
@@ -56,9 +61,7 @@ class Runtime(Generic[S]):
     def __init__(self, name: str, settings: S) -> None:
         self.name = name
         self.settings = settings
-        self.auth_redis: Redis = Redis.from_url(
-            settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0
-        )
+        self.auth_redis: Redis = connect_redis(settings.redis_url)
         self.keys = ApiKeyStore(self.auth_redis, cache_seconds=settings.auth_cache_seconds)
         # Set when the process begins to shut down: long streams end cleanly when they see it.
         self.stopping = asyncio.Event()
@@ -73,6 +76,19 @@ class Runtime(Generic[S]):
 
     async def close(self) -> None:
         await self.auth_redis.aclose()
+
+
+def connect_redis(url: str) -> Redis:
+    """A Redis client that survives a Redis restart: a command that finds its pooled connection
+    closed is retried once on a fresh one (safe for the idempotent reads this is used for)."""
+    return Redis.from_url(
+        url,
+        socket_timeout=2.0,
+        socket_connect_timeout=2.0,
+        retry=Retry(NoBackoff(), 1),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        health_check_interval=10,
+    )
 
 
 def message_size_options(limit: int) -> list[tuple[str, Any]]:

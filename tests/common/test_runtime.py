@@ -97,7 +97,7 @@ async def test_traceparent_reaches_the_logs_and_metrics_are_exported(
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         lines = [json.loads(line) for line in service.log_path.read_text().splitlines() if line]
-        traced = [line for line in lines if line.get("trace_id") == TRACE_ID]
+        traced = [line for line in lines if line.get("trace_id") == TRACE_ID and "method" in line]
         if traced:
             break
         await asyncio.sleep(0.1)
