@@ -27,11 +27,16 @@ from callisto.mesh.processes import (
     port_is_free,
 )
 from callisto.mesh.state import MeshState
+from callisto.mesh.triton import TritonServer, default_model_repository, ensure_triton_environment
 from callisto.services.common.auth import ApiKeyStore
 
 log = logging.getLogger("callisto.mesh")
 
 PERSISTENCE_SERVICE = "callisto.persistence.v1.PersistenceService"
+GENERATION_SERVICE = "callisto.generation.v1.GenerationService"
+RETRIEVAL_SERVICE = "callisto.retrieval.v1.RetrievalService"
+# Models the embedded mesh serves from deploy/triton (toy_llm is for tests and benchmarks).
+MESH_MODELS = ["llm", "embedder"]
 DEMO_TENANT = "demo"
 DEMO_KEY_FILE = "demo-api-key"
 
@@ -46,7 +51,13 @@ class MeshConfig:
     admin_port: int = 9901
     redis_port: int = 6390
     persistence_port: int = 50051
+    generation_port: int = 50052
+    retrieval_port: int = 50053
     appendfsync: str = "everysec"
+    # Serve models (Triton, generation, retrieval); off gives the persistence-only mesh.
+    with_models: bool = True
+    # Where the Triton environment and the compiled llama.cpp wheel are cached.
+    cache_dir: Path | None = None
     # Extra environment for every service process.
     service_env: dict[str, str] = field(default_factory=dict)
 
@@ -82,9 +93,32 @@ class Mesh:
             log_path=self.logs / "persistence.log",
             host=config.host,
         )
+        self.services: list[ServiceProcess] = [self.persistence]
+        upstreams = {PERSISTENCE_SERVICE: (config.host, self.persistence.port)}
+        self.triton: TritonServer | None = None
+        self.generation: ServiceProcess | None = None
+        self.retrieval: ServiceProcess | None = None
+        if config.with_models:
+            self.generation = ServiceProcess(
+                "generation",
+                _port(config.generation_port, config.host),
+                env=env,
+                log_path=self.logs / "generation.log",
+                host=config.host,
+            )
+            self.retrieval = ServiceProcess(
+                "retrieval",
+                _port(config.retrieval_port, config.host),
+                env={**env, "CALLISTO_RETRIEVAL_DATA_DIR": str(home / "retrieval")},
+                log_path=self.logs / "retrieval.log",
+                host=config.host,
+            )
+            self.services += [self.generation, self.retrieval]
+            upstreams[GENERATION_SERVICE] = (config.host, self.generation.port)
+            upstreams[RETRIEVAL_SERVICE] = (config.host, self.retrieval.port)
         self.gateway = EnvoyGateway(
             GatewaySpec(
-                upstreams={PERSISTENCE_SERVICE: (config.host, self.persistence.port)},
+                upstreams=upstreams,
                 descriptor_path=home / "gateway" / "callisto.binpb",
                 listen_address=config.host,
                 listen_port=_port(config.gateway_port, config.host),
@@ -93,7 +127,6 @@ class Mesh:
             ),
             home / "gateway",
         )
-        self.services: list[ServiceProcess] = [self.persistence]
         self.demo_key = ""
 
     def start(self) -> None:
@@ -102,11 +135,35 @@ class Mesh:
         step(
             "redis", lambda: self.redis.start(), f"{self.redis.url} (AOF {self.redis.appendfsync})"
         )
-        for service in self.services:
-            step(service.service, partial(_start_service, service), service.address)
+        step("persistence", partial(_start_service, self.persistence), self.persistence.address)
+        if self.config.with_models:
+            self._start_models()
         step("gateway", lambda: self.gateway.start(), self.gateway.http_url)
         self.demo_key = asyncio.run(self._ensure_demo_key())
         self.state().write(self.config.home)
+
+    def _start_models(self) -> None:
+        assert self.generation is not None and self.retrieval is not None
+        self.say("  … preparing the Triton environment (the first start compiles llama.cpp once,")
+        self.say("    10-15 minutes; later starts reuse the cached build)")
+        environment = ensure_triton_environment(self.config.cache_dir, log=self._quiet)
+        self.triton = TritonServer(environment, log_path=self.logs / "triton.log")
+        triton = self.triton
+        self._step(
+            "triton",
+            lambda: triton.start(default_model_repository(), MESH_MODELS, _model_threads()),
+            f"{triton.grpc_url} ({', '.join(MESH_MODELS)})",
+        )
+        triton_env = {
+            "CALLISTO_TRITON_URL": triton.grpc_url,
+            "CALLISTO_TRITON_GRPC_URL": triton.grpc_url,
+        }
+        for service in (self.generation, self.retrieval):
+            service.env.update(triton_env)
+            self._step(service.service, partial(_start_service, service), service.address)
+
+    def _quiet(self, line: str) -> None:
+        self.say(f"    {line}")
 
     def stop(self) -> None:
         """Stops everything in reverse order, by PID."""
@@ -114,17 +171,21 @@ class Mesh:
         self.gateway.stop()
         for service in reversed(self.services):
             service.stop()
+        if self.triton is not None:
+            self.triton.stop()
         self.redis.stop()
 
     def state(self) -> MeshState:
-        pids = {"redis": self.redis.pid, **{s.service: s.pid for s in self.services}}
+        pids = {"redis": self.redis.pid, **{s.service: s.pid for s in self.services if s.running}}
+        if self.triton is not None:
+            pids["triton"] = self.triton.pid
         if self.gateway.pid is not None:
             pids["gateway"] = self.gateway.pid
         return MeshState(
             redis_url=self.redis.url,
             gateway=self.gateway.grpc_target,
             admin=self.gateway.admin_url,
-            services={s.service: s.address for s in self.services},
+            services={s.service: s.address for s in self.services if s.running},
             pids=pids,
         )
 
@@ -133,6 +194,8 @@ class Mesh:
         for child in (self.redis, *self.services):
             if not child.running:
                 return f"{child.name} exited:\n{child.log_tail()}"
+        if self.triton is not None and not self.triton.running:
+            return f"triton exited:\n{self.triton.log_tail()}"
         if self.gateway.pid is not None and not self.gateway.running:
             return "gateway exited"
         return None
@@ -159,6 +222,12 @@ class Mesh:
         path.write_text(key + "\n")
         path.chmod(0o600)
         return key
+
+
+def _model_threads() -> dict[str, str]:
+    # Two cores shared by llama.cpp, torch and the services: spinning OpenMP threads would
+    # starve everything else.
+    return {"OMP_WAIT_POLICY": "PASSIVE", "CALLISTO_EMBEDDER_THREADS": "1"}
 
 
 def _start_service(service: ServiceProcess) -> None:

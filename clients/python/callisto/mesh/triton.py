@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+
+from callisto.mesh.processes import ManagedProcess, free_port
 
 SYSTEM_PYTHON = Path("/usr/bin/python3.11")
 PYTHON_TAG = "3.11"
@@ -269,15 +270,11 @@ def llama_wheel_available(cache_dir: Path | None = None) -> bool:
     return _llama_wheel((cache_dir or default_cache_dir()).expanduser() / "wheels") is not None
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class TritonServer:
-    """One tritonserver process on free loopback ports, in its own process group."""
+    """One tritonserver process on free loopback ports, in its own process group.
+
+    A stopped server started again keeps its ports, so clients reconnect to the same address.
+    """
 
     def __init__(
         self,
@@ -287,9 +284,11 @@ class TritonServer:
         startup_timeout_s: float = 180.0,
     ) -> None:
         self.environment = environment
-        self.log_path = log_path
+        self.log_path = (
+            log_path or environment.venv.parent / "logs" / f"tritonserver-{os.getpid()}.log"
+        )
         self.startup_timeout_s = startup_timeout_s
-        self._process: subprocess.Popen[bytes] | None = None
+        self._process: ManagedProcess | None = None
         self._http_port = 0
         self._grpc_port = 0
         self.models: list[str] = []
@@ -309,6 +308,10 @@ class TritonServer:
             raise RuntimeError("tritonserver is not running")
         return self._process.pid
 
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.running
+
     def start(
         self,
         model_repository: Path,
@@ -324,12 +327,8 @@ class TritonServer:
         if not models:
             raise ValueError(f"no models to load from {repository}")
         self.models = list(models)
-        self._http_port, self._grpc_port = _free_port(), _free_port()
-        if self.log_path is None:
-            self.log_path = (
-                self.environment.venv.parent / "logs" / f"tritonserver-{os.getpid()}.log"
-            )
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        if not self._grpc_port:
+            self._http_port, self._grpc_port = free_port(), free_port()
         cmd = [
             str(self.environment.tritonserver),
             f"--model-repository={repository}",
@@ -346,15 +345,10 @@ class TritonServer:
         ]
         # A crashed or interrupted parent must not leave the server running.
         atexit.register(self.stop)
-        with self.log_path.open("wb") as log_file:
-            self._process = subprocess.Popen(
-                cmd,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=self.environment.process_env(env),
-                start_new_session=True,
-            )
+        self._process = ManagedProcess(
+            "triton", cmd, log_path=self.log_path, env=self.environment.process_env(env)
+        )
+        self._process.start()
         try:
             self._wait_ready()
         except BaseException:
@@ -366,9 +360,8 @@ class TritonServer:
         url = f"{self.http_url}/v2/health/ready"
         while time.monotonic() < deadline:
             assert self._process is not None
-            code = self._process.poll()
-            if code is not None:
-                raise TritonStartError(f"tritonserver exited with {code}:\n{self.log_tail()}")
+            if not self._process.running:
+                raise TritonStartError(f"tritonserver exited:\n{self.log_tail()}")
             with contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError):
                 with urllib.request.urlopen(url, timeout=1) as response:
                     if response.status == 200:
@@ -379,9 +372,16 @@ class TritonServer:
         )
 
     def log_tail(self, lines: int = 40) -> str:
-        if self.log_path is None or not self.log_path.exists():
+        if not self.log_path.exists():
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def kill(self) -> None:
+        """SIGKILL the server and its backend stubs at once, as a crash would."""
+        process, self._process = self._process, None
+        if process is not None:
+            atexit.unregister(self.stop)
+            process.kill()
 
     def stop(self, grace_s: float = 15.0) -> None:
         """SIGTERM the process group, SIGKILL it after ``grace_s``; the stubs die with it."""
@@ -389,17 +389,7 @@ class TritonServer:
         if process is None:
             return
         atexit.unregister(self.stop)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            pass
-        # Python backend stubs share the group; kill any straggler even after a clean exit.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=5)
+        process.stop(grace_s)
 
     async def start_async(
         self,
