@@ -631,8 +631,8 @@ class UpdateConversationRequest(_message.Message):
 
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
-        """Fields to update: `title`, `participants`, `tags`, `status`, `metadata`, `ttl`; all of them
-        when empty.
+        """Fields to update: `title`, `participants`, `tags`, `status`, `metadata`, `ttl`; when empty,
+        the fields set (non-default) in `conversation` (AIP-134).
         """
 
     def __init__(
@@ -1356,7 +1356,7 @@ class UpdateSessionRequest(_message.Message):
 
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
-        """Fields to update: `kind`, `state`, `ttl`; all of them when empty."""
+        """Fields to update: `kind`, `state`, `ttl`; when empty, the fields set in `session`."""
 
     def __init__(
         self,
@@ -1499,7 +1499,9 @@ class UpdateRetentionPolicyRequest(_message.Message):
 
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
-        """Fields to update: `conversation_ttl`, `session_ttl`; all of them when empty."""
+        """Fields to update: `conversation_ttl`, `session_ttl`; when empty, the fields set in
+        `retention_policy`.
+        """
 
     def __init__(
         self,
