@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 import pytest_asyncio
-from retrieval_test_support import MAX_DOCUMENT_BYTES, RETRIEVAL_SERVICE, create_key
+from retrieval_test_support import RETRIEVAL_SERVICE, create_key, retrieval_env
 
 from callisto.gateway.config import GatewaySpec
 from callisto.gateway.process import EnvoyGateway
@@ -98,18 +98,6 @@ def triton_embedder_url() -> Iterator[str]:
     server: Any
     with running_triton(["embedder"], env=env) as server:
         yield str(server.grpc_url)
-
-
-def retrieval_env(service_env: dict[str, str], triton_url: str, data_dir: Path) -> dict[str, str]:
-    return {
-        **service_env,
-        "CALLISTO_TRITON_GRPC_URL": triton_url,
-        "CALLISTO_RETRIEVAL_DATA_DIR": str(data_dir),
-        "CALLISTO_RETRIEVAL_MAX_DOCUMENT_BYTES": str(MAX_DOCUMENT_BYTES),
-        "CALLISTO_REFLECT_MESH": "true",
-        "OMP_WAIT_POLICY": "PASSIVE",
-        "OMP_NUM_THREADS": "1",
-    }
 
 
 @pytest.fixture(scope="session")

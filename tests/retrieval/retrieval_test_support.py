@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
@@ -18,6 +19,18 @@ from callisto.services.common.auth import ApiKeyStore
 RETRIEVAL_SERVICE = "callisto.retrieval.v1.RetrievalService"
 MAX_DOCUMENT_BYTES = 256 * 1024
 Metadata = tuple[tuple[str, str], ...]
+
+
+def retrieval_env(service_env: dict[str, str], triton_url: str, data_dir: Path) -> dict[str, str]:
+    return {
+        **service_env,
+        "CALLISTO_TRITON_GRPC_URL": triton_url,
+        "CALLISTO_RETRIEVAL_DATA_DIR": str(data_dir),
+        "CALLISTO_RETRIEVAL_MAX_DOCUMENT_BYTES": str(MAX_DOCUMENT_BYTES),
+        "CALLISTO_REFLECT_MESH": "true",
+        "OMP_WAIT_POLICY": "PASSIVE",
+        "OMP_NUM_THREADS": "1",
+    }
 
 
 def bearer(key: str) -> Metadata:

@@ -1,0 +1,110 @@
+"""`callisto ingest FOLDER`: stream a folder's documents into a tenant's retrieval index."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from callisto.mesh.state import MeshState, mesh_home
+
+
+def _target(explicit: str | None) -> str:
+    if explicit:
+        return explicit
+    if os.environ.get("CALLISTO_TARGET"):
+        return os.environ["CALLISTO_TARGET"]
+    state = MeshState.read(mesh_home())
+    if state is not None:
+        return state.gateway.removeprefix("http://")
+    return "127.0.0.1:8080"
+
+
+def _key(key: str | None, tenant: str | None) -> str:
+    if key:
+        return key
+    if tenant is None:
+        raise typer.BadParameter(
+            "pass --key (or set CALLISTO_API_KEY), or --tenant to create a key in the running mesh",
+            param_hint="--key",
+        )
+    from redis.asyncio import Redis
+
+    from callisto.services.common.auth import ApiKeyStore
+
+    state = MeshState.read(mesh_home())
+    redis_url = os.environ.get("CALLISTO_REDIS_URL") or (state.redis_url if state else None)
+    if redis_url is None:
+        raise typer.BadParameter("no running mesh found to create a key in", param_hint="--tenant")
+
+    async def create() -> str:
+        redis = Redis.from_url(redis_url)
+        try:
+            created, _ = await ApiKeyStore(redis).create(tenant, label="callisto ingest")
+            return created
+        finally:
+            await redis.aclose()
+
+    try:
+        return asyncio.run(create())
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--tenant") from error
+
+
+def ingest(
+    folder: Annotated[
+        Path,
+        typer.Argument(exists=True, help="A folder (or one file) of PDF/DOCX/CSV/MD/HTML/TXT."),
+    ],
+    key: Annotated[
+        str | None,
+        typer.Option(
+            "--key", envvar="CALLISTO_API_KEY", help="API key; its tenant gets the files."
+        ),
+    ] = None,
+    tenant: Annotated[
+        str | None,
+        typer.Option("--tenant", help="Without --key: create a key for this tenant in the mesh."),
+    ] = None,
+    target: Annotated[
+        str | None,
+        typer.Option(
+            "--target", help="gRPC address (gateway or retrieval service); default: the mesh."
+        ),
+    ] = None,
+    recursive: Annotated[
+        bool, typer.Option("--recursive", "-r", help="Include sub-folders.")
+    ] = False,
+    tags: Annotated[
+        list[str] | None, typer.Option("--tags", "-t", help="Tag every document (repeatable).")
+    ] = None,
+) -> None:
+    """Stream documents into the retrieval index, with a progress bar; re-runs change nothing."""
+    from callisto.ingest.folder import FolderIngester, folder_specs
+
+    specs = folder_specs(folder.resolve(), recursive, tags or ())
+    if not specs:
+        typer.echo(f"no supported files in {folder}", err=True)
+        raise typer.Exit(1)
+    ingester = FolderIngester(_target(target), _key(key, tenant))
+    try:
+        report = asyncio.run(ingester.ingest_specs(specs))
+    except Exception as error:
+        import grpc
+
+        if isinstance(error, grpc.aio.AioRpcError):
+            typer.echo(f"ingestion failed: {error.code().name}: {error.details()}", err=True)
+            raise typer.Exit(2) from error
+        raise
+    typer.echo(
+        f"created {len(report.created)}, updated {len(report.updated)}, "
+        f"unchanged {len(report.unchanged)}, failed {len(report.failed)}; "
+        f"{report.chunks_stored} chunks stored in {report.duration_ms / 1000:.1f} s"
+    )
+    if report.error is not None:
+        typer.echo(f"stream failed: {report.error.message}", err=True)
+    if report.failed or report.error is not None:
+        raise typer.Exit(1)
