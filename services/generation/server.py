@@ -359,7 +359,6 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[generation_pb2.ChatResponse]:
         extras = self._extras(context)
-        timeout = self._timeout(context)
         outbox: asyncio.Queue[generation_pb2.ChatResponse | None] = asyncio.Queue()
         state = _ChatState()
 
@@ -377,7 +376,8 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
                     start.model, start.messages, start.parameters, extras, prefix="start."
                 )
                 self._admit()
-                relay = self._start(prepared, timeout, started)
+                # Each generation gets what is left of the Chat call's deadline when it starts.
+                relay = self._start(prepared, self._timeout(context), started)
                 run.relay = relay
                 if run.cancelled:
                     relay.cancel()
