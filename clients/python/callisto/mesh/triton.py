@@ -442,9 +442,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="toy_llm,embedder", help="comma list, or 'all'")
     parser.add_argument("--model-repository", type=Path, default=default_model_repository())
     parser.add_argument("--cache-dir", type=Path, default=None)
+    parser.add_argument(
+        "--prepare", action="store_true", help="only build the environment (all models), then exit"
+    )
     args = parser.parse_args(argv)
-    models = None if args.models == "all" else [m for m in args.models.split(",") if m]
     started = time.monotonic()
+    if args.prepare:
+        ensure_triton_environment(args.cache_dir)
+        print(f"Triton environment ready ({time.monotonic() - started:.1f}s)")
+        return 0
+    models = None if args.models == "all" else [m for m in args.models.split(",") if m]
     with running_triton(
         models, model_repository=args.model_repository, cache_dir=args.cache_dir
     ) as server:
