@@ -120,28 +120,25 @@ class ModelInfo:
 
 
 def _decode(response: Any) -> ModelEvent:
-    """Reads the four outputs straight from the raw tensor bytes (no numpy on the hot path)."""
-    values: dict[str, bytes] = {}
+    """Reads the four outputs straight from the raw tensor bytes (no numpy on the hot path).
+
+    A BYTES tensor of one element is a little-endian uint32 length and the bytes; an INT32 one
+    is four little-endian bytes.
+    """
+    text, prompt_tokens, completion_tokens, finish_reason = "", 0, 0, ""
     for output, raw in zip(response.outputs, response.raw_output_contents, strict=False):
-        values[output.name] = raw
-
-    def text(name: str) -> str:
-        raw = values.get(name, b"")
-        if len(raw) < 4:
-            return ""
-        (length,) = _LENGTH.unpack_from(raw)
-        return raw[4 : 4 + length].decode("utf-8", errors="replace")
-
-    def number(name: str) -> int:
-        raw = values.get(name, b"")
-        return _INT32.unpack_from(raw)[0] if len(raw) >= 4 else 0
-
-    return ModelEvent(
-        text=text("text_output"),
-        prompt_tokens=number("prompt_tokens"),
-        completion_tokens=number("completion_tokens"),
-        finish_reason=text("finish_reason"),
-    )
+        name = output.name
+        if name == "text_output" or name == "finish_reason":
+            value = raw[4 : 4 + _LENGTH.unpack_from(raw)[0]].decode("utf-8", errors="replace")
+            if name == "text_output":
+                text = value
+            else:
+                finish_reason = value
+        elif name == "completion_tokens":
+            completion_tokens = _INT32.unpack_from(raw)[0]
+        elif name == "prompt_tokens":
+            prompt_tokens = _INT32.unpack_from(raw)[0]
+    return ModelEvent(text, prompt_tokens, completion_tokens, finish_reason)
 
 
 def _model_error(message: str) -> Exception:
