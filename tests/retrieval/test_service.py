@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 import pytest
@@ -13,6 +14,7 @@ from retrieval_test_support import (
     bad_request,
     bearer,
     ingest,
+    requests,
     results,
     violations,
 )
@@ -377,3 +379,35 @@ async def test_list_documents_pages_and_filters_by_tag(rstub: Stub, port_key: st
         pb.ListDocumentsRequest(tags=["pdf", "port"]), metadata=bearer(port_key)
     )
     assert [d.name for d in tagged.documents] == ["documents/tides-pdf"]
+
+
+async def test_a_cancelled_stream_stops_and_stores_nothing_more(
+    rstub: Stub, tenant_keys: Callable[[str], str]
+) -> None:
+    key = tenant_keys("cancel")
+    never = asyncio.Event()
+
+    async def stalled() -> AsyncIterator[pb.IngestDocumentsRequest]:
+        for doc in [Doc("done", b"The harbour master retires in June.", "text/plain")]:
+            async for message in requests([doc]):
+                yield message
+        yield pb.IngestDocumentsRequest(
+            header=pb.DocumentHeader(document_id="half", mime_type="text/plain")
+        )
+        yield pb.IngestDocumentsRequest(data=b"Half of a document that never ends")
+        await never.wait()
+
+    call = rstub.IngestDocuments(stalled(), metadata=bearer(key))
+    async for response in call:
+        if response.WhichOneof("event") == "document":
+            assert response.document.document_id == "done"
+            break
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    for name, code in [("documents/done", None), ("documents/half", grpc.StatusCode.NOT_FOUND)]:
+        try:
+            await rstub.GetDocument(pb.GetDocumentRequest(name=name), metadata=bearer(key))
+            assert code is None
+        except grpc.aio.AioRpcError as error:
+            assert error.code() == code
