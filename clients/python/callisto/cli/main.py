@@ -12,6 +12,7 @@ from typing import Annotated, TypeVar
 import typer
 from redis.asyncio import Redis
 
+from callisto.cli.ingest import ingest
 from callisto.mesh.state import MeshState, mesh_home
 from callisto.services.common.auth import ApiKeyInfo, ApiKeyStore
 
@@ -24,6 +25,7 @@ app = typer.Typer(
 )
 keys_app = typer.Typer(help="Create, list and revoke API keys (stored in Redis only as hashes).")
 app.add_typer(keys_app, name="keys")
+app.command()(ingest)
 
 HomeOption = Annotated[
     Path | None,
@@ -49,6 +51,10 @@ def up(
     appendfsync: Annotated[
         str, typer.Option(help="Redis AOF fsync policy: `everysec` or `always`.")
     ] = "everysec",
+    models: Annotated[
+        bool,
+        typer.Option(help="Serve models (Triton, generation, retrieval); --no-models skips them."),
+    ] = True,
 ) -> None:
     """Start the whole mesh locally, show it working, and run until Ctrl-C."""
     from callisto.mesh.banner import print_banner
@@ -62,6 +68,7 @@ def up(
         admin_port=admin_port,
         redis_port=redis_port,
         appendfsync=appendfsync,
+        with_models=models,
     )
     typer.echo(f"Starting the Callisto mesh (data and logs in {config.home})")
     mesh = Mesh(config, say=typer.echo)

@@ -86,7 +86,50 @@ Try it (copy and paste):
 
   # create another key, or revoke one
   {shlex.quote(python_bin("callisto"))} keys create --tenant acme --redis-url {mesh.redis.url}
-
+{_models_examples(mesh) if mesh.config.with_models else ""}
 Press Ctrl-C to stop everything.
 """
     )
+
+
+def _models_examples(mesh: Mesh) -> str:
+    gateway = mesh.gateway.grpc_target
+    http = mesh.gateway.http_url
+    grpcurl = shlex.quote(python_bin("grpcurl"))
+    demo = shlex.quote(f"authorization: Bearer {mesh.keys[DEMO_TENANT]}")
+    seller = shlex.quote(f"authorization: Bearer {mesh.keys['tessaline-systems']}")
+    conference = shlex.quote(f"authorization: Bearer {mesh.keys['conference-demo']}")
+    prompt = {
+        "messages": [{"role": "ROLE_USER", "content": "Write one sentence about the sea."}],
+        "parameters": {"maxTokens": 48, "temperature": 0.7},
+    }
+    generate = shlex.quote(json.dumps(prompt))
+    generate_grpc = shlex.quote(json.dumps({"model": "models/llm", **prompt}))
+    question = shlex.quote(
+        json.dumps(
+            {"query": "What is the list price of the Tessa Edge E410 with 64 GB?", "pageSize": 3}
+        )
+    )
+    entities = shlex.quote(json.dumps({"query": "temperature sensors for vaccines", "pageSize": 3}))
+    samples = mesh.config.home / "keys"
+    return f"""
+  # stream tokens from the LLM (SmolLM2 on Triton): NDJSON, server-sent events, gRPC
+  curl -sN -H {demo} -d {generate} {http}/v1/models/llm:generate
+  curl -sN -H {demo} -H 'accept: text/event-stream' -d {generate} {http}/v1/models/llm:generate
+  {grpcurl} -plaintext -H {demo} -d {generate_grpc} \\
+      {gateway} callisto.generation.v1.GenerationService/Generate
+
+  # cited passages from tenant tessaline-systems's documents (hybrid search), over HTTP and gRPC
+  curl -s -H {seller} -d {question} {http}/v1/documents:search
+  {grpcurl} -plaintext -H {seller} -d {question} \\
+      {gateway} callisto.retrieval.v1.RetrievalService/Search
+
+  # multi-faceted entity search over the conference (tenant conference-demo)
+  curl -s -H {conference} -d {entities} {http}/v1/entities:search
+
+  # ingest a folder of your own (PDF, DOCX, CSV, Markdown, HTML, text) with a progress bar
+  {shlex.quote(python_bin("callisto"))} ingest ./samples/tenants/corvane-data --target {gateway} \\
+      --key "$(cat {samples}/demo.key)"
+
+  (sample tenants' keys: {samples}/<tenant>.key)
+"""

@@ -38,7 +38,7 @@ RETRIEVAL_SERVICE = "callisto.retrieval.v1.RetrievalService"
 # Models the embedded mesh serves from deploy/triton (toy_llm is for tests and benchmarks).
 MESH_MODELS = ["llm", "embedder"]
 DEMO_TENANT = "demo"
-DEMO_KEY_FILE = "demo-api-key"
+SAMPLE_TENANTS = ("tessaline-systems", "corvane-data", "marrowick-motors", "conference-demo")
 
 
 @dataclass
@@ -128,6 +128,7 @@ class Mesh:
             home / "gateway",
         )
         self.demo_key = ""
+        self.keys: dict[str, str] = {}
 
     def start(self) -> None:
         """Starts every part (from the main thread) and waits until each is healthy."""
@@ -139,7 +140,10 @@ class Mesh:
         if self.config.with_models:
             self._start_models()
         step("gateway", lambda: self.gateway.start(), self.gateway.http_url)
-        self.demo_key = asyncio.run(self._ensure_demo_key())
+        self.keys = asyncio.run(self._ensure_keys())
+        self.demo_key = self.keys[DEMO_TENANT]
+        if self.config.with_models:
+            self._ingest_samples()
         self.state().write(self.config.home)
 
     def _start_models(self) -> None:
@@ -205,23 +209,50 @@ class Mesh:
         action()
         self.say(f"  ✓ {name:<12} {where}  ({time.monotonic() - started:.1f} s)")
 
-    async def _ensure_demo_key(self) -> str:
-        """Reuses the demo key saved by an earlier start, or creates one for tenant `demo`."""
-        path = self.config.home / DEMO_KEY_FILE
+    async def _ensure_keys(self) -> dict[str, str]:
+        """One key per demo tenant, reused across starts (each saved, 0600, under keys/)."""
+        tenants = [DEMO_TENANT, *(SAMPLE_TENANTS if self.config.with_models else ())]
+        folder = self.config.home / "keys"
+        folder.mkdir(parents=True, exist_ok=True)
         redis = Redis.from_url(self.redis.url)
+        keys: dict[str, str] = {}
         try:
-            keys = ApiKeyStore(redis)
-            if path.exists():
-                saved = path.read_text().strip()
-                if await keys.verify(saved) == DEMO_TENANT:
-                    return saved
-            key, _ = await keys.create(DEMO_TENANT, label="demo key created by callisto up")
+            store = ApiKeyStore(redis)
+            for tenant in tenants:
+                path = folder / f"{tenant}.key"
+                saved = path.read_text().strip() if path.exists() else ""
+                if saved and await store.verify(saved) == tenant:
+                    keys[tenant] = saved
+                    continue
+                key, _ = await store.create(tenant, label="demo key created by callisto up")
+                # The user's own copy of the key; Redis holds only its hash.
+                path.write_text(key + "\n")
+                path.chmod(0o600)
+                keys[tenant] = key
         finally:
             await redis.aclose()
-        # The user's own copy of the demo key; Redis holds only its hash.
-        path.write_text(key + "\n")
-        path.chmod(0o600)
-        return key
+        return keys
+
+    def _ingest_samples(self) -> None:
+        """Ingests samples/ into the sample tenants once; later starts find it done."""
+        marker = self.config.home / "samples-ingested"
+        if marker.exists():
+            return
+        from callisto.ingest.samples import ingest_samples
+
+        started = time.monotonic()
+        self.say("  … ingesting the sample tenants' documents and the conference entities")
+        report = asyncio.run(ingest_samples(self.gateway.grpc_target, self.keys))
+        if report.failed:
+            raise ProcessError(f"sample ingestion failed: {report.failed}")
+        documents = sum(
+            len(r.created) + len(r.updated) + len(r.unchanged) for r in report.documents.values()
+        )
+        marker.write_text("done\n")
+        self.say(
+            f"  ✓ {'samples':<12} {documents} documents, {report.entities} entities"
+            f"  ({time.monotonic() - started:.1f} s)"
+        )
 
 
 def _model_threads() -> dict[str, str]:
