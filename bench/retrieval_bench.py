@@ -141,7 +141,7 @@ class Bench:
             free_port(),
             env={
                 "CALLISTO_REDIS_URL": redis.url,
-                "CALLISTO_TRITON_GRPC_URL": triton_url,
+                "CALLISTO_TRITON_URL": triton_url,
                 "CALLISTO_MILVUS_URI": milvus_uri,
                 "CALLISTO_RETRIEVAL_DATA_DIR": str(self.work / "retrieval"),
                 "CALLISTO_LOG_LEVEL": "WARNING",

@@ -32,7 +32,7 @@ class RetrievalSettings(CommonSettings):
         "CALLISTO_MILVUS_TIMEOUT_SECONDS", 30.0, "Bound on one Milvus call."
     )
     triton_url: str = setting(
-        "CALLISTO_TRITON_GRPC_URL", "127.0.0.1:8001", "Triton gRPC address (host:port)."
+        "CALLISTO_TRITON_URL", "127.0.0.1:8001", "Triton Inference Server gRPC address (host:port)."
     )
     embedder_model: str = setting(
         "CALLISTO_EMBEDDER_MODEL", "embedder", "Triton model that embeds text (384-dim)."

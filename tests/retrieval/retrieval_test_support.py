@@ -24,7 +24,7 @@ Metadata = tuple[tuple[str, str], ...]
 def retrieval_env(service_env: dict[str, str], triton_url: str, data_dir: Path) -> dict[str, str]:
     return {
         **service_env,
-        "CALLISTO_TRITON_GRPC_URL": triton_url,
+        "CALLISTO_TRITON_URL": triton_url,
         "CALLISTO_RETRIEVAL_DATA_DIR": str(data_dir),
         "CALLISTO_RETRIEVAL_MAX_DOCUMENT_BYTES": str(MAX_DOCUMENT_BYTES),
         "CALLISTO_REFLECT_MESH": "true",

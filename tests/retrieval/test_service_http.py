@@ -148,7 +148,7 @@ async def test_a_dead_dependency_means_not_serving_and_unavailable_with_retry_in
     env = retrieval_env(service_env, triton_embedder_url, tmp_path)
     nowhere = f"127.0.0.1:{free_port()}"
     if broken == "triton":
-        env["CALLISTO_TRITON_GRPC_URL"] = nowhere
+        env["CALLISTO_TRITON_URL"] = nowhere
     else:
         env["CALLISTO_MILVUS_URI"] = f"http://{nowhere}"
         env["CALLISTO_MILVUS_TIMEOUT_SECONDS"] = "1"

@@ -158,10 +158,7 @@ class Mesh:
             lambda: triton.start(default_model_repository(), MESH_MODELS, _model_threads()),
             f"{triton.grpc_url} ({', '.join(MESH_MODELS)})",
         )
-        triton_env = {
-            "CALLISTO_TRITON_URL": triton.grpc_url,
-            "CALLISTO_TRITON_GRPC_URL": triton.grpc_url,
-        }
+        triton_env = {"CALLISTO_TRITON_URL": triton.grpc_url, **_model_threads()}
         for service in (self.generation, self.retrieval):
             service.env.update(triton_env)
             self._step(service.service, partial(_start_service, service), service.address)

@@ -5,11 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from callisto.services.common.config import CommonSettings, settings_table
+from callisto.services.generation.settings import GenerationSettings
 from callisto.services.persistence.settings import PersistenceSettings
+from callisto.services.retrieval.settings import RetrievalSettings
 
 SECTIONS: dict[str, list[type[Any]]] = {
     "every service": [CommonSettings],
     "persistence": [PersistenceSettings],
+    "generation": [GenerationSettings],
+    "retrieval": [RetrievalSettings],
 }
 
 
