@@ -8,6 +8,7 @@ unexpected) into a gRPC status with `google.rpc` details in the trailers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -85,13 +86,32 @@ class _Call:
             raise Unauthenticated("invalid or revoked API key")
         return tenant
 
-    def finish(self, started: float, code: grpc.StatusCode, error: BaseException | None) -> None:
+    @contextlib.asynccontextmanager
+    async def observe(self, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
+        """Around one call: authenticate and bind the tenant, map errors, measure, log."""
+        started = time.perf_counter()
+        RPC_IN_FLIGHT.labels(self.method).inc()
+        code, failure, token = grpc.StatusCode.OK, None, None
+        try:
+            token = bind_tenant(await self.authenticate(context))
+            yield
+        except BaseException as error:
+            code, failure = _code_of(error), error
+            if isinstance(error, Exception) and not _is_abort(error):
+                await abort_with_error(context, error)
+            raise
+        finally:
+            if token is not None:
+                reset_tenant(token)
+            self._finish(started, code, failure)
+
+    def _finish(self, started: float, code: grpc.StatusCode, error: BaseException | None) -> None:
         elapsed = time.perf_counter() - started
         RPC_REQUESTS.labels(self.method, code.name).inc()
         RPC_LATENCY.labels(self.method).observe(elapsed)
         RPC_IN_FLIGHT.labels(self.method).dec()
         fields = {"method": self.method, "code": code.name, "duration_ms": round(elapsed * 1000, 3)}
-        if error is not None and as_callisto_error(error) is None:
+        if error is not None and code == grpc.StatusCode.INTERNAL:
             log.error("rpc failed", exc_info=error, extra={"fields": fields})
         elif code in (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED):
             log.debug("rpc", extra={"fields": fields})
@@ -103,76 +123,41 @@ def _code_of(error: BaseException) -> grpc.StatusCode:
     typed = as_callisto_error(error)
     if typed is not None:
         return typed.code
-    if isinstance(error, asyncio.CancelledError):
+    # A closed response stream (GeneratorExit) is a client that went away.
+    if isinstance(error, (asyncio.CancelledError, GeneratorExit)):
         return grpc.StatusCode.CANCELLED
     return grpc.StatusCode.INTERNAL
 
 
 def _wrap(handler: Any, call: _Call) -> Any:
     # The grpc stubs type handlers for the sync server; these are grpc.aio coroutines.
+    options = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
     if handler.response_streaming:
         behavior = handler.unary_stream or handler.stream_stream
 
         async def streaming(
             request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
-            started = time.perf_counter()
-            RPC_IN_FLIGHT.labels(call.method).inc()
-            code, failure, token = grpc.StatusCode.OK, None, None
-            try:
-                token = bind_tenant(await call.authenticate(context))
+            async with call.observe(context):
                 async for response in behavior(request, context):
                     yield response
-            except BaseException as error:
-                code, failure = _code_of(error), error
-                if isinstance(error, Exception) and not _is_abort(error):
-                    await abort_with_error(context, error)
-                raise
-            finally:
-                if token is not None:
-                    reset_tenant(token)
-                call.finish(started, code, failure)
 
-        factory = (
-            grpc.unary_stream_rpc_method_handler
-            if handler.unary_stream
-            else grpc.stream_stream_rpc_method_handler
-        )
-        return factory(
-            streaming,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(streaming, **options)
+        return grpc.stream_stream_rpc_method_handler(streaming, **options)
 
     behavior_unary = handler.unary_unary or handler.stream_unary
 
     async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        started = time.perf_counter()
-        RPC_IN_FLIGHT.labels(call.method).inc()
-        code, failure, token = grpc.StatusCode.OK, None, None
-        try:
-            token = bind_tenant(await call.authenticate(context))
+        async with call.observe(context):
             return await behavior_unary(request, context)
-        except BaseException as error:
-            code, failure = _code_of(error), error
-            if isinstance(error, Exception) and not _is_abort(error):
-                await abort_with_error(context, error)
-            raise
-        finally:
-            if token is not None:
-                reset_tenant(token)
-            call.finish(started, code, failure)
 
-    factory_unary = (
-        grpc.unary_unary_rpc_method_handler
-        if handler.unary_unary
-        else grpc.stream_unary_rpc_method_handler
-    )
-    return factory_unary(
-        unary,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(unary, **options)
+    return grpc.stream_unary_rpc_method_handler(unary, **options)
 
 
 def _is_abort(error: BaseException) -> bool:
