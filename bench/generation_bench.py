@@ -27,15 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from redis.asyncio import Redis
 
 from callisto.common.v1 import common_pb2
-from callisto.gateway.config import GatewaySpec
 from callisto.gateway.process import EnvoyGateway
 from callisto.generation.v1 import generation_pb2, generation_pb2_grpc
 from callisto.mesh.processes import RedisServer, ServiceProcess, free_port
 from callisto.mesh.triton import TritonServer, default_model_repository, ensure_triton_environment
-from callisto.services.common.auth import ApiKeyStore
+from callisto.services.common.auth import create_api_key
 from callisto.services.generation.triton import ChatTurn, GenerationSpec, TritonBackend
 
 SERVICE = "callisto.generation.v1.GenerationService"
@@ -86,12 +84,7 @@ class Mesh:
         self.api_key = asyncio.run(self._create_key())
 
     async def _create_key(self) -> str:
-        redis = Redis.from_url(self.redis.url)
-        try:
-            key, _ = await ApiKeyStore(redis).create("bench", label="generation bench")
-            return key
-        finally:
-            await redis.aclose()
+        return await create_api_key(self.redis.url, "bench", label="generation bench")
 
     def service(self, flush_ms: float) -> ServiceProcess:
         process = ServiceProcess(
@@ -115,17 +108,10 @@ class Mesh:
         return process
 
     def gateway(self, service: ServiceProcess) -> EnvoyGateway:
-        directory = self.workdir / "gateway"
-        gateway = EnvoyGateway(
-            GatewaySpec(
-                upstreams={SERVICE: ("127.0.0.1", service.port)},
-                descriptor_path=directory / "callisto.binpb",
-                listen_port=free_port(),
-                admin_port=free_port(),
-                rate_limit_tokens=1_000_000,
-                reflection_service=SERVICE,
-            ),
-            directory,
+        gateway = EnvoyGateway.on_free_ports(
+            {SERVICE: ("127.0.0.1", service.port)},
+            self.workdir / "gateway",
+            rate_limit_tokens=1_000_000,
         )
         gateway.start()
         self.stack.callback(gateway.stop)

@@ -24,15 +24,13 @@ from pathlib import Path
 
 import grpc
 import httpx
-from redis.asyncio import Redis
 
-from callisto.gateway.config import GatewaySpec
 from callisto.gateway.process import EnvoyGateway
 from callisto.mesh.launcher import PERSISTENCE_SERVICE
 from callisto.mesh.processes import RedisServer, ServiceProcess, free_port
 from callisto.persistence.v1 import persistence_pb2 as pb
 from callisto.persistence.v1 import persistence_pb2_grpc as pb_grpc
-from callisto.services.common.auth import ApiKeyStore
+from callisto.services.common.auth import create_api_key
 
 TARGET_ADDED_P50_MS = 0.3
 
@@ -179,13 +177,6 @@ def report(title: str, results: dict[str, list[float]]) -> None:
         )
 
 
-async def create_key(redis_url: str) -> str:
-    redis = Redis.from_url(redis_url)
-    key, _ = await ApiKeyStore(redis).create("bench")
-    await redis.aclose()
-    return key
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=2000, help="unary calls per path")
@@ -201,21 +192,16 @@ def main() -> None:
             env={"CALLISTO_REDIS_URL": redis.url, "CALLISTO_LOG_LEVEL": "WARNING"},
             log_path=root / "persistence.log",
         )
-        gateway = EnvoyGateway(
-            GatewaySpec(
-                upstreams={PERSISTENCE_SERVICE: ("127.0.0.1", service.port)},
-                descriptor_path=root / "gateway" / "callisto.binpb",
-                listen_port=free_port(),
-                admin_port=free_port(),
-                rate_limit_tokens=1_000_000,
-            ),
+        gateway = EnvoyGateway.on_free_ports(
+            {PERSISTENCE_SERVICE: ("127.0.0.1", service.port)},
             root / "gateway",
+            rate_limit_tokens=1_000_000,
         )
         try:
             service.start()
             service.wait_healthy()
             gateway.start()
-            key = asyncio.run(create_key(redis.url))
+            key = asyncio.run(create_api_key(redis.url, "bench", label="persistence bench"))
             asyncio.run(measure(args, gateway, service.address, key))
         finally:
             gateway.stop()

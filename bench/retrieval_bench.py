@@ -31,9 +31,7 @@ from typing import Any
 
 import grpc
 import numpy as np
-from redis.asyncio import Redis
 
-from callisto.gateway.config import GatewaySpec
 from callisto.gateway.process import EnvoyGateway
 from callisto.ingest.folder import FileSpec, ingest_specs
 from callisto.ingest.samples import COMPANY_TENANTS, company_specs, ingest_samples, samples_dir
@@ -41,7 +39,7 @@ from callisto.mesh.processes import ManagedProcess, RedisServer, ServiceProcess,
 from callisto.mesh.triton import running_triton
 from callisto.retrieval.v1 import retrieval_pb2 as pb
 from callisto.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
-from callisto.services.common.auth import ApiKeyStore
+from callisto.services.common.auth import create_api_key
 from callisto.services.retrieval.chunking import ChunkOptions, chunk_document
 from callisto.services.retrieval.embedder import TritonEmbedder
 from callisto.services.retrieval.filters import build_expression
@@ -74,12 +72,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 async def create_key(redis_url: str, tenant: str) -> str:
-    redis = Redis.from_url(redis_url)
-    try:
-        key, _ = await ApiKeyStore(redis).create(tenant, label="bench")
-        return key
-    finally:
-        await redis.aclose()
+    return await create_api_key(redis_url, tenant, label="bench")
 
 
 def corpus(copies: int, folder: Path) -> list[FileSpec]:
@@ -154,14 +147,10 @@ class Bench:
         gateway: EnvoyGateway | None = None
         try:
             service.wait_healthy(timeout=120)
-            gateway = EnvoyGateway(
-                GatewaySpec(
-                    upstreams={SERVICE: ("127.0.0.1", service.port)},
-                    descriptor_path=self.work / "gateway" / "callisto.binpb",
-                    listen_port=free_port(),
-                    admin_port=free_port(),
-                ),
+            gateway = EnvoyGateway.on_free_ports(
+                {SERVICE: ("127.0.0.1", service.port)},
                 self.work / "gateway",
+                rate_limit_tokens=1_000_000,
             )
             await gateway.start_async()
             await self.measure(service, gateway, triton_url, milvus_uri, redis)

@@ -13,10 +13,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from callisto.gateway.config import GatewaySpec, write_config
 from callisto.gateway.descriptors import descriptor_set_bytes
-from callisto.mesh.processes import ManagedProcess
+from callisto.mesh.processes import ManagedProcess, free_port
 
 DESCRIPTOR_FILE = "callisto_descriptors.pb"
 CONFIG_FILE = "envoy.yaml"
@@ -93,6 +94,24 @@ class EnvoyGateway:
         self.log_path = directory / LOG_FILE
         self.access_log_path = directory / ACCESS_LOG_FILE
         self._process: ManagedProcess | None = None
+
+    @classmethod
+    def on_free_ports(
+        cls,
+        upstreams: dict[str, tuple[str, int]],
+        directory: Path,
+        **spec_fields: Any,
+    ) -> EnvoyGateway:
+        """A gateway on free loopback ports (listener and admin) routing `upstreams`; the first
+        upstream answers reflection unless `reflection_service` says otherwise."""
+        spec = GatewaySpec(
+            upstreams=upstreams,
+            descriptor_path=directory / DESCRIPTOR_FILE,
+            listen_port=free_port(),
+            admin_port=free_port(),
+            **spec_fields,
+        )
+        return cls(spec, directory)
 
     @property
     def http_url(self) -> str:

@@ -7,13 +7,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from redis.asyncio import Redis
 
-from callisto.gateway.config import GatewaySpec
 from callisto.gateway.process import EnvoyGateway
 from callisto.mesh.launcher import PERSISTENCE_SERVICE
 from callisto.mesh.processes import RedisServer, ServiceProcess, free_port
-from callisto.services.common.auth import ApiKeyStore
+from callisto.services.common.auth import create_api_key
 
 
 @pytest.fixture(scope="session")
@@ -50,28 +48,20 @@ def persistence(
     service.stop()
 
 
-def create_api_key(redis_url: str, tenant: str) -> str:
-    async def create() -> str:
-        redis = Redis.from_url(redis_url)
-        try:
-            key, _ = await ApiKeyStore(redis).create(tenant, label="tests")
-            return key
-        finally:
-            await redis.aclose()
-
-    return asyncio.run(create())
+def create_key(redis_url: str, tenant: str) -> str:
+    return asyncio.run(create_api_key(redis_url, tenant, label="tests"))
 
 
 @pytest.fixture(scope="session")
 def api_key(redis_server: RedisServer) -> str:
     """A key of tenant `acme`."""
-    return create_api_key(redis_server.url, "acme")
+    return create_key(redis_server.url, "acme")
 
 
 @pytest.fixture(scope="session")
 def other_api_key(redis_server: RedisServer) -> str:
     """A key of tenant `globex`, to prove isolation from `acme`."""
-    return create_api_key(redis_server.url, "globex")
+    return create_key(redis_server.url, "globex")
 
 
 def bearer(key: str) -> tuple[tuple[str, str], ...]:
@@ -89,16 +79,8 @@ def persistence_gateway(
     persistence: ServiceProcess, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[EnvoyGateway]:
     """The real Envoy gateway in front of the real persistence service."""
-    directory = tmp_path_factory.mktemp("gateway")
-    gateway = EnvoyGateway(
-        GatewaySpec(
-            upstreams={PERSISTENCE_SERVICE: ("127.0.0.1", persistence.port)},
-            descriptor_path=directory / "callisto.binpb",
-            listen_port=free_port(),
-            admin_port=free_port(),
-            reflection_service=PERSISTENCE_SERVICE,
-        ),
-        directory,
+    gateway = EnvoyGateway.on_free_ports(
+        {PERSISTENCE_SERVICE: ("127.0.0.1", persistence.port)}, tmp_path_factory.mktemp("gateway")
     )
     gateway.start()
     yield gateway

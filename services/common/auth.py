@@ -124,6 +124,16 @@ class ApiKeyStore:
         return infos
 
 
+async def create_api_key(redis_url: str, tenant: str, label: str = "") -> str:
+    """Creates a key for `tenant` in the Redis at `redis_url` and returns it (shown once)."""
+    redis = Redis.from_url(redis_url)
+    try:
+        key, _ = await ApiKeyStore(redis).create(tenant, label)
+        return key
+    finally:
+        await redis.aclose()
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 

@@ -11,7 +11,6 @@ import pytest
 import pytest_asyncio
 from generation_support import generation_env, start_triton
 
-from callisto.gateway.config import GatewaySpec
 from callisto.gateway.process import EnvoyGateway
 from callisto.generation.v1 import generation_pb2_grpc
 from callisto.mesh.processes import ServiceProcess, free_port
@@ -79,16 +78,9 @@ async def stub(
 def generation_gateway(
     generation: ServiceProcess, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[EnvoyGateway]:
-    directory = tmp_path_factory.mktemp("generation-gateway")
-    gateway = EnvoyGateway(
-        GatewaySpec(
-            upstreams={GENERATION_SERVICE: ("127.0.0.1", generation.port)},
-            descriptor_path=directory / "callisto.binpb",
-            listen_port=free_port(),
-            admin_port=free_port(),
-            reflection_service=GENERATION_SERVICE,
-        ),
-        directory,
+    gateway = EnvoyGateway.on_free_ports(
+        {GENERATION_SERVICE: ("127.0.0.1", generation.port)},
+        tmp_path_factory.mktemp("generation-gateway"),
     )
     gateway.start()
     try:

@@ -15,13 +15,12 @@ import pytest_asyncio
 from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from persistence_test_support import Metadata, bearer, new_conversation
-from redis.asyncio import Redis
 
 from callisto.common.v1 import common_pb2
 from callisto.mesh.processes import RedisServer, ServiceProcess, free_port
 from callisto.persistence.v1 import persistence_pb2 as pb
 from callisto.persistence.v1 import persistence_pb2_grpc as pb_grpc
-from callisto.services.common.auth import ApiKeyStore
+from callisto.services.common.auth import create_api_key
 
 if TYPE_CHECKING:
     from callisto.persistence.v1.persistence_pb2_grpc import PersistenceServiceAsyncStub as Stub
@@ -52,11 +51,7 @@ def private_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSer
 async def mesh(
     private_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Mesh]:
-    redis = Redis.from_url(private_redis.url)
-    try:
-        key, _ = await ApiKeyStore(redis).create("durable", label="tests")
-    finally:
-        await redis.aclose()
+    key = await create_api_key(private_redis.url, "durable", label="tests")
     env = {
         "CALLISTO_REDIS_URL": private_redis.url,
         "CALLISTO_AUTH_CACHE_SECONDS": "0",
@@ -79,8 +74,8 @@ async def mesh(
 
 
 async def eventually(make: Callable[[], Awaitable[T]], within: float = 5.0) -> T:
-    """Retries UNAVAILABLE as a client honouring RetryInfo does: the shared API-key check
-    fails once per stale pooled Redis connection right after a Redis restart."""
+    """Retries UNAVAILABLE as a client honouring RetryInfo does: right after Redis comes back
+    the service may still be reconnecting."""
     async with asyncio.timeout(within):
         while True:
             try:

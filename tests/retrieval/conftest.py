@@ -18,7 +18,6 @@ import pytest
 import pytest_asyncio
 from retrieval_test_support import RETRIEVAL_SERVICE, create_key, retrieval_env
 
-from callisto.gateway.config import GatewaySpec
 from callisto.gateway.process import EnvoyGateway
 from callisto.mesh.processes import RedisServer, ServiceProcess, free_port
 from callisto.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
@@ -147,16 +146,9 @@ def rstub(retrieval_channel: grpc.aio.Channel) -> pb_grpc.RetrievalServiceAsyncS
 def retrieval_gateway(
     retrieval_service: ServiceProcess, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[EnvoyGateway]:
-    directory = tmp_path_factory.mktemp("retrieval-gateway")
-    gateway = EnvoyGateway(
-        GatewaySpec(
-            upstreams={RETRIEVAL_SERVICE: ("127.0.0.1", retrieval_service.port)},
-            descriptor_path=directory / "callisto.binpb",
-            listen_port=free_port(),
-            admin_port=free_port(),
-            reflection_service=RETRIEVAL_SERVICE,
-        ),
-        directory,
+    gateway = EnvoyGateway.on_free_ports(
+        {RETRIEVAL_SERVICE: ("127.0.0.1", retrieval_service.port)},
+        tmp_path_factory.mktemp("retrieval-gateway"),
     )
     gateway.start()
     yield gateway

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
-from redis.asyncio import Redis
 
 from callisto.retrieval.v1 import retrieval_pb2 as pb
-from callisto.services.common.auth import ApiKeyStore
+from callisto.services.common.auth import create_api_key
 
 RETRIEVAL_SERVICE = "callisto.retrieval.v1.RetrievalService"
 MAX_DOCUMENT_BYTES = 256 * 1024
@@ -39,12 +38,7 @@ def bearer(key: str) -> Metadata:
 
 def create_key(redis_url: str, tenant: str) -> str:
     async def create() -> str:
-        redis = Redis.from_url(redis_url)
-        try:
-            key, _ = await ApiKeyStore(redis).create(tenant, label="retrieval tests")
-            return key
-        finally:
-            await redis.aclose()
+        return await create_api_key(redis_url, tenant, label="retrieval tests")
 
     # A worker thread has no running event loop, so this works from async tests too.
     with ThreadPoolExecutor(1) as pool:

@@ -31,25 +31,15 @@ def _key(key: str | None, tenant: str | None) -> str:
             "pass --key (or set CALLISTO_API_KEY), or --tenant to create a key in the running mesh",
             param_hint="--key",
         )
-    from redis.asyncio import Redis
-
-    from callisto.services.common.auth import ApiKeyStore
+    from callisto.services.common.auth import create_api_key
 
     state = MeshState.read(mesh_home())
     redis_url = os.environ.get("CALLISTO_REDIS_URL") or (state.redis_url if state else None)
     if redis_url is None:
         raise typer.BadParameter("no running mesh found to create a key in", param_hint="--tenant")
 
-    async def create() -> str:
-        redis = Redis.from_url(redis_url)
-        try:
-            created, _ = await ApiKeyStore(redis).create(tenant, label="callisto ingest")
-            return created
-        finally:
-            await redis.aclose()
-
     try:
-        return asyncio.run(create())
+        return asyncio.run(create_api_key(redis_url, tenant, label="callisto ingest"))
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="--tenant") from error
 
