@@ -145,3 +145,15 @@ def test_a_second_start_reuses_the_demo_key_and_data(tmp_path: Path) -> None:
     finally:
         second.process.send_signal(signal.SIGTERM)
         second.process.wait(60)
+
+
+def test_children_die_with_a_killed_launcher(tmp_path: Path) -> None:
+    launcher = Launcher(tmp_path / "home", "--no-models")
+    launcher.banner()
+    children = list(json.loads((launcher.home / "mesh.json").read_text())["pids"].values())
+    launcher.process.kill()  # SIGKILL: the launcher gets no chance to clean up
+    launcher.process.wait()
+    deadline = time.monotonic() + 15
+    while any(_pid_alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in children if _pid_alive(pid)], "children outlived the launcher"

@@ -5,7 +5,6 @@ outlives the launcher. Children also get SIGTERM from the kernel if the launcher
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 import signal
@@ -19,8 +18,6 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-_PR_SET_PDEATHSIG = 1
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -39,10 +36,14 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         return True
 
 
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec.
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+def _dying_with_parent(argv: list[str]) -> list[str]:
+    """`argv` run through util-linux `setpriv --pdeathsig`, so the kernel sends it SIGTERM if
+    this process dies. Done by exec rather than a `preexec_fn`, which would run Python between
+    fork and exec and can crash the child when gRPC threads are active in this process."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return argv
+    return [setpriv, "--pdeathsig", "TERM", "--", *argv]
 
 
 class ProcessError(RuntimeError):
@@ -86,16 +87,16 @@ class ManagedProcess:
         # The kernel sends the parent-death signal when the creating *thread* exits, so it is
         # only safe from the main thread (a worker thread may end long before this process).
         on_main_thread = threading.current_thread() is threading.main_thread()
+        argv = _dying_with_parent(self.argv) if on_main_thread else self.argv
         with open(self.log_path, "ab") as log:
             self._process = subprocess.Popen(
-                self.argv,
+                argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=self.env,
                 cwd=self.cwd,
                 start_new_session=True,
-                preexec_fn=_die_with_parent if on_main_thread else None,
             )
 
     def stop(self, grace: float = 10.0) -> int | None:
