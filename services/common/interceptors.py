@@ -50,6 +50,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
     def __init__(self, keys: ApiKeyStore) -> None:
         self._keys = keys
+        # The wrapped handler per method, built once: grpc.aio asks for a handler on every call.
+        self._wrapped: dict[str, tuple[Any, Any]] = {}
 
     async def intercept_service(
         self,
@@ -60,15 +62,22 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         method = handler_call_details.method
         if handler is None or method.startswith(PUBLIC_PREFIXES):
             return handler
-        return _wrap(handler, _Call(self._keys, method))
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = _wrap(handler, _Call(self._keys, method))
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
 
 
 class _Call:
-    """Per-method wrapper state: the method name and the key store."""
+    """Per-method wrapper state: the method name, the key store and the method's metrics."""
 
     def __init__(self, keys: ApiKeyStore, method: str) -> None:
         self.keys = keys
         self.method = method
+        self._in_flight = RPC_IN_FLIGHT.labels(method)
+        self._latency = RPC_LATENCY.labels(method)
 
     async def authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
         metadata = {key: value for key, value in (context.invocation_metadata() or ())}
@@ -90,7 +99,7 @@ class _Call:
     async def observe(self, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
         """Around one call: authenticate and bind the tenant, map errors, measure, log."""
         started = time.perf_counter()
-        RPC_IN_FLIGHT.labels(self.method).inc()
+        self._in_flight.inc()
         code, failure, token = grpc.StatusCode.OK, None, None
         try:
             token = bind_tenant(await self.authenticate(context))
@@ -108,8 +117,8 @@ class _Call:
     def _finish(self, started: float, code: grpc.StatusCode, error: BaseException | None) -> None:
         elapsed = time.perf_counter() - started
         RPC_REQUESTS.labels(self.method, code.name).inc()
-        RPC_LATENCY.labels(self.method).observe(elapsed)
-        RPC_IN_FLIGHT.labels(self.method).dec()
+        self._latency.observe(elapsed)
+        self._in_flight.dec()
         fields = {"method": self.method, "code": code.name, "duration_ms": round(elapsed * 1000, 3)}
         if error is not None and code == grpc.StatusCode.INTERNAL:
             log.error("rpc failed", exc_info=error, extra={"fields": fields})

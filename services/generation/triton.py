@@ -262,6 +262,9 @@ class TritonBackend:
 
     async def model(self, name: str) -> ModelInfo:
         """The catalog entry of one model; re-reads the index once before answering unknown."""
+        info = self._catalog.get(name)
+        if info is not None and time.monotonic() - self._catalog_time < _CATALOG_TTL_S:
+            return info  # the common case: no lock, no copy of the catalog
         for refresh in (False, True):
             for info in await self.models(refresh=refresh):
                 if info.name == name:
