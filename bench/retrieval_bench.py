@@ -178,10 +178,17 @@ class Bench:
         await embedder.embed(texts[:64])  # warm the model
 
         async def embed_all() -> float:
-            started = time.perf_counter()
-            for start in range(0, len(texts), 256):
-                await embedder.embed(texts[start : start + 256])
-            return len(texts) / (time.perf_counter() - started)
+            """The embedder's best raw throughput: the fastest of several request sizes, all
+            sent at once (the client bounds concurrency), since padding makes big batches of
+            mixed-length chunks slower than small ones on a CPU."""
+            rates = []
+            for size in (8, 16, 32, 64):
+                started = time.perf_counter()
+                await asyncio.gather(
+                    *(embedder.embed(texts[i : i + size]) for i in range(0, len(texts), size))
+                )
+                rates.append(len(texts) / (time.perf_counter() - started))
+            return max(rates)
 
         # 1. ingestion throughput; the baseline runs before and after (the machine is shared).
         raw_before = await embed_all()
