@@ -15,6 +15,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from opentelemetry import context as otel_context
+from opentelemetry import propagate
 from redis.exceptions import RedisError
 
 from callisto.services.common.auth import ApiKeyStore, bearer_key
@@ -48,8 +50,11 @@ async def abort_with_error(
 class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Wraps every non-public handler: authenticate, bind the tenant, run, map errors, measure."""
 
-    def __init__(self, keys: ApiKeyStore) -> None:
+    def __init__(self, keys: ApiKeyStore, *, propagate_trace_context: bool = False) -> None:
         self._keys = keys
+        # Without an exporter the OpenTelemetry interceptor only carries `traceparent`; doing
+        # that here instead saves its per-call span machinery.
+        self._propagate = propagate_trace_context
         # The wrapped handler per method, built once: grpc.aio asks for a handler on every call.
         self._wrapped: dict[str, tuple[Any, Any]] = {}
 
@@ -65,7 +70,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        wrapped = _wrap(handler, _Call(self._keys, method))
+        wrapped = _wrap(handler, _Call(self._keys, method, self._propagate))
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
@@ -73,14 +78,14 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 class _Call:
     """Per-method wrapper state: the method name, the key store and the method's metrics."""
 
-    def __init__(self, keys: ApiKeyStore, method: str) -> None:
+    def __init__(self, keys: ApiKeyStore, method: str, propagate: bool) -> None:
         self.keys = keys
         self.method = method
+        self.propagate = propagate
         self._in_flight = RPC_IN_FLIGHT.labels(method)
         self._latency = RPC_LATENCY.labels(method)
 
-    async def authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
-        metadata = {key: value for key, value in (context.invocation_metadata() or ())}
+    async def authenticate(self, metadata: dict[str, Any]) -> str:
         header = metadata.get("authorization")
         if not isinstance(header, str) or not header:
             raise Unauthenticated("missing `authorization: Bearer <api key>` metadata")
@@ -100,9 +105,17 @@ class _Call:
         """Around one call: authenticate and bind the tenant, map errors, measure, log."""
         started = time.perf_counter()
         self._in_flight.inc()
+        metadata = dict(context.invocation_metadata() or ())
+        # The caller's W3C trace context becomes current, so logs carry its trace id and
+        # outgoing calls (client interceptors) carry it on.
+        trace = (
+            otel_context.attach(propagate.extract(metadata))
+            if self.propagate and "traceparent" in metadata
+            else None
+        )
         code, failure, token = grpc.StatusCode.OK, None, None
         try:
-            token = bind_tenant(await self.authenticate(context))
+            token = bind_tenant(await self.authenticate(metadata))
             yield
         except BaseException as error:
             code, failure = _code_of(error), error
@@ -113,6 +126,8 @@ class _Call:
             if token is not None:
                 reset_tenant(token)
             self._finish(started, code, failure)
+            if trace is not None:
+                otel_context.detach(trace)
 
     def _finish(self, started: float, code: grpc.StatusCode, error: BaseException | None) -> None:
         elapsed = time.perf_counter() - started

@@ -110,9 +110,15 @@ async def serve(
     configure_tracing(name, settings.otel_exporter)
     runtime = Runtime(name, settings)
     definition = await build(runtime)
+    tracing = settings.otel_exporter != "none"
+    interceptors: list[grpc.aio.ServerInterceptor] = [  # type: ignore[type-arg]
+        ServerInterceptor(runtime.keys, propagate_trace_context=not tracing)
+    ]
+    if tracing:
+        # Outermost, so the span covers authentication and error mapping too.
+        interceptors.insert(0, aio_server_interceptor())  # type: ignore[no-untyped-call]
     server = grpc.aio.server(
-        interceptors=[aio_server_interceptor(), ServerInterceptor(runtime.keys)],  # type: ignore[no-untyped-call]
-        options=message_size_options(settings.max_message_bytes),
+        interceptors=interceptors, options=message_size_options(settings.max_message_bytes)
     )
     definition.register(server)
     monitor = HealthMonitor(
