@@ -57,7 +57,7 @@ def print_banner(mesh: Mesh) -> None:
 Callisto mesh is up — checked: created {conversation} over HTTP/JSON through Envoy.
 
   gateway     {http}  (HTTP/JSON, gRPC + reflection, gRPC-Web)
-  persistence {mesh.persistence.address}  (gRPC, direct)
+  persistence {mesh.persistence.address}  (gRPC, direct){_model_endpoints(mesh)}
   redis       {mesh.redis.url}  (AOF appendfsync {mesh.redis.appendfsync})
   envoy admin {mesh.gateway.admin_url}
   logs        {mesh.logs}
@@ -89,6 +89,16 @@ Try it (copy and paste):
 {_models_examples(mesh) if mesh.config.with_models else ""}
 Press Ctrl-C to stop everything.
 """
+    )
+
+
+def _model_endpoints(mesh: Mesh) -> str:
+    if mesh.generation is None or mesh.retrieval is None or mesh.triton is None:
+        return ""
+    return (
+        f"\n  generation  {mesh.generation.address}  (gRPC, direct)"
+        f"\n  retrieval   {mesh.retrieval.address}  (gRPC, direct)"
+        f"\n  triton      {mesh.triton.grpc_url}  (gRPC; HTTP {mesh.triton.http_url})"
     )
 
 

@@ -134,12 +134,18 @@ class Mesh:
         """Starts every part (from the main thread) and waits until each is healthy."""
         step = self._step
         step(
-            "redis", lambda: self.redis.start(), f"{self.redis.url} (AOF {self.redis.appendfsync})"
+            "redis",
+            self.redis.start,
+            lambda: f"{self.redis.url} (AOF {self.redis.appendfsync})",
         )
-        step("persistence", partial(_start_service, self.persistence), self.persistence.address)
+        step(
+            "persistence",
+            partial(_start_service, self.persistence),
+            self.persistence.address,
+        )
         if self.config.with_models:
             self._start_models()
-        step("gateway", lambda: self.gateway.start(), self.gateway.http_url)
+        step("gateway", self.gateway.start, lambda: self.gateway.http_url)
         self.keys = asyncio.run(self._ensure_keys())
         self.demo_key = self.keys[DEMO_TENANT]
         if self.config.with_models:
@@ -156,12 +162,16 @@ class Mesh:
         self._step(
             "triton",
             lambda: triton.start(default_model_repository(), MESH_MODELS, _model_threads()),
-            f"{triton.grpc_url} ({', '.join(MESH_MODELS)})",
+            lambda: f"{triton.grpc_url} ({', '.join(MESH_MODELS)})",
         )
         triton_env = {"CALLISTO_TRITON_URL": triton.grpc_url, **_model_threads()}
         for service in (self.generation, self.retrieval):
             service.env.update(triton_env)
-            self._step(service.service, partial(_start_service, service), service.address)
+            self._step(
+                service.service,
+                partial(_start_service, service),
+                service.address,
+            )
 
     def _quiet(self, line: str) -> None:
         self.say(f"    {line}")
@@ -201,10 +211,13 @@ class Mesh:
             return "gateway exited"
         return None
 
-    def _step(self, name: str, action: Callable[[], None], where: str) -> None:
+    def _step(self, name: str, action: Callable[[], None], where: str | Callable[[], str]) -> None:
+        """Runs one start-up step and reports where the part listens (known only after some
+        parts have started, hence a callable)."""
         started = time.monotonic()
         action()
-        self.say(f"  ✓ {name:<12} {where}  ({time.monotonic() - started:.1f} s)")
+        shown = where if isinstance(where, str) else where()
+        self.say(f"  ✓ {name:<12} {shown}  ({time.monotonic() - started:.1f} s)")
 
     async def _ensure_keys(self) -> dict[str, str]:
         """One key per demo tenant, reused across starts (each saved, 0600, under keys/)."""
