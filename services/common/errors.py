@@ -28,26 +28,48 @@ class FieldViolation:
 
 
 class CallistoError(Exception):
-    """Base of every error a handler raises on purpose."""
+    """Base of every error a handler raises on purpose.
+
+    `violations` name the request fields at fault (sent as a `google.rpc.BadRequest`), whatever
+    the code: a bad value is INVALID_ARGUMENT, an oversized one RESOURCE_EXHAUSTED.
+    """
 
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
 
     def __init__(
-        self, message: str, *, reason: str = "", metadata: dict[str, str] | None = None
+        self,
+        message: str,
+        *,
+        reason: str = "",
+        metadata: dict[str, str] | None = None,
+        violations: Sequence[FieldViolation] = (),
     ) -> None:
         super().__init__(message)
         self.message = message
         self.reason = reason
         self.metadata = dict(metadata or {})
+        self.violations = list(violations)
 
     def details(self) -> list[Message]:
-        if not self.reason:
-            return []
-        return [
-            error_details_pb2.ErrorInfo(
-                reason=self.reason, domain=ERROR_DOMAIN, metadata=self.metadata
+        details: list[Message] = []
+        if self.violations:
+            details.append(
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(
+                            field=v.field, description=v.description
+                        )
+                        for v in self.violations
+                    ]
+                )
             )
-        ]
+        if self.reason:
+            details.append(
+                error_details_pb2.ErrorInfo(
+                    reason=self.reason, domain=ERROR_DOMAIN, metadata=self.metadata
+                )
+            )
+        return details
 
     def to_status(self) -> status_pb2.Status:
         return build_status(self.code, self.message, self.details())
@@ -59,24 +81,16 @@ class InvalidArgument(CallistoError):
     code = grpc.StatusCode.INVALID_ARGUMENT
 
     def __init__(self, violations: Sequence[FieldViolation], message: str = "") -> None:
-        self.violations = list(violations)
-        summary = "; ".join(f"{v.field}: {v.description}" for v in self.violations)
-        super().__init__(message or f"invalid request: {summary}", reason="INVALID_ARGUMENT")
+        summary = "; ".join(f"{v.field}: {v.description}" for v in violations)
+        super().__init__(
+            message or f"invalid request: {summary}",
+            reason="INVALID_ARGUMENT",
+            violations=violations,
+        )
 
     @classmethod
     def field(cls, field: str, description: str) -> InvalidArgument:
         return cls([FieldViolation(field, description)])
-
-    def details(self) -> list[Message]:
-        bad_request = error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(
-                    field=v.field, description=v.description
-                )
-                for v in self.violations
-            ]
-        )
-        return [bad_request, *super().details()]
 
 
 class Unauthenticated(CallistoError):

@@ -23,8 +23,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import timestamp_pb2
-from google.protobuf.message import Message
-from google.rpc import error_details_pb2, status_pb2
+from google.rpc import status_pb2
 
 from callisto.common.v1 import common_pb2
 from callisto.retrieval.v1 import retrieval_pb2 as pb
@@ -114,22 +113,13 @@ _LIST_OPERATORS = frozenset({"in", "contains_any"})
 # Errors
 
 
-class DocumentTooLargeError(ResourceExhausted):
-    """A document over the size limit: RESOURCE_EXHAUSTED with the field that carried it."""
-
-    def __init__(self, field: str, description: str) -> None:
-        super().__init__(f"{field}: {description}", reason="DOCUMENT_TOO_LARGE")
-        self.violation = FieldViolation(field, description)
-
-    def details(self) -> list[Message]:
-        bad_request = error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(
-                    field=self.violation.field, description=self.violation.description
-                )
-            ]
-        )
-        return [bad_request, *super().details()]
+def _too_large(field: str, description: str) -> ResourceExhausted:
+    """A document over the size limit: RESOURCE_EXHAUSTED naming the field that carried it."""
+    return ResourceExhausted(
+        f"{field}: {description}",
+        reason="DOCUMENT_TOO_LARGE",
+        violations=[FieldViolation(field, description)],
+    )
 
 
 def _mapped(kind: str, field: str, description: str) -> CallistoError:
@@ -139,7 +129,7 @@ def _mapped(kind: str, field: str, description: str) -> CallistoError:
     if kind == rerrors.BackendUnavailable.__name__:
         return Unavailable(description, retry_after=RETRY_AFTER_S, reason="BACKEND_UNAVAILABLE")
     if kind == rerrors.DocumentTooLarge.__name__:
-        return DocumentTooLargeError(field, description)
+        return _too_large(field, description)
     if kind in {
         rerrors.UnsupportedMimeType.__name__,
         rerrors.CorruptDocument.__name__,
@@ -679,7 +669,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         if not request.content:
             raise InvalidArgument.field("content", "is required")
         if len(request.content) > self._settings.max_document_bytes:
-            raise DocumentTooLargeError(
+            raise _too_large(
                 "content", f"document is larger than the {self._settings.max_document_bytes}-byte "
                 "limit"
             )  # fmt: skip
