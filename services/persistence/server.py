@@ -122,9 +122,15 @@ class PersistenceServicer(pb_grpc.PersistenceServiceServicer):
         _check_tags(v, request.tags, "tags")
         v.check(len(request.participant) <= MAX_LABEL, "participant", "is too long")
         start = (
-            _millis(request.create_time_start) if request.HasField("create_time_start") else None
+            _millis(v, request.create_time_start, "create_time_start")
+            if request.HasField("create_time_start")
+            else None
         )
-        end = _millis(request.create_time_end) if request.HasField("create_time_end") else None
+        end = (
+            _millis(v, request.create_time_end, "create_time_end")
+            if request.HasField("create_time_end")
+            else None
+        )
         if start is not None and end is not None:
             v.check(start < end, "create_time_end", "must be after create_time_start")
         v.raise_if_any()
@@ -627,7 +633,12 @@ def _check_message(v: Violations, msg: pb.Message) -> None:
 
 
 def _struct_json(v: Violations, struct: struct_pb2.Struct, field: str) -> str:
-    text = _to_json(struct)
+    try:
+        text = _to_json(struct)
+    except ValueError:
+        # NaN and infinities have no JSON form (they would read back as strings).
+        v.add(field, "numbers must be finite: NaN and infinities have no JSON form")
+        return ""
     v.check(
         len(text.encode()) <= MAX_JSON_BYTES,
         field,
@@ -660,8 +671,13 @@ def _struct_json_of(data: dict[str, Any]) -> str:
     return _to_json(struct)
 
 
-def _millis(timestamp: timestamp_pb2.Timestamp) -> int:
-    return int(timestamp.ToMilliseconds())
+def _millis(v: Violations, timestamp: timestamp_pb2.Timestamp, field: str) -> int | None:
+    """Milliseconds since the epoch; a violation (and None) outside 0001-01-01..9999-12-31."""
+    try:
+        return int(timestamp.ToMilliseconds())
+    except ValueError:
+        v.add(field, "must be a valid timestamp between 0001-01-01 and 9999-12-31")
+        return None
 
 
 def _timestamp(millis: int) -> timestamp_pb2.Timestamp:
