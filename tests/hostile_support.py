@@ -1,0 +1,441 @@
+"""Hostile input for the property-style barrage tests of every service (a unique module name:
+tests/ has several support modules on sys.path).
+
+`Hostile` builds protobuf requests from a fixed seed, walking each message's descriptor and
+filling fields with values a careless or malicious client might send: empty and huge strings,
+NUL and control characters, unicode, path tricks and filter injection in resource names, ids of
+the other tenant, extreme integers, out-of-range enum numbers, NaN and infinities, deeply nested
+or huge Structs, many repeated items, bogus field masks. The checks say what every answer must
+look like: a client-error status (INVALID_ARGUMENT with a BadRequest field violation) or OK,
+never INTERNAL or UNKNOWN, and a stream that ends with exactly one terminal message.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import random
+from collections.abc import Sequence
+
+import grpc
+from google.protobuf import descriptor, message_factory, struct_pb2
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+Metadata = tuple[tuple[str, str], ...]
+
+# What a hostile request may be answered with; INTERNAL and UNKNOWN never.
+CLIENT_ERRORS = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+    }
+)
+CODES_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+
+# Requests stay well below gRPC's 4 MiB message limit, so the service, not the transport, answers.
+MAX_REQUEST_BYTES = 3 * 1024 * 1024
+HUGE = 1024 * 1024
+
+FIXED_STRINGS = (
+    "",
+    " ",
+    "\x00",
+    "a\x00b",
+    "\x01\x02\x1b[31m\x7f",
+    "\r\n\t",
+    "*",
+    "**",
+    "%",
+    "..",
+    "../x",
+    "/",
+    "\\",
+    "null",
+    "None",
+    "-1",
+    "0",
+    "1e309",
+    "NaN",
+    "😀" * 8,
+    "\u202e\u200b\ufeff",
+    "\ud7ff\ue000\uffff",
+    "Ω≈ç√∫",
+    "' or 1=1 --",
+    '" or tenant != "',
+    'a" or tenant != "',
+    "${jndi:ldap://x}",
+    "{{7*7}}",
+    "<script>",
+    "tenants/globex/conversations/x",
+    "acme:conversations:x",
+    "*:*",
+    "A" * 64,
+    "a" * 129,
+    "-a",
+    "UPPER",
+)
+
+NAME_SUFFIXES = (
+    "",
+    "/",
+    "*",
+    "..",
+    "../x",
+    "../../tenants/globex",
+    "a\x00b",
+    'a" or tenant != "',
+    "a' || true || '",
+    "a/b",
+    "a:b",
+    "a*",
+    "-a",
+    "A",
+    "a" * 64,
+    "a" * 200,
+    "😀",
+    " a",
+)
+
+
+class Hostile:
+    """A deterministic source of hostile values and requests (`random.Random(seed)`)."""
+
+    def __init__(self, seed: int, collections: Sequence[str], names: Sequence[str] = ()) -> None:
+        self.rng = random.Random(seed)
+        self.collections = list(collections)
+        self.names = list(names)
+        self._huge_left = 0
+
+    # Scalars.
+
+    def choice(self, options: Sequence[str]) -> str:
+        return options[self.rng.randrange(len(options))]
+
+    def name(self) -> str:
+        """A resource name: a real one (maybe the other tenant's), or a collection plus junk."""
+        roll = self.rng.random()
+        if self.names and roll < 0.35:
+            base = self.choice(self.names)
+            return base if self.rng.random() < 0.7 else base + self.choice(NAME_SUFFIXES)
+        if self.collections and roll < 0.85:
+            return self.choice(self.collections) + "/" + self.choice(NAME_SUFFIXES)
+        return self.string()
+
+    def string(self) -> str:
+        roll = self.rng.random()
+        if roll < 0.3:
+            return self.choice(FIXED_STRINGS)
+        if roll < 0.45:
+            return self.name_or_fixed()
+        if roll < 0.55 and self._huge_left > 0:
+            self._huge_left -= 1
+            return self.choice(("x", "\x00", "é", "😀 ")) * self.rng.randrange(1, HUGE // 4)
+        if roll < 0.8:
+            return "".join(
+                chr(self.rng.choice((self.rng.randrange(0, 0x80), self.rng.randrange(0, 0xD800))))
+                for _ in range(self.rng.randrange(0, 40))
+            )
+        return self.rng.choice(("hello world", "acme", "globex", "models/toy_llm", "text/plain"))
+
+    def name_or_fixed(self) -> str:
+        if self.names or self.collections:
+            return self.name()
+        return self.choice(FIXED_STRINGS)
+
+    def integer(self, bits: int, signed: bool) -> int:
+        low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+        picks = [0, 1, high, low, 2**31 - 1, 7, 100, 10_000]
+        if signed:
+            picks += [-1, -(2**31)]
+        value = self.rng.choice(picks) if self.rng.random() < 0.8 else self.rng.randint(low, high)
+        return max(low, min(high, value))
+
+    def double(self) -> float:
+        return self.rng.choice(
+            (math.nan, math.inf, -math.inf, -0.0, 0.0, 1e308, -1e308, 5e-324, 0.5, -1.0, 3.0, 1.0)
+        )
+
+    def enum_number(self, enum: descriptor.EnumDescriptor) -> int:
+        valid = [value.number for value in enum.values]
+        return self.rng.choice([*valid, max(valid) + 1, 999, -1, 2**31 - 1, -(2**31)])
+
+    def raw_bytes(self) -> bytes:
+        roll = self.rng.random()
+        if roll < 0.2:
+            return b""
+        if roll < 0.4:
+            return b"%PDF-1.7\n\x00\xff\xfe garbage"
+        if roll < 0.55:
+            return b"\xff\xfe\xfd\x80\x81" * self.rng.randrange(1, 200)
+        if roll < 0.65:
+            return b"PK\x03\x04" + bytes(self.rng.randrange(256) for _ in range(64))
+        if roll < 0.75:
+            return b'{"a": [1, 2, {"b": null}' * self.rng.randrange(1, 50)
+        if roll < 0.85:
+            return b"col1,col2\n" + b'"unterminated,\x00\n' * self.rng.randrange(1, 50)
+        return bytes(self.rng.randrange(256) for _ in range(self.rng.randrange(0, 512)))
+
+    # Well-known types.
+
+    def value(self, depth: int) -> struct_pb2.Value:
+        kind = self.rng.randrange(7 if depth < 40 else 4)
+        value = struct_pb2.Value()
+        if kind == 0:
+            value.null_value = struct_pb2.NULL_VALUE
+        elif kind == 1:
+            value.number_value = self.double()
+        elif kind == 2:
+            value.string_value = self.string()
+        elif kind == 3:
+            value.bool_value = self.rng.random() < 0.5
+        elif kind in (4, 5):
+            value.struct_value.CopyFrom(self.struct(depth + 1))
+        else:
+            value.list_value.values.extend(
+                self.value(depth + 1) for _ in range(self.rng.randrange(0, 4))
+            )
+        return value
+
+    def struct(self, depth: int = 0) -> struct_pb2.Struct:
+        out = struct_pb2.Struct()
+        roll = self.rng.random()
+        if depth == 0 and roll < 0.15:
+            # Deeply nested: a chain of structs (protobuf parses at most 100 levels).
+            inner = out
+            for _ in range(self.rng.randrange(10, 30)):
+                inner = inner.fields["n"].struct_value
+            inner.fields["leaf"].string_value = "deep"
+            return out
+        if depth == 0 and roll < 0.3:
+            # Huge: many keys.
+            for index in range(self.rng.randrange(1000, 20_000)):
+                out.fields[f"k{index}"].number_value = index
+            return out
+        for _ in range(self.rng.randrange(0, 4)):
+            out.fields[self.string()[:64]].CopyFrom(self.value(depth))
+        return out
+
+    # Messages.
+
+    def fill(self, message: Message, depth: int = 0, huge: int = 1) -> Message:
+        """Fill `message` with hostile values, walking its descriptor."""
+        if depth == 0:
+            self._huge_left = huge
+        full_name = message.DESCRIPTOR.full_name
+        if full_name == "google.protobuf.Struct":
+            message.CopyFrom(self.struct())
+            return message
+        if full_name == "google.protobuf.FieldMask":
+            paths = ["*", "", "name", "etag", "create_time", "title", "a.b.c", "metadata.x"]
+            message.paths.extend(  # type: ignore[attr-defined]
+                self.rng.choice([*paths, self.string()]) for _ in range(self.rng.randrange(0, 4))
+            )
+            return message
+        if full_name in ("google.protobuf.Timestamp", "google.protobuf.Duration"):
+            message.seconds = self.rng.choice(  # type: ignore[attr-defined]
+                (0, -1, 1, 2**62, -(2**62), 315_576_000_001, 10**11)
+            )
+            message.nanos = self.rng.choice((0, 1, -1, 999_999_999, 2**31 - 1))  # type: ignore[attr-defined]
+            return message
+        for field in message.DESCRIPTOR.fields:
+            if self.rng.random() < 0.35:
+                continue
+            self._fill_field(message, field, depth)
+        return message
+
+    def _fill_field(self, message: Message, field: descriptor.FieldDescriptor, depth: int) -> None:
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            self._fill_map(message, field, depth)
+        elif field.is_repeated:
+            self._fill_repeated(message, field, depth)
+        elif field.message_type is not None:
+            if depth < 6:
+                self.fill(getattr(message, field.name), depth + 1)
+        else:
+            setattr(message, field.name, self.scalar(field))
+
+    def mutate(self, valid: Message, huge: int = 1) -> Message:
+        """A valid request with one or two fields, at any depth, replaced by hostile values."""
+        self._huge_left = huge
+        for _ in range(20):
+            out = type(valid)()
+            out.CopyFrom(valid)
+            for _ in range(self.rng.randint(1, 2)):
+                self._mutate_one(out, 0)
+            if out.ByteSize() <= MAX_REQUEST_BYTES:
+                return out
+        return valid
+
+    def _mutate_one(self, message: Message, depth: int) -> None:
+        fields = message.DESCRIPTOR.fields
+        if not fields:
+            return
+        field = fields[self.rng.randrange(len(fields))]
+        is_map = field.message_type is not None and field.message_type.GetOptions().map_entry
+        dive = depth < 4 and self.rng.random() < 0.6 and field.message_type is not None
+        if dive and not field.is_repeated and message.HasField(field.name):
+            self._mutate_one(getattr(message, field.name), depth + 1)
+            return
+        items = getattr(message, field.name)
+        if dive and field.is_repeated and not is_map and len(items):
+            self._mutate_one(items[self.rng.randrange(len(items))], depth + 1)
+            return
+        message.ClearField(field.name)
+        self._fill_field(message, field, depth)
+
+    def scalar(self, field: descriptor.FieldDescriptor) -> object:
+        kind = field.type
+        types = descriptor.FieldDescriptor
+        if kind == types.TYPE_STRING:
+            if field.name in ("name", "parent") or field.name.endswith("_id"):
+                return self.name_or_fixed()
+            if field.name.endswith("page_token"):
+                return self.page_token()
+            return self.string()
+        if kind == types.TYPE_BYTES:
+            return self.raw_bytes()
+        if kind == types.TYPE_BOOL:
+            return self.rng.random() < 0.5
+        if kind in (types.TYPE_DOUBLE, types.TYPE_FLOAT):
+            value = self.double()
+            return value if kind == types.TYPE_DOUBLE or not math.isfinite(value) else 0.5
+        if kind == types.TYPE_ENUM:
+            return self.enum_number(field.enum_type)
+        bits = 64 if kind in (types.TYPE_INT64, types.TYPE_SINT64, types.TYPE_SFIXED64) else 32
+        unsigned = kind in (types.TYPE_UINT32, types.TYPE_UINT64, types.TYPE_FIXED32)
+        unsigned = unsigned or kind == types.TYPE_FIXED64
+        return self.integer(
+            64 if kind in (types.TYPE_UINT64, types.TYPE_FIXED64) else bits, not unsigned
+        )
+
+    def page_token(self) -> str:
+        roll = self.rng.random()
+        if roll < 0.3:
+            raw = bytes(self.rng.randrange(256) for _ in range(self.rng.randrange(0, 48)))
+            return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+        if roll < 0.6:
+            forged = {"c": self.rng.choice([{}, {"offset": -1}, {"offset": 2**70}, [], "x", None])}
+            forged["q"] = self.rng.choice(["", "0" * 16, None])
+            raw = json.dumps(forged).encode()
+            return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+        return self.string()
+
+    def _fill_repeated(
+        self, message: Message, field: descriptor.FieldDescriptor, depth: int
+    ) -> None:
+        count = self.rng.choice((0, 1, 2, 3, 50, 2000)) if depth < 3 else self.rng.randrange(0, 3)
+        target = getattr(message, field.name)
+        for _ in range(count):
+            if field.message_type is not None:
+                item = target.add()
+                if count <= 50 and depth < 6:
+                    self.fill(item, depth + 1)
+            else:
+                target.append(self.scalar(field))
+
+    def _fill_map(self, message: Message, field: descriptor.FieldDescriptor, depth: int) -> None:
+        target = getattr(message, field.name)
+        value_field = field.message_type.fields_by_name["value"]
+        for _ in range(self.rng.choice((0, 1, 3, 500))):
+            key = self.string()[:256]
+            if value_field.message_type is not None:
+                self.fill(target[key], depth + 1)
+            else:
+                target[key] = self.scalar(value_field)
+
+    def request(self, message: Message, huge: int = 1) -> Message:
+        """A hostile request of the message's type, kept below MAX_REQUEST_BYTES."""
+        for _ in range(20):
+            candidate = type(message)()
+            self.fill(candidate, huge=huge)
+            if candidate.ByteSize() <= MAX_REQUEST_BYTES:
+                return candidate
+        return type(message)()
+
+
+# Checks.
+
+
+def bad_request_violations(status: status_pb2.Status) -> list[str]:
+    found: list[str] = []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            found.extend(v.field for v in bad.field_violations)
+    return found
+
+
+def check_status(status: status_pb2.Status, what: str) -> None:
+    """A terminal `google.rpc.Status` is a client error, with field violations when invalid."""
+    code = CODES_BY_NUMBER.get(status.code, grpc.StatusCode.UNKNOWN)
+    assert code in CLIENT_ERRORS, f"{what}: {code.name} {status.message!r}"
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        assert bad_request_violations(status), f"{what}: INVALID_ARGUMENT without a field violation"
+
+
+def check_rpc_error(error: grpc.RpcError, what: str) -> grpc.StatusCode:
+    """A failed call's status is a client error, with field violations when invalid."""
+    code = error.code()  # type: ignore[attr-defined]
+    assert code in CLIENT_ERRORS, f"{what}: {code.name} {error.details()!r}"  # type: ignore[attr-defined]
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        status = rpc_status.from_call(error)  # type: ignore[arg-type]
+        assert status is not None, f"{what}: INVALID_ARGUMENT without grpc-status-details-bin"
+        assert bad_request_violations(status), f"{what}: INVALID_ARGUMENT without a field violation"
+    return code
+
+
+def describe(request: Message) -> str:
+    text = str(request)
+    return text if len(text) < 600 else text[:600] + f"... ({request.ByteSize()} bytes)"
+
+
+def request_class(method: descriptor.MethodDescriptor) -> type[Message]:
+    return message_factory.GetMessageClass(method.input_type)
+
+
+def unary_methods(service: descriptor.ServiceDescriptor) -> list[descriptor.MethodDescriptor]:
+    return [m for m in service.methods if not m.client_streaming and not m.server_streaming]
+
+
+async def call_unary(
+    stub: object, method: str, request: Message, metadata: Metadata, deadline_s: float = 15.0
+) -> tuple[grpc.StatusCode, Message | None]:
+    """Call a unary RPC with a hostile request; check the answer; return its code and reply."""
+    what = f"{method}({describe(request)})"
+    try:
+        reply = await getattr(stub, method)(request, metadata=metadata, timeout=deadline_s)
+    except grpc.aio.AioRpcError as error:
+        return check_rpc_error(error, what), None
+    return grpc.StatusCode.OK, reply
+
+
+def stream_requests(
+    method: grpc.StreamStreamMultiCallable,
+    requests: Sequence[Message],
+    metadata: Metadata,
+    timeout: float = 20.0,
+) -> tuple[list[Message], grpc.RpcError | None]:
+    """Send a request stream and read every response, on a blocking channel (run it in a thread).
+
+    The blocking client reports the server's status when the server ends the call before it has
+    read every request; grpc.aio's client instead races its failed write against that status and
+    may report a client-made "Internal error from Core", which says nothing about the service.
+    """
+    responses: list[Message] = []
+    try:
+        for response in method(iter(requests), metadata=metadata, timeout=timeout):
+            responses.append(response)
+    except grpc.RpcError as error:
+        return responses, error
+    return responses, None
