@@ -105,6 +105,37 @@ async def subscribe(
             check_rpc_error(error, what)
 
 
+async def barrage(
+    stub: pb_grpc.PersistenceServiceAsyncStub,
+    identities: list[tuple[str, Metadata, list[str]]],
+    targets: dict[str, dict[str, Message]],
+) -> None:
+    hostile = {
+        who: Hostile(seed, COLLECTIONS, names) for seed, (who, _, names) in enumerate(identities)
+    }
+    methods = unary_methods(SERVICE)
+    for round_index in range(ROUNDS):
+        who, metadata, _ = identities[round_index % len(identities)]
+        source = hostile[who]
+        calls: list[Awaitable[object]] = []
+        huge = 1 if round_index % 3 == 0 else 0
+        for method in methods:
+            if round_index % 2:
+                request = source.mutate(targets[who][method.name], huge=huge)
+            else:
+                request = source.request(request_class(method)(), huge=huge)
+            calls.append(call_unary(stub, method.name, request, metadata))
+        subscription = source.mutate(targets[who]["SubscribeEvents"], huge=0)
+        assert isinstance(subscription, pb.SubscribeEventsRequest)
+        calls.append(subscribe(stub, subscription, metadata))
+        results = await asyncio.gather(*calls)
+        if who == "globex":
+            for result in results:
+                reply = result[1] if result else None
+                if reply is not None:
+                    assert SECRET.encode() not in reply.SerializeToString(), f"leak: {reply}"
+
+
 async def test_hostile_requests_get_client_errors_and_leave_data_intact(
     stub: pb_grpc.PersistenceServiceAsyncStub,
     persistence: ServiceProcess,
@@ -190,30 +221,31 @@ async def test_hostile_requests_get_client_errors_and_leave_data_intact(
         ("anonymous", (("authorization", "Bearer nope"),), [precious.name]),
         ("none", (), [precious.name]),
     ]
-    hostile = {
-        who: Hostile(seed, COLLECTIONS, names) for seed, (who, _, names) in enumerate(identities)
+    # The barrage may change either tenant's retention policy; other tests expect it untouched.
+    policies = {
+        who: (
+            await stub.GetRetentionPolicy(
+                pb.GetRetentionPolicyRequest(name="retentionPolicy"), metadata=metadata
+            )
+        ).retention_policy
+        for who, metadata in (("acme", auth), ("globex", other_auth))
     }
-    methods = unary_methods(SERVICE)
-    for round_index in range(ROUNDS):
-        who, metadata, _ = identities[round_index % len(identities)]
-        source = hostile[who]
-        calls: list[Awaitable[object]] = []
-        huge = 1 if round_index % 3 == 0 else 0
-        for method in methods:
-            if round_index % 2:
-                request = source.mutate(targets[who][method.name], huge=huge)
-            else:
-                request = source.request(request_class(method)(), huge=huge)
-            calls.append(call_unary(stub, method.name, request, metadata))
-        subscription = source.mutate(targets[who]["SubscribeEvents"], huge=0)
-        assert isinstance(subscription, pb.SubscribeEventsRequest)
-        calls.append(subscribe(stub, subscription, metadata))
-        results = await asyncio.gather(*calls)
-        if who == "globex":
-            for result in results:
-                reply = result[1] if result else None
-                if reply is not None:
-                    assert SECRET.encode() not in reply.SerializeToString(), f"leak: {reply}"
+    try:
+        await barrage(stub, identities, targets)
+    finally:
+        for who, metadata in (("acme", auth), ("globex", other_auth)):
+            policy = pb.RetentionPolicy(
+                name="retentionPolicy",
+                conversation_ttl=policies[who].conversation_ttl,
+                session_ttl=policies[who].session_ttl,
+            )
+            await stub.UpdateRetentionPolicy(
+                pb.UpdateRetentionPolicyRequest(
+                    retention_policy=policy,
+                    update_mask=field_mask_pb2.FieldMask(paths=["conversation_ttl", "session_ttl"]),
+                ),
+                metadata=metadata,
+            )
 
     # Still alive and serving; acme's data unchanged and still invisible to globex.
     persistence.check_alive()
