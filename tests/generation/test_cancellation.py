@@ -78,7 +78,9 @@ async def test_an_expired_deadline_is_deadline_exceeded_quickly_and_stops_the_mo
         ):
             pass
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert time.monotonic() - started < 1.5
+    # The call ends at its deadline, not when the model would have finished (a bound on
+    # behaviour, generous enough for a loaded machine, not a speed check).
+    assert time.monotonic() - started < 5
     event = await wait_for_event(toy_events, tag)
     assert event["finish_reason"] == "cancelled"
     # 0.5 s at 20 ms a token is ~25 tokens; the model stopped right after the deadline.
