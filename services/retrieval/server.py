@@ -25,6 +25,8 @@ import grpc
 from google.protobuf import timestamp_pb2
 from google.rpc import status_pb2
 
+from callisto.attributes import from_proto as attribute_from_proto
+from callisto.attributes import to_proto as attribute_to_proto
 from callisto.common.v1 import common_pb2
 from callisto.retrieval.v1 import retrieval_pb2 as pb
 from callisto.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
@@ -171,24 +173,6 @@ _UNARY_FIELDS = {**_STREAM_FIELDS, "content": "content", "document": "content"}
 # Protobuf <-> backend values
 
 
-def attribute_to_python(value: common_pb2.AttributeValue) -> AttributeValue | None:
-    kind = value.WhichOneof("kind")
-    if kind is None:
-        return None
-    result: AttributeValue = getattr(value, kind)
-    return result
-
-
-def attribute_to_proto(value: AttributeValue) -> common_pb2.AttributeValue:
-    if isinstance(value, bool):
-        return common_pb2.AttributeValue(bool_value=value)
-    if isinstance(value, int):
-        return common_pb2.AttributeValue(int_value=value)
-    if isinstance(value, float):
-        return common_pb2.AttributeValue(double_value=value)
-    return common_pb2.AttributeValue(string_value=str(value))
-
-
 def _attributes(
     v: Violations, attributes: Mapping[str, common_pb2.AttributeValue], field: str
 ) -> dict[str, AttributeValue]:
@@ -199,7 +183,7 @@ def _attributes(
         if not ATTRIBUTE_KEY.match(key):
             v.add(f"{field}[{key}]", "keys are letters, digits and '_' (max 64), not a digit first")
             continue
-        value = attribute_to_python(raw)
+        value = attribute_from_proto(raw)
         if value is None:
             v.add(f"{field}[{key}]", "a value must be set")
         elif isinstance(value, float) and not math.isfinite(value):
@@ -306,13 +290,13 @@ def filter_conditions(
             continue
         value: Any
         if op in _LIST_OPERATORS:
-            values = [attribute_to_python(x) for x in item.values]
+            values = [attribute_from_proto(x) for x in item.values]
             if not values or any(x is None for x in values):
                 v.add(f"{where}.values", "needs one or more set values")
                 continue
             value = values
         else:
-            value = attribute_to_python(item.value) if item.HasField("value") else None
+            value = attribute_from_proto(item.value) if item.HasField("value") else None
             if value is None:
                 v.add(f"{where}.value", "is required")
                 continue

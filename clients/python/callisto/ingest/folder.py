@@ -20,7 +20,8 @@ from google.rpc import status_pb2
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from callisto.common.v1 import common_pb2
+from callisto.attributes import Scalar as AttributeValue
+from callisto.attributes import to_proto as attribute_to_proto
 from callisto.retrieval.v1 import retrieval_pb2 as pb
 from callisto.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 
@@ -36,7 +37,6 @@ MIME_TYPES: Mapping[str, str] = {
 }
 SUPPORTED_SUFFIXES = frozenset(MIME_TYPES)
 CHUNK_BYTES = 64 * 1024
-AttributeValue = str | int | float | bool
 
 
 @dataclass(frozen=True)
@@ -109,16 +109,6 @@ def file_spec(
     )
 
 
-def attribute_proto(value: AttributeValue) -> common_pb2.AttributeValue:
-    if isinstance(value, bool):
-        return common_pb2.AttributeValue(bool_value=value)
-    if isinstance(value, int):
-        return common_pb2.AttributeValue(int_value=value)
-    if isinstance(value, float):
-        return common_pb2.AttributeValue(double_value=value)
-    return common_pb2.AttributeValue(string_value=value)
-
-
 def header_for(spec: FileSpec) -> pb.DocumentHeader:
     return pb.DocumentHeader(
         document_id=spec.document_id,
@@ -126,7 +116,7 @@ def header_for(spec: FileSpec) -> pb.DocumentHeader:
         source_uri=spec.source_uri,
         mime_type=spec.mime_type,
         tags=list(spec.tags),
-        attributes={k: attribute_proto(v) for k, v in spec.attributes.items()},
+        attributes={k: attribute_to_proto(v) for k, v in spec.attributes.items()},
     )
 
 

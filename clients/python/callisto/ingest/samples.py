@@ -17,10 +17,10 @@ from typing import Any
 
 import grpc
 
+from callisto.attributes import to_proto as attribute_to_proto
 from callisto.ingest.folder import (
     FileSpec,
     IngestReport,
-    attribute_proto,
     discover,
     file_spec,
     ingest_specs,
@@ -87,7 +87,7 @@ def entity_messages(path: Path) -> list[pb.Entity]:
                 master=obj["master"],
                 facets={str(k): str(v) for k, v in (obj.get("facets") or {}).items()},
                 attributes={
-                    str(k): attribute_proto(v) for k, v in (obj.get("attributes") or {}).items()
+                    str(k): attribute_to_proto(v) for k, v in (obj.get("attributes") or {}).items()
                 },
             )
         )
