@@ -28,9 +28,9 @@ from typing import Any
 
 import grpc
 
-from callisto.common.v1 import common_pb2
-from callisto.gateway.process import EnvoyGateway
-from callisto.generation.v1 import generation_pb2, generation_pb2_grpc
+from callisto.api.common.v1 import common_pb2
+from callisto.api.generation.v1 import generation_pb2, generation_pb2_grpc
+from callisto.mesh.gateway import EnvoyGateway
 from callisto.mesh.processes import RedisServer, ServiceProcess, free_port
 from callisto.mesh.triton import TritonServer, default_model_repository, ensure_triton_environment
 from callisto.services.common.auth import create_api_key

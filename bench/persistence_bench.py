@@ -25,11 +25,11 @@ from pathlib import Path
 import grpc
 import httpx
 
-from callisto.gateway.process import EnvoyGateway
+from callisto.api.persistence.v1 import persistence_pb2 as pb
+from callisto.api.persistence.v1 import persistence_pb2_grpc as pb_grpc
+from callisto.mesh.gateway import EnvoyGateway
 from callisto.mesh.launcher import PERSISTENCE_SERVICE
 from callisto.mesh.processes import RedisServer, ServiceProcess, free_port
-from callisto.persistence.v1 import persistence_pb2 as pb
-from callisto.persistence.v1 import persistence_pb2_grpc as pb_grpc
 from callisto.services.common.auth import create_api_key
 
 TARGET_ADDED_P50_MS = 0.3

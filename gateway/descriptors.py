@@ -13,15 +13,11 @@ from collections.abc import Iterable, Sequence
 from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import FileDescriptor, MethodDescriptor, ServiceDescriptor
 
-# The generated modules of every Callisto package; their imports pull in google/api, google/rpc
-# and google/protobuf transitively.
-CALLISTO_MODULES: tuple[str, ...] = (
-    "callisto.common.v1.common_pb2",
-    "callisto.persistence.v1.persistence_pb2",
-    "callisto.generation.v1.generation_pb2",
-    "callisto.retrieval.v1.retrieval_pb2",
-    "callisto.orchestration.v1.orchestration_pb2",
-)
+from callisto.api import MODULES
+
+# The generated modules of every Callisto package (listed by codegen); their imports pull in
+# google/api, google/rpc and google/protobuf transitively.
+CALLISTO_MODULES: tuple[str, ...] = MODULES
 
 # Not imported by any contract, but `convert_grpc_status` can only render the `details` of a
 # google.rpc.Status (BadRequest, RetryInfo, ErrorInfo, ...) as JSON when their types are known.

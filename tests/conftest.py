@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from callisto.gateway.process import EnvoyGateway
+from callisto.mesh.gateway import EnvoyGateway
 from callisto.mesh.launcher import PERSISTENCE_SERVICE
 from callisto.mesh.processes import RedisServer, ServiceProcess, free_port
 from callisto.services.common.auth import create_api_key

@@ -20,8 +20,8 @@ from typing import Any
 
 import grpc
 
-from callisto.common.v1 import common_pb2
-from callisto.generation.v1 import generation_pb2, generation_pb2_grpc
+from callisto.api.common.v1 import common_pb2
+from callisto.api.generation.v1 import generation_pb2, generation_pb2_grpc
 from callisto.services.common.errors import (
     CallistoError,
     DeadlineExceeded,

@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from callisto.documents import CSV, DOCX, HTML, MARKDOWN, PDF, TEXT, mime_type_for
 from callisto.services.retrieval.errors import (
     CorruptDocument,
     DocumentTooLarge,
@@ -23,29 +24,12 @@ from callisto.services.retrieval.errors import (
 )
 from callisto.services.retrieval.models import ParsedDocument, Segment
 
-PDF = "application/pdf"
-DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
-CSV = "text/csv"
-MARKDOWN = "text/markdown"
-HTML = "text/html"
-TEXT = "text/plain"
-
 # Aliases seen in the wild, mapped to the canonical type each parser handles.
 _ALIASES = {
     "application/csv": CSV,
     "text/x-markdown": MARKDOWN,
     "application/xhtml+xml": HTML,
     "text/x-rst": TEXT,
-}
-_EXTENSIONS = {
-    ".pdf": PDF,
-    ".docx": DOCX,
-    ".csv": CSV,
-    ".md": MARKDOWN,
-    ".markdown": MARKDOWN,
-    ".html": HTML,
-    ".htm": HTML,
-    ".txt": TEXT,
 }
 SUPPORTED_MIME_TYPES = frozenset({PDF, DOCX, CSV, MARKDOWN, HTML, TEXT})
 
@@ -104,8 +88,7 @@ def resolve_mime_type(mime_type: str, filename: str = "") -> str:
     base = mime_type.split(";", 1)[0].strip().lower()
     base = _ALIASES.get(base, base)
     if base in ("", "application/octet-stream") and filename:
-        suffix = "." + filename.rsplit(".", 1)[-1].lower() if "." in filename else ""
-        guessed = _EXTENSIONS.get(suffix) or mimetypes.guess_type(filename)[0] or ""
+        guessed = mime_type_for(filename) or mimetypes.guess_type(filename)[0] or ""
         base = _ALIASES.get(guessed, guessed)
     if base not in SUPPORTED_MIME_TYPES:
         raise UnsupportedMimeType(

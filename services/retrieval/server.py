@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import math
 import re
@@ -25,11 +24,12 @@ import grpc
 from google.protobuf import timestamp_pb2
 from google.rpc import status_pb2
 
+from callisto.api.common.v1 import common_pb2
+from callisto.api.retrieval.v1 import retrieval_pb2 as pb
+from callisto.api.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from callisto.attributes import from_proto as attribute_from_proto
 from callisto.attributes import to_proto as attribute_to_proto
-from callisto.common.v1 import common_pb2
-from callisto.retrieval.v1 import retrieval_pb2 as pb
-from callisto.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
+from callisto.documents import document_id_from
 from callisto.services.common.errors import (
     CallistoError,
     FieldViolation,
@@ -211,17 +211,6 @@ def document_proto(info: DocumentInfo) -> pb.Document:
         chunk_count=info.chunk_count,
         update_time=_timestamp(info.created_time_ms),
     )
-
-
-def derive_document_id(source_uri: str) -> str:
-    """A valid document id from a source URI (stable, so re-ingesting updates in place)."""
-    cleaned = re.sub(r"[^A-Za-z0-9._:-]+", "-", source_uri).strip("-._:")
-    if not cleaned:
-        return ""
-    if len(cleaned) > 128:
-        digest = hashlib.sha256(source_uri.encode()).hexdigest()[:16]
-        cleaned = f"{cleaned[-100:].lstrip('-._:')}-{digest}"
-    return cleaned
 
 
 def _document_id(name: str, field: str = "name") -> str:
@@ -482,7 +471,7 @@ def header_to_meta(
 ) -> tuple[DocumentMeta, CallistoError | None, ChunkOptions | None, Any]:
     """The document's metadata, the header's validation error (if any), its chunking options."""
     v = Violations()
-    document_id = header.document_id or derive_document_id(header.source_uri)
+    document_id = header.document_id or document_id_from(header.source_uri)
     if not document_id:
         v.add(f"{prefix}.document_id", "is required when source_uri is empty")
     elif not ID_PATTERN.fullmatch(document_id):

@@ -15,9 +15,9 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from callisto.api.persistence.v1 import persistence_pb2 as pb
+from callisto.api.persistence.v1 import persistence_pb2_grpc as pb_grpc
 from callisto.mesh.processes import RedisServer, ServiceProcess, free_port
-from callisto.persistence.v1 import persistence_pb2 as pb
-from callisto.persistence.v1 import persistence_pb2_grpc as pb_grpc
 from callisto.services.common.auth import ApiKeyStore
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from callisto.gateway.process import EnvoyGateway
+from callisto.mesh.gateway import EnvoyGateway
 
 BAD_REQUEST = "type.googleapis.com/google.rpc.BadRequest"
 

@@ -10,7 +10,7 @@ import pytest_asyncio
 from gateway_test_backend import GatewayTestBackend, start_gateway_test_backend
 from gateway_test_support import gateway_for
 
-from callisto.gateway.process import EnvoyGateway
+from callisto.mesh.gateway import EnvoyGateway
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
-from callisto.gateway.__main__ import main
 from callisto.gateway.config import GatewaySpec, render_config, write_config
 from callisto.gateway.descriptors import (
     all_service_names,
@@ -17,6 +17,7 @@ from callisto.gateway.descriptors import (
     http_annotated_methods,
 )
 from callisto.gateway.process import GatewayError, validate, write_gateway_files
+from callisto.mesh.cli import app
 
 
 def all_services_spec(directory: Path) -> GatewaySpec:
@@ -143,11 +144,11 @@ def test_written_yaml_reads_back_as_the_rendered_config(tmp_path: Path) -> None:
     assert yaml.safe_load(path.read_text()) == render_config(spec)
 
 
-def test_render_command_writes_and_validates(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    code = main(
+def test_render_command_writes_and_validates(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app,
         [
+            "gateway",
             "render",
             "--out",
             str(tmp_path),
@@ -157,19 +158,27 @@ def test_render_command_writes_and_validates(
             "9901",
             "--upstream",
             "callisto.persistence.v1.PersistenceService=127.0.0.1:50051",
-        ]
+        ],
     )
-    assert code == 0
-    assert capsys.readouterr().out.strip() == str(tmp_path / "envoy.yaml")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == str(tmp_path / "envoy.yaml")
     assert (tmp_path / "callisto_descriptors.pb").stat().st_size > 0
 
 
-def test_render_command_rejects_an_unknown_service(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    code = main(["render", "--out", str(tmp_path), "--upstream", "callisto.x.v1.Nope=127.0.0.1:1"])
-    assert code == 2
-    assert "unknown service" in capsys.readouterr().err
+def test_render_command_rejects_an_unknown_service(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app,
+        [
+            "gateway",
+            "render",
+            "--out",
+            str(tmp_path),
+            "--upstream",
+            "callisto.x.v1.Nope=127.0.0.1:1",
+        ],
+    )
+    assert result.exit_code == 2
+    assert "unknown service" in result.stderr
 
 
 def test_streams_have_no_route_timeout_but_unary_calls_do(tmp_path: Path) -> None:

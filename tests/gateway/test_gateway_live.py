@@ -19,8 +19,8 @@ from gateway_test_support import gateway_for
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from callisto.gateway.process import EnvoyGateway
-from callisto.generation.v1 import generation_pb2, generation_pb2_grpc
+from callisto.api.generation.v1 import generation_pb2, generation_pb2_grpc
+from callisto.mesh.gateway import EnvoyGateway
 
 GENERATE = "/v1/models/echo:generate"
 PROMPT = {"messages": [{"role": "ROLE_USER", "content": "hi"}]}

@@ -11,8 +11,8 @@ import pytest
 import pytest_asyncio
 from generation_support import generation_env, start_triton
 
-from callisto.gateway.process import EnvoyGateway
-from callisto.generation.v1 import generation_pb2_grpc
+from callisto.api.generation.v1 import generation_pb2_grpc
+from callisto.mesh.gateway import EnvoyGateway
 from callisto.mesh.processes import ServiceProcess, free_port
 from callisto.mesh.triton import TritonServer
 

@@ -10,8 +10,8 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from callisto.common.v1 import common_pb2
-from callisto.generation.v1 import generation_pb2
+from callisto.api.common.v1 import common_pb2
+from callisto.api.generation.v1 import generation_pb2
 from callisto.mesh.triton import TritonServer, default_model_repository, ensure_triton_environment
 
 # Two cores shared with llama.cpp: no spinning OpenMP threads, one thread per model.

@@ -13,7 +13,7 @@ import grpc
 import pytest
 from generation_support import auth, chat_messages
 
-from callisto.generation.v1 import generation_pb2, generation_pb2_grpc
+from callisto.api.generation.v1 import generation_pb2, generation_pb2_grpc
 
 Stub = generation_pb2_grpc.GenerationServiceStub
 # At most this many tokens may be produced after the cancel was sent.

@@ -8,8 +8,8 @@ import grpc
 import pytest
 from generation_support import auth, chat_messages, violations
 
-from callisto.common.v1 import common_pb2
-from callisto.generation.v1 import generation_pb2, generation_pb2_grpc
+from callisto.api.common.v1 import common_pb2
+from callisto.api.generation.v1 import generation_pb2, generation_pb2_grpc
 
 Stub = generation_pb2_grpc.GenerationServiceStub
 

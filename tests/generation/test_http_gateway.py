@@ -13,7 +13,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from callisto.gateway.process import EnvoyGateway
+from callisto.mesh.gateway import EnvoyGateway
 
 
 @pytest_asyncio.fixture(loop_scope="session")

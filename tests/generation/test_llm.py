@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from generation_support import auth, chat_messages
 
-from callisto.generation.v1 import generation_pb2, generation_pb2_grpc
+from callisto.api.generation.v1 import generation_pb2, generation_pb2_grpc
 from callisto.mesh.triton import TritonServer
 
 

@@ -19,7 +19,7 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
-from callisto.generation.v1 import generation_pb2, generation_pb2_grpc
+from callisto.api.generation.v1 import generation_pb2, generation_pb2_grpc
 from callisto.mesh.processes import ServiceProcess, free_port
 from callisto.mesh.triton import TritonServer, default_model_repository
 

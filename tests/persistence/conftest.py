@@ -10,8 +10,8 @@ import pytest
 import pytest_asyncio
 from persistence_test_support import Metadata, bearer
 
+from callisto.api.persistence.v1 import persistence_pb2_grpc as pb_grpc
 from callisto.mesh.processes import ServiceProcess
-from callisto.persistence.v1 import persistence_pb2_grpc as pb_grpc
 
 
 @pytest_asyncio.fixture(scope="session")

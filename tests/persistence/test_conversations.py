@@ -18,10 +18,10 @@ from persistence_test_support import (
     new_conversation,
 )
 
-from callisto.persistence.v1 import persistence_pb2 as pb
+from callisto.api.persistence.v1 import persistence_pb2 as pb
 
 if TYPE_CHECKING:
-    from callisto.persistence.v1.persistence_pb2_grpc import PersistenceServiceAsyncStub as Stub
+    from callisto.api.persistence.v1.persistence_pb2_grpc import PersistenceServiceAsyncStub as Stub
 
 
 async def test_conversation_crud_round_trip(stub: Stub, auth: Metadata) -> None:

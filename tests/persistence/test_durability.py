@@ -16,14 +16,14 @@ from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from persistence_test_support import Metadata, bearer, new_conversation
 
-from callisto.common.v1 import common_pb2
+from callisto.api.common.v1 import common_pb2
+from callisto.api.persistence.v1 import persistence_pb2 as pb
+from callisto.api.persistence.v1 import persistence_pb2_grpc as pb_grpc
 from callisto.mesh.processes import RedisServer, ServiceProcess, free_port
-from callisto.persistence.v1 import persistence_pb2 as pb
-from callisto.persistence.v1 import persistence_pb2_grpc as pb_grpc
 from callisto.services.common.auth import create_api_key
 
 if TYPE_CHECKING:
-    from callisto.persistence.v1.persistence_pb2_grpc import PersistenceServiceAsyncStub as Stub
+    from callisto.api.persistence.v1.persistence_pb2_grpc import PersistenceServiceAsyncStub as Stub
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

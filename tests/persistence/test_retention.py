@@ -12,11 +12,11 @@ import pytest
 from google.protobuf import duration_pb2, field_mask_pb2
 from persistence_test_support import Metadata, field_violations
 
-from callisto.common.v1 import common_pb2
-from callisto.persistence.v1 import persistence_pb2 as pb
+from callisto.api.common.v1 import common_pb2
+from callisto.api.persistence.v1 import persistence_pb2 as pb
 
 if TYPE_CHECKING:
-    from callisto.persistence.v1.persistence_pb2_grpc import PersistenceServiceAsyncStub as Stub
+    from callisto.api.persistence.v1.persistence_pb2_grpc import PersistenceServiceAsyncStub as Stub
 
 
 def seconds(value: float) -> duration_pb2.Duration:

@@ -11,10 +11,10 @@ import pytest
 from google.protobuf import field_mask_pb2, struct_pb2
 from persistence_test_support import Metadata, error_reason, field_violations
 
-from callisto.persistence.v1 import persistence_pb2 as pb
+from callisto.api.persistence.v1 import persistence_pb2 as pb
 
 if TYPE_CHECKING:
-    from callisto.persistence.v1.persistence_pb2_grpc import PersistenceServiceAsyncStub as Stub
+    from callisto.api.persistence.v1.persistence_pb2_grpc import PersistenceServiceAsyncStub as Stub
 
 
 def state(**values: object) -> struct_pb2.Struct:

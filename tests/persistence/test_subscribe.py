@@ -14,12 +14,12 @@ import pytest_asyncio
 from google.protobuf import field_mask_pb2
 from persistence_test_support import Metadata, new_conversation
 
+from callisto.api.persistence.v1 import persistence_pb2 as pb
+from callisto.api.persistence.v1 import persistence_pb2_grpc as pb_grpc
 from callisto.mesh.processes import ServiceProcess, free_port
-from callisto.persistence.v1 import persistence_pb2 as pb
-from callisto.persistence.v1 import persistence_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
-    from callisto.persistence.v1.persistence_pb2_grpc import PersistenceServiceAsyncStub as Stub
+    from callisto.api.persistence.v1.persistence_pb2_grpc import PersistenceServiceAsyncStub as Stub
 
 Responses = grpc.aio.UnaryStreamCall[pb.SubscribeEventsRequest, pb.SubscribeEventsResponse]
 

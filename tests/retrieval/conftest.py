@@ -18,9 +18,9 @@ import pytest
 import pytest_asyncio
 from retrieval_test_support import RETRIEVAL_SERVICE, create_key, retrieval_env
 
-from callisto.gateway.process import EnvoyGateway
+from callisto.api.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
+from callisto.mesh.gateway import EnvoyGateway
 from callisto.mesh.processes import RedisServer, ServiceProcess, free_port
-from callisto.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from callisto.services.retrieval.milvus_store import MilvusConfig, MilvusStore
 
 _WORD = re.compile(r"[a-z0-9]+")

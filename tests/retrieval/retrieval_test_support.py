@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
-from callisto.retrieval.v1 import retrieval_pb2 as pb
+from callisto.api.retrieval.v1 import retrieval_pb2 as pb
 from callisto.services.common.auth import create_api_key
 
 RETRIEVAL_SERVICE = "callisto.retrieval.v1.RetrievalService"

@@ -8,10 +8,10 @@ from collections.abc import Callable
 import pytest
 from retrieval_test_support import bearer
 
-from callisto.ingest.samples import COMPANY_TENANTS, CONFERENCE_TENANT, ingest_samples
+from callisto.api.retrieval.v1 import retrieval_pb2 as pb
+from callisto.api.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from callisto.mesh.processes import ServiceProcess
-from callisto.retrieval.v1 import retrieval_pb2 as pb
-from callisto.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
+from callisto.mesh.samples import COMPANY_TENANTS, CONFERENCE_TENANT, ingest_samples
 
 Stub = pb_grpc.RetrievalServiceStub
 
@@ -103,7 +103,7 @@ async def test_faceted_search_ranks_the_right_entity_first(
 
 
 async def test_entity_type_and_attribute_filters(rstub: Stub, sample_keys: dict[str, str]) -> None:
-    from callisto.common.v1 import common_pb2
+    from callisto.api.common.v1 import common_pb2
 
     response = await rstub.SearchEntities(
         pb.SearchEntitiesRequest(

@@ -19,10 +19,10 @@ import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from retrieval_test_support import bearer, retrieval_env, retry_info
 
-from callisto.gateway.process import EnvoyGateway
+from callisto.api.retrieval.v1 import retrieval_pb2 as pb
+from callisto.api.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
+from callisto.mesh.gateway import EnvoyGateway
 from callisto.mesh.processes import ServiceProcess, free_port
-from callisto.retrieval.v1 import retrieval_pb2 as pb
-from callisto.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 
 BAD_REQUEST = "type.googleapis.com/google.rpc.BadRequest"
 RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"

@@ -6,7 +6,7 @@ them), so a bool never turns into an int on one side only.
 
 from __future__ import annotations
 
-from callisto.common.v1 import common_pb2
+from callisto.api.common.v1 import common_pb2
 
 # What an attribute holds on the Python side.
 Scalar = str | int | float | bool

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from callisto.mesh.state import MeshState, mesh_home
+from callisto.cli.state import MeshState, mesh_home
 
 
 def _target(explicit: str | None) -> str:

@@ -1,7 +1,7 @@
-"""Client-side ingestion: stream files over `IngestDocuments`, and load the bundled samples."""
+"""Client-side ingestion: stream a folder's files over `IngestDocuments`."""
 
+from callisto.documents import SUPPORTED_SUFFIXES
 from callisto.ingest.folder import (
-    SUPPORTED_SUFFIXES,
     FileSpec,
     FolderIngester,
     IngestReport,
@@ -9,17 +9,13 @@ from callisto.ingest.folder import (
     file_spec,
     folder_specs,
 )
-from callisto.ingest.samples import SamplesReport, ingest_samples, samples_dir
 
 __all__ = [
     "SUPPORTED_SUFFIXES",
     "FileSpec",
     "FolderIngester",
     "IngestReport",
-    "SamplesReport",
     "discover",
     "file_spec",
     "folder_specs",
-    "ingest_samples",
-    "samples_dir",
 ]

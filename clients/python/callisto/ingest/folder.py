@@ -9,7 +9,6 @@ sent; a rich progress bar shows them.
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,22 +19,12 @@ from google.rpc import status_pb2
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from callisto.api.retrieval.v1 import retrieval_pb2 as pb
+from callisto.api.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from callisto.attributes import Scalar as AttributeValue
 from callisto.attributes import to_proto as attribute_to_proto
-from callisto.retrieval.v1 import retrieval_pb2 as pb
-from callisto.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
+from callisto.documents import MIME_TYPES, SUPPORTED_SUFFIXES, document_id_from
 
-MIME_TYPES: Mapping[str, str] = {
-    ".pdf": "application/pdf",
-    ".docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
-    ".csv": "text/csv",
-    ".md": "text/markdown",
-    ".markdown": "text/markdown",
-    ".html": "text/html",
-    ".htm": "text/html",
-    ".txt": "text/plain",
-}
-SUPPORTED_SUFFIXES = frozenset(MIME_TYPES)
 CHUNK_BYTES = 64 * 1024
 
 
@@ -73,8 +62,7 @@ class IngestReport:
 def document_id_for(root: Path, path: Path) -> str:
     """A stable document id from the path relative to the ingested folder."""
     relative = path.relative_to(root).as_posix() if path != root else path.name
-    cleaned = re.sub(r"[^A-Za-z0-9._:-]+", "-", relative).strip("-._:")
-    return cleaned[-128:].lstrip("-._:") or "document"
+    return document_id_from(relative) or "document"
 
 
 def discover(folder: Path, recursive: bool = False) -> list[Path]:

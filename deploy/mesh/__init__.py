@@ -1,0 +1,2 @@
+"""The embedded mesh launcher (server-side tooling): supervised child processes, the Triton
+environment, the gateway process, sample ingestion and the full `callisto` command line."""
