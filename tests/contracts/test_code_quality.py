@@ -25,3 +25,11 @@ def test_ruff_check_and_format_are_clean(repo_root: Path) -> None:
 def test_mypy_strict_is_clean(repo_root: Path) -> None:
     result = _run(repo_root, sys.executable, "scripts/typecheck.py")
     assert result.returncode == 0, result.stdout[-5000:]
+
+
+def test_tree_holds_no_symbolic_links(repo_root: Path) -> None:
+    listed = _run(repo_root, "git", "ls-files", "--stage")
+    links = [
+        line.split("\t", 1)[1] for line in listed.stdout.splitlines() if line.startswith("120000")
+    ]
+    assert not links, f"symbolic links in the tree: {links}"
