@@ -137,6 +137,10 @@ def test_a_second_start_reuses_the_demo_key_and_data(tmp_path: Path) -> None:
     key = re.search(r"API key\s+(cal_\S+)", first.banner())
     first.process.send_signal(signal.SIGINT)
     assert first.process.wait(60) == 0
+    # Only the owner can ever read a saved key: the folder is private from its creation.
+    assert (home / "keys").stat().st_mode & 0o777 == 0o700
+    saved = list((home / "keys").glob("*.key"))
+    assert saved and all(path.stat().st_mode & 0o777 == 0o600 for path in saved)
     (home / "up.out").unlink()
     second = Launcher(home, "--no-models")
     try:
