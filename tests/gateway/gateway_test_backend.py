@@ -150,3 +150,26 @@ async def start_gateway_test_backend(host: str = "127.0.0.1") -> GatewayTestBack
     port = server.add_insecure_port(f"{host}:0")
     await server.start()
     return GatewayTestBackend(server, port, service)
+
+
+@dataclass(frozen=True)
+class HealthOnlyBackend:
+    """A server that serves nothing but grpc.health.v1, for one named service."""
+
+    server: grpc.aio.Server
+    port: int
+
+
+async def start_health_only_backend(
+    service: str, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType
+) -> HealthOnlyBackend:
+    """Health says SERVING for the server ("") and `status` for `service`, so a caller can tell
+    which upstream answered."""
+    server = grpc.aio.server()
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    await health_servicer.set(service, status)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return HealthOnlyBackend(server, port)
