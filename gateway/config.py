@@ -219,9 +219,14 @@ def _grpc_route(prefix_or_path: Config, cluster: str, *, timeout_s: float, max_s
         "match": prefix_or_path,
         "route": {
             "cluster": cluster,
+            # With max_stream_duration set, Envoy ignores the route timeout (its "new
+            # timeouts"): the bound is max_stream_duration when the client sends no
+            # grpc-timeout, else the client's grpc-timeout capped at max_s; 0 is unbounded.
             "timeout": _duration(timeout_s),
-            # A client's grpc-timeout is honoured, capped at max_s.
-            "max_stream_duration": {"grpc_timeout_header_max": _duration(max_s)},
+            "max_stream_duration": {
+                "max_stream_duration": _duration(timeout_s),
+                "grpc_timeout_header_max": _duration(max_s),
+            },
         },
     }
 

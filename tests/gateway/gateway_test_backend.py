@@ -1,6 +1,7 @@
 """A small real grpc.aio GenerationService for exercising the gateway, not the model.
 
-It streams `max_tokens` (default 3) numbered deltas and a result, and fails the ways the gateway
+It streams `max_tokens` (default 3) numbered deltas and a result, answers ListModels after the
+`x-test-delay-ms` metadata's delay, and fails the ways the gateway
 must translate: INVALID_ARGUMENT with a BadRequest detail for an empty prompt, NOT_FOUND for an
 unknown model, ABORTED (with RetryInfo and ErrorInfo) for `models/busy`, UNAUTHENTICATED for
 `models/private` without an `authorization` header, and ABORTED after the first delta for
@@ -9,6 +10,7 @@ unknown model, ABORTED (with RetryInfo and ErrorInfo) for `models/busy`, UNAUTHE
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -58,7 +60,12 @@ class GatewayTestGenerationService(generation_pb2_grpc.GenerationServiceServicer
             generation_pb2.ListModelsRequest, generation_pb2.ListModelsResponse
         ],
     ) -> generation_pb2.ListModelsResponse:
-        self.list_models_metadata.append(dict(context.invocation_metadata() or ()))
+        metadata = dict(context.invocation_metadata() or ())
+        self.list_models_metadata.append(metadata)
+        # A slow call, for route timeouts.
+        delay_ms = metadata.get("x-test-delay-ms")
+        if isinstance(delay_ms, str):
+            await asyncio.sleep(int(delay_ms) / 1000)
         return generation_pb2.ListModelsResponse(
             models=[
                 generation_pb2.Model(name=name, ready=True, versions=["1"], streaming=True)

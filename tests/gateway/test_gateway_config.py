@@ -208,10 +208,17 @@ def test_streams_have_no_route_timeout_but_unary_calls_do(tmp_path: Path) -> Non
     }
     generate = by_match["/callisto.generation.v1.GenerationService/Generate"]
     assert generate["timeout"] == "0s"
-    assert generate["max_stream_duration"]["grpc_timeout_header_max"] == "3600s"
+    assert generate["max_stream_duration"] == {
+        "max_stream_duration": "0s",
+        "grpc_timeout_header_max": "3600s",
+    }
     unary = by_match["/callisto.generation.v1.GenerationService/"]
     assert unary["timeout"] == "12s"
-    assert unary["max_stream_duration"]["grpc_timeout_header_max"] == "12s"
+    # Envoy ignores `timeout` once max_stream_duration is set: this is the bound it applies.
+    assert unary["max_stream_duration"] == {
+        "max_stream_duration": "12s",
+        "grpc_timeout_header_max": "12s",
+    }
     assert hcm["typed_config"]["stream_idle_timeout"] == "300s"
     [cluster] = config["static_resources"]["clusters"]
     protocol = cluster["typed_extension_protocol_options"][
@@ -238,10 +245,13 @@ def test_document_ingestion_has_a_route_timeout_that_fits_a_large_document(
     ingest = routes["/callisto.retrieval.v1.RetrievalService/IngestDocument"]
     expected = LONG_UNARY_METHODS["callisto.retrieval.v1.RetrievalService/IngestDocument"]
     assert expected >= 300
-    assert ingest["timeout"] == f"{expected:g}s"
-    assert ingest["max_stream_duration"]["grpc_timeout_header_max"] == f"{expected:g}s"
+    assert ingest["max_stream_duration"] == {
+        "max_stream_duration": f"{expected:g}s",
+        "grpc_timeout_header_max": f"{expected:g}s",
+    }
     # The other unary calls keep the unary timeout.
-    assert routes["/callisto.retrieval.v1.RetrievalService/"]["timeout"] == "30s"
+    other = routes["/callisto.retrieval.v1.RetrievalService/"]
+    assert other["max_stream_duration"]["max_stream_duration"] == "30s"
     validate(write_gateway_files(spec, tmp_path))
 
 
@@ -252,7 +262,8 @@ def test_method_timeouts_are_configurable_and_checked(tmp_path: Path) -> None:
         method_timeouts_s={"callisto.generation.v1.GenerationService/ListModels": 90},
     )
     routes = routes_by_match(render_config(spec))
-    assert routes["/callisto.generation.v1.GenerationService/ListModels"]["timeout"] == "90s"
+    list_models = routes["/callisto.generation.v1.GenerationService/ListModels"]
+    assert list_models["max_stream_duration"]["max_stream_duration"] == "90s"
     with pytest.raises(ValueError, match="NoSuchMethod"):
         GatewaySpec(
             upstreams={"callisto.generation.v1.GenerationService": ("127.0.0.1", 1)},

@@ -496,3 +496,32 @@ async def test_grpc_web_health_check_is_routed_by_the_named_service(
     assert data_flag == 0
     status = health_pb2.HealthCheckResponse.FromString(data).status
     assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def test_unary_timeout_bounds_calls_and_a_method_timeout_replaces_it(
+    backend_port: int, tmp_path: Path
+) -> None:
+    slow = {"x-test-delay-ms": "1500"}
+    plain = gateway_for(backend_port, tmp_path / "plain", unary_timeout_s=0.5)
+    async with plain, httpx.AsyncClient(base_url=plain.http_url) as client:
+        cut_off = await client.get("/v1/models", headers=slow)
+        async with grpc.aio.insecure_channel(plain.grpc_target) as channel:
+            stub = generation_pb2_grpc.GenerationServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                # A longer deadline than the route allows is capped to the route's bound.
+                await stub.ListModels(
+                    generation_pb2.ListModelsRequest(), metadata=tuple(slow.items()), timeout=10
+                )
+    longer = gateway_for(
+        backend_port,
+        tmp_path / "longer",
+        unary_timeout_s=0.5,
+        method_timeouts_s={f"{SERVICE}/ListModels": 10},
+    )
+    async with longer, httpx.AsyncClient(base_url=longer.http_url) as client:
+        answered = await client.get("/v1/models", headers=slow)
+        other = await client.post(GENERATE, json=PROMPT)
+    assert cut_off.status_code == 504
+    assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert answered.status_code == 200
+    assert other.status_code == 200
