@@ -16,7 +16,9 @@ the reflection service, which answers for itself and NOT_FOUND for names it does
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,6 +168,15 @@ class GatewaySpec:
     @property
     def allowed_origins(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys((*self.own_origins, *self.cors_allowed_origins)))
+
+
+CORS_ORIGINS_VARIABLE = "CALLISTO_GATEWAY_CORS_ORIGINS"
+
+
+def cors_origins_from_environment(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """The extra allowed CORS origins of `CALLISTO_GATEWAY_CORS_ORIGINS` (comma-separated)."""
+    raw = (os.environ if environ is None else environ).get(CORS_ORIGINS_VARIABLE, "")
+    return tuple(origin.strip().rstrip("/") for origin in raw.split(",") if origin.strip())
 
 
 def _duration(seconds: float) -> str:
@@ -627,11 +638,13 @@ def write_config(spec: GatewaySpec, path: Path) -> Path:
 
 
 __all__ = [
+    "CORS_ORIGINS_VARIABLE",
     "HEALTH_SERVICE_HEADER",
     "LONG_UNARY_METHODS",
     "RATE_LIMITED_HEADER",
     "GatewaySpec",
     "cluster_name",
+    "cors_origins_from_environment",
     "render_config",
     "transcoded_services",
     "write_config",

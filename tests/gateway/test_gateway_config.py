@@ -10,10 +10,12 @@ import yaml
 
 from callisto.gateway.__main__ import main
 from callisto.gateway.config import (
+    CORS_ORIGINS_VARIABLE,
     LONG_UNARY_METHODS,
     RATE_LIMIT_KEY,
     GatewaySpec,
     cluster_name,
+    cors_origins_from_environment,
     render_config,
     write_config,
 )
@@ -307,3 +309,12 @@ def test_health_is_routed_per_service_on_the_header_the_lua_filter_sets(
         if route["match"].get("prefix") == "/grpc.health.v1.Health/" and "headers" in route["match"]
     }
     assert per_service == {name: cluster_name(name) for name in spec.upstreams}
+
+
+def test_cors_origins_come_from_the_environment_variable() -> None:
+    environ = {CORS_ORIGINS_VARIABLE: " https://app.example/, http://localhost:3000 ,"}
+    assert cors_origins_from_environment(environ) == (
+        "https://app.example",
+        "http://localhost:3000",
+    )
+    assert cors_origins_from_environment({}) == ()
