@@ -317,14 +317,18 @@ def _routes(spec: GatewaySpec) -> list[Config]:
             elif (
                 timeout_s := spec.method_timeouts_s.get(f"{service_name}/{method.name}")
             ) is not None:
-                routes.append(
-                    _grpc_route(
-                        {"path": f"/{service_name}/{method.name}"},
-                        cluster,
-                        timeout_s=timeout_s,
-                        max_s=timeout_s,
-                    )
+                route = _grpc_route(
+                    {"path": f"/{service_name}/{method.name}"},
+                    cluster,
+                    timeout_s=timeout_s,
+                    max_s=timeout_s,
                 )
+                # A long unary call sends nothing until it answers: the stream idle timeout
+                # must not reset it before its own bound.
+                route["route"]["idle_timeout"] = _duration(
+                    max(timeout_s, spec.stream_idle_timeout_s)
+                )
+                routes.append(route)
         routes.append(
             _grpc_route(
                 {"prefix": f"/{service_name}/"},

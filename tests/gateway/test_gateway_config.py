@@ -251,6 +251,8 @@ def test_document_ingestion_has_a_route_timeout_that_fits_a_large_document(
         "max_stream_duration": f"{expected:g}s",
         "grpc_timeout_header_max": f"{expected:g}s",
     }
+    # Nothing flows until the call answers: the stream idle timeout must not reset it first.
+    assert ingest["idle_timeout"] == f"{expected:g}s"
     # The other unary calls keep the unary timeout.
     other = routes["/callisto.retrieval.v1.RetrievalService/"]
     assert other["max_stream_duration"]["max_stream_duration"] == "30s"

@@ -516,6 +516,7 @@ async def test_unary_timeout_bounds_calls_and_a_method_timeout_replaces_it(
         backend_port,
         tmp_path / "longer",
         unary_timeout_s=0.5,
+        stream_idle_timeout_s=1,  # shorter than the call: the method's bound covers idleness
         method_timeouts_s={f"{SERVICE}/ListModels": 10},
     )
     async with longer, httpx.AsyncClient(base_url=longer.http_url) as client:
