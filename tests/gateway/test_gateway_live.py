@@ -468,6 +468,8 @@ async def test_rate_limit_is_per_api_key(backend_port: int, tmp_path: Path) -> N
         other_codes = [
             (await client.get("/v1/models", headers=other)).status_code for _ in range(2)
         ]
+        # Calls without a key have a bucket of their own, untouched by the keyed ones.
+        anonymous = await client.get("/v1/models")
         async with grpc.aio.insecure_channel(gateway.grpc_target) as channel:
             stub = generation_pb2_grpc.GenerationServiceStub(channel)
             request = generation_pb2.ListModelsRequest()
@@ -477,6 +479,7 @@ async def test_rate_limit_is_per_api_key(backend_port: int, tmp_path: Path) -> N
             answer = await stub.ListModels(request, metadata=tuple(third.items()), timeout=5)
     assert greedy_codes == [200, 200, 429]
     assert other_codes == [200, 200]
+    assert anonymous.status_code == 200
     assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert answer.models
 
