@@ -16,7 +16,7 @@ from gateway_test_backend import (
 from gateway_test_support import HEALTH_ONLY_SERVICE, gateway_for
 from grpc_health.v1 import health_pb2
 
-from callisto.gateway.process import EnvoyGateway
+from callisto.mesh.gateway import EnvoyGateway
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

@@ -24,8 +24,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
-from callisto.common.v1 import common_pb2
-from callisto.generation.v1 import generation_pb2, generation_pb2_grpc
+from callisto.api.common.v1 import common_pb2
+from callisto.api.generation.v1 import generation_pb2, generation_pb2_grpc
 
 SERVICE = "callisto.generation.v1.GenerationService"
 KNOWN_MODELS = ("models/echo", "models/fail-midstream")

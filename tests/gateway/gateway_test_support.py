@@ -13,7 +13,7 @@ from gateway_test_backend import SERVICE
 
 from callisto.gateway.config import GatewaySpec
 from callisto.gateway.descriptors import all_service_names
-from callisto.gateway.process import EnvoyGateway
+from callisto.mesh.gateway import EnvoyGateway
 
 
 def free_port() -> int:

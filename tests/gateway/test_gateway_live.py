@@ -21,9 +21,9 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
+from callisto.api.generation.v1 import generation_pb2, generation_pb2_grpc
 from callisto.gateway.config import HEALTH_SERVICE_HEADER
-from callisto.gateway.process import EnvoyGateway
-from callisto.generation.v1 import generation_pb2, generation_pb2_grpc
+from callisto.mesh.gateway import EnvoyGateway
 
 GENERATE = "/v1/models/echo:generate"
 PROMPT = {"messages": [{"role": "ROLE_USER", "content": "hi"}]}

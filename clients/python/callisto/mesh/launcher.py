@@ -18,7 +18,7 @@ from types import FrameType
 from redis.asyncio import Redis
 
 from callisto.gateway.config import GatewaySpec, cors_origins_from_environment
-from callisto.gateway.process import EnvoyGateway
+from callisto.mesh.gateway import EnvoyGateway
 from callisto.mesh.processes import (
     ProcessError,
     RedisServer,
@@ -249,7 +249,7 @@ class Mesh:
         marker = self.config.home / "samples-ingested"
         if marker.exists():
             return
-        from callisto.ingest.samples import ingest_samples
+        from callisto.mesh.samples import ingest_samples
 
         started = time.monotonic()
         self.say("  … ingesting the sample tenants' documents and the conference entities")
