@@ -1,15 +1,25 @@
 """Envoy configuration for the Callisto gateway, generated from a typed `GatewaySpec`.
 
 One listener speaks HTTP/1.1 and h2c on the same port. A request meets, in order:
-CORS -> local rate limit -> gRPC-Web -> gRPC-JSON transcoder -> router. Routes are one per
-service (plus one per streaming method, which must not carry the unary timeout); the transcoder
-rewrites an HTTP/JSON request into its gRPC path and clears the route cache, so transcoded
-requests and native gRPC requests share the same service routes.
+CORS -> local rate limit -> gRPC-Web -> health routing (Lua) -> gRPC-JSON transcoder -> router.
+Routes are one per service (plus one per streaming method, which must not carry the unary
+timeout, and one per unary method with a timeout of its own); the transcoder rewrites an
+HTTP/JSON request into its gRPC path and clears the route cache, so transcoded requests and
+native gRPC requests share the same service routes.
+
+`grpc.health.v1` names the service it asks about in the request body, which routes cannot
+match: a Lua filter reads the one request message of `/grpc.health.v1.Health/*` calls, puts
+the service name in a header and recomputes the route, so each service's health is answered by
+that service. An empty name (the server as a whole) and names no routed service carries go to
+the reflection service, which answers for itself and NOT_FOUND for names it does not serve.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +38,7 @@ CORS_POLICY_TYPE = _TYPE + "envoy.extensions.filters.http.cors.v3.CorsPolicy"
 RATELIMIT_TYPE = _TYPE + "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
 GRPC_WEB_TYPE = _TYPE + "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb"
 TRANSCODER_TYPE = _TYPE + "envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder"
+LUA_TYPE = _TYPE + "envoy.extensions.filters.http.lua.v3.Lua"
 ROUTER_TYPE = _TYPE + "envoy.extensions.filters.http.router.v3.Router"
 STDOUT_LOG_TYPE = _TYPE + "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
 HTTP_PROTOCOL_OPTIONS_TYPE = _TYPE + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -37,6 +48,16 @@ CORS = "envoy.filters.http.cors"
 
 # The response header that marks a request refused by the local rate limiter.
 RATE_LIMITED_HEADER = "x-local-rate-limit"
+# The descriptor key of the per-API-key token buckets (its value: the `authorization` header).
+RATE_LIMIT_KEY = "api_key"
+# Set by the health-routing Lua filter from the request body; never taken from the client.
+HEALTH_SERVICE_HEADER = "x-callisto-health-service"
+
+# Unary methods that may legitimately run longer than the unary timeout, and how long they may.
+# A whole document in one request is parsed, chunked and embedded before the call returns.
+LONG_UNARY_METHODS: dict[str, float] = {
+    "callisto.retrieval.v1.RetrievalService/IngestDocument": 600.0,
+}
 
 REFLECTION_PREFIXES = (
     "/grpc.reflection.v1.ServerReflection/",
@@ -88,9 +109,16 @@ class GatewaySpec:
     admin_port: int = 9901
     # The service whose upstream answers server reflection and health; the first one by default.
     reflection_service: str | None = None
-    # Local rate limit: a token bucket shared by all connections.
+    # Local rate limit: one token bucket per API key (the `authorization` header value), so one
+    # tenant exhausting its bucket never refuses another's calls. Requests without a key share
+    # one bucket of the same size. At most `rate_limit_max_keys` buckets are kept (least
+    # recently used evicted; an evicted key starts again with a full bucket).
     rate_limit_tokens: int = 1000
     rate_limit_fill_interval_s: float = 1.0
+    rate_limit_max_keys: int = 10_000
+    # Browser origins allowed to call cross-origin (exact `scheme://host[:port]`), besides the
+    # gateway's own origin. Others get no CORS allow headers, so browsers refuse the answer.
+    cors_allowed_origins: tuple[str, ...] = ()
     # Largest HTTP/JSON request body the transcoder buffers; also bounds connection buffers.
     max_request_body_bytes: int = 4 * 1024 * 1024
     # Largest unary HTTP/JSON response body the transcoder buffers.
@@ -99,6 +127,8 @@ class GatewaySpec:
     stream_idle_timeout_s: float = 300.0
     # Whole-request bound for unary RPCs; also the most a gRPC deadline may ask for on them.
     unary_timeout_s: float = 30.0
+    # Per-method bounds (`package.Service/Method` -> seconds) that replace `unary_timeout_s`.
+    method_timeouts_s: dict[str, float] = field(default_factory=lambda: dict(LONG_UNARY_METHODS))
     # Most a gRPC deadline may ask for on a streaming RPC (they have no route timeout).
     max_stream_duration_s: float = 3600.0
     connect_timeout_s: float = 2.0
@@ -113,10 +143,40 @@ class GatewaySpec:
             raise ValueError(f"reflection service {self.reflection_service!r} is not routed")
         for name in self.upstreams:
             find_service(name)  # fails early, with the known names, on a typo
+        for method_path in self.method_timeouts_s:
+            service_name, _, method_name = method_path.partition("/")
+            if method_name not in find_service(service_name).methods_by_name:
+                raise ValueError(f"no method {method_path!r} for a route timeout")
+        for origin in self.cors_allowed_origins:
+            if not re.fullmatch(r"https?://[^/\s]+", origin):
+                raise ValueError(f"CORS origin {origin!r} must read scheme://host[:port]")
 
     @property
     def reflection_upstream(self) -> str:
         return self.reflection_service or next(iter(self.upstreams))
+
+    @property
+    def own_origins(self) -> tuple[str, ...]:
+        """The origins a browser gives pages served from this gateway's own address."""
+        hosts = {"127.0.0.1", "localhost"}
+        if self.listen_address not in ("0.0.0.0", "::"):
+            hosts.add(
+                f"[{self.listen_address}]" if ":" in self.listen_address else self.listen_address
+            )
+        return tuple(f"http://{host}:{self.listen_port}" for host in sorted(hosts))
+
+    @property
+    def allowed_origins(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys((*self.own_origins, *self.cors_allowed_origins)))
+
+
+CORS_ORIGINS_VARIABLE = "CALLISTO_GATEWAY_CORS_ORIGINS"
+
+
+def cors_origins_from_environment(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """The extra allowed CORS origins of `CALLISTO_GATEWAY_CORS_ORIGINS` (comma-separated)."""
+    raw = (os.environ if environ is None else environ).get(CORS_ORIGINS_VARIABLE, "")
+    return tuple(origin.strip().rstrip("/") for origin in raw.split(",") if origin.strip())
 
 
 def _duration(seconds: float) -> str:
@@ -170,9 +230,14 @@ def _grpc_route(prefix_or_path: Config, cluster: str, *, timeout_s: float, max_s
         "match": prefix_or_path,
         "route": {
             "cluster": cluster,
+            # With max_stream_duration set, Envoy ignores the route timeout (its "new
+            # timeouts"): the bound is max_stream_duration when the client sends no
+            # grpc-timeout, else the client's grpc-timeout capped at max_s; 0 is unbounded.
             "timeout": _duration(timeout_s),
-            # A client's grpc-timeout is honoured, capped at max_s.
-            "max_stream_duration": {"grpc_timeout_header_max": _duration(max_s)},
+            "max_stream_duration": {
+                "max_stream_duration": _duration(timeout_s),
+                "grpc_timeout_header_max": _duration(max_s),
+            },
         },
     }
 
@@ -205,6 +270,25 @@ def _routes(spec: GatewaySpec) -> list[Config]:
         }
     ]
     reflection_cluster = cluster_name(spec.reflection_upstream)
+    for service_name in spec.upstreams:
+        # The health of one service, named in the request body (header set by the Lua filter).
+        # Watch is a stream: no route timeout.
+        routes.append(
+            _grpc_route(
+                {
+                    "prefix": HEALTH_PREFIX,
+                    "headers": [
+                        {
+                            "name": HEALTH_SERVICE_HEADER,
+                            "string_match": {"exact": service_name},
+                        }
+                    ],
+                },
+                cluster_name(service_name),
+                timeout_s=0,
+                max_s=spec.max_stream_duration_s,
+            )
+        )
     for prefix in (*REFLECTION_PREFIXES, HEALTH_PREFIX):
         # Reflection streams (grpcurl keeps the stream open for a session).
         routes.append(
@@ -230,6 +314,21 @@ def _routes(spec: GatewaySpec) -> list[Config]:
                         max_s=spec.max_stream_duration_s,
                     )
                 )
+            elif (
+                timeout_s := spec.method_timeouts_s.get(f"{service_name}/{method.name}")
+            ) is not None:
+                route = _grpc_route(
+                    {"path": f"/{service_name}/{method.name}"},
+                    cluster,
+                    timeout_s=timeout_s,
+                    max_s=timeout_s,
+                )
+                # A long unary call sends nothing until it answers: the stream idle timeout
+                # must not reset it before its own bound.
+                route["route"]["idle_timeout"] = _duration(
+                    max(timeout_s, spec.stream_idle_timeout_s)
+                )
+                routes.append(route)
         routes.append(
             _grpc_route(
                 {"prefix": f"/{service_name}/"},
@@ -241,10 +340,10 @@ def _routes(spec: GatewaySpec) -> list[Config]:
     return routes
 
 
-def _cors_policy() -> Config:
+def _cors_policy(spec: GatewaySpec) -> Config:
     return {
         "@type": CORS_POLICY_TYPE,
-        "allow_origin_string_match": [{"safe_regex": {"regex": ".*"}}],
+        "allow_origin_string_match": [{"exact": origin} for origin in spec.allowed_origins],
         "allow_methods": "GET, PUT, DELETE, POST, PATCH, OPTIONS",
         "allow_headers": _CORS_ALLOW_HEADERS,
         "expose_headers": _CORS_EXPOSE_HEADERS,
@@ -252,38 +351,137 @@ def _cors_policy() -> Config:
     }
 
 
+# Reads the one request message of a grpc.health.v1 call (a 5-byte gRPC frame header, then a
+# HealthCheckRequest whose field 1 is the service name) and routes on the name. LuaJIT is Lua
+# 5.1: no bit operators, hence the arithmetic. A malformed or compressed message leaves the
+# header unset, and the default health route's upstream answers it.
+HEALTH_ROUTING_LUA = f"""
+local PREFIX = "{HEALTH_PREFIX}"
+local HEADER = "{HEALTH_SERVICE_HEADER}"
+
+local function varint(bytes, at, last)
+  local value, scale = 0, 1
+  while at <= last do
+    local byte = bytes:byte(at)
+    value = value + (byte % 128) * scale
+    at = at + 1
+    if byte < 128 then return value, at end
+    scale = scale * 128
+  end
+  return nil, at
+end
+
+local function service_name(bytes)
+  if #bytes < 5 or bytes:byte(1) ~= 0 then return nil end
+  local size = ((bytes:byte(2) * 256 + bytes:byte(3)) * 256 + bytes:byte(4)) * 256 + bytes:byte(5)
+  local at, last, name = 6, 5 + size, ""
+  if last > #bytes then return nil end
+  while at <= last do
+    local key
+    key, at = varint(bytes, at, last)
+    if key == nil then return nil end
+    local wire = key % 8
+    if wire == 0 then
+      local skipped
+      skipped, at = varint(bytes, at, last)
+      if skipped == nil then return nil end
+    elseif wire == 1 then
+      at = at + 8
+    elseif wire == 5 then
+      at = at + 4
+    elseif wire == 2 then
+      local length
+      length, at = varint(bytes, at, last)
+      if length == nil or at + length - 1 > last then return nil end
+      if key == 10 then name = bytes:sub(at, at + length - 1) end
+      at = at + length
+    else
+      return nil
+    end
+  end
+  if at ~= last + 1 then return nil end
+  return name
+end
+
+function envoy_on_request(handle)
+  local headers = handle:headers()
+  headers:remove(HEADER)
+  local path = headers:get(":path") or ""
+  if path:sub(1, #PREFIX) ~= PREFIX then return end
+  local body = handle:body()
+  if body == nil then return end
+  local name = service_name(body:getBytes(0, body:length()))
+  if name ~= nil and name ~= "" then
+    -- body() yielded: the headers object taken before it is out of scope now.
+    handle:headers():add(HEADER, name)
+    handle:clearRouteCache()
+  end
+end
+"""
+
+
+def _rate_limiter(spec: GatewaySpec) -> Config:
+    bucket = {
+        "max_tokens": spec.rate_limit_tokens,
+        "tokens_per_fill": spec.rate_limit_tokens,
+        "fill_interval": _duration(spec.rate_limit_fill_interval_s),
+    }
+    return {
+        "@type": RATELIMIT_TYPE,
+        "stat_prefix": "http_local_rate_limiter",
+        # The bucket of requests that carry no key.
+        "token_bucket": bucket,
+        # One descriptor per request from its `authorization` header (absent header, no
+        # descriptor: the shared bucket above). The entry without a value is a wildcard: Envoy
+        # keeps one token bucket per distinct value, the LRU-bounded set below.
+        "rate_limits": [
+            {
+                "actions": [
+                    {
+                        "request_headers": {
+                            "header_name": "authorization",
+                            "descriptor_key": RATE_LIMIT_KEY,
+                        }
+                    }
+                ]
+            }
+        ],
+        "descriptors": [{"entries": [{"key": RATE_LIMIT_KEY}], "token_bucket": bucket}],
+        "max_dynamic_descriptors": spec.rate_limit_max_keys,
+        # A keyed request spends only its own bucket, never the shared one.
+        "always_consume_default_token_bucket": False,
+        "filter_enabled": {
+            "runtime_key": "local_rate_limit_enabled",
+            "default_value": {"numerator": 100, "denominator": "HUNDRED"},
+        },
+        "filter_enforced": {
+            "runtime_key": "local_rate_limit_enforced",
+            "default_value": {"numerator": 100, "denominator": "HUNDRED"},
+        },
+        "response_headers_to_add": [
+            {
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                "header": {"key": RATE_LIMITED_HEADER, "value": "true"},
+            }
+        ],
+        # gRPC callers see RESOURCE_EXHAUSTED instead of UNAVAILABLE for a 429.
+        "rate_limited_as_resource_exhausted": True,
+    }
+
+
 def _http_filters(spec: GatewaySpec) -> list[Config]:
     return [
         {"name": CORS, "typed_config": {"@type": CORS_TYPE}},
+        {"name": "envoy.filters.http.local_ratelimit", "typed_config": _rate_limiter(spec)},
+        # After grpc_web, so gRPC-Web health calls arrive here as plain gRPC frames.
+        {"name": "envoy.filters.http.grpc_web", "typed_config": {"@type": GRPC_WEB_TYPE}},
         {
-            "name": "envoy.filters.http.local_ratelimit",
+            "name": "envoy.filters.http.lua",
             "typed_config": {
-                "@type": RATELIMIT_TYPE,
-                "stat_prefix": "http_local_rate_limiter",
-                "token_bucket": {
-                    "max_tokens": spec.rate_limit_tokens,
-                    "tokens_per_fill": spec.rate_limit_tokens,
-                    "fill_interval": _duration(spec.rate_limit_fill_interval_s),
-                },
-                "filter_enabled": {
-                    "runtime_key": "local_rate_limit_enabled",
-                    "default_value": {"numerator": 100, "denominator": "HUNDRED"},
-                },
-                "filter_enforced": {
-                    "runtime_key": "local_rate_limit_enforced",
-                    "default_value": {"numerator": 100, "denominator": "HUNDRED"},
-                },
-                "response_headers_to_add": [
-                    {
-                        "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
-                        "header": {"key": RATE_LIMITED_HEADER, "value": "true"},
-                    }
-                ],
-                # gRPC callers see RESOURCE_EXHAUSTED instead of UNAVAILABLE for a 429.
-                "rate_limited_as_resource_exhausted": True,
+                "@type": LUA_TYPE,
+                "default_source_code": {"inline_string": HEALTH_ROUTING_LUA},
             },
         },
-        {"name": "envoy.filters.http.grpc_web", "typed_config": {"@type": GRPC_WEB_TYPE}},
         {
             "name": TRANSCODER,
             "typed_config": {
@@ -335,7 +533,7 @@ def _listener(spec: GatewaySpec) -> Config:
                                     {
                                         "name": "callisto",
                                         "domains": ["*"],
-                                        "typed_per_filter_config": {CORS: _cors_policy()},
+                                        "typed_per_filter_config": {CORS: _cors_policy(spec)},
                                         "routes": _routes(spec),
                                     }
                                 ],
@@ -444,9 +642,13 @@ def write_config(spec: GatewaySpec, path: Path) -> Path:
 
 
 __all__ = [
+    "CORS_ORIGINS_VARIABLE",
+    "HEALTH_SERVICE_HEADER",
+    "LONG_UNARY_METHODS",
     "RATE_LIMITED_HEADER",
     "GatewaySpec",
     "cluster_name",
+    "cors_origins_from_environment",
     "render_config",
     "transcoded_services",
     "write_config",

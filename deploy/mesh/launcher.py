@@ -18,7 +18,7 @@ from types import FrameType
 from redis.asyncio import Redis
 
 from callisto.cli.state import MeshState
-from callisto.gateway.config import GatewaySpec
+from callisto.gateway.config import GatewaySpec, cors_origins_from_environment
 from callisto.mesh.gateway import EnvoyGateway
 from callisto.mesh.processes import (
     ProcessError,
@@ -124,6 +124,7 @@ class Mesh:
                 listen_port=_port(config.gateway_port, config.host),
                 admin_port=_port(config.admin_port, "127.0.0.1"),
                 reflection_service=PERSISTENCE_SERVICE,
+                cors_allowed_origins=cors_origins_from_environment(),
             ),
             home / "gateway",
         )

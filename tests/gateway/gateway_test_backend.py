@@ -1,6 +1,7 @@
 """A small real grpc.aio GenerationService for exercising the gateway, not the model.
 
-It streams `max_tokens` (default 3) numbered deltas and a result, and fails the ways the gateway
+It streams `max_tokens` (default 3) numbered deltas and a result, answers ListModels after the
+`x-test-delay-ms` metadata's delay, and fails the ways the gateway
 must translate: INVALID_ARGUMENT with a BadRequest detail for an empty prompt, NOT_FOUND for an
 unknown model, ABORTED (with RetryInfo and ErrorInfo) for `models/busy`, UNAUTHENTICATED for
 `models/private` without an `authorization` header, and ABORTED after the first delta for
@@ -9,6 +10,7 @@ unknown model, ABORTED (with RetryInfo and ErrorInfo) for `models/busy`, UNAUTHE
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -58,7 +60,12 @@ class GatewayTestGenerationService(generation_pb2_grpc.GenerationServiceServicer
             generation_pb2.ListModelsRequest, generation_pb2.ListModelsResponse
         ],
     ) -> generation_pb2.ListModelsResponse:
-        self.list_models_metadata.append(dict(context.invocation_metadata() or ()))
+        metadata = dict(context.invocation_metadata() or ())
+        self.list_models_metadata.append(metadata)
+        # A slow call, for route timeouts.
+        delay_ms = metadata.get("x-test-delay-ms")
+        if isinstance(delay_ms, str):
+            await asyncio.sleep(int(delay_ms) / 1000)
         return generation_pb2.ListModelsResponse(
             models=[
                 generation_pb2.Model(name=name, ready=True, versions=["1"], streaming=True)
@@ -150,3 +157,26 @@ async def start_gateway_test_backend(host: str = "127.0.0.1") -> GatewayTestBack
     port = server.add_insecure_port(f"{host}:0")
     await server.start()
     return GatewayTestBackend(server, port, service)
+
+
+@dataclass(frozen=True)
+class HealthOnlyBackend:
+    """A server that serves nothing but grpc.health.v1, for one named service."""
+
+    server: grpc.aio.Server
+    port: int
+
+
+async def start_health_only_backend(
+    service: str, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType
+) -> HealthOnlyBackend:
+    """Health says SERVING for the server ("") and `status` for `service`, so a caller can tell
+    which upstream answered."""
+    server = grpc.aio.server()
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    await health_servicer.set(service, status)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return HealthOnlyBackend(server, port)

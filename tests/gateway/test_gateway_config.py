@@ -9,7 +9,16 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from callisto.gateway.config import GatewaySpec, render_config, write_config
+from callisto.gateway.config import (
+    CORS_ORIGINS_VARIABLE,
+    LONG_UNARY_METHODS,
+    RATE_LIMIT_KEY,
+    GatewaySpec,
+    cluster_name,
+    cors_origins_from_environment,
+    render_config,
+    write_config,
+)
 from callisto.gateway.descriptors import (
     all_service_names,
     build_descriptor_set,
@@ -70,6 +79,7 @@ def test_filters_are_in_the_order_a_request_meets_them(tmp_path: Path) -> None:
         "envoy.filters.http.cors",
         "envoy.filters.http.local_ratelimit",
         "envoy.filters.http.grpc_web",
+        "envoy.filters.http.lua",
         "envoy.filters.http.grpc_json_transcoder",
         "envoy.filters.http.router",
     ]
@@ -84,8 +94,20 @@ def test_rate_limit_is_present(tmp_path: Path) -> None:
         rate_limit_fill_interval_s=2,
     )
     limiter = http_filter(render_config(spec), "envoy.filters.http.local_ratelimit")
-    assert limiter["token_bucket"] == {"max_tokens": 7, "tokens_per_fill": 7, "fill_interval": "2s"}
+    bucket = {"max_tokens": 7, "tokens_per_fill": 7, "fill_interval": "2s"}
+    assert limiter["token_bucket"] == bucket
     assert limiter["filter_enforced"]["default_value"]["numerator"] == 100
+    # One dynamic bucket per authorization header value (a wildcard descriptor entry).
+    [action] = limiter["rate_limits"][0]["actions"]
+    assert action["request_headers"] == {
+        "header_name": "authorization",
+        "descriptor_key": RATE_LIMIT_KEY,
+    }
+    assert limiter["descriptors"] == [
+        {"entries": [{"key": RATE_LIMIT_KEY}], "token_bucket": bucket}
+    ]
+    assert limiter["always_consume_default_token_bucket"] is False
+    assert limiter["max_dynamic_descriptors"] == spec.rate_limit_max_keys
 
 
 def test_every_annotated_rpc_is_transcoded(tmp_path: Path) -> None:
@@ -197,13 +219,113 @@ def test_streams_have_no_route_timeout_but_unary_calls_do(tmp_path: Path) -> Non
     }
     generate = by_match["/callisto.generation.v1.GenerationService/Generate"]
     assert generate["timeout"] == "0s"
-    assert generate["max_stream_duration"]["grpc_timeout_header_max"] == "3600s"
+    assert generate["max_stream_duration"] == {
+        "max_stream_duration": "0s",
+        "grpc_timeout_header_max": "3600s",
+    }
     unary = by_match["/callisto.generation.v1.GenerationService/"]
     assert unary["timeout"] == "12s"
-    assert unary["max_stream_duration"]["grpc_timeout_header_max"] == "12s"
+    # Envoy ignores `timeout` once max_stream_duration is set: this is the bound it applies.
+    assert unary["max_stream_duration"] == {
+        "max_stream_duration": "12s",
+        "grpc_timeout_header_max": "12s",
+    }
     assert hcm["typed_config"]["stream_idle_timeout"] == "300s"
     [cluster] = config["static_resources"]["clusters"]
     protocol = cluster["typed_extension_protocol_options"][
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
     ]
     assert "http2_protocol_options" in protocol["explicit_http_config"]
+
+
+def routes_by_match(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    routes = hcm["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+    return {
+        route["match"].get("path") or route["match"].get("prefix"): route["route"]
+        for route in routes
+        if "route" in route and "headers" not in route["match"]
+    }
+
+
+def test_document_ingestion_has_a_route_timeout_that_fits_a_large_document(
+    tmp_path: Path,
+) -> None:
+    spec = all_services_spec(tmp_path)
+    routes = routes_by_match(render_config(spec))
+    ingest = routes["/callisto.retrieval.v1.RetrievalService/IngestDocument"]
+    expected = LONG_UNARY_METHODS["callisto.retrieval.v1.RetrievalService/IngestDocument"]
+    assert expected >= 300
+    assert ingest["max_stream_duration"] == {
+        "max_stream_duration": f"{expected:g}s",
+        "grpc_timeout_header_max": f"{expected:g}s",
+    }
+    # Nothing flows until the call answers: the stream idle timeout must not reset it first.
+    assert ingest["idle_timeout"] == f"{expected:g}s"
+    # The other unary calls keep the unary timeout.
+    other = routes["/callisto.retrieval.v1.RetrievalService/"]
+    assert other["max_stream_duration"]["max_stream_duration"] == "30s"
+    validate(write_gateway_files(spec, tmp_path))
+
+
+def test_method_timeouts_are_configurable_and_checked(tmp_path: Path) -> None:
+    spec = GatewaySpec(
+        upstreams={"callisto.generation.v1.GenerationService": ("127.0.0.1", 1)},
+        descriptor_path=tmp_path / "d.pb",
+        method_timeouts_s={"callisto.generation.v1.GenerationService/ListModels": 90},
+    )
+    routes = routes_by_match(render_config(spec))
+    list_models = routes["/callisto.generation.v1.GenerationService/ListModels"]
+    assert list_models["max_stream_duration"]["max_stream_duration"] == "90s"
+    with pytest.raises(ValueError, match="NoSuchMethod"):
+        GatewaySpec(
+            upstreams={"callisto.generation.v1.GenerationService": ("127.0.0.1", 1)},
+            descriptor_path=tmp_path / "d.pb",
+            method_timeouts_s={"callisto.generation.v1.GenerationService/NoSuchMethod": 90},
+        )
+
+
+def test_cors_allows_only_the_gateways_own_and_configured_origins(tmp_path: Path) -> None:
+    spec = GatewaySpec(
+        upstreams={"callisto.generation.v1.GenerationService": ("127.0.0.1", 1)},
+        descriptor_path=tmp_path / "d.pb",
+        listen_port=8443,
+        cors_allowed_origins=("https://app.example",),
+    )
+    hcm = render_config(spec)["static_resources"]["listeners"][0]["filter_chains"][0]
+    vhost = hcm["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]
+    policy = vhost["typed_per_filter_config"]["envoy.filters.http.cors"]
+    assert policy["allow_origin_string_match"] == [
+        {"exact": "http://127.0.0.1:8443"},
+        {"exact": "http://localhost:8443"},
+        {"exact": "https://app.example"},
+    ]
+    with pytest.raises(ValueError, match="origin"):
+        GatewaySpec(
+            upstreams={"callisto.generation.v1.GenerationService": ("127.0.0.1", 1)},
+            descriptor_path=tmp_path / "d.pb",
+            cors_allowed_origins=("*",),
+        )
+
+
+def test_health_is_routed_per_service_on_the_header_the_lua_filter_sets(
+    tmp_path: Path,
+) -> None:
+    spec = all_services_spec(tmp_path)
+    hcm = render_config(spec)["static_resources"]["listeners"][0]["filter_chains"][0]
+    routes = hcm["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+    per_service = {
+        route["match"]["headers"][0]["string_match"]["exact"]: route["route"]["cluster"]
+        for route in routes
+        if route["match"].get("prefix") == "/grpc.health.v1.Health/" and "headers" in route["match"]
+    }
+    assert per_service == {name: cluster_name(name) for name in spec.upstreams}
+
+
+def test_cors_origins_come_from_the_environment_variable() -> None:
+    environ = {CORS_ORIGINS_VARIABLE: " https://app.example/, http://localhost:3000 ,"}
+    assert cors_origins_from_environment(environ) == (
+        "https://app.example",
+        "http://localhost:3000",
+    )
+    assert cors_origins_from_environment({}) == ()

@@ -10,16 +10,19 @@ import struct
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
 import pytest
-from gateway_test_backend import GatewayTestBackend
-from gateway_test_support import gateway_for
+from gateway_test_backend import SERVICE, GatewayTestBackend
+from gateway_test_support import ALLOWED_ORIGIN, HEALTH_ONLY_SERVICE, gateway_for
 from google.rpc import error_details_pb2, status_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from callisto.api.generation.v1 import generation_pb2, generation_pb2_grpc
+from callisto.gateway.config import HEALTH_SERVICE_HEADER
 from callisto.mesh.gateway import EnvoyGateway
 
 GENERATE = "/v1/models/echo:generate"
@@ -254,11 +257,11 @@ async def test_grpc_web_call_is_framed_with_trailers_in_body(gateway: EnvoyGatew
             headers={
                 "content-type": "application/grpc-web+proto",
                 "x-grpc-web": "1",
-                "origin": "https://app.example",
+                "origin": ALLOWED_ORIGIN,
             },
         )
     assert response.status_code == 200
-    assert response.headers["access-control-allow-origin"] == "https://app.example"
+    assert response.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
     [(data_flag, data), (trailer_flag, trailers)] = grpc_web_frames(response.content)
     assert data_flag == 0
     assert generation_pb2.ListModelsResponse.FromString(data).models[0].name == "models/echo"
@@ -293,7 +296,7 @@ async def test_cors_preflight_allows_grpc_web_and_authorization(gateway: EnvoyGa
         response = await client.options(
             "/callisto.generation.v1.GenerationService/ListModels",
             headers={
-                "origin": "https://app.example",
+                "origin": ALLOWED_ORIGIN,
                 "access-control-request-method": "POST",
                 "access-control-request-headers": "x-grpc-web,content-type,authorization",
             },
@@ -356,3 +359,173 @@ async def test_oversized_json_body_is_refused(backend_port: int, tmp_path: Path)
         small = await client.post(GENERATE, json=PROMPT)
     assert response.status_code == 413
     assert small.status_code == 200
+
+
+async def health_check(channel: grpc.aio.Channel, service: str, **kwargs: Any) -> Any:
+    stub = health_pb2_grpc.HealthStub(channel)
+    return await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5, **kwargs)
+
+
+async def test_health_of_each_service_is_answered_by_that_service(
+    gateway_channel: grpc.aio.Channel,
+) -> None:
+    serving = health_pb2.HealthCheckResponse.SERVING
+    not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+    assert (await health_check(gateway_channel, SERVICE)).status == serving
+    # Only the health-only backend knows this service, and it says NOT_SERVING.
+    assert (await health_check(gateway_channel, HEALTH_ONLY_SERVICE)).status == not_serving
+    # The server as a whole: answered by the reflection service's upstream.
+    assert (await health_check(gateway_channel, "")).status == serving
+
+
+async def test_health_of_an_unknown_service_is_not_found(
+    gateway_channel: grpc.aio.Channel,
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await health_check(gateway_channel, "callisto.nope.v1.NopeService")
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+    stub = health_pb2_grpc.HealthStub(gateway_channel)
+    call = stub.Watch(health_pb2.HealthCheckRequest(service="callisto.nope.v1.NopeService"))
+    first = await call.read()
+    call.cancel()
+    assert first.status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+
+
+async def test_health_routing_header_from_the_client_is_ignored(
+    gateway_channel: grpc.aio.Channel,
+) -> None:
+    # The body names generation; a forged routing header must not send it elsewhere.
+    response = await health_check(
+        gateway_channel, SERVICE, metadata=((HEALTH_SERVICE_HEADER, HEALTH_ONLY_SERVICE),)
+    )
+    assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_health_watch_streams_from_the_named_service(
+    gateway_channel: grpc.aio.Channel,
+) -> None:
+    stub = health_pb2_grpc.HealthStub(gateway_channel)
+    for service, expected in (
+        (HEALTH_ONLY_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING),
+        (SERVICE, health_pb2.HealthCheckResponse.SERVING),
+    ):
+        call = stub.Watch(health_pb2.HealthCheckRequest(service=service), timeout=10)
+        first = await call.read()
+        call.cancel()
+        assert first.status == expected, service
+
+
+async def test_grpcurl_health_check_names_the_service(gateway: EnvoyGateway) -> None:
+    health = await asyncio.to_thread(
+        subprocess.run,
+        [
+            grpcurl_binary(),
+            "-plaintext",
+            "-d",
+            json.dumps({"service": HEALTH_ONLY_SERVICE}),
+            gateway.grpc_target,
+            "grpc.health.v1.Health/Check",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=True,
+    )
+    assert json.loads(health.stdout)["status"] == "NOT_SERVING"
+
+
+async def test_cors_answers_only_allowed_origins(gateway: EnvoyGateway) -> None:
+    preflight = {
+        "access-control-request-method": "POST",
+        "access-control-request-headers": "x-grpc-web,content-type",
+    }
+    own = f"http://localhost:{gateway.spec.listen_port}"
+    async with httpx.AsyncClient(base_url=gateway.http_url) as client:
+        answers = {
+            origin: await client.options(
+                "/callisto.generation.v1.GenerationService/ListModels",
+                headers={"origin": origin, **preflight},
+            )
+            for origin in ("https://evil.example", ALLOWED_ORIGIN, own)
+        }
+        foreign_get = await client.get("/v1/models", headers={"origin": "https://evil.example"})
+    assert "access-control-allow-origin" not in answers["https://evil.example"].headers
+    assert "access-control-allow-origin" not in foreign_get.headers
+    assert answers[ALLOWED_ORIGIN].headers["access-control-allow-origin"] == ALLOWED_ORIGIN
+    assert answers[own].headers["access-control-allow-origin"] == own
+
+
+async def test_rate_limit_is_per_api_key(backend_port: int, tmp_path: Path) -> None:
+    gateway = gateway_for(
+        backend_port, tmp_path, rate_limit_tokens=2, rate_limit_fill_interval_s=60
+    )
+    greedy = {"authorization": "Bearer cal_greedy"}
+    other = {"authorization": "Bearer cal_other"}
+    async with gateway, httpx.AsyncClient(base_url=gateway.http_url) as client:
+        greedy_codes = [
+            (await client.get("/v1/models", headers=greedy)).status_code for _ in range(3)
+        ]
+        other_codes = [
+            (await client.get("/v1/models", headers=other)).status_code for _ in range(2)
+        ]
+        # Calls without a key have a bucket of their own, untouched by the keyed ones.
+        anonymous = await client.get("/v1/models")
+        async with grpc.aio.insecure_channel(gateway.grpc_target) as channel:
+            stub = generation_pb2_grpc.GenerationServiceStub(channel)
+            request = generation_pb2.ListModelsRequest()
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await stub.ListModels(request, metadata=tuple(greedy.items()), timeout=5)
+            third = {"authorization": "Bearer cal_third"}
+            answer = await stub.ListModels(request, metadata=tuple(third.items()), timeout=5)
+    assert greedy_codes == [200, 200, 429]
+    assert other_codes == [200, 200]
+    assert anonymous.status_code == 200
+    assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert answer.models
+
+
+async def test_grpc_web_health_check_is_routed_by_the_named_service(
+    gateway: EnvoyGateway,
+) -> None:
+    message = health_pb2.HealthCheckRequest(service=HEALTH_ONLY_SERVICE).SerializeToString()
+    async with httpx.AsyncClient(base_url=gateway.http_url) as client:
+        response = await client.post(
+            "/grpc.health.v1.Health/Check",
+            content=base64.b64encode(struct.pack(">BI", 0, len(message)) + message),
+            headers={"content-type": "application/grpc-web-text", "x-grpc-web": "1"},
+        )
+    assert response.status_code == 200
+    [(data_flag, data), *_] = grpc_web_frames(response.content)
+    assert data_flag == 0
+    status = health_pb2.HealthCheckResponse.FromString(data).status
+    assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def test_unary_timeout_bounds_calls_and_a_method_timeout_replaces_it(
+    backend_port: int, tmp_path: Path
+) -> None:
+    slow = {"x-test-delay-ms": "1500"}
+    plain = gateway_for(backend_port, tmp_path / "plain", unary_timeout_s=0.5)
+    async with plain, httpx.AsyncClient(base_url=plain.http_url) as client:
+        cut_off = await client.get("/v1/models", headers=slow)
+        async with grpc.aio.insecure_channel(plain.grpc_target) as channel:
+            stub = generation_pb2_grpc.GenerationServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                # A longer deadline than the route allows is capped to the route's bound.
+                await stub.ListModels(
+                    generation_pb2.ListModelsRequest(), metadata=tuple(slow.items()), timeout=10
+                )
+    longer = gateway_for(
+        backend_port,
+        tmp_path / "longer",
+        unary_timeout_s=0.5,
+        stream_idle_timeout_s=1,  # shorter than the call: the method's bound covers idleness
+        method_timeouts_s={f"{SERVICE}/ListModels": 10},
+    )
+    async with longer, httpx.AsyncClient(base_url=longer.http_url) as client:
+        answered = await client.get("/v1/models", headers=slow)
+        other = await client.post(GENERATE, json=PROMPT)
+    assert cut_off.status_code == 504
+    assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert answered.status_code == 200
+    assert other.status_code == 200

@@ -265,3 +265,26 @@ def test_llm_rejects_a_prompt_longer_than_its_context_window(triton: TritonServe
     result = _generate(triton.grpc_url, "llm", _chat("word " * 3000, max_tokens=4))
     assert result.error.startswith("invalid_argument: prompt is ")
     assert result.error.endswith("tokens; the context window is 2048")
+
+
+@pytest.mark.llm
+def test_llm_keeps_text_held_back_for_a_stop_sequence_when_generation_ends(
+    triton: TritonServer,
+) -> None:
+    if "llm" not in triton.models:
+        pytest.fail("the llama-cpp-python wheel is not built; the real LLM was not loaded")
+    # Greedy decoding: the same request gives the same text, with or without the stop list.
+    ended = _chat("Reply with the single word: yes", max_tokens=64, temperature=0.0, seed=3)
+    budget = _chat("Count from one to twenty in words.", max_tokens=5, temperature=0.0, seed=3)
+    for body, finish_reason in ((ended, "stop"), (budget, "length")):
+        plain = _generate(triton.grpc_url, "llm", body)
+        assert plain.error == ""
+        assert plain.finish_reason == finish_reason, plain
+        assert len(plain.text) >= 2
+        # The answer ends with the first two characters of this stop sequence, so they are
+        # held back until the generation ends; they must still arrive.
+        stop = plain.text[-2:] + "\N{SNOWMAN}"
+        held = _generate(triton.grpc_url, "llm", {**body, "stop": [stop]})
+        assert held.error == ""
+        assert held.finish_reason == finish_reason
+        assert held.text == plain.text

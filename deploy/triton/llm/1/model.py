@@ -236,6 +236,7 @@ class TritonPythonModel:
         )
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         text, sent_upto, produced, finish = "", 0, 0, "length"
+        stopped_by_sequence = False
         generator = self.llm.generate(
             tokens, temp=spec["temperature"], top_p=spec["top_p"], repeat_penalty=1.0, reset=True
         )
@@ -254,17 +255,20 @@ class TritonPythonModel:
                     sender.send(_response(text[sent_upto:upto], prompt_tokens, produced, ""))
                     sent_upto = upto
                 if stopped:
-                    finish = "stop"
+                    finish, stopped_by_sequence = "stop", True
                     break
                 if produced >= budget:
                     break
         finally:
             generator.close()
-        if finish == "length":
+        # Text held back as a possible stop-sequence prefix belongs to the answer unless a stop
+        # sequence matched (length, end of generation and cancellation all flush it). It rides
+        # on the final response, which a cancelled stream still accepts or drops as a whole.
+        tail = ""
+        if not stopped_by_sequence:
             text += decoder.decode(b"", final=True)
-            if sent_upto < len(text):
-                sender.send(_response(text[sent_upto:], prompt_tokens, produced, ""))
-        _send_final(sender, _response("", prompt_tokens, produced, finish))
+            tail = text[sent_upto:]
+        _send_final(sender, _response(tail, prompt_tokens, produced, finish))
 
     def finalize(self):
         self.queue.put(None)

@@ -180,12 +180,11 @@ class TritonPythonModel:
             if stopped:
                 finish = "stop"
                 break
-        if finish == "length" and sent_upto < len(text):
-            # Held-back text that never became a stop sequence belongs to the answer.
-            sender.send(_response(text[sent_upto:], prompt_tokens, produced, ""))
-            sent += 1
-        self._record(spec["tag"], produced, sent, finish, cancel_seen_at)
-        _send_final(sender, _response("", prompt_tokens, produced, finish))
+        # Held-back text that never became a stop sequence belongs to the answer, however the
+        # generation ended; it rides on the final response, which a cancelled stream still takes.
+        tail = "" if finish == "stop" else text[sent_upto:]
+        self._record(spec["tag"], produced, sent + bool(tail), finish, cancel_seen_at)
+        _send_final(sender, _response(tail, prompt_tokens, produced, finish))
 
     def _record(self, tag, produced, sent, finish_reason, cancel_seen_at):
         if not self.events_path:
