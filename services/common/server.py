@@ -18,7 +18,7 @@ from typing import Any, Generic, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -65,14 +65,6 @@ class Runtime(Generic[S]):
         self.keys = ApiKeyStore(self.auth_redis, cache_seconds=settings.auth_cache_seconds)
         # Set when the process begins to shut down: long streams end cleanly when they see it.
         self.stopping = asyncio.Event()
-
-    def channel(self, target: str) -> grpc.aio.Channel:
-        """A channel to another service that propagates the trace context and honours limits."""
-        return grpc.aio.insecure_channel(
-            target,
-            options=message_size_options(self.settings.max_message_bytes),
-            interceptors=aio_client_interceptors(),  # type: ignore[no-untyped-call]
-        )
 
     async def close(self) -> None:
         await self.auth_redis.aclose()
