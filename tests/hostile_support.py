@@ -439,3 +439,68 @@ def stream_requests(
     except grpc.RpcError as error:
         return responses, error
     return responses, None
+
+
+# Undecodable request bodies: raw bytes no protobuf message parses, whatever its fields (an
+# invalid wire type, tag 0, a truncated varint, a length running past the end, an end-group
+# without a start).
+UNDECODABLE = (
+    b"\x0f",
+    b"\x00",
+    b"\x80",
+    b"\x0a\x05ab",
+    b"\x0c",
+    b"\x08\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01",
+)
+
+
+def check_undecodable_error(error: grpc.RpcError, what: str, authenticated: bool) -> None:
+    """An undecodable body is INVALID_ARGUMENT with a field violation and no internals (an
+    unauthenticated caller learns only that it is unauthenticated)."""
+    code = error.code()  # type: ignore[attr-defined]
+    details = error.details() or ""  # type: ignore[attr-defined]
+    if not authenticated:
+        assert code == grpc.StatusCode.UNAUTHENTICATED, f"{what}: {code.name} {details!r}"
+        return
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, f"{what}: {code.name} {details!r}"
+    check_rpc_error(error, what)
+    for internal in ("Error", "Exception", "Traceback", "deserializ"):
+        assert internal not in details, f"{what}: the message leaks internals: {details!r}"
+
+
+def send_undecodable(
+    address: str,
+    service: descriptor.ServiceDescriptor,
+    metadata: Metadata,
+    authenticated: bool = True,
+    deadline_s: float = 15.0,
+) -> int:
+    """Sends every undecodable body to every RPC of `service` as raw bytes (no serializer),
+    checks each answer and returns how many calls it made. Request streams get a valid empty
+    message first, then the bytes. Blocking client (run it in a thread), as in stream_requests.
+    """
+    calls = 0
+    with grpc.insecure_channel(address) as channel:
+        for method in service.methods:
+            path = f"/{service.full_name}/{method.name}"
+            for raw in UNDECODABLE:
+                what = f"{method.name}(undecodable {raw!r})"
+                calls += 1
+                try:
+                    if method.client_streaming:
+                        call = channel.stream_stream(path)
+                        _, error = stream_requests(call, [b"", raw], metadata, deadline_s)  # type: ignore[list-item]
+                        if error is not None:
+                            raise error
+                    elif method.server_streaming:
+                        for _ in channel.unary_stream(path)(
+                            raw, metadata=metadata, timeout=deadline_s
+                        ):
+                            pass
+                    else:
+                        channel.unary_unary(path)(raw, metadata=metadata, timeout=deadline_s)
+                except grpc.RpcError as error:
+                    check_undecodable_error(error, what, authenticated)
+                    continue
+                raise AssertionError(f"{what}: accepted")
+    return calls

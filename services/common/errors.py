@@ -182,11 +182,13 @@ def status_from_exception(error: BaseException) -> status_pb2.Status:
     return build_status(grpc.StatusCode.INTERNAL, "internal error")
 
 
-def grpc_code(status: status_pb2.Status) -> grpc.StatusCode:
-    for code in grpc.StatusCode:
-        if code.value[0] == status.code:
-            return code
-    return grpc.StatusCode.UNKNOWN
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def grpc_code(status: status_pb2.Status | int) -> grpc.StatusCode:
+    """The gRPC code of a `google.rpc.Status` (or of its numeric code); UNKNOWN if unheard of."""
+    number = status if isinstance(status, int) else status.code
+    return _CODES.get(number, grpc.StatusCode.UNKNOWN)
 
 
 __all__ = [

@@ -145,3 +145,118 @@ async def test_sigterm_ends_open_streams_with_a_clean_status(
         assert await stream.code() == grpc.StatusCode.OK
     assert service.wait(10) == 0
 
+
+async def _metrics(port: int) -> str:
+    async with httpx.AsyncClient() as http:
+        return (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+
+
+def _log_lines(service: ServiceProcess) -> list[dict[str, object]]:
+    return [json.loads(line) for line in service.log_path.read_text().splitlines() if line]
+
+
+async def test_undecodable_bodies_are_invalid_argument_counted_and_logged(
+    traced_service: tuple[ServiceProcess, int], api_key: str
+) -> None:
+    service, metrics_port = traced_service
+    method = "/callisto.persistence.v1.PersistenceService/GetMessage"
+    stream_method = "/callisto.persistence.v1.PersistenceService/SubscribeEvents"
+    async with grpc.aio.insecure_channel(service.address) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await channel.unary_unary(method)(b"\x0f", metadata=_auth(api_key))
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "DecodeError" not in (raised.value.details() or "")
+        stream = channel.unary_stream(stream_method)(b"\x0a\x05ab", metadata=_auth(api_key))
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            async for _ in stream:
+                pass
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    metrics = await _metrics(metrics_port)
+    for name in (method, stream_method):
+        assert f'callisto_rpc_malformed_requests_total{{method="{name}"}} 1.0' in metrics
+        assert f'callisto_rpc_requests_total{{code="INVALID_ARGUMENT",method="{name}"}}' in metrics
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        logged = {
+            line.get("method")
+            for line in _log_lines(service)
+            if line.get("message") == "undecodable request" and line.get("level") == "warning"
+        }
+        if logged >= {method, stream_method}:
+            break
+        await asyncio.sleep(0.1)
+    assert logged >= {method, stream_method}
+
+
+SUBSCRIBE = "/callisto.persistence.v1.PersistenceService/SubscribeEvents"
+
+
+async def _blocked_subscription(
+    stub: pb_grpc.PersistenceServiceAsyncStub, api_key: str
+) -> grpc.aio.UnaryStreamCall[pb.SubscribeEventsRequest, pb.SubscribeEventsResponse]:
+    """A subscription whose replay outgrows every flow-control window: the client reads one
+    message and then nothing, so the server's next writes block."""
+    created = await stub.CreateConversation(
+        pb.CreateConversationRequest(conversation=pb.Conversation(title="abandoned")),
+        metadata=_auth(api_key),
+    )
+    big = pb.Event(type="blob")
+    big.data.update({"x": "y" * 200_000})
+    for _ in range(60):
+        await stub.CreateEvent(
+            pb.CreateEventRequest(parent=created.conversation.name, event=big),
+            metadata=_auth(api_key),
+        )
+    stream = stub.SubscribeEvents(
+        pb.SubscribeEventsRequest(parent=created.conversation.name), metadata=_auth(api_key)
+    )
+    await stream.read()
+    await asyncio.sleep(1.0)  # the server fills the windows and blocks in a write
+    return stream
+
+
+def _in_flight(metrics: str, method: str) -> float | None:
+    prefix = f'callisto_rpc_in_flight{{method="{method}"}} '
+    for line in metrics.splitlines():
+        if line.startswith(prefix):
+            return float(line[len(prefix) :])
+    return None
+
+
+def _logged_calls(service: ServiceProcess, method: str) -> list[dict[str, object]]:
+    return [
+        line
+        for line in _log_lines(service)
+        if line.get("method") == method and line.get("message") in ("rpc", "rpc failed")
+    ]
+
+
+async def test_a_stream_abandoned_while_its_write_blocks_is_finished_and_logged(
+    traced_service: tuple[ServiceProcess, int], api_key: str
+) -> None:
+    service, metrics_port = traced_service
+    async with grpc.aio.insecure_channel(service.address) as channel:
+        stream = await _blocked_subscription(pb_grpc.PersistenceServiceStub(channel), api_key)
+        assert _in_flight(await _metrics(metrics_port), SUBSCRIBE) == 1.0
+        stream.cancel()  # the client goes away; the server is still blocked writing
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if _in_flight(await _metrics(metrics_port), SUBSCRIBE) == 0.0:
+                break
+            await asyncio.sleep(0.1)
+        assert _in_flight(await _metrics(metrics_port), SUBSCRIBE) == 0.0
+    calls = _logged_calls(service, SUBSCRIBE)
+    assert [call["code"] for call in calls] == ["CANCELLED"]
+
+
+async def test_a_stream_blocked_in_a_write_at_server_stop_is_finished_and_logged(
+    traced_service: tuple[ServiceProcess, int], api_key: str
+) -> None:
+    service, _ = traced_service
+    async with grpc.aio.insecure_channel(service.address) as channel:
+        stream = await _blocked_subscription(pb_grpc.PersistenceServiceStub(channel), api_key)
+        service.send_signal(signal.SIGTERM)
+        assert service.wait(15) == 0
+        stream.cancel()
+    calls = _logged_calls(service, SUBSCRIBE)
+    assert [call["code"] for call in calls] == ["CANCELLED"]

@@ -19,6 +19,7 @@ from hostile_support import (
     check_status,
     describe,
     request_class,
+    send_undecodable,
     unary_methods,
 )
 
@@ -267,3 +268,14 @@ async def test_hostile_requests_get_client_errors_and_leave_data_intact(
         pb.ListConversationsRequest(page_size=1000), metadata=other_auth
     )
     assert SECRET.encode() not in listed.SerializeToString()
+
+
+async def test_undecodable_request_bodies_are_invalid_argument_for_every_rpc(
+    persistence: ServiceProcess, auth: Metadata
+) -> None:
+    calls = await asyncio.to_thread(send_undecodable, persistence.address, SERVICE, auth)
+    assert calls >= len(SERVICE.methods)
+    # Without a valid key the body is never looked at.
+    anonymous = (("authorization", "Bearer nope"),)
+    await asyncio.to_thread(send_undecodable, persistence.address, SERVICE, anonymous, False)
+    persistence.check_alive()
