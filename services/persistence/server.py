@@ -68,6 +68,7 @@ MAX_TTL_MS = 10 * 365 * 86400 * 1000
 EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
 PARTICIPANT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 ETAG = re.compile(r'^"([0-9]{1,18})"$')
+MESSAGE_POSITION = re.compile(r"[0-9]{1,18}")
 # Event types the service writes itself, so a follower can trust them.
 RESERVED_EVENT_TYPES = frozenset({"message.created", "conversation.status_changed"})
 CONVERSATION_PATHS = ("title", "participants", "tags", "status", "metadata", "ttl")
@@ -238,7 +239,8 @@ class PersistenceServicer(pb_grpc.PersistenceServiceServicer):
         self, request: pb.GetMessageRequest, context: Context
     ) -> pb.GetMessageResponse:
         conversation_id, _, position = request.name.rpartition("/messages/")
-        if not position.isdigit() or int(position) < 1 or len(position) > 18:
+        # ASCII digits only: str.isdigit() also accepts "²", which int() then refuses.
+        if not MESSAGE_POSITION.fullmatch(position) or int(position) < 1:
             raise InvalidArgument.field(
                 "name", "must look like conversations/{conversation}/messages/{position}"
             )
