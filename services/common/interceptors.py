@@ -86,13 +86,19 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
 
 class _Outcome:
-    """How one call ended, as far as the wrapper saw it."""
+    """What the wrapper learns about one call while it runs."""
 
-    __slots__ = ("malformed",)
+    __slots__ = ("cancelled_for_it", "malformed", "task", "writing")
 
     def __init__(self) -> None:
-        # Set when a request of a request stream could not be decoded (the call was aborted).
+        # An undecodable message of a request stream: it, not how the handler ends, answers.
         self.malformed: InvalidArgument | None = None
+        # The task running the call, and whether it was cancelled to stop at the bad message.
+        self.task = asyncio.current_task()
+        self.cancelled_for_it = False
+        # True while the task awaits context.write: cancelling it then would leave the send
+        # pending in grpc's core, and no status could follow.
+        self.writing = False
 
 
 class _Call:
@@ -140,19 +146,20 @@ class _Call:
             ) from None
 
     async def parse_stream(
-        self,
-        raw_requests: AsyncIterator[Any],
-        context: grpc.aio.ServicerContext[Any, Any],
-        outcome: _Outcome,
+        self, raw_requests: AsyncIterator[Any], outcome: _Outcome
     ) -> AsyncIterator[Any]:
-        """Decodes a request stream; an undecodable request aborts the whole call at once,
-        whatever the handler does with the error its read raises."""
+        """Decodes a request stream. An undecodable message ends the call with its error
+        whatever the handler does with it: the read raises it, and a handler that reads in
+        a task of its own gets its call cancelled, so it cannot wait forever."""
         async for raw in raw_requests:
             try:
                 message = self.parse(raw)
             except InvalidArgument as error:
                 outcome.malformed = error
-                await abort_with_error(context, error)
+                task = outcome.task
+                if task is not None and task is not asyncio.current_task() and not outcome.writing:
+                    outcome.cancelled_for_it = True
+                    task.cancel()
                 raise
             yield message
 
@@ -190,15 +197,20 @@ class _Call:
                 trace = otel_context.attach(propagate.extract(metadata))
             token = bind_tenant(await self.authenticate(metadata))
             yield outcome
+            if outcome.malformed is not None:
+                raise outcome.malformed  # the handler swallowed it and ended normally
         except BaseException as error:
+            if outcome.malformed is not None and error is not outcome.malformed:
+                if outcome.cancelled_for_it and outcome.task is not None:
+                    outcome.task.uncancel()
+                if not _is_abort(error):
+                    error = outcome.malformed
             code, failure = _code_of(error, context), error
             if code != grpc.StatusCode.CANCELLED and isinstance(error, Exception):
                 if not _is_abort(error):
                     await abort_with_error(context, error)
             raise
         finally:
-            if outcome.malformed is not None:
-                code, failure = grpc.StatusCode.INVALID_ARGUMENT, outcome.malformed
             if token is not None:
                 reset_tenant(token)
             self._finish(started, code, failure)
@@ -244,7 +256,7 @@ def _wrap(handler: Any, call: _Call) -> Any:
 
     def requests(raw: Any, context: grpc.aio.ServicerContext[Any, Any], outcome: _Outcome) -> Any:
         if handler.request_streaming:
-            return call.parse_stream(raw, context, outcome)
+            return call.parse_stream(raw, outcome)
         return call.parse(raw)
 
     if handler.response_streaming:
@@ -261,7 +273,13 @@ def _wrap(handler: Any, call: _Call) -> Any:
                     return
                 async with contextlib.aclosing(responses):
                     async for response in responses:
-                        await context.write(response)
+                        if outcome.malformed is not None:
+                            break  # the call ends with the decoding error, nothing else
+                        outcome.writing = True
+                        try:
+                            await context.write(response)
+                        finally:
+                            outcome.writing = False
 
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(streaming, **options)

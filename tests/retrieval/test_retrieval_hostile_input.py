@@ -20,6 +20,7 @@ from hostile_support import (
     check_status,
     describe,
     request_class,
+    send_undecodable,
     stream_requests,
     unary_methods,
 )
@@ -257,3 +258,17 @@ async def test_hostile_requests_get_client_errors_and_leave_data_intact(
             pb.SearchEntitiesRequest(query=query, page_size=50), metadata=other_auth
         )
         assert SECRET.encode() not in entities.SerializeToString()
+
+
+async def test_undecodable_request_bodies_are_invalid_argument_for_every_rpc(
+    retrieval_service: ServiceProcess, api_key: str
+) -> None:
+    service = SERVICE
+    calls = await asyncio.to_thread(
+        send_undecodable, retrieval_service.address, service, bearer(api_key)
+    )
+    assert calls >= len(service.methods)
+    # Without a valid key the body is never looked at.
+    anonymous = (("authorization", "Bearer nope"),)
+    await asyncio.to_thread(send_undecodable, retrieval_service.address, service, anonymous, False)
+    retrieval_service.check_alive()
