@@ -254,7 +254,7 @@ def _wrap(handler: Any, call: _Call) -> Any:
     # The grpc stubs type handlers for the sync server; these are grpc.aio coroutines.
     options = {"request_deserializer": None, "response_serializer": handler.response_serializer}
 
-    def requests(raw: Any, context: grpc.aio.ServicerContext[Any, Any], outcome: _Outcome) -> Any:
+    def requests(raw: Any, outcome: _Outcome) -> Any:
         if handler.request_streaming:
             return call.parse_stream(raw, outcome)
         return call.parse(raw)
@@ -267,7 +267,7 @@ def _wrap(handler: Any, call: _Call) -> Any:
         # cancels it here and the observer's finally always runs.
         async def streaming(raw: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
             async with call.observe(context) as outcome:
-                responses = behavior(requests(raw, context, outcome), context)
+                responses = behavior(requests(raw, outcome), context)
                 if not hasattr(responses, "__aiter__"):
                     await responses  # a handler that writes with context.write itself
                     return
@@ -289,7 +289,7 @@ def _wrap(handler: Any, call: _Call) -> Any:
 
     async def unary(raw: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         async with call.observe(context) as outcome:
-            return await behavior_unary(requests(raw, context, outcome), context)
+            return await behavior_unary(requests(raw, outcome), context)
 
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(unary, **options)

@@ -30,6 +30,7 @@ from callisto.services.common.auth import ApiKeyStore
 from callisto.services.common.config import CommonSettings
 from callisto.services.common.health import DependencyCheck, HealthMonitor
 from callisto.services.common.interceptors import ServerInterceptor
+from callisto.services.common.pagination import page_tokens
 from callisto.services.common.telemetry import (
     configure_logging,
     configure_tracing,
@@ -63,6 +64,7 @@ class Runtime(Generic[S]):
         self.settings = settings
         self.auth_redis: Redis = connect_redis(settings.redis_url)
         self.keys = ApiKeyStore(self.auth_redis, cache_seconds=settings.auth_cache_seconds)
+        page_tokens.configure(secret=settings.page_token_secret, redis=self.auth_redis)
         # Set when the process begins to shut down: long streams end cleanly when they see it.
         self.stopping = asyncio.Event()
 

@@ -19,6 +19,7 @@ from callisto.mesh.processes import RedisServer, ServiceProcess, free_port
 from callisto.persistence.v1 import persistence_pb2 as pb
 from callisto.persistence.v1 import persistence_pb2_grpc as pb_grpc
 from callisto.services.common.auth import KEY_PATTERN, ApiKeyStore
+from callisto.services.common.pagination import KEY_NAME
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 
@@ -260,3 +261,54 @@ async def test_a_stream_blocked_in_a_write_at_server_stop_is_finished_and_logged
         stream.cancel()
     calls = _logged_calls(service, SUBSCRIBE)
     assert [call["code"] for call in calls] == ["CANCELLED"]
+
+
+async def test_page_tokens_hold_across_the_deployment_and_no_further(
+    traced_service: tuple[ServiceProcess, int],
+    persistence: ServiceProcess,
+    service_env: dict[str, str],
+    redis_server: RedisServer,
+    api_key: str,
+    tmp_path: Path,
+) -> None:
+    service, _ = traced_service
+    for _ in range(2):
+        async with grpc.aio.insecure_channel(persistence.address) as channel:
+            await pb_grpc.PersistenceServiceStub(channel).CreateConversation(
+                pb.CreateConversationRequest(conversation=pb.Conversation(title="p")),
+                metadata=_auth(api_key),
+            )
+    async with grpc.aio.insecure_channel(persistence.address) as channel:
+        first = await pb_grpc.PersistenceServiceStub(channel).ListConversations(
+            pb.ListConversationsRequest(page_size=1), metadata=_auth(api_key)
+        )
+    assert first.next_page_token
+    # The key was made once for the deployment, in the Redis every service shares.
+    redis = Redis.from_url(redis_server.url)
+    assert len(await redis.get(KEY_NAME) or b"") == 64
+    await redis.aclose()
+    follow = pb.ListConversationsRequest(page_size=1, page_token=first.next_page_token)
+    async with grpc.aio.insecure_channel(service.address) as channel:
+        second = await pb_grpc.PersistenceServiceStub(channel).ListConversations(
+            follow, metadata=_auth(api_key)
+        )
+    assert second.conversations[0].name != first.conversations[0].name
+
+    # A deployment with a key of its own does not take the tokens of this one.
+    other = ServiceProcess(
+        "persistence",
+        free_port(),
+        env={**service_env, "CALLISTO_PAGE_TOKEN_SECRET": "another deployment's secret"},
+        log_path=tmp_path / "other.log",
+    )
+    other.start()
+    try:
+        other.wait_healthy()
+        async with grpc.aio.insecure_channel(other.address) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await pb_grpc.PersistenceServiceStub(channel).ListConversations(
+                    follow, metadata=_auth(api_key)
+                )
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        other.stop()

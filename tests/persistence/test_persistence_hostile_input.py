@@ -110,9 +110,12 @@ async def barrage(
     stub: pb_grpc.PersistenceServiceAsyncStub,
     identities: list[tuple[str, Metadata, list[str]]],
     targets: dict[str, dict[str, Message]],
+    tokens: list[str],
 ) -> None:
+    # Page tokens are forged from genuine ones of both tenants.
     hostile = {
-        who: Hostile(seed, COLLECTIONS, names) for seed, (who, _, names) in enumerate(identities)
+        who: Hostile(seed, COLLECTIONS, names, tokens)
+        for seed, (who, _, names) in enumerate(identities)
     }
     methods = unary_methods(SERVICE)
     for round_index in range(ROUNDS):
@@ -231,8 +234,12 @@ async def test_hostile_requests_get_client_errors_and_leave_data_intact(
         ).retention_policy
         for who, metadata in (("acme", auth), ("globex", other_auth))
     }
+    acme_pages = await stub.ListMessages(
+        pb.ListMessagesRequest(parent=precious.name, page_size=1), metadata=auth
+    )
+    tokens = [globex_pages.next_page_token, acme_pages.next_page_token]
     try:
-        await barrage(stub, identities, targets)
+        await barrage(stub, identities, targets, [t for t in tokens if t])
     finally:
         for who, metadata in (("acme", auth), ("globex", other_auth)):
             policy = pb.RetentionPolicy(
