@@ -59,8 +59,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
     def __init__(self, keys: ApiKeyStore, *, propagate_trace_context: bool = False) -> None:
         self._keys = keys
-        # Without an exporter the OpenTelemetry interceptor only carries `traceparent`; doing
-        # that here instead saves its per-call span machinery.
+        # The caller's `traceparent` becomes current for the whole call, access log included;
+        # without an exporter this is all the tracing there is (no per-call span machinery).
         self._propagate = propagate_trace_context
         # The wrapped handler per method, built once: grpc.aio asks for a handler on every call.
         self._wrapped: dict[str, tuple[Any, Any]] = {}

@@ -105,12 +105,15 @@ async def serve(
     runtime = Runtime(name, settings)
     definition = await build(runtime)
     tracing = settings.otel_exporter != "none"
+    # Ours is outermost: it writes every response itself, so an abandoned stream always
+    # finishes; OpenTelemetry's wraps streams in async generators and so runs inside it (its
+    # span covers the handler). Ours attaches the caller's trace context in either case, so
+    # the access log carries the trace id.
     interceptors: list[grpc.aio.ServerInterceptor] = [  # type: ignore[type-arg]
-        ServerInterceptor(runtime.keys, propagate_trace_context=not tracing)
+        ServerInterceptor(runtime.keys, propagate_trace_context=True)
     ]
     if tracing:
-        # Outermost, so the span covers authentication and error mapping too.
-        interceptors.insert(0, aio_server_interceptor())  # type: ignore[no-untyped-call]
+        interceptors.append(aio_server_interceptor())  # type: ignore[no-untyped-call]
     server = grpc.aio.server(
         interceptors=interceptors, options=message_size_options(settings.max_message_bytes)
     )

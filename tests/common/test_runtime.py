@@ -312,3 +312,47 @@ async def test_page_tokens_hold_across_the_deployment_and_no_further(
         assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     finally:
         other.stop()
+
+
+async def test_with_span_export_on_streams_still_work_and_are_finished(
+    service_env: dict[str, str], api_key: str, tmp_path: Path
+) -> None:
+    metrics_port = free_port()
+    service = ServiceProcess(
+        "persistence",
+        free_port(),
+        env={
+            **service_env,
+            "CALLISTO_OTEL_EXPORTER": "console",
+            "CALLISTO_LOG_LEVEL": "DEBUG",
+            "CALLISTO_METRICS_PORT": str(metrics_port),
+        },
+        log_path=tmp_path / "service.log",
+    )
+    service.start()
+    try:
+        service.wait_healthy()
+        async with grpc.aio.insecure_channel(service.address) as channel:
+            stub = pb_grpc.PersistenceServiceStub(channel)
+            created = await stub.CreateConversation(
+                pb.CreateConversationRequest(
+                    conversation=pb.Conversation(
+                        title="traced", status=pb.CONVERSATION_STATUS_COMPLETED
+                    )
+                ),
+                metadata=_auth(api_key),
+            )
+            request = pb.SubscribeEventsRequest(parent=created.conversation.name)
+            replies = [r async for r in stub.SubscribeEvents(request, metadata=_auth(api_key))]
+            assert replies[-1].WhichOneof("kind") == "end"
+            stream = await _blocked_subscription(stub, api_key)
+            stream.cancel()
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                if _in_flight(await _metrics(metrics_port), SUBSCRIBE) == 0.0:
+                    break
+                await asyncio.sleep(0.1)
+            assert _in_flight(await _metrics(metrics_port), SUBSCRIBE) == 0.0
+    finally:
+        service.stop()
+    assert "SubscribeEvents" in service.log_path.read_text()  # the exported span
