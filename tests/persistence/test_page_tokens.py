@@ -4,6 +4,7 @@ issued to another tenant, by another deployment, or for other parameters."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from typing import TYPE_CHECKING
 
@@ -72,8 +73,10 @@ async def test_an_unsigned_token_with_a_huge_offset_never_reaches_storage(
     stub: Stub, auth: Metadata
 ) -> None:
     name = await _filled_conversation(stub, auth)
-    # The shape tokens had before they were signed, with an offset Redis cannot take.
-    digest = "0" * 16
+    # The shape tokens had before they were signed (the query digest right, so only the
+    # cursor is forged), with offsets Redis cannot take.
+    query = json.dumps({"parent": name}, sort_keys=True, separators=(",", ":"))
+    digest = hashlib.sha256(query.encode()).hexdigest()[:16]
     for offset in (2**70, 2**63, -1):
         raw = json.dumps({"c": {"o": offset}, "q": digest}).encode()
         token = base64.urlsafe_b64encode(raw).decode().rstrip("=")
