@@ -72,15 +72,15 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     ) -> Any:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or method.startswith(PUBLIC_PREFIXES):
+        if handler is None:
             return handler
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        wrapped = _wrap(
-            handler,
-            _Call(self._keys, method, self._propagate, handler.request_deserializer),
-        )
+        call = _Call(self._keys, method, self._propagate, handler.request_deserializer)
+        # Health and reflection stay open to all and unlogged; they only decode like the rest.
+        public = method.startswith(PUBLIC_PREFIXES)
+        wrapped = _wrap_public(handler, call) if public else _wrap(handler, call)
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
@@ -294,6 +294,52 @@ def _wrap(handler: Any, call: _Call) -> Any:
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(unary, **options)
     return grpc.stream_unary_rpc_method_handler(unary, **options)
+
+
+def _wrap_public(handler: Any, call: _Call) -> Any:
+    """A public handler (health, reflection) that decodes its requests itself: an undecodable
+    body is INVALID_ARGUMENT here too. No authentication, metrics or log: probes are many."""
+    options = {"request_deserializer": None, "response_serializer": handler.response_serializer}
+
+    async def decoded(raw: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            return call.parse(raw)
+        except InvalidArgument as error:
+            await abort_with_error(context, error)
+
+    async def decoded_stream(
+        raw_requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        async for raw in raw_requests:
+            yield await decoded(raw, context)
+
+    if handler.unary_unary:
+
+        async def unary_unary(raw: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            return await handler.unary_unary(await decoded(raw, context), context)
+
+        return grpc.unary_unary_rpc_method_handler(unary_unary, **options)
+    if handler.unary_stream:
+
+        async def unary_stream(
+            raw: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            async for response in handler.unary_stream(await decoded(raw, context), context):
+                yield response
+
+        return grpc.unary_stream_rpc_method_handler(unary_stream, **options)
+    if handler.stream_unary:
+
+        async def stream_unary(raw: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            return await handler.stream_unary(decoded_stream(raw, context), context)
+
+        return grpc.stream_unary_rpc_method_handler(stream_unary, **options)
+
+    async def stream_stream(raw: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        async for response in handler.stream_stream(decoded_stream(raw, context), context):
+            yield response
+
+    return grpc.stream_stream_rpc_method_handler(stream_stream, **options)
 
 
 def _is_abort(error: BaseException) -> bool:

@@ -13,6 +13,9 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2
+from hostile_support import send_undecodable
 from redis.asyncio import Redis
 
 from callisto.mesh.processes import RedisServer, ServiceProcess, free_port
@@ -172,6 +175,13 @@ async def test_undecodable_bodies_are_invalid_argument_counted_and_logged(
             async for _ in stream:
                 pass
         assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # Health and reflection, open to everyone, decode the same way.
+    for public in (
+        health_pb2.DESCRIPTOR.services_by_name["Health"],
+        reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
+    ):
+        assert await asyncio.to_thread(send_undecodable, service.address, public, ())
+    service.check_alive()
     metrics = await _metrics(metrics_port)
     for name in (method, stream_method):
         assert f'callisto_rpc_malformed_requests_total{{method="{name}"}} 1.0' in metrics
