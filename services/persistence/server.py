@@ -12,9 +12,9 @@ import grpc
 from google.protobuf import json_format, message, struct_pb2, timestamp_pb2
 from google.protobuf.duration_pb2 import Duration
 
-from callisto.common.v1 import common_pb2
-from callisto.persistence.v1 import persistence_pb2 as pb
-from callisto.persistence.v1 import persistence_pb2_grpc as pb_grpc
+from callisto.api.common.v1 import common_pb2
+from callisto.api.persistence.v1 import persistence_pb2 as pb
+from callisto.api.persistence.v1 import persistence_pb2_grpc as pb_grpc
 from callisto.services.common.errors import (
     CallistoError,
     InvalidArgument,

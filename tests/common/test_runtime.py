@@ -18,9 +18,9 @@ from grpc_reflection.v1alpha import reflection_pb2
 from hostile_support import send_undecodable
 from redis.asyncio import Redis
 
+from callisto.api.persistence.v1 import persistence_pb2 as pb
+from callisto.api.persistence.v1 import persistence_pb2_grpc as pb_grpc
 from callisto.mesh.processes import RedisServer, ServiceProcess, free_port
-from callisto.persistence.v1 import persistence_pb2 as pb
-from callisto.persistence.v1 import persistence_pb2_grpc as pb_grpc
 from callisto.services.common.auth import KEY_PATTERN, ApiKeyStore
 from callisto.services.common.pagination import KEY_NAME
 

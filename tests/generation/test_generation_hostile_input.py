@@ -21,8 +21,8 @@ from hostile_support import (
     stream_requests,
 )
 
-from callisto.generation.v1 import generation_pb2 as pb
-from callisto.generation.v1 import generation_pb2_grpc as pb_grpc
+from callisto.api.generation.v1 import generation_pb2 as pb
+from callisto.api.generation.v1 import generation_pb2_grpc as pb_grpc
 from callisto.mesh.processes import ServiceProcess
 
 MODELS = ("models/toy_llm", "models/nope", "models/../toy_llm", "models/toy_llm\x00", "models/*")

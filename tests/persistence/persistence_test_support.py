@@ -8,8 +8,8 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from callisto.persistence.v1 import persistence_pb2 as pb
-from callisto.persistence.v1 import persistence_pb2_grpc as pb_grpc
+from callisto.api.persistence.v1 import persistence_pb2 as pb
+from callisto.api.persistence.v1 import persistence_pb2_grpc as pb_grpc
 
 Metadata = tuple[tuple[str, str], ...]
 

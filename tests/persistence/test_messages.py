@@ -19,11 +19,11 @@ from persistence_test_support import (
     precondition_violations,
 )
 
-from callisto.common.v1 import common_pb2
-from callisto.persistence.v1 import persistence_pb2 as pb
+from callisto.api.common.v1 import common_pb2
+from callisto.api.persistence.v1 import persistence_pb2 as pb
 
 if TYPE_CHECKING:
-    from callisto.persistence.v1.persistence_pb2_grpc import PersistenceServiceAsyncStub as Stub
+    from callisto.api.persistence.v1.persistence_pb2_grpc import PersistenceServiceAsyncStub as Stub
 
 
 def assistant(text: str) -> pb.Message:

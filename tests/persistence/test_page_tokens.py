@@ -13,13 +13,13 @@ import pytest
 from hostile_support import check_forged_page_tokens
 from persistence_test_support import Metadata, field_violations, new_conversation
 
-from callisto.common.v1 import common_pb2
-from callisto.persistence.v1 import persistence_pb2 as pb
+from callisto.api.common.v1 import common_pb2
+from callisto.api.persistence.v1 import persistence_pb2 as pb
 from callisto.services.common.pagination import PageTokenCodec
 from callisto.services.common.tenancy import bind_tenant, reset_tenant
 
 if TYPE_CHECKING:
-    from callisto.persistence.v1.persistence_pb2_grpc import PersistenceServiceAsyncStub as Stub
+    from callisto.api.persistence.v1.persistence_pb2_grpc import PersistenceServiceAsyncStub as Stub
 
 
 async def _filled_conversation(stub: Stub, auth: Metadata) -> str:

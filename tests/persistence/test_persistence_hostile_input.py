@@ -23,9 +23,9 @@ from hostile_support import (
     unary_methods,
 )
 
+from callisto.api.persistence.v1 import persistence_pb2 as pb
+from callisto.api.persistence.v1 import persistence_pb2_grpc as pb_grpc
 from callisto.mesh.processes import ServiceProcess
-from callisto.persistence.v1 import persistence_pb2 as pb
-from callisto.persistence.v1 import persistence_pb2_grpc as pb_grpc
 
 SERVICE = pb.DESCRIPTOR.services_by_name["PersistenceService"]
 COLLECTIONS = ("conversations", "sessions", "retentionPolicy", "tenants/globex/conversations")
