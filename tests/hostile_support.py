@@ -110,10 +110,18 @@ NAME_SUFFIXES = (
 class Hostile:
     """A deterministic source of hostile values and requests (`random.Random(seed)`)."""
 
-    def __init__(self, seed: int, collections: Sequence[str], names: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        seed: int,
+        collections: Sequence[str],
+        names: Sequence[str] = (),
+        tokens: Sequence[str] = (),
+    ) -> None:
         self.rng = random.Random(seed)
         self.collections = list(collections)
         self.names = list(names)
+        # Genuine page tokens (of any tenant) to tamper with.
+        self.tokens = list(tokens)
         self._huge_left = 0
 
     # Scalars.
@@ -320,6 +328,8 @@ class Hostile:
 
     def page_token(self) -> str:
         roll = self.rng.random()
+        if self.tokens and roll < 0.4:
+            return self.choice(forged_page_tokens(self.choice(self.tokens)))
         if roll < 0.3:
             raw = bytes(self.rng.randrange(256) for _ in range(self.rng.randrange(0, 48)))
             return base64.urlsafe_b64encode(raw).decode().rstrip("=")
@@ -361,6 +371,82 @@ class Hostile:
             if candidate.ByteSize() <= MAX_REQUEST_BYTES:
                 return candidate
         return type(message)()
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _huge_cursor(value: object) -> object:
+    """The cursor with every number made huge or negative and every string a stranger's."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return 2**70 if value >= 0 else -(2**70)
+    if isinstance(value, str):
+        return "zzzz" + value
+    if isinstance(value, dict):
+        return {key: _huge_cursor(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_huge_cursor(item) for item in value]
+    return value
+
+
+def forged_page_tokens(genuine: str) -> list[str]:
+    """Tokens a client could make from a genuine one (`<payload>.<mac>`, base64url): a cursor
+    rewritten to a huge offset under the old MAC, a flipped or missing MAC, the unsigned form,
+    truncations, junk appended, one far too long. None of them may be accepted."""
+    payload, _, mac = genuine.partition(".")
+    try:
+        body = json.loads(_unb64(payload))
+    except ValueError:
+        body = {"c": {"o": 0}, "q": "0" * 16}
+    rewritten = _b64(json.dumps({**body, "c": _huge_cursor(body.get("c"))}).encode())
+    offsets = _b64(json.dumps({"c": {"o": 2**70, "a": 2**70, "s": 2**70, "i": "x"}}).encode())
+    flipped = mac[:-1] + ("A" if mac[-1:] != "A" else "B")
+    return [
+        f"{rewritten}.{mac}",
+        f"{offsets}.{mac}",
+        rewritten,
+        payload,
+        f"{payload}.",
+        f"{payload}.{flipped}",
+        f"{payload}.{_b64(bytes(32))}",
+        f"{payload}.{mac}.{mac}",
+        genuine[: len(genuine) // 2],
+        genuine[:-1],
+        genuine + "A",
+        genuine + "é",
+        "." + mac,
+        genuine * 40,
+    ]
+
+
+async def check_forged_page_tokens(
+    stub: object, method: str, request: Message, genuine: str, metadata: Metadata
+) -> None:
+    """Every forgery of `genuine`, sent in `request.page_token`, is INVALID_ARGUMENT with a
+    field violation on `page_token`."""
+    assert genuine, f"{method}: no genuine token to forge from"
+    for forged in forged_page_tokens(genuine):
+        attempt = type(request)()
+        attempt.CopyFrom(request)
+        attempt.page_token = forged  # type: ignore[attr-defined]
+        what = f"{method}(page_token={forged[:80]!r})"
+        try:
+            await getattr(stub, method)(attempt, metadata=metadata, timeout=15.0)
+        except grpc.aio.AioRpcError as error:
+            code = check_rpc_error(error, what)
+            assert code == grpc.StatusCode.INVALID_ARGUMENT, f"{what}: {code.name}"
+            status = rpc_status.from_call(error)  # type: ignore[arg-type]
+            assert status is not None
+            assert bad_request_violations(status) == ["page_token"], f"{what}: {status}"
+            continue
+        raise AssertionError(f"{what}: accepted")
 
 
 # Checks.
@@ -439,3 +525,68 @@ def stream_requests(
     except grpc.RpcError as error:
         return responses, error
     return responses, None
+
+
+# Undecodable request bodies: raw bytes no protobuf message parses, whatever its fields (an
+# invalid wire type, tag 0, a truncated varint, a length running past the end, an end-group
+# without a start).
+UNDECODABLE = (
+    b"\x0f",
+    b"\x00",
+    b"\x80",
+    b"\x0a\x05ab",
+    b"\x0c",
+    b"\x08\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01",
+)
+
+
+def check_undecodable_error(error: grpc.RpcError, what: str, authenticated: bool) -> None:
+    """An undecodable body is INVALID_ARGUMENT with a field violation and no internals (an
+    unauthenticated caller learns only that it is unauthenticated)."""
+    code = error.code()  # type: ignore[attr-defined]
+    details = error.details() or ""  # type: ignore[attr-defined]
+    if not authenticated:
+        assert code == grpc.StatusCode.UNAUTHENTICATED, f"{what}: {code.name} {details!r}"
+        return
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, f"{what}: {code.name} {details!r}"
+    check_rpc_error(error, what)
+    for internal in ("Error", "Exception", "Traceback", "deserializ"):
+        assert internal not in details, f"{what}: the message leaks internals: {details!r}"
+
+
+def send_undecodable(
+    address: str,
+    service: descriptor.ServiceDescriptor,
+    metadata: Metadata,
+    authenticated: bool = True,
+    deadline_s: float = 15.0,
+) -> int:
+    """Sends every undecodable body to every RPC of `service` as raw bytes (no serializer),
+    checks each answer and returns how many calls it made. Blocking client (run it in a
+    thread), as in stream_requests.
+    """
+    calls = 0
+    with grpc.insecure_channel(address) as channel:
+        for method in service.methods:
+            path = f"/{service.full_name}/{method.name}"
+            for raw in UNDECODABLE:
+                what = f"{method.name}(undecodable {raw!r})"
+                calls += 1
+                try:
+                    if method.client_streaming:
+                        call = channel.stream_stream(path)
+                        _, error = stream_requests(call, [raw], metadata, deadline_s)  # type: ignore[list-item]
+                        if error is not None:
+                            raise error
+                    elif method.server_streaming:
+                        for _ in channel.unary_stream(path)(
+                            raw, metadata=metadata, timeout=deadline_s
+                        ):
+                            pass
+                    else:
+                        channel.unary_unary(path)(raw, metadata=metadata, timeout=deadline_s)
+                except grpc.RpcError as error:
+                    check_undecodable_error(error, what, authenticated)
+                    continue
+                raise AssertionError(f"{what}: accepted")
+    return calls

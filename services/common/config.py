@@ -88,6 +88,12 @@ class CommonSettings:
     health_interval_seconds: float = setting(
         "CALLISTO_HEALTH_INTERVAL_SECONDS", 1.0, "How often dependencies are probed for health."
     )
+    page_token_secret: str = setting(
+        "CALLISTO_PAGE_TOKEN_SECRET",
+        "",
+        "Key that signs page tokens (shared by every replica); empty uses a random key "
+        "created once per deployment in the Redis holding the API keys.",
+    )
     reflect_mesh: bool = setting(
         "CALLISTO_REFLECT_MESH",
         False,

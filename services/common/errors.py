@@ -117,8 +117,45 @@ class Aborted(CallistoError):
     code = grpc.StatusCode.ABORTED
 
 
+@dataclass(frozen=True)
+class PreconditionViolation:
+    """One unmet precondition (`google.rpc.PreconditionFailure`): its kind, say `STATUS`, the
+    resource it concerns and how to satisfy it."""
+
+    type: str
+    subject: str
+    description: str
+
+
 class FailedPrecondition(CallistoError):
+    """The system is not in the state the call needs; `preconditions` say which."""
+
     code = grpc.StatusCode.FAILED_PRECONDITION
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str = "",
+        metadata: dict[str, str] | None = None,
+        preconditions: Sequence[PreconditionViolation] = (),
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.preconditions = list(preconditions)
+
+    def details(self) -> list[Message]:
+        details = super().details()
+        if self.preconditions:
+            failure = error_details_pb2.PreconditionFailure(
+                violations=[
+                    error_details_pb2.PreconditionFailure.Violation(
+                        type=p.type, subject=p.subject, description=p.description
+                    )
+                    for p in self.preconditions
+                ]
+            )
+            details.insert(0, failure)
+        return details
 
 
 class ResourceExhausted(CallistoError):
@@ -182,11 +219,13 @@ def status_from_exception(error: BaseException) -> status_pb2.Status:
     return build_status(grpc.StatusCode.INTERNAL, "internal error")
 
 
-def grpc_code(status: status_pb2.Status) -> grpc.StatusCode:
-    for code in grpc.StatusCode:
-        if code.value[0] == status.code:
-            return code
-    return grpc.StatusCode.UNKNOWN
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def grpc_code(status: status_pb2.Status | int) -> grpc.StatusCode:
+    """The gRPC code of a `google.rpc.Status` (or of its numeric code); UNKNOWN if unheard of."""
+    number = status if isinstance(status, int) else status.code
+    return _CODES.get(number, grpc.StatusCode.UNKNOWN)
 
 
 __all__ = [
@@ -202,6 +241,7 @@ __all__ = [
     "InvalidArgument",
     "NotFound",
     "PermissionDenied",
+    "PreconditionViolation",
     "ResourceExhausted",
     "Unauthenticated",
     "Unavailable",

@@ -8,12 +8,19 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+import grpc
 from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from callisto.services.common.telemetry import DEPENDENCY_UP
 
 log = logging.getLogger(__name__)
+
+# How an unreachable dependency fails; anything else a probe raises is a bug worth a traceback.
+_UNREACHABLE = (TimeoutError, OSError, RedisConnectionError, RedisTimeoutError)
+_UNREACHABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 
 @dataclass(frozen=True)
@@ -39,6 +46,9 @@ class HealthMonitor:
         self._draining = False
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
+        # Per dependency: "" while it answers, else how it last failed (None before a probe);
+        # a failure is logged when it starts or changes, not on every probe.
+        self._failures: dict[str, str | None] = {check.name: None for check in self._checks}
 
     @property
     def healthy(self) -> bool:
@@ -79,17 +89,46 @@ class HealthMonitor:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._interval)
-            await self.probe_once()
+            try:
+                await self.probe_once()
+            except Exception:  # the monitor must outlive any one round
+                log.exception("health monitor round failed")
 
     async def _probe(self, check: DependencyCheck) -> bool:
+        error: Exception | None = None
         try:
             async with asyncio.timeout(check.timeout):
                 ok = await check.probe()
-        except Exception as error:  # a probe failing in any way means "not usable"
-            log.debug("health probe %s failed: %r", check.name, error)
-            ok = False
+        except Exception as raised:  # a probe failing in any way means "not usable"
+            ok, error = False, raised
         DEPENDENCY_UP.labels(check.name).set(1 if ok else 0)
+        self._report(check, ok, error)
         return ok
+
+    def _report(self, check: DependencyCheck, ok: bool, error: Exception | None) -> None:
+        """Logs a dependency's transitions: down (WARNING, or ERROR with the traceback when the
+        probe raised something other than unreachability), a changed failure, and back up."""
+        previous = self._failures.get(check.name)
+        fields: dict[str, object] = {"dependency": check.name}
+        if ok:
+            self._failures[check.name] = ""
+            if previous:
+                log.info("dependency available again", extra={"fields": fields})
+            return
+        if error is None:
+            failure = "the probe reported it unusable"
+        elif isinstance(error, TimeoutError) and not str(error):
+            failure = f"no answer within {check.timeout:g} s"
+        else:
+            failure = f"{type(error).__name__}: {error}"
+        self._failures[check.name] = failure
+        if failure == previous:
+            return
+        fields["error"] = failure
+        if error is None or _unreachable(error):
+            log.warning("dependency unavailable", extra={"fields": fields})
+        else:
+            log.error("dependency probe raised", exc_info=error, extra={"fields": fields})
 
     async def _publish(self, healthy: bool) -> None:
         if self._draining or healthy == self._healthy:
@@ -106,3 +145,10 @@ class HealthMonitor:
         for name in self._names:
             await self.servicer.set(name, status)
         self._changed.set()
+
+
+def _unreachable(error: Exception) -> bool:
+    if isinstance(error, _UNREACHABLE):
+        return True
+    code = getattr(error, "code", None)
+    return isinstance(error, grpc.RpcError) and callable(code) and code() in _UNREACHABLE_CODES

@@ -21,12 +21,20 @@ from redis.exceptions import RedisError
 
 from callisto.services.common.auth import ApiKeyStore, bearer_key
 from callisto.services.common.errors import (
+    FieldViolation,
+    InvalidArgument,
     Unauthenticated,
     Unavailable,
     as_callisto_error,
+    grpc_code,
     status_from_exception,
 )
-from callisto.services.common.telemetry import RPC_IN_FLIGHT, RPC_LATENCY, RPC_REQUESTS
+from callisto.services.common.telemetry import (
+    MALFORMED_REQUESTS,
+    RPC_IN_FLIGHT,
+    RPC_LATENCY,
+    RPC_REQUESTS,
+)
 from callisto.services.common.tenancy import bind_tenant, reset_tenant
 
 log = logging.getLogger("callisto.rpc")
@@ -39,9 +47,8 @@ async def abort_with_error(
 ) -> None:
     """Ends the call with the status of `error`, details in `grpc-status-details-bin`."""
     status = status_from_exception(error)
-    code = next((c for c in grpc.StatusCode if c.value[0] == status.code), grpc.StatusCode.UNKNOWN)
     await context.abort(
-        code,
+        grpc_code(status),
         status.message,
         trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
     )
@@ -52,8 +59,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
     def __init__(self, keys: ApiKeyStore, *, propagate_trace_context: bool = False) -> None:
         self._keys = keys
-        # Without an exporter the OpenTelemetry interceptor only carries `traceparent`; doing
-        # that here instead saves its per-call span machinery.
+        # The caller's `traceparent` becomes current for the whole call, access log included;
+        # without an exporter this is all the tracing there is (no per-call span machinery).
         self._propagate = propagate_trace_context
         # The wrapped handler per method, built once: grpc.aio asks for a handler on every call.
         self._wrapped: dict[str, tuple[Any, Any]] = {}
@@ -65,25 +72,96 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     ) -> Any:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or method.startswith(PUBLIC_PREFIXES):
+        if handler is None:
             return handler
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        wrapped = _wrap(handler, _Call(self._keys, method, self._propagate))
+        call = _Call(self._keys, method, self._propagate, handler.request_deserializer)
+        # Health and reflection stay open to all and unlogged; they only decode like the rest.
+        public = method.startswith(PUBLIC_PREFIXES)
+        wrapped = _wrap_public(handler, call) if public else _wrap(handler, call)
         self._wrapped[method] = (handler, wrapped)
         return wrapped
+
+
+class _Outcome:
+    """What the wrapper learns about one call while it runs."""
+
+    __slots__ = ("cancelled_for_it", "malformed", "task", "writing")
+
+    def __init__(self) -> None:
+        # An undecodable message of a request stream: it, not how the handler ends, answers.
+        self.malformed: InvalidArgument | None = None
+        # The task running the call, and whether it was cancelled to stop at the bad message.
+        self.task = asyncio.current_task()
+        self.cancelled_for_it = False
+        # True while the task awaits context.write: cancelling it then would leave the send
+        # pending in grpc's core, and no status could follow.
+        self.writing = False
 
 
 class _Call:
     """Per-method wrapper state: the method name, the key store and the method's metrics."""
 
-    def __init__(self, keys: ApiKeyStore, method: str, propagate: bool) -> None:
+    def __init__(
+        self,
+        keys: ApiKeyStore,
+        method: str,
+        propagate: bool,
+        deserializer: Callable[[bytes], Any] | None,
+    ) -> None:
         self.keys = keys
         self.method = method
         self.propagate = propagate
         self._in_flight = RPC_IN_FLIGHT.labels(method)
         self._latency = RPC_LATENCY.labels(method)
+        self._malformed = MALFORMED_REQUESTS.labels(method)
+        self._deserialize = deserializer
+        message_type = getattr(deserializer, "__self__", None)
+        descriptor = getattr(message_type, "DESCRIPTOR", None)
+        self._request_type = getattr(descriptor, "full_name", "request")
+
+    def parse(self, raw: Any) -> Any:
+        """The request message of `raw` bytes; INVALID_ARGUMENT when they do not decode."""
+        if self._deserialize is None or not isinstance(raw, bytes):
+            return raw
+        try:
+            return self._deserialize(raw)
+        except Exception as error:  # DecodeError, or whatever else a broken encoding raises
+            self._malformed.inc()
+            log.warning(
+                "undecodable request",
+                extra={
+                    "fields": {
+                        "method": self.method,
+                        "bytes": len(raw),
+                        "error": type(error).__name__,
+                    }
+                },
+            )
+            raise InvalidArgument(
+                [FieldViolation("", f"is not a valid encoding of {self._request_type}")],
+                message=f"the request body is not a valid protobuf {self._request_type}",
+            ) from None
+
+    async def parse_stream(
+        self, raw_requests: AsyncIterator[Any], outcome: _Outcome
+    ) -> AsyncIterator[Any]:
+        """Decodes a request stream. An undecodable message ends the call with its error
+        whatever the handler does with it: the read raises it, and a handler that reads in
+        a task of its own gets its call cancelled, so it cannot wait forever."""
+        async for raw in raw_requests:
+            try:
+                message = self.parse(raw)
+            except InvalidArgument as error:
+                outcome.malformed = error
+                task = outcome.task
+                if task is not None and task is not asyncio.current_task() and not outcome.writing:
+                    outcome.cancelled_for_it = True
+                    task.cancel()
+                raise
+            yield message
 
     async def authenticate(self, metadata: dict[str, Any]) -> str:
         header = metadata.get("authorization")
@@ -101,26 +179,36 @@ class _Call:
         return tenant
 
     @contextlib.asynccontextmanager
-    async def observe(self, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
-        """Around one call: authenticate and bind the tenant, map errors, measure, log."""
+    async def observe(self, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[_Outcome]:
+        """Around one call: authenticate and bind the tenant, map errors, measure, log.
+
+        Whatever ends the call (a status, a client gone, cancellation at server stop), the
+        finally block counts and logs it and releases the in-flight gauge.
+        """
         started = time.perf_counter()
         self._in_flight.inc()
-        metadata = dict(context.invocation_metadata() or ())
-        # The caller's W3C trace context becomes current, so logs carry its trace id and
-        # outgoing calls (client interceptors) carry it on.
-        trace = (
-            otel_context.attach(propagate.extract(metadata))
-            if self.propagate and "traceparent" in metadata
-            else None
-        )
-        code, failure, token = grpc.StatusCode.OK, None, None
+        outcome = _Outcome()
+        code, failure, token, trace = grpc.StatusCode.OK, None, None, None
         try:
+            metadata = dict(context.invocation_metadata() or ())
+            # The caller's W3C trace context becomes current, so logs carry its trace id and
+            # outgoing calls (client interceptors) carry it on.
+            if self.propagate and "traceparent" in metadata:
+                trace = otel_context.attach(propagate.extract(metadata))
             token = bind_tenant(await self.authenticate(metadata))
-            yield
+            yield outcome
+            if outcome.malformed is not None:
+                raise outcome.malformed  # the handler swallowed it and ended normally
         except BaseException as error:
-            code, failure = _code_of(error), error
-            if isinstance(error, Exception) and not _is_abort(error):
-                await abort_with_error(context, error)
+            if outcome.malformed is not None and error is not outcome.malformed:
+                if outcome.cancelled_for_it and outcome.task is not None:
+                    outcome.task.uncancel()
+                if not _is_abort(error):
+                    error = outcome.malformed
+            code, failure = _code_of(error, context), error
+            if code != grpc.StatusCode.CANCELLED and isinstance(error, Exception):
+                if not _is_abort(error):
+                    await abort_with_error(context, error)
             raise
         finally:
             if token is not None:
@@ -143,31 +231,55 @@ class _Call:
             log.info("rpc", extra={"fields": {**fields, "error": str(error)}})
 
 
-def _code_of(error: BaseException) -> grpc.StatusCode:
+def _code_of(error: BaseException, context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
     typed = as_callisto_error(error)
     if typed is not None:
         return typed.code
-    # A closed response stream (GeneratorExit) is a client that went away.
-    if isinstance(error, (asyncio.CancelledError, GeneratorExit)):
+    # A client that went away (a blocked write then fails), or a call cancelled at server stop.
+    if isinstance(error, (asyncio.CancelledError, GeneratorExit)) or context.cancelled():
         return grpc.StatusCode.CANCELLED
+    if type(error).__name__ == "ExecuteBatchError":
+        # grpc.aio's failed send: the call is gone at the transport, whatever ended it.
+        return grpc.StatusCode.CANCELLED
+    if _is_abort(error):
+        # The handler (or the request decoder) aborted with a status of its own.
+        code = context.code()
+        return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
     return grpc.StatusCode.INTERNAL
 
 
 def _wrap(handler: Any, call: _Call) -> Any:
+    """A handler that takes the raw request bytes and decodes them itself, so an undecodable
+    body is a typed INVALID_ARGUMENT rather than grpc's UNKNOWN."""
     # The grpc stubs type handlers for the sync server; these are grpc.aio coroutines.
-    options = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
+    options = {"request_deserializer": None, "response_serializer": handler.response_serializer}
+
+    def requests(raw: Any, outcome: _Outcome) -> Any:
+        if handler.request_streaming:
+            return call.parse_stream(raw, outcome)
+        return call.parse(raw)
+
     if handler.response_streaming:
         behavior = handler.unary_stream or handler.stream_stream
 
-        async def streaming(
-            request: Any, context: grpc.aio.ServicerContext[Any, Any]
-        ) -> AsyncIterator[Any]:
-            async with call.observe(context):
-                async for response in behavior(request, context):
-                    yield response
+        # Written with context.write rather than as an async generator: a write that blocks on
+        # flow control then runs in this coroutine, so a client that goes away or a server stop
+        # cancels it here and the observer's finally always runs.
+        async def streaming(raw: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            async with call.observe(context) as outcome:
+                responses = behavior(requests(raw, outcome), context)
+                if not hasattr(responses, "__aiter__"):
+                    await responses  # a handler that writes with context.write itself
+                    return
+                async with contextlib.aclosing(responses):
+                    async for response in responses:
+                        if outcome.malformed is not None:
+                            break  # the call ends with the decoding error, nothing else
+                        outcome.writing = True
+                        try:
+                            await context.write(response)
+                        finally:
+                            outcome.writing = False
 
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(streaming, **options)
@@ -175,13 +287,59 @@ def _wrap(handler: Any, call: _Call) -> Any:
 
     behavior_unary = handler.unary_unary or handler.stream_unary
 
-    async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        async with call.observe(context):
-            return await behavior_unary(request, context)
+    async def unary(raw: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        async with call.observe(context) as outcome:
+            return await behavior_unary(requests(raw, outcome), context)
 
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(unary, **options)
     return grpc.stream_unary_rpc_method_handler(unary, **options)
+
+
+def _wrap_public(handler: Any, call: _Call) -> Any:
+    """A public handler (health, reflection) that decodes its requests itself: an undecodable
+    body is INVALID_ARGUMENT here too. No authentication, metrics or log: probes are many."""
+    options = {"request_deserializer": None, "response_serializer": handler.response_serializer}
+
+    async def decoded(raw: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            return call.parse(raw)
+        except InvalidArgument as error:
+            await abort_with_error(context, error)
+
+    async def decoded_stream(
+        raw_requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        async for raw in raw_requests:
+            yield await decoded(raw, context)
+
+    if handler.unary_unary:
+
+        async def unary_unary(raw: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            return await handler.unary_unary(await decoded(raw, context), context)
+
+        return grpc.unary_unary_rpc_method_handler(unary_unary, **options)
+    if handler.unary_stream:
+
+        async def unary_stream(
+            raw: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            async for response in handler.unary_stream(await decoded(raw, context), context):
+                yield response
+
+        return grpc.unary_stream_rpc_method_handler(unary_stream, **options)
+    if handler.stream_unary:
+
+        async def stream_unary(raw: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            return await handler.stream_unary(decoded_stream(raw, context), context)
+
+        return grpc.stream_unary_rpc_method_handler(stream_unary, **options)
+
+    async def stream_stream(raw: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        async for response in handler.stream_stream(decoded_stream(raw, context), context):
+            yield response
+
+    return grpc.stream_stream_rpc_method_handler(stream_stream, **options)
 
 
 def _is_abort(error: BaseException) -> bool:

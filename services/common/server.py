@@ -18,7 +18,7 @@ from typing import Any, Generic, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -30,6 +30,7 @@ from callisto.services.common.auth import ApiKeyStore
 from callisto.services.common.config import CommonSettings
 from callisto.services.common.health import DependencyCheck, HealthMonitor
 from callisto.services.common.interceptors import ServerInterceptor
+from callisto.services.common.pagination import page_tokens
 from callisto.services.common.telemetry import (
     configure_logging,
     configure_tracing,
@@ -63,16 +64,9 @@ class Runtime(Generic[S]):
         self.settings = settings
         self.auth_redis: Redis = connect_redis(settings.redis_url)
         self.keys = ApiKeyStore(self.auth_redis, cache_seconds=settings.auth_cache_seconds)
+        page_tokens.configure(secret=settings.page_token_secret, redis=self.auth_redis)
         # Set when the process begins to shut down: long streams end cleanly when they see it.
         self.stopping = asyncio.Event()
-
-    def channel(self, target: str) -> grpc.aio.Channel:
-        """A channel to another service that propagates the trace context and honours limits."""
-        return grpc.aio.insecure_channel(
-            target,
-            options=message_size_options(self.settings.max_message_bytes),
-            interceptors=aio_client_interceptors(),  # type: ignore[no-untyped-call]
-        )
 
     async def close(self) -> None:
         await self.auth_redis.aclose()
@@ -111,12 +105,15 @@ async def serve(
     runtime = Runtime(name, settings)
     definition = await build(runtime)
     tracing = settings.otel_exporter != "none"
+    # Ours is outermost: it writes every response itself, so an abandoned stream always
+    # finishes; OpenTelemetry's wraps streams in async generators and so runs inside it (its
+    # span covers the handler). Ours attaches the caller's trace context in either case, so
+    # the access log carries the trace id.
     interceptors: list[grpc.aio.ServerInterceptor] = [  # type: ignore[type-arg]
-        ServerInterceptor(runtime.keys, propagate_trace_context=not tracing)
+        ServerInterceptor(runtime.keys, propagate_trace_context=True)
     ]
     if tracing:
-        # Outermost, so the span covers authentication and error mapping too.
-        interceptors.insert(0, aio_server_interceptor())  # type: ignore[no-untyped-call]
+        interceptors.append(aio_server_interceptor())  # type: ignore[no-untyped-call]
     server = grpc.aio.server(
         interceptors=interceptors, options=message_size_options(settings.max_message_bytes)
     )

@@ -26,6 +26,11 @@ RPC_LATENCY = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60),
 )
 RPC_IN_FLIGHT = Gauge("callisto_rpc_in_flight", "RPCs in progress, by method.", ["method"])
+MALFORMED_REQUESTS = Counter(
+    "callisto_rpc_malformed_requests_total",
+    "Requests whose body is not a valid protobuf encoding of the method's request, by method.",
+    ["method"],
+)
 DEPENDENCY_UP = Gauge(
     "callisto_dependency_up", "1 when a dependency answers its health probe.", ["dependency"]
 )

@@ -23,6 +23,11 @@ def current_tenant() -> str:
     return tenant
 
 
+def bound_tenant() -> str | None:
+    """The current call's tenant, or None outside an authenticated call."""
+    return _tenant.get()
+
+
 def bind_tenant(tenant: str) -> contextvars.Token[str | None]:
     return _tenant.set(tenant)
 

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
 import re
-from typing import Any
 
 from callisto.services.common.errors import FieldViolation, InvalidArgument
 
@@ -65,41 +61,3 @@ def check_page_size(
     elif page_size > maximum:
         violations.add("page_size", f"must be at most {maximum}")
     return page_size or default
-
-
-class PageTokens:
-    """Opaque page tokens (AIP-158) bound to the query that issued them.
-
-    A token encodes the cursor and a digest of the request's filter fields, so a token reused
-    with different filters is rejected instead of silently returning a wrong page.
-    """
-
-    @staticmethod
-    def encode(cursor: dict[str, Any], query: dict[str, Any]) -> str:
-        body = {"c": cursor, "q": _digest(query)}
-        raw = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
-        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-    @staticmethod
-    def decode(token: str, query: dict[str, Any]) -> dict[str, Any] | None:
-        if not token:
-            return None
-        try:
-            padded = token + "=" * (-len(token) % 4)
-            body = json.loads(base64.urlsafe_b64decode(padded.encode()))
-            cursor = body["c"]
-            digest = body["q"]
-        except (ValueError, KeyError, TypeError) as error:
-            raise InvalidArgument.field(
-                "page_token", "is not a token this service issued"
-            ) from error
-        if digest != _digest(query) or not isinstance(cursor, dict):
-            raise InvalidArgument.field(
-                "page_token", "belongs to a request with different parameters"
-            )
-        return cursor
-
-
-def _digest(query: dict[str, Any]) -> str:
-    raw = json.dumps(query, sort_keys=True, separators=(",", ":"), default=str).encode()
-    return hashlib.sha256(raw).hexdigest()[:16]

@@ -36,10 +36,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from callisto.services.common.errors import (
     Aborted,
     AlreadyExists,
+    FailedPrecondition,
     NotFound,
+    PreconditionViolation,
     Unavailable,
 )
 from callisto.services.persistence.models import (
+    FINISHED,
     FOLLOW_POLICY,
     Conversation,
     ConversationFields,
@@ -62,7 +65,12 @@ T = TypeVar("T")
 _FOLLOW_SLICE_SECONDS = 1.0
 _REPLAY_BATCH = 256
 
-_PRELUDE = """
+# The finished statuses as a Lua set, from the one Python definition.
+_FINISHED_LUA = ", ".join(f"[{int(status)}] = true" for status in sorted(FINISHED))
+_PRELUDE = (
+    "local FINISHED = {"
+    + _FINISHED_LUA
+    + """}
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -90,6 +98,10 @@ local function touch_conversation(now)
   local expire = apply_ttl(ttl, now, {KEYS[1], KEYS[2], KEYS[3], KEYS[4]})
   redis.call('HSET', KEYS[1], 'expire', expire)
 end
+-- Finished conversations (COMPLETED, CANCELLED, FAILED) hold their last event for good.
+local function is_finished(status)
+  return FINISHED[tonumber(status)] == true
+end
 -- Appends to the log with the next gap-free sequence as the stream id.
 local function append_event(now, ...)
   local seq = redis.call('HINCRBY', KEYS[1], 'last_seq', 1)
@@ -97,6 +109,7 @@ local function append_event(now, ...)
   return seq
 end
 """
+)
 
 # KEYS: conv msgs events req policy index convreq
 # ARGV: id title participants tags status metadata ttl has_request_id request_ttl_s
@@ -124,6 +137,12 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return {'NOT_FOUND'} end
 local version = redis.call('HGET', KEYS[1], 'version')
 if ARGV[1] ~= '' and ARGV[1] ~= version then return {'ETAG', version} end
 local before = redis.call('HGET', KEYS[1], 'status')
+-- A finished conversation keeps its status: a change would log an event after its end.
+if is_finished(before) then
+  for i = 3, #ARGV, 2 do
+    if ARGV[i] == 'status' and ARGV[i + 1] ~= before then return {'FINISHED', before} end
+  end
+end
 local now = now_ms()
 for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 -- A status change is logged so followers wake up (and can end on a finished conversation).
@@ -152,6 +171,8 @@ if ARGV[2] ~= '' then
   local seen = redis.call('HGET', KEYS[4], 'm:' .. ARGV[2])
   if seen then return {'DUPLICATE', redis.call('LINDEX', KEYS[2], tonumber(seen) - 1)} end
 end
+local status = redis.call('HGET', KEYS[1], 'status')
+if is_finished(status) then return {'FINISHED', status} end
 local now = now_ms()
 local pos = redis.call('LLEN', KEYS[2]) + 1
 local seq = redis.call('HGET', KEYS[1], 'last_seq') + 1
@@ -170,6 +191,8 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return {'NOT_FOUND'} end
 local seq
 if ARGV[3] ~= '' then seq = redis.call('HGET', KEYS[4], 'e:' .. ARGV[3]) end
 if not seq then
+  local status = redis.call('HGET', KEYS[1], 'status')
+  if is_finished(status) then return {'FINISHED', status} end
   local now = now_ms()
   seq = append_event(now, 't', ARGV[1], 'd', ARGV[2])
   if ARGV[3] ~= '' then redis.call('HSET', KEYS[4], 'e:' .. ARGV[3], seq) end
@@ -373,7 +396,7 @@ class RedisStore:
                 args=[_version_arg(expected_version), status_event_data, *flat],
             )
         )
-        _check_reply(reply, f"conversation {conversation_id!r}")
+        _check_reply(reply, f"conversation {conversation_id!r}", f"conversations/{conversation_id}")
         return _conversation(_pairs(reply[1]))
 
     async def delete_conversation(
@@ -386,7 +409,7 @@ class RedisStore:
                 args=[conversation_id, _version_arg(expected_version)],
             )
         )
-        _check_reply(reply, f"conversation {conversation_id!r}")
+        _check_reply(reply, f"conversation {conversation_id!r}", f"conversations/{conversation_id}")
 
     async def list_conversations(
         self, tenant: str, query: ConversationFilter, cursor: Cursor | None, page_size: int
@@ -421,7 +444,7 @@ class RedisStore:
                 keys=_Keys(tenant).conversation(conversation_id), args=[body_json, request_id]
             )
         )
-        _check_reply(reply, f"conversation {conversation_id!r}")
+        _check_reply(reply, f"conversation {conversation_id!r}", f"conversations/{conversation_id}")
         return _message(reply[1])
 
     async def get_message(self, tenant: str, conversation_id: str, position: int) -> StoredMessage:
@@ -462,7 +485,7 @@ class RedisStore:
                 args=[event_type, data_json, request_id],
             )
         )
-        _check_reply(reply, f"conversation {conversation_id!r}")
+        _check_reply(reply, f"conversation {conversation_id!r}", f"conversations/{conversation_id}")
         return _event(reply[1][0])
 
     async def list_events(
@@ -738,9 +761,22 @@ def _version_arg(expected_version: int | None) -> str:
     return "" if expected_version is None else str(expected_version)
 
 
-def _check_reply(reply: Sequence[Any], what: str) -> None:
+def _check_reply(reply: Sequence[Any], what: str, name: str = "") -> None:
     if reply[0] == "NOT_FOUND":
         raise NotFound(f"{what} not found")
+    if reply[0] == "FINISHED":
+        status = ConversationStatus(int(reply[1])).name
+        raise FailedPrecondition(
+            f"{what} is {status}: a finished conversation takes no more messages, events or "
+            "status changes",
+            reason="CONVERSATION_FINISHED",
+            metadata={"status": status},
+            preconditions=[
+                PreconditionViolation(
+                    "STATUS", name, "the conversation must be ACTIVE or PAUSED to be written to"
+                )
+            ],
+        )
     if reply[0] == "ETAG":
         raise Aborted(
             f"{what} was changed since the given etag (now at version {reply[1]})",

@@ -21,10 +21,10 @@ from callisto.services.common.errors import (
     status_from_exception,
 )
 from callisto.services.common.health import DependencyCheck
+from callisto.services.common.pagination import page_tokens
 from callisto.services.common.server import Runtime, ServiceDefinition
 from callisto.services.common.tenancy import current_tenant
 from callisto.services.common.validation import (
-    PageTokens,
     Violations,
     check_page_size,
     check_resource_id,
@@ -68,6 +68,7 @@ MAX_TTL_MS = 10 * 365 * 86400 * 1000
 EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
 PARTICIPANT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 ETAG = re.compile(r'^"([0-9]{1,18})"$')
+MESSAGE_POSITION = re.compile(r"[0-9]{1,18}")
 # Event types the service writes itself, so a follower can trust them.
 RESERVED_EVENT_TYPES = frozenset({"message.created", "conversation.status_changed"})
 CONVERSATION_PATHS = ("title", "participants", "tags", "status", "metadata", "ttl")
@@ -150,13 +151,13 @@ class PersistenceServicer(pb_grpc.PersistenceServiceServicer):
             "participant": request.participant,
             "asc": query.ascending,
         }
-        cursor = _cursor(PageTokens.decode(request.page_token, token_query))
+        cursor = _cursor(await page_tokens.decode(request.page_token, token_query))
         items, next_cursor = await self._store.list_conversations(
             current_tenant(), query, cursor, page_size
         )
         return pb.ListConversationsResponse(
             conversations=[_conversation_proto(c) for c in items],
-            next_page_token=_cursor_token(next_cursor, token_query),
+            next_page_token=await _cursor_token(next_cursor, token_query),
         )
 
     async def UpdateConversation(
@@ -238,7 +239,8 @@ class PersistenceServicer(pb_grpc.PersistenceServiceServicer):
         self, request: pb.GetMessageRequest, context: Context
     ) -> pb.GetMessageResponse:
         conversation_id, _, position = request.name.rpartition("/messages/")
-        if not position.isdigit() or int(position) < 1 or len(position) > 18:
+        # ASCII digits only: str.isdigit() also accepts "²", which int() then refuses.
+        if not MESSAGE_POSITION.fullmatch(position) or int(position) < 1:
             raise InvalidArgument.field(
                 "name", "must look like conversations/{conversation}/messages/{position}"
             )
@@ -254,11 +256,11 @@ class PersistenceServicer(pb_grpc.PersistenceServiceServicer):
         page_size = check_page_size(v, request.page_size, default=100)
         v.raise_if_any()
         query = {"parent": request.parent}
-        offset = _int_cursor(PageTokens.decode(request.page_token, query), "o")
+        offset = _int_cursor(await page_tokens.decode(request.page_token, query), "o")
         messages, more = await self._store.list_messages(
             current_tenant(), conversation_id, offset, page_size
         )
-        token = PageTokens.encode({"o": offset + len(messages)}, query) if more else ""
+        token = await page_tokens.encode({"o": offset + len(messages)}, query) if more else ""
         return pb.ListMessagesResponse(
             messages=[_message_proto(conversation_id, m) for m in messages],
             next_page_token=token,
@@ -297,12 +299,14 @@ class PersistenceServicer(pb_grpc.PersistenceServiceServicer):
         v.check(request.after_sequence >= 0, "after_sequence", "must not be negative")
         v.raise_if_any()
         query = {"parent": request.parent, "after": request.after_sequence}
-        cursor = PageTokens.decode(request.page_token, query)
+        cursor = await page_tokens.decode(request.page_token, query)
         after = _int_cursor(cursor, "a") if cursor is not None else request.after_sequence
         events, more = await self._store.list_events(
             current_tenant(), conversation_id, after, page_size
         )
-        token = PageTokens.encode({"a": events[-1].sequence}, query) if more and events else ""
+        token = (
+            await page_tokens.encode({"a": events[-1].sequence}, query) if more and events else ""
+        )
         return pb.ListEventsResponse(
             events=[_event_proto(conversation_id, e) for e in events], next_page_token=token
         )
@@ -377,13 +381,13 @@ class PersistenceServicer(pb_grpc.PersistenceServiceServicer):
         v.check(len(request.kind) <= MAX_KIND, "kind", f"must be at most {MAX_KIND} characters")
         v.raise_if_any()
         query = {"kind": request.kind}
-        cursor = _cursor(PageTokens.decode(request.page_token, query))
+        cursor = _cursor(await page_tokens.decode(request.page_token, query))
         items, next_cursor = await self._store.list_sessions(
             current_tenant(), request.kind, cursor, page_size
         )
         return pb.ListSessionsResponse(
             sessions=[_session_proto(s) for s in items],
-            next_page_token=_cursor_token(next_cursor, query),
+            next_page_token=await _cursor_token(next_cursor, query),
         )
 
     async def UpdateSession(
@@ -773,8 +777,12 @@ def _cursor(raw: dict[str, Any] | None) -> Cursor | None:
     return Cursor(score, cursor_id)
 
 
-def _cursor_token(cursor: Cursor | None, query: dict[str, Any]) -> str:
-    return "" if cursor is None else PageTokens.encode({"s": cursor.score, "i": cursor.id}, query)
+async def _cursor_token(cursor: Cursor | None, query: dict[str, Any]) -> str:
+    return (
+        ""
+        if cursor is None
+        else await page_tokens.encode({"s": cursor.score, "i": cursor.id}, query)
+    )
 
 
 def _int_cursor(raw: dict[str, Any] | None, key: str) -> int:

@@ -40,9 +40,10 @@ from callisto.services.common.errors import (
     Unavailable,
 )
 from callisto.services.common.health import DependencyCheck
+from callisto.services.common.pagination import page_tokens
 from callisto.services.common.server import Runtime, ServiceDefinition
 from callisto.services.common.tenancy import current_tenant
-from callisto.services.common.validation import PageTokens, Violations, check_page_size
+from callisto.services.common.validation import Violations, check_page_size
 from callisto.services.retrieval import errors as rerrors
 from callisto.services.retrieval.chunking import ChunkOptions
 from callisto.services.retrieval.embedder import TritonEmbedder
@@ -700,7 +701,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
             v.check(0 < len(tag) <= MAX_TAG, f"tags[{i}]", f"1-{MAX_TAG} characters")
         v.raise_if_any()
         query = {"tags": sorted(request.tags)}
-        cursor = PageTokens.decode(request.page_token, query) or {}
+        cursor = await page_tokens.decode(request.page_token, query) or {}
         after = cursor.get("a", "")
         if not isinstance(after, str) or (after and not ID_PATTERN.fullmatch(after)):
             raise InvalidArgument.field("page_token", "is not a token this service issued")
@@ -710,9 +711,9 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
             page = await store.list_documents(
                 current_tenant(), page_size=page_size, page_token=after, conditions=conditions
             )
-        token = (
-            PageTokens.encode({"a": page.next_page_token}, query) if page.next_page_token else ""
-        )
+        token = ""
+        if page.next_page_token:
+            token = await page_tokens.encode({"a": page.next_page_token}, query)
         return pb.ListDocumentsResponse(
             documents=[document_proto(d) for d in page.documents], next_page_token=token
         )
@@ -761,7 +762,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
             "fusion": [fusion.kind.value, fusion.dense_weight, fusion.sparse_weight],
             "rerank": request.rerank,
         }
-        cursor = PageTokens.decode(request.page_token, key) or {}
+        cursor = await page_tokens.decode(request.page_token, key) or {}
         offset = cursor.get("o", 0)
         if not isinstance(offset, int) or not 0 <= offset < settings.max_result_window:
             raise InvalidArgument.field("page_token", "is not a token this service issued")
@@ -804,7 +805,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
                 )
                 for i, hit in enumerate(hits)
             ],
-            next_page_token=PageTokens.encode({"o": following}, key) if more else "",
+            next_page_token=await page_tokens.encode({"o": following}, key) if more else "",
         )
 
     # Entities

@@ -17,6 +17,7 @@ from hostile_support import (
     check_rpc_error,
     check_status,
     describe,
+    send_undecodable,
     stream_requests,
 )
 
@@ -149,3 +150,15 @@ async def test_hostile_requests_get_client_errors_and_the_service_keeps_serving(
         )
     ]
     assert reply[-1].HasField("result")
+
+
+async def test_undecodable_request_bodies_are_invalid_argument_for_every_rpc(
+    generation: ServiceProcess, api_key: str
+) -> None:
+    service = pb.DESCRIPTOR.services_by_name["GenerationService"]
+    calls = await asyncio.to_thread(send_undecodable, generation.address, service, auth(api_key))
+    assert calls >= len(service.methods)
+    # Without a valid key the body is never looked at.
+    anonymous = (("authorization", "Bearer nope"),)
+    await asyncio.to_thread(send_undecodable, generation.address, service, anonymous, False)
+    generation.check_alive()

@@ -42,6 +42,19 @@ def error_reason(error: grpc.aio.AioRpcError) -> str:
     return ""
 
 
+def precondition_violations(error: grpc.aio.AioRpcError) -> list[tuple[str, str]]:
+    """The PreconditionFailure violations in `grpc-status-details-bin`, (type, subject)."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None
+    found: list[tuple[str, str]] = []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.PreconditionFailure.DESCRIPTOR):
+            failure = error_details_pb2.PreconditionFailure()
+            detail.Unpack(failure)
+            found.extend((v.type, v.subject) for v in failure.violations)
+    return found
+
+
 async def new_conversation(
     stub: pb_grpc.PersistenceServiceAsyncStub,
     auth: Metadata,

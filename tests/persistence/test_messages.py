@@ -10,8 +10,14 @@ from typing import TYPE_CHECKING
 
 import grpc
 import pytest
-from google.protobuf import json_format, struct_pb2
-from persistence_test_support import Metadata, field_violations, new_conversation
+from google.protobuf import field_mask_pb2, json_format, struct_pb2
+from persistence_test_support import (
+    Metadata,
+    error_reason,
+    field_violations,
+    new_conversation,
+    precondition_violations,
+)
 
 from callisto.api.common.v1 import common_pb2
 from callisto.api.persistence.v1 import persistence_pb2 as pb
@@ -226,3 +232,90 @@ async def test_export_holds_conversation_messages_and_events_as_json(
         "simulation.ended",
     ]
     assert full.export_time.seconds > 0
+
+
+@pytest.mark.parametrize(
+    "position", ["²", "\u0661", "\U0001d7d9", "1\n", "+1", " 1", "0", "1" * 19]
+)
+async def test_message_ids_other_than_ascii_digits_are_invalid(
+    stub: Stub, auth: Metadata, position: str
+) -> None:
+    conversation = await new_conversation(stub, auth)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stub.GetMessage(
+            pb.GetMessageRequest(name=f"{conversation.name}/messages/{position}"), metadata=auth
+        )
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "name" in field_violations(raised.value)
+
+
+@pytest.mark.parametrize(
+    "status",
+    [
+        pb.CONVERSATION_STATUS_COMPLETED,
+        pb.CONVERSATION_STATUS_CANCELLED,
+        pb.CONVERSATION_STATUS_FAILED,
+    ],
+)
+async def test_a_finished_conversation_takes_no_more_messages_or_events(
+    stub: Stub, auth: Metadata, status: pb.ConversationStatus.ValueType
+) -> None:
+    conversation = await new_conversation(stub, auth)
+    accepted = await stub.CreateMessage(
+        pb.CreateMessageRequest(
+            parent=conversation.name, message=assistant("before"), request_id="before-end"
+        ),
+        metadata=auth,
+    )
+    finished = await stub.UpdateConversation(
+        pb.UpdateConversationRequest(
+            conversation=pb.Conversation(name=conversation.name, status=status),
+            update_mask=field_mask_pb2.FieldMask(paths=["status"]),
+        ),
+        metadata=auth,
+    )
+    writes = [
+        stub.CreateMessage(
+            pb.CreateMessageRequest(parent=conversation.name, message=assistant("after")),
+            metadata=auth,
+        ),
+        stub.CreateEvent(
+            pb.CreateEventRequest(parent=conversation.name, event=pb.Event(type="agent.late")),
+            metadata=auth,
+        ),
+        # Reopening would log a status change after the end a subscriber already received.
+        stub.UpdateConversation(
+            pb.UpdateConversationRequest(
+                conversation=pb.Conversation(
+                    name=conversation.name, status=pb.CONVERSATION_STATUS_ACTIVE
+                ),
+                update_mask=field_mask_pb2.FieldMask(paths=["status"]),
+            ),
+            metadata=auth,
+        ),
+    ]
+    for write in writes:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await write  # type: ignore[misc]
+        assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert error_reason(raised.value) == "CONVERSATION_FINISHED"
+        assert precondition_violations(raised.value) == [("STATUS", conversation.name)]
+    # A retry of a write accepted before the end still gets its result.
+    retried = await stub.CreateMessage(
+        pb.CreateMessageRequest(
+            parent=conversation.name, message=assistant("before"), request_id="before-end"
+        ),
+        metadata=auth,
+    )
+    assert retried.message == accepted.message
+    # Metadata other than the status stays editable; the log is unchanged.
+    retitled = await stub.UpdateConversation(
+        pb.UpdateConversationRequest(
+            conversation=pb.Conversation(name=conversation.name, title="archived"),
+            update_mask=field_mask_pb2.FieldMask(paths=["title"]),
+        ),
+        metadata=auth,
+    )
+    assert retitled.conversation.title == "archived"
+    assert retitled.conversation.last_sequence == finished.conversation.last_sequence
+    assert retitled.conversation.message_count == 1

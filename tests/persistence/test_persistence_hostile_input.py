@@ -19,6 +19,7 @@ from hostile_support import (
     check_status,
     describe,
     request_class,
+    send_undecodable,
     unary_methods,
 )
 
@@ -109,9 +110,12 @@ async def barrage(
     stub: pb_grpc.PersistenceServiceAsyncStub,
     identities: list[tuple[str, Metadata, list[str]]],
     targets: dict[str, dict[str, Message]],
+    tokens: list[str],
 ) -> None:
+    # Page tokens are forged from genuine ones of both tenants.
     hostile = {
-        who: Hostile(seed, COLLECTIONS, names) for seed, (who, _, names) in enumerate(identities)
+        who: Hostile(seed, COLLECTIONS, names, tokens)
+        for seed, (who, _, names) in enumerate(identities)
     }
     methods = unary_methods(SERVICE)
     for round_index in range(ROUNDS):
@@ -230,8 +234,12 @@ async def test_hostile_requests_get_client_errors_and_leave_data_intact(
         ).retention_policy
         for who, metadata in (("acme", auth), ("globex", other_auth))
     }
+    acme_pages = await stub.ListMessages(
+        pb.ListMessagesRequest(parent=precious.name, page_size=1), metadata=auth
+    )
+    tokens = [globex_pages.next_page_token, acme_pages.next_page_token]
     try:
-        await barrage(stub, identities, targets)
+        await barrage(stub, identities, targets, [t for t in tokens if t])
     finally:
         for who, metadata in (("acme", auth), ("globex", other_auth)):
             policy = pb.RetentionPolicy(
@@ -267,3 +275,14 @@ async def test_hostile_requests_get_client_errors_and_leave_data_intact(
         pb.ListConversationsRequest(page_size=1000), metadata=other_auth
     )
     assert SECRET.encode() not in listed.SerializeToString()
+
+
+async def test_undecodable_request_bodies_are_invalid_argument_for_every_rpc(
+    persistence: ServiceProcess, auth: Metadata
+) -> None:
+    calls = await asyncio.to_thread(send_undecodable, persistence.address, SERVICE, auth)
+    assert calls >= len(SERVICE.methods)
+    # Without a valid key the body is never looked at.
+    anonymous = (("authorization", "Bearer nope"),)
+    await asyncio.to_thread(send_undecodable, persistence.address, SERVICE, anonymous, False)
+    persistence.check_alive()

@@ -166,7 +166,8 @@ class PersistenceServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateConversation(self, request, context):
-        """Updates a conversation's metadata; with an etag, only if nobody changed it since.
+        """Updates a conversation's metadata; with an etag, only if nobody changed it since. A
+        finished conversation keeps its status (FAILED_PRECONDITION, reason `CONVERSATION_FINISHED`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -181,6 +182,9 @@ class PersistenceServiceServicer:
 
     def CreateMessage(self, request, context):
         """Appends a message to a conversation (and a `message.created` event to its log, atomically).
+        A finished conversation (COMPLETED, CANCELLED, FAILED) takes no more: FAILED_PRECONDITION
+        with ErrorInfo reason `CONVERSATION_FINISHED`; a retry of an accepted request id still
+        returns its message.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -201,7 +205,8 @@ class PersistenceServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateEvent(self, request, context):
-        """Appends an event to a conversation's append-only log.
+        """Appends an event to a conversation's append-only log; FAILED_PRECONDITION (reason
+        `CONVERSATION_FINISHED`) once the conversation is finished.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -45,17 +45,25 @@ class PersistenceServiceStub:
     ListConversations: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.ListConversationsRequest, _persistence_pb2.ListConversationsResponse]
     """Lists conversations, newest first, filtered by time range, tags, status and participant."""
     UpdateConversation: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.UpdateConversationRequest, _persistence_pb2.UpdateConversationResponse]
-    """Updates a conversation's metadata; with an etag, only if nobody changed it since."""
+    """Updates a conversation's metadata; with an etag, only if nobody changed it since. A
+    finished conversation keeps its status (FAILED_PRECONDITION, reason `CONVERSATION_FINISHED`).
+    """
     DeleteConversation: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.DeleteConversationRequest, _persistence_pb2.DeleteConversationResponse]
     """Deletes a conversation with its messages and event log."""
     CreateMessage: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.CreateMessageRequest, _persistence_pb2.CreateMessageResponse]
-    """Appends a message to a conversation (and a `message.created` event to its log, atomically)."""
+    """Appends a message to a conversation (and a `message.created` event to its log, atomically).
+    A finished conversation (COMPLETED, CANCELLED, FAILED) takes no more: FAILED_PRECONDITION
+    with ErrorInfo reason `CONVERSATION_FINISHED`; a retry of an accepted request id still
+    returns its message.
+    """
     GetMessage: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.GetMessageRequest, _persistence_pb2.GetMessageResponse]
     """Gets one message."""
     ListMessages: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.ListMessagesRequest, _persistence_pb2.ListMessagesResponse]
     """Lists a conversation's messages in order."""
     CreateEvent: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.CreateEventRequest, _persistence_pb2.CreateEventResponse]
-    """Appends an event to a conversation's append-only log."""
+    """Appends an event to a conversation's append-only log; FAILED_PRECONDITION (reason
+    `CONVERSATION_FINISHED`) once the conversation is finished.
+    """
     ListEvents: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.ListEventsRequest, _persistence_pb2.ListEventsResponse]
     """Lists a conversation's events in sequence order."""
     SubscribeEvents: _grpc.UnaryStreamMultiCallable[_persistence_pb2.SubscribeEventsRequest, _persistence_pb2.SubscribeEventsResponse]
@@ -101,17 +109,25 @@ class PersistenceServiceAsyncStub(PersistenceServiceStub):
     ListConversations: _aio.UnaryUnaryMultiCallable[_persistence_pb2.ListConversationsRequest, _persistence_pb2.ListConversationsResponse]  # type: ignore[assignment]
     """Lists conversations, newest first, filtered by time range, tags, status and participant."""
     UpdateConversation: _aio.UnaryUnaryMultiCallable[_persistence_pb2.UpdateConversationRequest, _persistence_pb2.UpdateConversationResponse]  # type: ignore[assignment]
-    """Updates a conversation's metadata; with an etag, only if nobody changed it since."""
+    """Updates a conversation's metadata; with an etag, only if nobody changed it since. A
+    finished conversation keeps its status (FAILED_PRECONDITION, reason `CONVERSATION_FINISHED`).
+    """
     DeleteConversation: _aio.UnaryUnaryMultiCallable[_persistence_pb2.DeleteConversationRequest, _persistence_pb2.DeleteConversationResponse]  # type: ignore[assignment]
     """Deletes a conversation with its messages and event log."""
     CreateMessage: _aio.UnaryUnaryMultiCallable[_persistence_pb2.CreateMessageRequest, _persistence_pb2.CreateMessageResponse]  # type: ignore[assignment]
-    """Appends a message to a conversation (and a `message.created` event to its log, atomically)."""
+    """Appends a message to a conversation (and a `message.created` event to its log, atomically).
+    A finished conversation (COMPLETED, CANCELLED, FAILED) takes no more: FAILED_PRECONDITION
+    with ErrorInfo reason `CONVERSATION_FINISHED`; a retry of an accepted request id still
+    returns its message.
+    """
     GetMessage: _aio.UnaryUnaryMultiCallable[_persistence_pb2.GetMessageRequest, _persistence_pb2.GetMessageResponse]  # type: ignore[assignment]
     """Gets one message."""
     ListMessages: _aio.UnaryUnaryMultiCallable[_persistence_pb2.ListMessagesRequest, _persistence_pb2.ListMessagesResponse]  # type: ignore[assignment]
     """Lists a conversation's messages in order."""
     CreateEvent: _aio.UnaryUnaryMultiCallable[_persistence_pb2.CreateEventRequest, _persistence_pb2.CreateEventResponse]  # type: ignore[assignment]
-    """Appends an event to a conversation's append-only log."""
+    """Appends an event to a conversation's append-only log; FAILED_PRECONDITION (reason
+    `CONVERSATION_FINISHED`) once the conversation is finished.
+    """
     ListEvents: _aio.UnaryUnaryMultiCallable[_persistence_pb2.ListEventsRequest, _persistence_pb2.ListEventsResponse]  # type: ignore[assignment]
     """Lists a conversation's events in sequence order."""
     SubscribeEvents: _aio.UnaryStreamMultiCallable[_persistence_pb2.SubscribeEventsRequest, _persistence_pb2.SubscribeEventsResponse]  # type: ignore[assignment]
@@ -178,7 +194,9 @@ class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _persistence_pb2.UpdateConversationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_persistence_pb2.UpdateConversationResponse, _abc.Awaitable[_persistence_pb2.UpdateConversationResponse]]:
-        """Updates a conversation's metadata; with an etag, only if nobody changed it since."""
+        """Updates a conversation's metadata; with an etag, only if nobody changed it since. A
+        finished conversation keeps its status (FAILED_PRECONDITION, reason `CONVERSATION_FINISHED`).
+        """
 
     @_abc_1.abstractmethod
     def DeleteConversation(
@@ -194,7 +212,11 @@ class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _persistence_pb2.CreateMessageRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_persistence_pb2.CreateMessageResponse, _abc.Awaitable[_persistence_pb2.CreateMessageResponse]]:
-        """Appends a message to a conversation (and a `message.created` event to its log, atomically)."""
+        """Appends a message to a conversation (and a `message.created` event to its log, atomically).
+        A finished conversation (COMPLETED, CANCELLED, FAILED) takes no more: FAILED_PRECONDITION
+        with ErrorInfo reason `CONVERSATION_FINISHED`; a retry of an accepted request id still
+        returns its message.
+        """
 
     @_abc_1.abstractmethod
     def GetMessage(
@@ -218,7 +240,9 @@ class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _persistence_pb2.CreateEventRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_persistence_pb2.CreateEventResponse, _abc.Awaitable[_persistence_pb2.CreateEventResponse]]:
-        """Appends an event to a conversation's append-only log."""
+        """Appends an event to a conversation's append-only log; FAILED_PRECONDITION (reason
+        `CONVERSATION_FINISHED`) once the conversation is finished.
+        """
 
     @_abc_1.abstractmethod
     def ListEvents(
