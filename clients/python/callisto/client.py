@@ -50,12 +50,7 @@ _CHANNEL_OPTIONS: Sequence[tuple[str, Any]] = (
 )
 
 
-class _CallInterceptor(
-    grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[type-arg]
-    grpc.aio.UnaryStreamClientInterceptor,  # type: ignore[type-arg]
-    grpc.aio.StreamUnaryClientInterceptor,  # type: ignore[type-arg]
-    grpc.aio.StreamStreamClientInterceptor,  # type: ignore[type-arg]
-):
+class _CallDetails:
     """Adds the API key to every call and the default deadline to single-response calls."""
 
     def __init__(self, api_key: str | None, default_timeout: float | None) -> None:
@@ -76,16 +71,24 @@ class _CallInterceptor(
             details.method, timeout, metadata, details.credentials, details.wait_for_ready
         )
 
+
+# grpc.aio files each interceptor under the first of the four kinds it is an instance of, so
+# one object per kind.
+class _UnaryUnary(_CallDetails, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
     async def intercept_unary_unary(
         self, continuation: Any, client_call_details: grpc.aio.ClientCallDetails, request: Any
     ) -> Any:
         return await continuation(self._details(client_call_details, True), request)
 
+
+class _UnaryStream(_CallDetails, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[type-arg]
     async def intercept_unary_stream(
         self, continuation: Any, client_call_details: grpc.aio.ClientCallDetails, request: Any
     ) -> Any:
         return await continuation(self._details(client_call_details, False), request)
 
+
+class _StreamUnary(_CallDetails, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[type-arg]
     async def intercept_stream_unary(
         self,
         continuation: Any,
@@ -94,6 +97,8 @@ class _CallInterceptor(
     ) -> Any:
         return await continuation(self._details(client_call_details, True), request_iterator)
 
+
+class _StreamStream(_CallDetails, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[type-arg]
     async def intercept_stream_stream(
         self,
         continuation: Any,
@@ -141,7 +146,10 @@ class Client:
         secure; `default_timeout` (seconds, None for none) bounds single-response calls that pass
         no `timeout`; `wait_ready` (seconds) waits for the connection before returning.
         """
-        interceptors: Any = [_CallInterceptor(api_key, default_timeout)]
+        interceptors: Any = [
+            kind(api_key, default_timeout)
+            for kind in (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)
+        ]
         channel_options = [*_CHANNEL_OPTIONS, *options]
         if tls or root_certificates is not None:
             credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
