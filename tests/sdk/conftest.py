@@ -5,12 +5,11 @@ helpers, one tritonserver (toy_llm and the embedder) with both services in front
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import pytest_asyncio
 
 import callisto
 from callisto.mesh.processes import RedisServer, ServiceProcess, free_port
@@ -23,11 +22,10 @@ MODEL_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1", "CALLISTO_EMB
 PATIENT = callisto.RetryPolicy(max_attempts=40, initial_backoff=0.1, max_backoff=0.5)
 
 
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def client(persistence: ServiceProcess, api_key: str) -> AsyncIterator[callisto.Client]:
-    """An SDK client of the session's persistence service, as tenant `acme`."""
-    async with await callisto.Client.connect(persistence.address, api_key=api_key) as connected:
-        yield connected
+@pytest.fixture(scope="session")
+def client(persistence_client: callisto.Client) -> callisto.Client:
+    """The session's SDK client of the persistence service (tests/conftest.py)."""
+    return persistence_client
 
 
 @dataclass

@@ -3,6 +3,9 @@ with their details; raw stubs over the SDK channel are authenticated."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import grpc
 import pytest
 from google.protobuf import any_pb2, duration_pb2
@@ -12,6 +15,7 @@ import callisto
 from callisto import errors
 from callisto.api.persistence.v1 import persistence_pb2 as pb
 from callisto.api.persistence.v1 import persistence_pb2_grpc as pb_grpc
+from callisto.mesh.gateway import EnvoyGateway
 from callisto.mesh.processes import ServiceProcess
 
 
@@ -119,3 +123,33 @@ async def test_raw_stub_errors_decode_with_from_rpc_error(client: callisto.Clien
     error = errors.from_rpc_error(raised.value)
     assert isinstance(error, errors.InvalidArgument)
     assert "name" in error.field_violations
+
+
+async def test_the_sdk_works_through_the_gateway_with_error_details_intact(
+    persistence_gateway: EnvoyGateway, api_key: str
+) -> None:
+    async with await callisto.Client.connect(
+        persistence_gateway.grpc_target, api_key=api_key
+    ) as through:
+        created = await through.persistence.create_conversation(title="via envoy")
+        assert (await through.persistence.get_conversation(created.name)).title == "via envoy"
+        with pytest.raises(errors.InvalidArgument) as raised:
+            await through.persistence.create_conversation(conversation_id="Bad Id!")
+        assert "conversation_id" in raised.value.field_violations
+
+
+def test_callisto_errors_imports_first_thing_in_a_fresh_interpreter() -> None:
+    # `from callisto import errors` before anything else loaded the SDK once recursed forever.
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from callisto import errors; import callisto; "
+            "print(errors.NotFound.__name__, callisto.Client.__name__)",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["NotFound", "Client"]

@@ -6,6 +6,7 @@ Importing `callisto` loads the SDK lazily, so `callisto.api...` stays cheap to i
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -16,22 +17,20 @@ if TYPE_CHECKING:
 
 __all__ = ["Client", "RetryPolicy", "SyncClient", "errors"]
 
+# Public name -> the module that defines it (None: the name is that module itself).
+_LAZY = {
+    "Client": "callisto.client",
+    "SyncClient": "callisto.sync",
+    "RetryPolicy": "callisto.retry",
+    "errors": None,
+}
+
 
 def __getattr__(name: str) -> Any:
-    if name == "Client":
-        from callisto.client import Client
-
-        return Client
-    if name == "SyncClient":
-        from callisto.sync import SyncClient
-
-        return SyncClient
-    if name == "RetryPolicy":
-        from callisto.retry import RetryPolicy
-
-        return RetryPolicy
-    if name == "errors":
-        from callisto import errors
-
-        return errors
-    raise AttributeError(f"module 'callisto' has no attribute {name!r}")
+    if name not in _LAZY:
+        raise AttributeError(f"module 'callisto' has no attribute {name!r}")
+    module_name = _LAZY[name]
+    # import_module, not `from callisto import ...`, which would call this function again.
+    if module_name is None:
+        return importlib.import_module(f"callisto.{name}")
+    return getattr(importlib.import_module(module_name), name)

@@ -28,6 +28,7 @@
 # ruff: noqa: ASYNC109
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
@@ -205,3 +206,70 @@ class Client:
         traceback: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+class _BlockingCallDetails(
+    collections.namedtuple(
+        "_BlockingCallDetails",
+        ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression"),
+    ),
+    grpc.ClientCallDetails,
+):
+    """The call details a blocking interceptor hands on (grpc leaves the class to callers)."""
+
+
+class _BlockingAuth(
+    grpc.UnaryUnaryClientInterceptor,  # type: ignore[type-arg]
+    grpc.UnaryStreamClientInterceptor,  # type: ignore[type-arg]
+    grpc.StreamUnaryClientInterceptor,  # type: ignore[type-arg]
+    grpc.StreamStreamClientInterceptor,  # type: ignore[type-arg]
+):
+    """The blocking channel's twin of the async interceptor: the API key on every call."""
+
+    def __init__(self, api_key: str) -> None:
+        self._authorization = f"Bearer {api_key}"
+
+    def _details(self, details: Any) -> Any:
+        metadata = list(details.metadata or ())
+        if not any(key == AUTHORIZATION for key, _ in metadata):
+            metadata.append((AUTHORIZATION, self._authorization))
+        return _BlockingCallDetails(
+            details.method,
+            details.timeout,
+            metadata,
+            details.credentials,
+            getattr(details, "wait_for_ready", None),
+            getattr(details, "compression", None),
+        )
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+
+def blocking_channel(
+    target: str,
+    *,
+    api_key: str | None = None,
+    tls: bool = False,
+    root_certificates: bytes | None = None,
+) -> grpc.Channel:
+    """A blocking (non-asyncio) `grpc.Channel` carrying the API key, for code that needs the
+    synchronous grpc client itself (a request stream that must see the server's own status when
+    the server ends the call early, which grpc.aio's client races)."""
+    if tls or root_certificates is not None:
+        credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+        channel = grpc.secure_channel(target, credentials, options=_CHANNEL_OPTIONS)
+    else:
+        channel = grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
+    if api_key is None:
+        return channel
+    return grpc.intercept_channel(channel, _BlockingAuth(api_key))
