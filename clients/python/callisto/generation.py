@@ -37,6 +37,7 @@ from callisto.api.common.v1 import common_pb2
 from callisto.api.generation.v1 import generation_pb2 as pb
 from callisto.api.generation.v1 import generation_pb2_grpc as pb_grpc
 from callisto.errors import CallistoError, from_rpc_error, from_status
+from callisto.retry import RetryPolicy
 
 # What a generation stream yields: tokens, then the final result.
 Item = pb.TokenDelta | pb.GenerationResult
@@ -102,14 +103,14 @@ class Generation(_Collected):
         request: pb.GenerateRequest,
         metadata: Metadata | None,
         timeout: float | None,
-        max_attempts: int,
+        policy: RetryPolicy,
     ) -> None:
         super().__init__()
         self.request = request
         self._stub = stub
         self._metadata = metadata
         self._timeout = timeout
-        self._max_attempts = max_attempts
+        self._policy = policy
         self._call: Any = None
         self._iterator: AsyncIterator[Item] | None = None
 
@@ -131,9 +132,9 @@ class Generation(_Collected):
                 return
             except grpc.RpcError as raw:
                 error = from_rpc_error(raw)
-                if self.deltas or not error.retryable or attempt >= self._max_attempts:
+                if self.deltas or not error.retryable or attempt >= self._policy.max_attempts:
                     raise error from None
-                await asyncio.sleep(min(error.retry_delay or 0.1 * 2**attempt, 5.0))
+                await asyncio.sleep(self._policy.delay(attempt, error))
             finally:
                 self._call.cancel()
 
@@ -328,9 +329,7 @@ class GenerationClient(Facade):
             messages=chat_messages(prompt, system),
             parameters=sampling(parameters, max_tokens, temperature, stop, seed),
         )
-        return Generation(
-            self.stub, request, metadata, timeout, self._client.retry_policy.max_attempts
-        )
+        return Generation(self.stub, request, metadata, timeout, self._client.retry_policy)
 
     def chat(self, *, metadata: Metadata | None = None) -> ChatSession:
         """A chat session (open it with `async with`, or `await session.open()`)."""
