@@ -546,7 +546,10 @@ class PersistenceClient(Facade):
     ) -> pb.RetentionPolicy:
         """Sets the tenant's retention; absolute values, so a retry writes the same thing."""
         if not policy.name:
-            policy.name = "retentionPolicy"
+            named = pb.RetentionPolicy()
+            named.CopyFrom(policy)
+            named.name = "retentionPolicy"
+            policy = named
         response = await self._unary(
             self.stub.UpdateRetentionPolicy,
             pb.UpdateRetentionPolicyRequest(
