@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -13,6 +14,7 @@ from conftest import PATIENT, Restartable
 import callisto
 from callisto import errors
 from callisto.api.persistence.v1 import persistence_pb2 as pb
+from callisto.api.persistence.v1 import persistence_pb2_grpc as pb_grpc
 from callisto.streams import resume_stream
 
 pytestmark = pytest.mark.timeout(180)
@@ -90,37 +92,40 @@ async def test_subscription_to_a_missing_conversation_raises_not_found(
             pass
 
 
-class _Replaying:
-    """A stream call that fails once with UNAVAILABLE after replaying from its start."""
-
-    def __init__(self, after: int, fail: bool) -> None:
-        self.after = after
-        self.fail = fail
-
-    def __aiter__(self) -> AsyncIterator[int]:
-        return self._items()
-
-    async def _items(self) -> AsyncIterator[int]:
-        # Replays one item it already delivered, as a log re-read from a coarse cursor would.
-        for item in range(max(self.after - 1, 0) + 1, 11):
-            yield item
-            if self.fail and item == 4:
-                raise errors.Unavailable("dropped")
-
-    def cancel(self) -> bool:
-        return True
-
-
-async def test_resume_stream_drops_replayed_positions_and_reopens_after_the_last() -> None:
+async def test_resume_stream_drops_replayed_positions_and_reopens_after_the_last(
+    sdk: callisto.Client, restartable: Restartable
+) -> None:
+    """The generic helper over a raw stream whose cursor is coarse (it reopens two events early,
+    so the server replays them) across a kill -9 and restart: each position once, in order."""
+    conversation = await sdk.persistence.create_conversation(title="generic")
+    await sdk.persistence.append_events(conversation.name, [("e", None)] * 10)
+    stub = sdk.stub(pb_grpc.PersistenceServiceStub)
     opened: list[int] = []
 
-    def open_stream(after: int) -> _Replaying:
+    def open_stream(after: int) -> Any:
         opened.append(after)
-        return _Replaying(after, fail=len(opened) == 1)
+        request = pb.SubscribeEventsRequest(
+            parent=conversation.name, after_sequence=max(after - 2, 0)
+        )
+        return stub.SubscribeEvents(request)
 
-    items = [item async for item in resume_stream(open_stream, position=lambda i: i)]
-    assert items == list(range(1, 11))
-    assert opened == [0, 4]
+    def position(response: pb.SubscribeEventsResponse) -> int | None:
+        return response.sequence if response.WhichOneof("kind") == "event" else None
+
+    seen: list[int] = []
+    stream = resume_stream(open_stream, position=position, policy=PATIENT)
+    async for response in stream:
+        if response.WhichOneof("kind") != "event":
+            continue
+        seen.append(response.sequence)
+        if response.sequence == 5:
+            await asyncio.to_thread(restartable.kill_service)
+            await restartable.restart_service_after(0.5)
+        if response.sequence == 10:
+            break
+    await stream.aclose()
+    assert seen == list(range(1, 11))
+    assert opened[0] == 0 and opened[-1] == 5
 
 
 async def test_paging_iterators_follow_next_page_token(sdk: callisto.Client) -> None:
