@@ -7,7 +7,8 @@ compares, in the same run:
   (c) tokens the model generated after a cancel;
 and a sweep of the flush interval (`CALLISTO_GENERATION_FLUSH_INTERVAL_MS`) that the default comes
 from. The direct baseline uses the service's own Triton stream (`tritonclient.grpc.aio`
-`stream_infer` on one client), so the difference is the mesh hop alone.
+`stream_infer` on one client), so the difference is the mesh hop alone; the mesh paths are
+called as users call them, through the SDK (`client.generation.generate`).
 
     .venv/bin/python bench/generation_bench.py [--quick]
 """
@@ -26,10 +27,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import grpc
-
-from callisto.api.common.v1 import common_pb2
-from callisto.api.generation.v1 import generation_pb2, generation_pb2_grpc
+import callisto
+from callisto.api.generation.v1 import generation_pb2
 from callisto.mesh.gateway import EnvoyGateway
 from callisto.mesh.processes import RedisServer, ServiceProcess, free_port
 from callisto.mesh.triton import TritonServer, default_model_repository, ensure_triton_environment
@@ -37,7 +36,7 @@ from callisto.services.common.auth import create_api_key
 from callisto.services.generation.triton import ChatTurn, GenerationSpec, TritonBackend
 
 SERVICE = "callisto.generation.v1.GenerationService"
-Stub = generation_pb2_grpc.GenerationServiceStub
+MODEL = "models/toy_llm"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -47,14 +46,6 @@ def percentile(values: list[float], q: float) -> float:
 
 def words(prefix: str, n: int = 8) -> str:
     return " ".join(f"{prefix}{i}" for i in range(n))
-
-
-def grpc_request(text: str, max_tokens: int) -> generation_pb2.GenerateRequest:
-    return generation_pb2.GenerateRequest(
-        model="models/toy_llm",
-        messages=[generation_pb2.ChatMessage(role=common_pb2.ROLE_USER, content=text)],
-        parameters=generation_pb2.SamplingParameters(max_tokens=max_tokens),
-    )
 
 
 def spec(text: str, max_tokens: int, **extra: Any) -> GenerationSpec:
@@ -132,19 +123,16 @@ async def direct_stream(backend: TritonBackend, text: str, max_tokens: int) -> t
     return first, tokens
 
 
-async def mesh_stream(
-    stub: Stub, metadata: tuple[tuple[str, str], ...], text: str, max_tokens: int
-) -> tuple[float, int]:
-    """(seconds to first token, tokens) through a generation service (directly or via Envoy)."""
+async def mesh_stream(client: callisto.Client, text: str, max_tokens: int) -> tuple[float, int]:
+    """(seconds to first token, tokens) through a generation service (directly or via Envoy),
+    with the SDK (an in-stream error raises)."""
     started = time.perf_counter()
     first, tokens = 0.0, 0
-    async for response in stub.Generate(grpc_request(text, max_tokens), metadata=metadata):
-        if response.HasField("delta"):
+    async for item in client.generation.generate(text, model=MODEL, max_tokens=max_tokens):
+        if isinstance(item, generation_pb2.TokenDelta):
             if not first:
                 first = time.perf_counter() - started
-            tokens += response.delta.token_count
-        elif response.HasField("error"):
-            raise RuntimeError(response.error.message)
+            tokens += item.token_count
     return first, tokens
 
 
@@ -184,19 +172,19 @@ async def wait_produced(events: Path, tag: str) -> int:
     raise RuntimeError("toy_llm never reported the cancelled request")
 
 
-async def cancel_via_service(stub: Stub, api_key: str, events: Path, tag: str) -> int:
+async def cancel_via_service(client: callisto.Client, events: Path, tag: str) -> int:
     """Cancel a 10 ms/token Generate after 5 tokens; returns tokens produced after the cancel."""
-    metadata = (
-        ("authorization", f"Bearer {api_key}"),
-        ("x-callisto-model-extras", json.dumps({"delay_ms": 10, "tag": tag})),
+    extras = (("x-callisto-model-extras", json.dumps({"delay_ms": 10, "tag": tag})),)
+    generation = client.generation.generate(
+        words("k"), model=MODEL, max_tokens=2000, metadata=extras
     )
-    call = stub.Generate(grpc_request(words("k"), 2000), metadata=metadata)
     received = 0
-    async for response in call:
-        received += response.delta.token_count
+    async for item in generation:
+        if isinstance(item, generation_pb2.TokenDelta):
+            received += item.token_count
         if received >= 5:
             break
-    call.cancel()
+    generation.cancel()
     return await wait_produced(events, tag) - received
 
 
@@ -229,26 +217,24 @@ def table(title: str, header: Row, rows: list[Row]) -> str:
 async def measure(mesh: Mesh, args: argparse.Namespace) -> None:
     service = mesh.service(5.0)
     gateway = mesh.gateway(service)
-    metadata = (("authorization", f"Bearer {mesh.api_key}"),)
     backend = TritonBackend(mesh.triton.grpc_url)
     samples = 100 if args.quick else 300
     long_tokens = 2000  # toy_llm's context window is 2048
     many = 200
     many_tokens = 50 if args.quick else 100
     async with (
-        grpc.aio.insecure_channel(service.address) as service_channel,
-        grpc.aio.insecure_channel(gateway.grpc_target) as envoy_channel,
+        await callisto.Client.connect(service.address, api_key=mesh.api_key) as via_service,
+        await callisto.Client.connect(gateway.grpc_target, api_key=mesh.api_key) as via_envoy,
     ):
-        via_service, via_envoy = Stub(service_channel), Stub(envoy_channel)
 
         def direct(text: str, n: int) -> Awaitable[tuple[float, int]]:
             return direct_stream(backend, text, n)
 
         def service_path(text: str, n: int) -> Awaitable[tuple[float, int]]:
-            return mesh_stream(via_service, metadata, text, n)
+            return mesh_stream(via_service, text, n)
 
         def envoy_path(text: str, n: int) -> Awaitable[tuple[float, int]]:
-            return mesh_stream(via_envoy, metadata, text, n)
+            return mesh_stream(via_envoy, text, n)
 
         ttft_direct = await ttft(direct, samples)
         ttft_service = await ttft(service_path, samples)
@@ -270,7 +256,7 @@ async def measure(mesh: Mesh, args: argparse.Namespace) -> None:
         excess, excess_direct = [], []
         for run in range(10):
             tag = f"bench-cancel-{run}-{time.monotonic_ns()}"
-            excess.append(await cancel_via_service(via_service, mesh.api_key, mesh.events, tag))
+            excess.append(await cancel_via_service(via_service, mesh.events, tag))
             excess_direct.append(await cancel_direct(backend, mesh.events, tag + "-direct"))
     await backend.close()
 
@@ -313,18 +299,19 @@ async def measure(mesh: Mesh, args: argparse.Namespace) -> None:
     sweep: list[Row] = []
     for flush_ms in (0.0, 1.0, 2.0, 5.0, 10.0):
         sweep_service = service if flush_ms == 5.0 else mesh.service(flush_ms)
-        async with grpc.aio.insecure_channel(sweep_service.address) as channel:
-            stub = Stub(channel)
+        async with await callisto.Client.connect(
+            sweep_service.address, api_key=mesh.api_key
+        ) as client:
             deltas: list[int] = []
 
             async def counted(
-                text: str, n: int, stub: Stub = stub, deltas: list[int] = deltas
+                text: str, n: int, client: callisto.Client = client, deltas: list[int] = deltas
             ) -> tuple[float, int]:
                 started, first, tokens, count = time.perf_counter(), 0.0, 0, 0
-                async for r in stub.Generate(grpc_request(text, n), metadata=metadata):
-                    if r.HasField("delta"):
+                async for item in client.generation.generate(text, model=MODEL, max_tokens=n):
+                    if isinstance(item, generation_pb2.TokenDelta):
                         first = first or time.perf_counter() - started
-                        tokens += r.delta.token_count
+                        tokens += item.token_count
                         count += 1
                 deltas.append(count)
                 return first, tokens

@@ -8,6 +8,7 @@ interleaving the paths round by round so machine noise hits them alike:
 - streaming: the delay from appending an event to receiving it on a live `SubscribeEvents`
   stream, direct and through Envoy (gRPC, and HTTP/JSON as NDJSON).
 
+The gRPC paths go through the SDK (`callisto.Client`), the same on both sides of the comparison.
 Prints p50/p99 per path, the difference to the baseline and the ratio. Target: Envoy adds at
 most 0.3 ms at p50. Run: `.venv/bin/python bench/persistence_bench.py [--calls 2000]`.
 """
@@ -22,14 +23,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
-import grpc
 import httpx
 
-from callisto.api.persistence.v1 import persistence_pb2 as pb
-from callisto.api.persistence.v1 import persistence_pb2_grpc as pb_grpc
+import callisto
 from callisto.mesh.gateway import EnvoyGateway
 from callisto.mesh.launcher import PERSISTENCE_SERVICE
 from callisto.mesh.processes import RedisServer, ServiceProcess, free_port
+from callisto.persistence import EventSubscription
 from callisto.services.common.auth import create_api_key
 
 TARGET_ADDED_P50_MS = 0.3
@@ -65,25 +65,19 @@ async def stream_delays(
 
 
 async def measure(args: argparse.Namespace, gateway: EnvoyGateway, direct: str, key: str) -> None:
-    metadata = (("authorization", f"Bearer {key}"),)
     headers = {"authorization": f"Bearer {key}"}
-    direct_channel = grpc.aio.insecure_channel(direct)
-    envoy_channel = grpc.aio.insecure_channel(gateway.grpc_target)
-    direct_stub = pb_grpc.PersistenceServiceStub(direct_channel)
-    envoy_stub = pb_grpc.PersistenceServiceStub(envoy_channel)
+    direct_client = await callisto.Client.connect(direct, api_key=key)
+    envoy_client = await callisto.Client.connect(gateway.grpc_target, api_key=key)
     http = httpx.AsyncClient(base_url=gateway.http_url, headers=headers, timeout=10)
 
-    created = await direct_stub.CreateConversation(
-        pb.CreateConversationRequest(conversation=pb.Conversation(title="bench")), metadata=metadata
-    )
-    name = created.conversation.name
-    get = pb.GetConversationRequest(name=name)
+    created = await direct_client.persistence.create_conversation(title="bench")
+    name = created.name
 
     async def direct_get() -> object:
-        return await direct_stub.GetConversation(get, metadata=metadata)
+        return await direct_client.persistence.get_conversation(name)
 
     async def envoy_get() -> object:
-        return await envoy_stub.GetConversation(get, metadata=metadata)
+        return await envoy_client.persistence.get_conversation(name)
 
     async def http_get() -> object:
         response = await http.get(f"/v1/{name}")
@@ -102,19 +96,10 @@ async def measure(args: argparse.Namespace, gateway: EnvoyGateway, direct: str, 
     # Streaming: one subscription per path on its own conversation, the writer always direct.
     streams: dict[str, list[float]] = {}
     for label in ("direct", "envoy_grpc", "envoy_http"):
-        conversation = (
-            await direct_stub.CreateConversation(
-                pb.CreateConversationRequest(conversation=pb.Conversation(title=label)),
-                metadata=metadata,
-            )
-        ).conversation.name
+        conversation = (await direct_client.persistence.create_conversation(title=label)).name
 
         async def append(index: int, conversation: str = conversation) -> None:
-            event = pb.Event(type="bench.tick")
-            event.data.update({"i": index})
-            await direct_stub.CreateEvent(
-                pb.CreateEventRequest(parent=conversation, event=event), metadata=metadata
-            )
+            await direct_client.persistence.append_event(conversation, "bench.tick", {"i": index})
 
         if label == "envoy_http":
             # Envoy sends the response headers with the first message, so the first event is
@@ -135,25 +120,22 @@ async def measure(args: argparse.Namespace, gateway: EnvoyGateway, direct: str, 
             streams[label] = await stream_delays(append, receive_http, args.events)
             await response_cm.__aexit__(None, None, None)
         else:
-            stub = direct_stub if label == "direct" else envoy_stub
-            call = stub.SubscribeEvents(
-                pb.SubscribeEventsRequest(parent=conversation), metadata=metadata
-            )
+            client = direct_client if label == "direct" else envoy_client
+            subscription = client.persistence.subscribe_events(conversation)
 
-            async def receive_grpc(call: grpc.aio.UnaryStreamCall = call) -> int:  # type: ignore[type-arg]
-                while True:
-                    message = await call.read()
-                    if message.WhichOneof("kind") == "event":
-                        return int(message.sequence)
+            async def receive_grpc(
+                subscription: EventSubscription = subscription,
+            ) -> int:
+                return int((await anext(subscription)).sequence)
 
             await append(-1)
             await receive_grpc()
             streams[label] = await stream_delays(append, receive_grpc, args.events)
-            call.cancel()
+            await subscription.aclose()
 
     await http.aclose()
-    await direct_channel.close()
-    await envoy_channel.close()
+    await direct_client.close()
+    await envoy_client.close()
     report("unary GetConversation", unary)
     report("event append → delivered on SubscribeEvents", streams)
 

@@ -1,13 +1,19 @@
-"""Session fixtures that start the real servers the tests need, on free ports, stopped by PID."""
+"""Session fixtures that start the real servers the tests need, on free ports, stopped by PID.
+
+Tests reach the services through the SDK (`callisto.Client`): `persistence_client` is one of the
+persistence service as tenant `acme`; `client.stub(...)` gives the raw generated stub over the
+same authenticated channel for requests the SDK would not build."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 
+import callisto
 from callisto.mesh.gateway import EnvoyGateway
 from callisto.mesh.launcher import PERSISTENCE_SERVICE
 from callisto.mesh.processes import RedisServer, ServiceProcess, free_port
@@ -64,9 +70,13 @@ def other_api_key(redis_server: RedisServer) -> str:
     return create_key(redis_server.url, "globex")
 
 
-def bearer(key: str) -> tuple[tuple[str, str], ...]:
-    """gRPC metadata carrying an API key."""
-    return (("authorization", f"Bearer {key}"),)
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def persistence_client(
+    persistence: ServiceProcess, api_key: str
+) -> AsyncIterator[callisto.Client]:
+    """An SDK client of the session's persistence service, as tenant `acme`."""
+    async with await callisto.Client.connect(persistence.address, api_key=api_key) as client:
+        yield client
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Annotated, TypeVar
 import typer
 from redis.asyncio import Redis
 
+from callisto.cli.ingest import set_key_minter
 from callisto.cli.main import client_app
 from callisto.cli.state import MeshState, mesh_home
 from callisto.services.common.auth import ApiKeyInfo, ApiKeyStore
@@ -103,6 +104,23 @@ def _with_keys(redis_url: str, action: Callable[[ApiKeyStore], Awaitable[T]]) ->
             await redis.aclose()
 
     return asyncio.run(run())
+
+
+def _mint_ingest_key(tenant: str) -> str:
+    """A key for `callisto ingest --tenant`, in the Redis of the running mesh."""
+    from callisto.services.common.auth import create_api_key
+
+    state = MeshState.read(mesh_home())
+    redis_url = os.environ.get("CALLISTO_REDIS_URL") or (state.redis_url if state else None)
+    if redis_url is None:
+        raise typer.BadParameter("no running mesh found to create a key in", param_hint="--tenant")
+    try:
+        return asyncio.run(create_api_key(redis_url, tenant, label="callisto ingest"))
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--tenant") from error
+
+
+set_key_minter(_mint_ingest_key)
 
 
 @keys_app.command("create")

@@ -15,19 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
-
 from callisto.api.retrieval.v1 import retrieval_pb2 as pb
-from callisto.api.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from callisto.attributes import to_proto as attribute_to_proto
+from callisto.client import Client
 from callisto.deploy import samples_dir
-from callisto.ingest.folder import (
-    FileSpec,
-    IngestReport,
-    discover,
-    file_spec,
-    ingest_specs,
-)
+from callisto.ingest.folder import FileSpec, IngestReport, discover, file_spec
 
 COMPANY_TENANTS = ("tessaline-systems", "corvane-data", "marrowick-motors")
 CONFERENCE_TENANT = "conference-demo"
@@ -100,29 +92,21 @@ async def ingest_samples(
     """Ingest every sample tenant that has a key in `keys_by_tenant` (tenant -> API key)."""
     root = samples or samples_dir()
     report = SamplesReport()
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = pb_grpc.RetrievalServiceStub(channel)
-        for tenant in COMPANY_TENANTS:
-            key = keys_by_tenant.get(tenant)
-            folder = root / "tenants" / tenant
-            if key is None or not await asyncio.to_thread(folder.is_dir):
-                continue
-            metadata = (("authorization", f"Bearer {key}"),)
-            specs = await asyncio.to_thread(company_specs, folder)
-            report.documents[tenant] = await ingest_specs(
-                stub, specs, metadata, deadline_s=deadline_s
+    for tenant in COMPANY_TENANTS:
+        key = keys_by_tenant.get(tenant)
+        folder = root / "tenants" / tenant
+        if key is None or not await asyncio.to_thread(folder.is_dir):
+            continue
+        specs = await asyncio.to_thread(company_specs, folder)
+        async with await Client.connect(target, api_key=key) as client:
+            report.documents[tenant] = await client.retrieval.ingest(specs, timeout=deadline_s)
+    key = keys_by_tenant.get(CONFERENCE_TENANT)
+    entities_path = root / "conference" / "entities.jsonl"
+    if key is not None and await asyncio.to_thread(entities_path.exists):
+        entities = await asyncio.to_thread(entity_messages, entities_path)
+        async with await Client.connect(target, api_key=key) as client:
+            await client.retrieval.upsert_entities(
+                entities, batch_size=ENTITY_BATCH, timeout=deadline_s
             )
-        key = keys_by_tenant.get(CONFERENCE_TENANT)
-        entities_path = root / "conference" / "entities.jsonl"
-        if key is not None and await asyncio.to_thread(entities_path.exists):
-            metadata = (("authorization", f"Bearer {key}"),)
-            entities = await asyncio.to_thread(entity_messages, entities_path)
-            for start in range(0, len(entities), ENTITY_BATCH):
-                batch = entities[start : start + ENTITY_BATCH]
-                await stub.BatchUpsertEntities(
-                    pb.BatchUpsertEntitiesRequest(entities=batch),
-                    metadata=metadata,
-                    timeout=deadline_s,
-                )
-                report.entities += len(batch)
+        report.entities += len(entities)
     return report

@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 import pytest_asyncio
 from generation_support import generation_env, start_triton
 
+import callisto
 from callisto.api.generation.v1 import generation_pb2_grpc
 from callisto.mesh.gateway import EnvoyGateway
 from callisto.mesh.processes import ServiceProcess, free_port
@@ -67,11 +67,27 @@ def generation(
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def stub(
+async def generation_client(
+    generation: ServiceProcess, api_key: str
+) -> AsyncIterator[callisto.Client]:
+    """An SDK client of the generation service, as tenant `acme`."""
+    async with await callisto.Client.connect(generation.address, api_key=api_key) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def stub(generation_client: callisto.Client) -> generation_pb2_grpc.GenerationServiceAsyncStub:
+    """The raw generated stub over the SDK's authenticated channel (tests send odd requests)."""
+    return generation_client.stub(generation_pb2_grpc.GenerationServiceStub)
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def anonymous_stub(
     generation: ServiceProcess,
-) -> AsyncIterator[generation_pb2_grpc.GenerationServiceStub]:
-    async with grpc.aio.insecure_channel(generation.address) as channel:
-        yield generation_pb2_grpc.GenerationServiceStub(channel)
+) -> AsyncIterator[generation_pb2_grpc.GenerationServiceAsyncStub]:
+    """A stub whose calls carry no API key."""
+    async with await callisto.Client.connect(generation.address) as client:
+        yield client.stub(generation_pb2_grpc.GenerationServiceStub)
 
 
 @pytest.fixture(scope="session")

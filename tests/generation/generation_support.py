@@ -1,4 +1,7 @@
-"""Helpers the generation tests share (metadata, prompts, error details, toy_llm events)."""
+"""Helpers the generation tests share (toy_llm extras, prompts, error details, toy_llm events).
+
+The API key travels on the SDK client's channel (the `stub` fixture); calls add only toy_llm's
+extra request fields here."""
 
 from __future__ import annotations
 
@@ -7,9 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
+from callisto import errors
 from callisto.api.common.v1 import common_pb2
 from callisto.api.generation.v1 import generation_pb2
 from callisto.mesh.triton import TritonServer, default_model_repository, ensure_triton_environment
@@ -40,12 +42,11 @@ def generation_env(service_env: dict[str, str], triton_url: str) -> dict[str, st
     }
 
 
-def auth(api_key: str, **extras: Any) -> tuple[tuple[str, str], ...]:
-    """Metadata with the API key and, for toy_llm, extra model fields (delay_ms, tag, ...)."""
-    metadata = [("authorization", f"Bearer {api_key}")]
-    if extras:
-        metadata.append(("x-callisto-model-extras", json.dumps(extras)))
-    return tuple(metadata)
+def extras(**fields: Any) -> tuple[tuple[str, str], ...]:
+    """Metadata with toy_llm's extra model fields (delay_ms, tag, fail_after, ...), if any."""
+    if not fields:
+        return ()
+    return (("x-callisto-model-extras", json.dumps(fields)),)
 
 
 def chat_messages(text: str) -> list[generation_pb2.ChatMessage]:
@@ -57,14 +58,4 @@ def chat_messages(text: str) -> list[generation_pb2.ChatMessage]:
 
 def violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
     """The BadRequest field violations of an error status."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    found: dict[str, str] = {}
-    if status is None:
-        return found
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            for violation in bad.field_violations:
-                found[violation.field] = violation.description
-    return found
+    return errors.from_rpc_error(error).field_violations

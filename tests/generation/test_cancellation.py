@@ -11,7 +11,7 @@ from typing import Any
 
 import grpc
 import pytest
-from generation_support import auth, chat_messages
+from generation_support import chat_messages, extras
 
 from callisto.api.generation.v1 import generation_pb2, generation_pb2_grpc
 
@@ -55,7 +55,7 @@ async def test_cancelling_generate_stops_the_model(
     stub: Stub, api_key: str, toy_events: Path
 ) -> None:
     tag = f"generate-cancel-{time.monotonic_ns()}"
-    call = stub.Generate(slow_request(), metadata=auth(api_key, delay_ms=20, tag=tag))
+    call = stub.Generate(slow_request(), metadata=extras(delay_ms=20, tag=tag))
     received = 0
     async for response in call:
         received += response.delta.token_count
@@ -74,7 +74,7 @@ async def test_an_expired_deadline_is_deadline_exceeded_quickly_and_stops_the_mo
     started = time.monotonic()
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         async for _ in stub.Generate(
-            slow_request(), metadata=auth(api_key, delay_ms=20, tag=tag), timeout=0.5
+            slow_request(), metadata=extras(delay_ms=20, tag=tag), timeout=0.5
         ):
             pass
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -140,7 +140,7 @@ async def test_chat_runs_two_generations_and_cancels_one(
     stub: Stub, api_key: str, toy_events: Path
 ) -> None:
     tag = f"chat-{time.monotonic_ns()}"
-    chat = ChatSession(stub, auth(api_key, delay_ms=20, tag=tag))
+    chat = ChatSession(stub, extras(delay_ms=20, tag=tag))
     chat.start("keep", "k1 k2 k3", max_tokens=40)
     chat.start("drop", "d1 d2 d3", max_tokens=2000)
     await chat.read_until(lambda c: c.tokens("drop") >= 5)
@@ -167,7 +167,7 @@ async def test_chat_runs_two_generations_and_cancels_one(
 
 
 async def test_chat_rejects_a_bad_start_without_ending_the_stream(stub: Stub, api_key: str) -> None:
-    chat = ChatSession(stub, auth(api_key))
+    chat = ChatSession(stub, extras())
     chat.start("bad", "", max_tokens=4)
     chat.start("good", "x y", max_tokens=3)
     chat.cancel("unknown")

@@ -6,7 +6,7 @@ import asyncio
 
 import grpc
 import pytest
-from generation_support import auth, chat_messages, violations
+from generation_support import chat_messages, extras, violations
 
 from callisto.api.common.v1 import common_pb2
 from callisto.api.generation.v1 import generation_pb2, generation_pb2_grpc
@@ -40,9 +40,7 @@ def check_stream(responses: list[generation_pb2.GenerateResponse]) -> str:
 async def test_generate_streams_the_exact_text_in_order_with_usage(
     stub: Stub, api_key: str
 ) -> None:
-    responses = await collect(
-        stub, request_for("alpha beta gamma", max_tokens=5, seed=1), auth(api_key)
-    )
+    responses = await collect(stub, request_for("alpha beta gamma", max_tokens=5, seed=1), extras())
     assert check_stream(responses) == "beta gamma alpha beta gamma "
     result = responses[-1].result
     assert result.finish_reason == generation_pb2.FINISH_REASON_LENGTH
@@ -57,7 +55,7 @@ async def test_the_first_token_is_sent_alone_and_later_ones_are_coalesced(
     stub: Stub, api_key: str
 ) -> None:
     words = " ".join(f"w{i}" for i in range(50))
-    responses = await collect(stub, request_for(words, max_tokens=400), auth(api_key))
+    responses = await collect(stub, request_for(words, max_tokens=400), extras())
     text = check_stream(responses)
     deltas = [r.delta for r in responses[:-1]]
     assert text == "".join(f"w{i % 50} " for i in range(400))
@@ -72,7 +70,7 @@ async def test_a_stop_sequence_ends_the_stream_with_finish_reason_stop(
     stub: Stub, api_key: str
 ) -> None:
     responses = await collect(
-        stub, request_for("one two three four", max_tokens=20, stop=["two thr"]), auth(api_key)
+        stub, request_for("one two three four", max_tokens=20, stop=["two thr"]), extras()
     )
     assert check_stream(responses) == "one "
     result = responses[-1].result
@@ -83,9 +81,7 @@ async def test_a_stop_sequence_ends_the_stream_with_finish_reason_stop(
 async def test_a_model_failure_mid_stream_ends_with_a_terminal_internal_error(
     stub: Stub, api_key: str
 ) -> None:
-    responses = await collect(
-        stub, request_for("a b c", max_tokens=10), auth(api_key, fail_after=2)
-    )
+    responses = await collect(stub, request_for("a b c", max_tokens=10), extras(fail_after=2))
     assert check_stream(responses) == "a b "
     error = responses[-1].error
     assert error.code == grpc.StatusCode.INTERNAL.value[0]
@@ -126,7 +122,7 @@ async def test_bad_parameters_are_invalid_argument_with_field_violations(
     stub: Stub, api_key: str, request_: generation_pb2.GenerateRequest, fields: set[str]
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await collect(stub, request_, auth(api_key))
+        await collect(stub, request_, extras())
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert fields <= set(violations(caught.value)), violations(caught.value)
 
@@ -135,7 +131,7 @@ async def test_a_prompt_longer_than_the_context_window_is_invalid_argument_on_me
     stub: Stub, api_key: str
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await collect(stub, request_for("x " * 3000, max_tokens=4), auth(api_key))
+        await collect(stub, request_for("x " * 3000, max_tokens=4), extras())
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     found = violations(caught.value)
     assert "messages" in found and "context window" in found["messages"]
@@ -144,13 +140,13 @@ async def test_a_prompt_longer_than_the_context_window_is_invalid_argument_on_me
 async def test_an_unknown_model_is_not_found(stub: Stub, api_key: str) -> None:
     request = generation_pb2.GenerateRequest(model="models/nope", messages=chat_messages("hi"))
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await collect(stub, request, auth(api_key))
+        await collect(stub, request, extras())
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def test_calls_without_an_api_key_are_unauthenticated(stub: Stub) -> None:
+async def test_calls_without_an_api_key_are_unauthenticated(anonymous_stub: Stub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await collect(stub, request_for("hi"), ())
+        await collect(anonymous_stub, request_for("hi"), ())
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
@@ -158,7 +154,7 @@ async def test_list_models_reports_tritons_repository(stub: Stub, api_key: str) 
     models = {
         m.name: m
         for m in (
-            await stub.ListModels(generation_pb2.ListModelsRequest(), metadata=auth(api_key))
+            await stub.ListModels(generation_pb2.ListModelsRequest(), metadata=extras())
         ).models
     }
     toy = models["models/toy_llm"]
@@ -169,9 +165,7 @@ async def test_list_models_reports_tritons_repository(stub: Stub, api_key: str) 
 async def test_fifty_concurrent_streams_all_complete_correctly(stub: Stub, api_key: str) -> None:
     async def one(index: int) -> None:
         words = " ".join(f"s{index}w{i}" for i in range(7))
-        responses = await collect(
-            stub, request_for(words, max_tokens=60, seed=index), auth(api_key)
-        )
+        responses = await collect(stub, request_for(words, max_tokens=60, seed=index), extras())
         expected = "".join(f"s{index}w{(index + i) % 7} " for i in range(60))
         assert check_stream(responses) == expected
         assert responses[-1].result.usage.completion_tokens == 60

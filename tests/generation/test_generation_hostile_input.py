@@ -8,7 +8,7 @@ import asyncio
 from collections import defaultdict
 
 import grpc
-from generation_support import auth, chat_messages
+from generation_support import chat_messages
 from grpc_health.v1 import health_pb2
 from hostile_support import (
     Hostile,
@@ -21,8 +21,10 @@ from hostile_support import (
     stream_requests,
 )
 
+import callisto
 from callisto.api.generation.v1 import generation_pb2 as pb
 from callisto.api.generation.v1 import generation_pb2_grpc as pb_grpc
+from callisto.client import blocking_channel
 from callisto.mesh.processes import ServiceProcess
 
 MODELS = ("models/toy_llm", "models/nope", "models/../toy_llm", "models/toy_llm\x00", "models/*")
@@ -32,8 +34,9 @@ ROUNDS = 300
 TIMEOUT_S = 20.0
 
 
-def identities(api_key: str, other_api_key: str) -> list[Metadata]:
-    return [auth(api_key), auth(other_api_key), (("authorization", "Bearer nope"),), ()]
+# The callers of the barrage: two tenants, a key that does not exist, and no key at all.
+def identities(api_key: str, other_api_key: str) -> list[str | None]:
+    return [api_key, other_api_key, "nope", None]
 
 
 def hostile_generate(source: Hostile) -> pb.GenerateRequest:
@@ -123,19 +126,27 @@ async def test_hostile_requests_get_client_errors_and_the_service_keeps_serving(
     api_key: str,
     other_api_key: str,
 ) -> None:
-    callers = identities(api_key, other_api_key)
+    keys = identities(api_key, other_api_key)
     source = Hostile(7, ("models",), MODELS)
-    blocking = grpc.insecure_channel(generation.address)
-    chat_stub = pb_grpc.GenerationServiceStub(blocking)
+    clients = [await callisto.Client.connect(generation.address, api_key=key) for key in keys]
+    stubs = [client.stub(pb_grpc.GenerationServiceStub) for client in clients]
+    # Chat goes over blocking channels (see hostile_support.stream_requests).
+    blocking = [blocking_channel(generation.address, api_key=key) for key in keys]
+    chat_stubs = [pb_grpc.GenerationServiceStub(channel) for channel in blocking]
     for round_index in range(ROUNDS):
-        metadata = with_extras(source, callers[round_index % len(callers)])
+        caller = round_index % len(keys)
+        metadata = with_extras(source, ())
+        caller_stub = stubs[caller]
         await asyncio.gather(
-            generate(stub, hostile_generate(source), metadata),
-            chat(chat_stub, source, metadata),
-            call_unary(stub, "ListModels", source.request(pb.ListModelsRequest()), metadata),
+            generate(caller_stub, hostile_generate(source), metadata),
+            chat(chat_stubs[caller], source, metadata),
+            call_unary(caller_stub, "ListModels", source.request(pb.ListModelsRequest()), metadata),
         )
 
-    blocking.close()
+    for channel in blocking:
+        channel.close()
+    for client in clients:
+        await client.close()
     generation.check_alive()
     assert generation.health() == health_pb2.HealthCheckResponse.SERVING
     reply = [
@@ -146,7 +157,6 @@ async def test_hostile_requests_get_client_errors_and_the_service_keeps_serving(
                 messages=chat_messages("still there?"),
                 parameters=pb.SamplingParameters(max_tokens=4),
             ),
-            metadata=auth(api_key),
         )
     ]
     assert reply[-1].HasField("result")

@@ -4,7 +4,7 @@ Triton loads `llm` whenever this test is selected (the environment builder compi
 from __future__ import annotations
 
 import pytest
-from generation_support import auth, chat_messages
+from generation_support import chat_messages, extras
 
 from callisto.api.generation.v1 import generation_pb2, generation_pb2_grpc
 from callisto.mesh.triton import TritonServer
@@ -22,7 +22,7 @@ async def test_the_real_llm_streams_a_non_empty_answer_with_usage(
         messages=chat_messages("Name a primary colour."),
         parameters=generation_pb2.SamplingParameters(max_tokens=24, temperature=0.0, seed=7),
     )
-    responses = [r async for r in stub.Generate(request, metadata=auth(api_key), timeout=120)]
+    responses = [r async for r in stub.Generate(request, metadata=extras(), timeout=120)]
     assert [r.sequence for r in responses] == list(range(1, len(responses) + 1))
     assert all(r.WhichOneof("event") == "delta" for r in responses[:-1])
     text = "".join(r.delta.text for r in responses[:-1])
@@ -40,6 +40,6 @@ async def test_the_real_llm_streams_a_non_empty_answer_with_usage(
     assert result.ttft_ms > 0 and result.duration_ms >= result.ttft_ms
     assert result.model == "models/llm"
 
-    listed = await stub.ListModels(generation_pb2.ListModelsRequest(), metadata=auth(api_key))
+    listed = await stub.ListModels(generation_pb2.ListModelsRequest(), metadata=extras())
     llm = next(m for m in listed.models if m.name == "models/llm")
     assert llm.ready and llm.streaming and llm.context_length == 2048

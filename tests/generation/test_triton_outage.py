@@ -7,18 +7,18 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 import pytest_asyncio
-from generation_support import auth, chat_messages, generation_env, start_triton
-from google.protobuf import any_pb2
-from google.rpc import error_details_pb2
+from generation_support import chat_messages, extras, generation_env, start_triton
+from google.rpc import status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_status import rpc_status
 
+import callisto
+from callisto import errors
 from callisto.api.generation.v1 import generation_pb2, generation_pb2_grpc
 from callisto.mesh.processes import ServiceProcess, free_port
 from callisto.mesh.triton import TritonServer, default_model_repository
@@ -58,9 +58,9 @@ def own_generation(
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def channel(own_generation: ServiceProcess) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(own_generation.address) as opened:
-        yield opened
+async def channel(own_generation: ServiceProcess, api_key: str) -> AsyncIterator[grpc.aio.Channel]:
+    async with await callisto.Client.connect(own_generation.address, api_key=api_key) as client:
+        yield client.channel
 
 
 async def wait_health(channel: grpc.aio.Channel, wanted: int, within: float) -> float:
@@ -74,8 +74,8 @@ async def wait_health(channel: grpc.aio.Channel, wanted: int, within: float) -> 
     raise AssertionError(f"health never became {wanted} within {within} s")
 
 
-def has_retry_info(details: Sequence[any_pb2.Any]) -> bool:
-    return any(detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for detail in details)
+def has_retry_info(status: status_pb2.Status) -> bool:
+    return errors.from_status(status).retry_delay is not None
 
 
 async def test_triton_dying_mid_stream_ends_cleanly_and_the_service_recovers(
@@ -91,7 +91,7 @@ async def test_triton_dying_mid_stream_ends_cleanly_and_the_service_recovers(
         parameters=generation_pb2.SamplingParameters(max_tokens=2000),
     )
     responses: list[generation_pb2.GenerateResponse] = []
-    call = stub.Generate(request, metadata=auth(api_key, delay_ms=20), timeout=30)
+    call = stub.Generate(request, metadata=extras(delay_ms=20), timeout=30)
     async for response in call:
         responses.append(response)
         if len(responses) == 3:
@@ -101,15 +101,14 @@ async def test_triton_dying_mid_stream_ends_cleanly_and_the_service_recovers(
     terminal = responses[-1]
     assert terminal.WhichOneof("event") == "error"
     assert terminal.error.code == grpc.StatusCode.UNAVAILABLE.value[0]
-    assert has_retry_info(terminal.error.details)
+    assert has_retry_info(terminal.error)
 
     await wait_health(channel, NOT_SERVING, within=5)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        async for _ in stub.Generate(request, metadata=auth(api_key), timeout=10):
+        async for _ in stub.Generate(request, metadata=extras(), timeout=10):
             pass
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
-    status = rpc_status.from_call(caught.value)  # type: ignore[arg-type]
-    assert status is not None and has_retry_info(status.details)
+    assert errors.from_rpc_error(caught.value).retry_delay is not None
 
     # A restarted TritonServer keeps its ports: the service must find it again by itself.
     grpc_url = own_triton.grpc_url
@@ -127,7 +126,7 @@ async def test_triton_dying_mid_stream_ends_cleanly_and_the_service_recovers(
         messages=chat_messages("x y"),
         parameters=generation_pb2.SamplingParameters(max_tokens=4),
     )
-    after = [r async for r in stub.Generate(small, metadata=auth(api_key), timeout=10)]
+    after = [r async for r in stub.Generate(small, metadata=extras(), timeout=10)]
     assert "".join(r.delta.text for r in after[:-1]) == "x y x y "
     assert after[-1].result.usage.completion_tokens == 4
 
@@ -147,15 +146,15 @@ async def test_shutdown_ends_running_streams_with_a_terminal_unavailable(
     service.start()
     try:
         await asyncio.to_thread(service.wait_healthy, 60)
-        async with grpc.aio.insecure_channel(service.address) as channel:
-            stub = generation_pb2_grpc.GenerationServiceStub(channel)
+        async with await callisto.Client.connect(service.address, api_key=api_key) as client:
+            stub = client.stub(generation_pb2_grpc.GenerationServiceStub)
             request = generation_pb2.GenerateRequest(
                 model="models/toy_llm",
                 messages=chat_messages("a b c"),
                 parameters=generation_pb2.SamplingParameters(max_tokens=2000),
             )
             responses: list[generation_pb2.GenerateResponse] = []
-            call = stub.Generate(request, metadata=auth(api_key, delay_ms=20), timeout=30)
+            call = stub.Generate(request, metadata=extras(delay_ms=20), timeout=30)
             async for response in call:
                 responses.append(response)
                 if len(responses) == 3:
@@ -163,7 +162,7 @@ async def test_shutdown_ends_running_streams_with_a_terminal_unavailable(
             terminal = responses[-1]
             assert terminal.WhichOneof("event") == "error", terminal
             assert terminal.error.code == grpc.StatusCode.UNAVAILABLE.value[0]
-            assert has_retry_info(terminal.error.details)
+            assert has_retry_info(terminal.error)
             assert [r.sequence for r in responses] == list(range(1, len(responses) + 1))
         assert await asyncio.to_thread(service.wait, 10) == 0
     finally:

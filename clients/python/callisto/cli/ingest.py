@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from callisto.cli.state import MeshState, mesh_home
+
+# Makes an API key for a tenant (`--tenant` without `--key`). Creating keys is server-side work
+# (it writes to the mesh's Redis), so the client package has none; the full command line
+# (`callisto.mesh.cli`) installs one.
+KeyMinter = Callable[[str], str]
+_minter: KeyMinter | None = None
+
+
+def set_key_minter(minter: KeyMinter | None) -> None:
+    global _minter
+    _minter = minter
 
 
 def _target(explicit: str | None) -> str:
@@ -31,17 +43,11 @@ def _key(key: str | None, tenant: str | None) -> str:
             "pass --key (or set CALLISTO_API_KEY), or --tenant to create a key in the running mesh",
             param_hint="--key",
         )
-    from callisto.services.common.auth import create_api_key
-
-    state = MeshState.read(mesh_home())
-    redis_url = os.environ.get("CALLISTO_REDIS_URL") or (state.redis_url if state else None)
-    if redis_url is None:
-        raise typer.BadParameter("no running mesh found to create a key in", param_hint="--tenant")
-
-    try:
-        return asyncio.run(create_api_key(redis_url, tenant, label="callisto ingest"))
-    except ValueError as error:
-        raise typer.BadParameter(str(error), param_hint="--tenant") from error
+    if _minter is None:
+        raise typer.BadParameter(
+            "creating a key needs the server-side install; pass --key", param_hint="--tenant"
+        )
+    return _minter(tenant)
 
 
 def ingest(
@@ -73,6 +79,7 @@ def ingest(
     ] = None,
 ) -> None:
     """Stream documents into the retrieval index, with a progress bar; re-runs change nothing."""
+    from callisto.errors import CallistoError
     from callisto.ingest.folder import FolderIngester, folder_specs
 
     specs = folder_specs(folder.resolve(), recursive, tags or ())
@@ -82,13 +89,9 @@ def ingest(
     ingester = FolderIngester(_target(target), _key(key, tenant))
     try:
         report = asyncio.run(ingester.ingest_specs(specs))
-    except Exception as error:
-        import grpc
-
-        if isinstance(error, grpc.aio.AioRpcError):
-            typer.echo(f"ingestion failed: {error.code().name}: {error.details()}", err=True)
-            raise typer.Exit(2) from error
-        raise
+    except CallistoError as error:
+        typer.echo(f"ingestion failed: {error}", err=True)
+        raise typer.Exit(2) from error
     typer.echo(
         f"created {len(report.created)}, updated {len(report.updated)}, "
         f"unchanged {len(report.unchanged)}, failed {len(report.failed)}; "

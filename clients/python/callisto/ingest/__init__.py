@@ -1,10 +1,13 @@
-"""Client-side ingestion: stream a folder's files over `IngestDocuments`."""
+"""Client-side ingestion: what `client.retrieval.ingest` streams (files, bytes), and folders."""
 
 from callisto.documents import SUPPORTED_SUFFIXES
 from callisto.ingest.folder import (
+    BytesDocument,
+    DocumentSpec,
     FileSpec,
     FolderIngester,
     IngestReport,
+    ProgressBar,
     discover,
     file_spec,
     folder_specs,
@@ -12,9 +15,12 @@ from callisto.ingest.folder import (
 
 __all__ = [
     "SUPPORTED_SUFFIXES",
+    "BytesDocument",
+    "DocumentSpec",
     "FileSpec",
     "FolderIngester",
     "IngestReport",
+    "ProgressBar",
     "discover",
     "file_spec",
     "folder_specs",

@@ -1,20 +1,20 @@
-"""Stream files into the retrieval service over the bidirectional `IngestDocuments` RPC.
+"""What `client.retrieval.ingest` streams over the bidirectional `IngestDocuments` RPC.
 
 Files are read in pieces while they are sent (a header, `data` messages of at most
 `chunk_bytes`, an end marker per file), so memory stays flat whatever the folder's size; gRPC
 flow control paces the reads. Results arrive per document while later files are still being
-sent; a rich progress bar shows them.
+sent; `ProgressBar` shows them. `FolderIngester` is the folder-to-index path of `callisto
+ingest`; `ingest_specs` over a raw stub is kept for callers not yet on the SDK.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-import grpc
 from google.rpc import status_pb2
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -59,6 +59,23 @@ class IngestReport:
         return bool(self.created or self.updated)
 
 
+@dataclass(frozen=True)
+class BytesDocument:
+    """One document held in memory (no file behind it) and its metadata."""
+
+    data: bytes
+    document_id: str
+    mime_type: str
+    title: str = ""
+    source_uri: str = ""
+    tags: tuple[str, ...] = ()
+    attributes: Mapping[str, AttributeValue] = field(default_factory=dict)
+
+
+# What `client.retrieval.ingest` streams: files read piece by piece, or bytes in memory.
+DocumentSpec = FileSpec | BytesDocument
+
+
 def document_id_for(root: Path, path: Path) -> str:
     """A stable document id from the path relative to the ingested folder."""
     relative = path.relative_to(root).as_posix() if path != root else path.name
@@ -97,7 +114,7 @@ def file_spec(
     )
 
 
-def header_for(spec: FileSpec) -> pb.DocumentHeader:
+def header_for(spec: DocumentSpec) -> pb.DocumentHeader:
     return pb.DocumentHeader(
         document_id=spec.document_id,
         title=spec.title,
@@ -109,35 +126,33 @@ def header_for(spec: FileSpec) -> pb.DocumentHeader:
 
 
 async def request_stream(
-    specs: Sequence[FileSpec], chunk_bytes: int = CHUNK_BYTES
+    specs: Sequence[DocumentSpec], chunk_bytes: int = CHUNK_BYTES
 ) -> AsyncIterator[pb.IngestDocumentsRequest]:
-    """header, data..., end for each file, reading each file piece by piece."""
+    """header, data..., end for each document, reading each file piece by piece."""
     for spec in specs:
         yield pb.IngestDocumentsRequest(header=header_for(spec))
-        handle: BinaryIO = await asyncio.to_thread(spec.path.open, "rb")
-        try:
-            while piece := await asyncio.to_thread(handle.read, chunk_bytes):
-                yield pb.IngestDocumentsRequest(data=piece)
-        finally:
-            handle.close()
+        if isinstance(spec, BytesDocument):
+            for start in range(0, len(spec.data), chunk_bytes):
+                yield pb.IngestDocumentsRequest(data=spec.data[start : start + chunk_bytes])
+        else:
+            handle: BinaryIO = await asyncio.to_thread(spec.path.open, "rb")
+            try:
+                while piece := await asyncio.to_thread(handle.read, chunk_bytes):
+                    yield pb.IngestDocumentsRequest(data=piece)
+            finally:
+                handle.close()
         yield pb.IngestDocumentsRequest(end=pb.DocumentEnd())
 
 
-async def ingest_specs(
-    stub: pb_grpc.RetrievalServiceAsyncStub,
-    specs: Sequence[FileSpec],
-    metadata: tuple[tuple[str, str], ...],
+async def collect_results(
+    responses: AsyncIterable[pb.IngestDocumentsResponse],
     *,
     on_result: Callable[[pb.DocumentResult], None] | None = None,
     on_progress: Callable[[pb.IngestProgress], None] | None = None,
-    deadline_s: float | None = None,
 ) -> IngestReport:
-    """Stream `specs` over one IngestDocuments call and collect the per-document results."""
+    """The report of one `IngestDocuments` response stream, telling the callbacks as it goes."""
     report = IngestReport()
-    if not specs:
-        return report
-    call = stub.IngestDocuments(request_stream(specs), metadata=metadata, timeout=deadline_s)
-    async for response in call:
+    async for response in responses:
         kind = response.WhichOneof("event")
         if kind == "progress":
             if on_progress is not None:
@@ -155,6 +170,23 @@ async def ingest_specs(
     return report
 
 
+async def ingest_specs(
+    stub: pb_grpc.RetrievalServiceAsyncStub,
+    specs: Sequence[DocumentSpec],
+    metadata: tuple[tuple[str, str], ...] = (),
+    *,
+    on_result: Callable[[pb.DocumentResult], None] | None = None,
+    on_progress: Callable[[pb.IngestProgress], None] | None = None,
+    deadline_s: float | None = None,
+) -> IngestReport:
+    """Stream `specs` over one IngestDocuments call of a raw stub (prefer
+    `client.retrieval.ingest`, which authenticates and raises `callisto.errors`)."""
+    if not specs:
+        return IngestReport()
+    call = stub.IngestDocuments(request_stream(specs), metadata=metadata, timeout=deadline_s)
+    return await collect_results(call, on_result=on_result, on_progress=on_progress)
+
+
 def _record(report: IngestReport, result: pb.DocumentResult) -> None:
     if result.outcome == pb.DOCUMENT_OUTCOME_CREATED:
         report.created.append(result.document_id)
@@ -166,8 +198,43 @@ def _record(report: IngestReport, result: pb.DocumentResult) -> None:
         report.failed[result.document_id] = result.error
 
 
+class ProgressBar:
+    """A rich progress bar fed by `client.retrieval.ingest`'s callbacks."""
+
+    def __init__(self, total: int, *, console: Console | None = None, show: bool = True) -> None:
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[chunks]} chunks"),
+            TimeElapsedColumn(),
+            console=console or Console(stderr=True),
+            disable=not show,
+            transient=False,
+        )
+        self._task = self._progress.add_task("ingesting", total=total, chunks=0)
+
+    def __enter__(self) -> ProgressBar:
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.__exit__(None, None, None)
+
+    def on_result(self, result: pb.DocumentResult) -> None:
+        self._progress.advance(self._task)
+        if result.outcome == pb.DOCUMENT_OUTCOME_FAILED:
+            self._progress.console.print(
+                f"[red]failed[/red] {result.document_id}: {result.error.message}"
+            )
+
+    def on_progress(self, counters: pb.IngestProgress) -> None:
+        self._progress.update(self._task, chunks=counters.chunks_stored)
+
+
 class FolderIngester:
-    """Ingests folders into the tenant of `api_key` through `target` (service or gateway)."""
+    """Ingests folders into the tenant of `api_key` through `target` (service or gateway), with a
+    progress bar, over `callisto.Client`."""
 
     def __init__(
         self,
@@ -179,39 +246,23 @@ class FolderIngester:
         chunk_bytes: int = CHUNK_BYTES,
     ) -> None:
         self.target = target
-        self.metadata = (("authorization", f"Bearer {api_key}"),)
+        self.api_key = api_key
         self.show_progress = show_progress
         self.console = console or Console(stderr=True)
         self.chunk_bytes = chunk_bytes
 
-    async def ingest_specs(self, specs: Sequence[FileSpec]) -> IngestReport:
-        async with grpc.aio.insecure_channel(self.target) as channel:
-            stub = pb_grpc.RetrievalServiceStub(channel)
-            progress = Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[chunks]} chunks"),
-                TimeElapsedColumn(),
-                console=self.console,
-                disable=not self.show_progress,
-                transient=False,
-            )
-            with progress:
-                task = progress.add_task("ingesting", total=len(specs), chunks=0)
+    async def ingest_specs(self, specs: Sequence[DocumentSpec]) -> IngestReport:
+        from callisto.client import Client
 
-                def on_result(result: pb.DocumentResult) -> None:
-                    progress.advance(task)
-                    if result.outcome == pb.DOCUMENT_OUTCOME_FAILED:
-                        progress.console.print(
-                            f"[red]failed[/red] {result.document_id}: {result.error.message}"
-                        )
-
-                def on_progress(counters: pb.IngestProgress) -> None:
-                    progress.update(task, chunks=counters.chunks_stored)
-
-                return await ingest_specs(
-                    stub, specs, self.metadata, on_result=on_result, on_progress=on_progress
+        async with await Client.connect(
+            self.target, api_key=self.api_key, default_timeout=None
+        ) as client:
+            with ProgressBar(len(specs), console=self.console, show=self.show_progress) as bar:
+                return await client.retrieval.ingest(
+                    specs,
+                    on_result=bar.on_result,
+                    on_progress=bar.on_progress,
+                    chunk_bytes=self.chunk_bytes,
                 )
 
     async def ingest_folder(
