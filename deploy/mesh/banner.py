@@ -8,6 +8,7 @@ import shlex
 
 import httpx
 
+from callisto.deploy import samples_dir
 from callisto.mesh.launcher import DEMO_TENANT, Mesh, python_bin
 
 DEMO_CONVERSATION = "welcome"
@@ -121,7 +122,8 @@ def _models_examples(mesh: Mesh) -> str:
         )
     )
     entities = shlex.quote(json.dumps({"query": "temperature sensors for vaccines", "pageSize": 3}))
-    samples = mesh.config.home / "keys"
+    keys = mesh.config.home / "keys"
+    folder = shlex.quote(str(samples_dir() / "tenants" / "corvane-data"))
     return f"""
   # stream tokens from the LLM (SmolLM2 on Triton): NDJSON, server-sent events, gRPC
   curl -sN -H {demo} -d {generate} {http}/v1/models/llm:generate
@@ -138,8 +140,8 @@ def _models_examples(mesh: Mesh) -> str:
   curl -s -H {conference} -d {entities} {http}/v1/entities:search
 
   # ingest a folder of your own (PDF, DOCX, CSV, Markdown, HTML, text) with a progress bar
-  {shlex.quote(python_bin("callisto"))} ingest ./samples/tenants/corvane-data --target {gateway} \\
-      --key "$(cat {samples}/demo.key)"
+  {shlex.quote(python_bin("callisto"))} ingest {folder} --target {gateway} \\
+      --key "$(cat {keys}/demo.key)"
 
-  (sample tenants' keys: {samples}/<tenant>.key)
+  (sample tenants' keys: {keys}/<tenant>.key)
 """
