@@ -21,8 +21,9 @@ from collections.abc import Sequence
 import grpc
 from google.protobuf import descriptor, message_factory, struct_pb2
 from google.protobuf.message import Message
-from google.rpc import error_details_pb2, status_pb2
-from grpc_status import rpc_status
+from google.rpc import status_pb2
+
+from callisto import errors
 
 Metadata = tuple[tuple[str, str], ...]
 
@@ -442,9 +443,8 @@ async def check_forged_page_tokens(
         except grpc.aio.AioRpcError as error:
             code = check_rpc_error(error, what)
             assert code == grpc.StatusCode.INVALID_ARGUMENT, f"{what}: {code.name}"
-            status = rpc_status.from_call(error)  # type: ignore[arg-type]
-            assert status is not None
-            assert bad_request_violations(status) == ["page_token"], f"{what}: {status}"
+            decoded = errors.from_rpc_error(error)
+            assert list(decoded.field_violations) == ["page_token"], f"{what}: {decoded.status}"
             continue
         raise AssertionError(f"{what}: accepted")
 
@@ -452,22 +452,13 @@ async def check_forged_page_tokens(
 # Checks.
 
 
-def bad_request_violations(status: status_pb2.Status) -> list[str]:
-    found: list[str] = []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            found.extend(v.field for v in bad.field_violations)
-    return found
-
-
 def check_status(status: status_pb2.Status, what: str) -> None:
     """A terminal `google.rpc.Status` is a client error, with field violations when invalid."""
     code = CODES_BY_NUMBER.get(status.code, grpc.StatusCode.UNKNOWN)
     assert code in CLIENT_ERRORS, f"{what}: {code.name} {status.message!r}"
     if code == grpc.StatusCode.INVALID_ARGUMENT:
-        assert bad_request_violations(status), f"{what}: INVALID_ARGUMENT without a field violation"
+        violations = errors.from_status(status).field_violations
+        assert violations, f"{what}: INVALID_ARGUMENT without a field violation"
 
 
 def check_rpc_error(error: grpc.RpcError, what: str) -> grpc.StatusCode:
@@ -475,9 +466,8 @@ def check_rpc_error(error: grpc.RpcError, what: str) -> grpc.StatusCode:
     code = error.code()  # type: ignore[attr-defined]
     assert code in CLIENT_ERRORS, f"{what}: {code.name} {error.details()!r}"  # type: ignore[attr-defined]
     if code == grpc.StatusCode.INVALID_ARGUMENT:
-        status = rpc_status.from_call(error)  # type: ignore[arg-type]
-        assert status is not None, f"{what}: INVALID_ARGUMENT without grpc-status-details-bin"
-        assert bad_request_violations(status), f"{what}: INVALID_ARGUMENT without a field violation"
+        violations = errors.from_rpc_error(error).field_violations
+        assert violations, f"{what}: INVALID_ARGUMENT without a field violation in its details"
     return code
 
 

@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 
 from callisto.api.persistence.v1 import persistence_pb2 as pb
 from callisto.api.persistence.v1 import persistence_pb2_grpc as pb_grpc
+from callisto.client import auth_metadata
 from callisto.mesh.processes import RedisServer, ServiceProcess, free_port
 from callisto.services.common.auth import KEY_PATTERN, ApiKeyStore
 from callisto.services.common.pagination import KEY_NAME
@@ -28,7 +29,7 @@ TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 
 
 def _auth(key: str) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {key}"),)
+    return auth_metadata(key)
 
 
 @pytest.fixture()

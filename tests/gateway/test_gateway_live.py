@@ -17,10 +17,9 @@ import httpx
 import pytest
 from gateway_test_backend import SERVICE, GatewayTestBackend
 from gateway_test_support import ALLOWED_ORIGIN, HEALTH_ONLY_SERVICE, gateway_for
-from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_status import rpc_status
 
+from callisto import errors
 from callisto.api.generation.v1 import generation_pb2, generation_pb2_grpc
 from callisto.gateway.config import HEALTH_SERVICE_HEADER
 from callisto.mesh.gateway import EnvoyGateway
@@ -189,12 +188,7 @@ async def test_grpc_error_detail_passes_through(gateway_channel: grpc.aio.Channe
     except grpc.aio.AioRpcError as error:
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
         # Decoded from the grpc-status-details-bin trailer, which Envoy passed through untouched.
-        # AioRpcError offers the code()/trailing_metadata() that from_call reads.
-        status: status_pb2.Status | None = rpc_status.from_call(error)  # type: ignore[arg-type]
-        assert status is not None
-        bad_request = error_details_pb2.BadRequest()
-        assert status.details[0].Unpack(bad_request)
-        assert bad_request.field_violations[0].field == "messages"
+        assert list(errors.from_rpc_error(error).field_violations) == ["messages"]
     else:
         raise AssertionError("expected INVALID_ARGUMENT")
 

@@ -24,7 +24,7 @@ from hostile_support import (
 import callisto
 from callisto.api.generation.v1 import generation_pb2 as pb
 from callisto.api.generation.v1 import generation_pb2_grpc as pb_grpc
-from callisto.client import blocking_channel
+from callisto.client import auth_metadata, blocking_channel
 from callisto.mesh.processes import ServiceProcess
 
 MODELS = ("models/toy_llm", "models/nope", "models/../toy_llm", "models/toy_llm\x00", "models/*")
@@ -166,9 +166,11 @@ async def test_undecodable_request_bodies_are_invalid_argument_for_every_rpc(
     generation: ServiceProcess, api_key: str
 ) -> None:
     service = pb.DESCRIPTOR.services_by_name["GenerationService"]
-    calls = await asyncio.to_thread(send_undecodable, generation.address, service, auth(api_key))
+    calls = await asyncio.to_thread(
+        send_undecodable, generation.address, service, auth_metadata(api_key)
+    )
     assert calls >= len(service.methods)
     # Without a valid key the body is never looked at.
-    anonymous = (("authorization", "Bearer nope"),)
+    anonymous = auth_metadata("cal_nope")
     await asyncio.to_thread(send_undecodable, generation.address, service, anonymous, False)
     generation.check_alive()

@@ -5,54 +5,31 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
+from callisto import errors
 from callisto.api.persistence.v1 import persistence_pb2 as pb
 from callisto.api.persistence.v1 import persistence_pb2_grpc as pb_grpc
+from callisto.client import auth_metadata
 
 Metadata = tuple[tuple[str, str], ...]
 
 
 def bearer(key: str) -> Metadata:
-    return (("authorization", f"Bearer {key}"),)
+    return auth_metadata(key)
 
 
 def field_violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
-    """The BadRequest field violations in `grpc-status-details-bin`, field → description."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None, "no google.rpc.Status in the trailers"
-    found: dict[str, str] = {}
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad_request = error_details_pb2.BadRequest()
-            detail.Unpack(bad_request)
-            found.update({v.field: v.description for v in bad_request.field_violations})
-    return found
+    """The BadRequest field violations of the error, field → description."""
+    return errors.from_rpc_error(error).field_violations
 
 
 def error_reason(error: grpc.aio.AioRpcError) -> str:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return str(info.reason)
-    return ""
+    return errors.from_rpc_error(error).reason
 
 
 def precondition_violations(error: grpc.aio.AioRpcError) -> list[tuple[str, str]]:
-    """The PreconditionFailure violations in `grpc-status-details-bin`, (type, subject)."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None
-    found: list[tuple[str, str]] = []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.PreconditionFailure.DESCRIPTOR):
-            failure = error_details_pb2.PreconditionFailure()
-            detail.Unpack(failure)
-            found.extend((v.type, v.subject) for v in failure.violations)
-    return found
+    """The PreconditionFailure violations of the error, (type, subject)."""
+    return [(v.type, v.subject) for v in errors.from_rpc_error(error).precondition_violations]
 
 
 async def new_conversation(

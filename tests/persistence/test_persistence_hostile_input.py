@@ -25,6 +25,7 @@ from hostile_support import (
 
 from callisto.api.persistence.v1 import persistence_pb2 as pb
 from callisto.api.persistence.v1 import persistence_pb2_grpc as pb_grpc
+from callisto.client import auth_metadata
 from callisto.mesh.processes import ServiceProcess
 
 SERVICE = pb.DESCRIPTOR.services_by_name["PersistenceService"]
@@ -222,7 +223,7 @@ async def test_hostile_requests_get_client_errors_and_leave_data_intact(
             ],
         ),
         ("globex", other_auth, [precious.name, *precious_messages, "retentionPolicy"]),
-        ("anonymous", (("authorization", "Bearer nope"),), [precious.name]),
+        ("anonymous", auth_metadata("cal_nope"), [precious.name]),
         ("none", (), [precious.name]),
     ]
     # The barrage may change either tenant's retention policy; other tests expect it untouched.
@@ -283,6 +284,6 @@ async def test_undecodable_request_bodies_are_invalid_argument_for_every_rpc(
     calls = await asyncio.to_thread(send_undecodable, persistence.address, SERVICE, auth)
     assert calls >= len(SERVICE.methods)
     # Without a valid key the body is never looked at.
-    anonymous = (("authorization", "Bearer nope"),)
+    anonymous = auth_metadata("cal_nope")
     await asyncio.to_thread(send_undecodable, persistence.address, SERVICE, anonymous, False)
     persistence.check_alive()

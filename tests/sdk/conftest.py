@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from sdk_test_support import Restartable
 
 import callisto
 from callisto.mesh.processes import RedisServer, ServiceProcess, free_port
@@ -18,39 +18,12 @@ from callisto.services.common.auth import create_api_key
 
 # Two cores shared with the model processes: no spinning OpenMP threads, one thread per model.
 MODEL_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1", "CALLISTO_EMBEDDER_THREADS": "1"}
-# Reconnects that outlast a service restart on a busy machine.
-PATIENT = callisto.RetryPolicy(max_attempts=40, initial_backoff=0.1, max_backoff=0.5)
 
 
 @pytest.fixture(scope="session")
 def client(persistence_client: callisto.Client) -> callisto.Client:
     """The session's SDK client of the persistence service (tests/conftest.py)."""
     return persistence_client
-
-
-@dataclass
-class Restartable:
-    """A persistence service on its own Redis, both of which a test may stop and start again
-    on the same ports."""
-
-    redis: RedisServer
-    service: ServiceProcess
-    api_key: str
-
-    def kill_service(self) -> None:
-        self.service.kill()
-
-    def start_service(self) -> None:
-        self.service.start()
-        self.service.wait_healthy()
-
-    async def restart_service_after(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
-        await asyncio.to_thread(self.start_service)
-
-    async def restart_redis_after(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
-        await asyncio.to_thread(self.redis.start)
 
 
 @pytest.fixture(scope="module")

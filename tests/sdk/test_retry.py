@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
-from conftest import PATIENT, Restartable
+from sdk_test_support import PATIENT, Restartable
 
 import callisto
 from callisto import errors

@@ -44,6 +44,19 @@ S = TypeVar("S")
 
 AUTHORIZATION = "authorization"
 DEFAULT_TIMEOUT = 30.0
+
+
+def bearer(api_key: str) -> str:
+    """The `authorization` header value that carries an API key (the one place it is spelt)."""
+    return f"Bearer {api_key}"
+
+
+def auth_metadata(api_key: str) -> tuple[tuple[str, str], ...]:
+    """Call metadata carrying `api_key`, for a call that speaks as another key than its channel's
+    (a test acting as a second tenant over one raw stub)."""
+    return ((AUTHORIZATION, bearer(api_key)),)
+
+
 # Messages of up to 64 MiB each way (document uploads, exports of long conversations).
 _CHANNEL_OPTIONS: Sequence[tuple[str, Any]] = (
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -55,7 +68,7 @@ class _CallDetails:
     """Adds the API key to every call and the default deadline to single-response calls."""
 
     def __init__(self, api_key: str | None, default_timeout: float | None) -> None:
-        self._authorization = f"Bearer {api_key}" if api_key else None
+        self._authorization = bearer(api_key) if api_key else None
         self._default_timeout = default_timeout
 
     def _details(
@@ -227,7 +240,7 @@ class _BlockingAuth(
     """The blocking channel's twin of the async interceptor: the API key on every call."""
 
     def __init__(self, api_key: str) -> None:
-        self._authorization = f"Bearer {api_key}"
+        self._authorization = bearer(api_key)
 
     def _details(self, details: Any) -> Any:
         metadata = list(details.metadata or ())
