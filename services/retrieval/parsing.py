@@ -251,17 +251,20 @@ def _parse_csv(data: bytes, mode: Literal["rows", "table"]) -> ParsedDocument:
         builder.add("\n".join(", ".join(cell.strip() for cell in row) for row in rows))
         return builder.build(CSV, None)
     for number, row in enumerate(rows[1:], start=1):
-        names = header + [f"column_{i + 1}" for i in range(len(header), len(row))]
+        # Names are looked up per cell: copying the header per row is quadratic for a wide header
+        # over many short rows.
         lines = [
-            f"{name}: {value.strip()}"
-            for name, value in zip(names, row, strict=False)
+            f"{header[i] if i < len(header) else f'column_{i + 1}'}: {value.strip()}"
+            for i, value in enumerate(row)
             if value.strip()
         ]
         builder.add("\n".join(lines), row=number)
     return builder.build(CSV, None)
 
 
-_ATX_HEADING = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.*?)[ \t#]*$")
+# The heading text is the rest of the line; its closing `#`s and blanks are stripped in Python
+# (a lazy group followed by `[ \t#]*$` backtracks quadratically on long runs of blanks or `#`).
+_ATX_HEADING = re.compile(r" {0,3}(#{1,6})[ \t]+(.*)")
 _FENCE = re.compile(r"^ {0,3}(```|~~~)")
 
 
@@ -279,10 +282,10 @@ def _parse_markdown(text: str) -> ParsedDocument:
     for line in text.split("\n"):
         if _FENCE.match(line):
             in_fence = not in_fence
-        match = None if in_fence else _ATX_HEADING.match(line)
+        match = None if in_fence else _ATX_HEADING.fullmatch(line)
         if match:
             flush()
-            level, heading = len(match.group(1)), match.group(2).strip()
+            level, heading = len(match.group(1)), match.group(2).rstrip(" \t#").strip()
             headings = [(lv, h) for lv, h in headings if lv < level]
             headings.append((level, heading))
             if title is None and level == 1:
