@@ -19,7 +19,6 @@ from callisto.services.retrieval.parsing import (
     PDF,
     ParseOptions,
     parse_document,
-    parse_document_async,
     resolve_mime_type,
 )
 
@@ -134,11 +133,6 @@ def test_corrupt_docx_is_typed() -> None:
 def test_oversized_document_is_typed() -> None:
     with pytest.raises(DocumentTooLarge):
         parse_document(b"x" * 101, "text/plain", options=ParseOptions(max_bytes=100))
-
-
-async def test_async_parse_runs_off_loop() -> None:
-    doc = await parse_document_async(b"# T\nbody", MARKDOWN)
-    assert doc.segments[0].section == ("T",)
 
 
 @pytest.mark.parametrize(
