@@ -281,6 +281,7 @@ class IngestPipeline:
             document.filename,
             parse,
             document.chunk or self._options.chunk,
+            tenant=document.meta.tenant,
         )
 
     async def _unchanged(self, meta: DocumentMeta, content_hash: str) -> bool:

@@ -5,15 +5,18 @@ python-docx inflates every part of a DOCX into memory, pypdf can spin for minute
 any of these would stall every tenant's calls. :class:`ParserPool` parses and chunks each document
 in a worker of a pebble process pool; each worker's address space is capped with ``RLIMIT_AS``, and
 a parse that runs past its time is killed together with its worker, which pebble replaces. At most
-``workers`` documents are parsed at once; the others wait on the event loop, which never blocks.
+``workers`` documents are parsed at once, and at most ``per_tenant`` of one tenant, so no tenant can
+hold every worker; the others wait on the event loop, which never blocks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import resource
 import signal
+from collections.abc import AsyncIterator
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Protocol
@@ -33,7 +36,13 @@ class DocumentParser(Protocol):
     """Turns a document's bytes into chunks without blocking the event loop."""
 
     async def parse_and_chunk(
-        self, data: bytes, mime_type: str, filename: str, parse: ParseOptions, chunk: ChunkOptions
+        self,
+        data: bytes,
+        mime_type: str,
+        filename: str,
+        parse: ParseOptions,
+        chunk: ChunkOptions,
+        tenant: str = "",
     ) -> list[Chunk]: ...
 
 
@@ -49,7 +58,13 @@ class ThreadParser:
     later stages), since a runaway parse here can be neither bounded nor stopped."""
 
     async def parse_and_chunk(
-        self, data: bytes, mime_type: str, filename: str, parse: ParseOptions, chunk: ChunkOptions
+        self,
+        data: bytes,
+        mime_type: str,
+        filename: str,
+        parse: ParseOptions,
+        chunk: ChunkOptions,
+        tenant: str = "",
     ) -> list[Chunk]:
         return await asyncio.to_thread(parse_and_chunk, data, mime_type, filename, parse, chunk)
 
@@ -59,6 +74,8 @@ class ParserLimits:
     """How many workers parse at once and what one document's parse may cost."""
 
     workers: int = 2
+    # Workers one tenant's documents may occupy at once; 0: half of them (at least one).
+    per_tenant: int = 0
     timeout_s: float = 60.0
     memory_bytes: int = 2 * 1024**3
     # A worker is replaced after this many documents, so heap fragmentation cannot build up.
@@ -95,6 +112,9 @@ class ParserPool:
     def __init__(self, limits: ParserLimits | None = None) -> None:
         self.limits = limits or ParserLimits()
         self._slots = asyncio.Semaphore(self.limits.workers)
+        self._per_tenant = self.limits.per_tenant or max(1, self.limits.workers // 2)
+        # tenant -> (its semaphore, how many calls hold or wait for it)
+        self._tenants: dict[str, tuple[asyncio.Semaphore, int]] = {}
         self._lock = asyncio.Lock()
         self._pool: ProcessPool | None = None
 
@@ -125,13 +145,33 @@ class ParserPool:
                 self._pool = await asyncio.to_thread(self._new_pool)
             return self._pool
 
+    @contextlib.asynccontextmanager
+    async def _tenant_slot(self, tenant: str) -> AsyncIterator[None]:
+        slots, users = self._tenants.get(tenant) or (asyncio.Semaphore(self._per_tenant), 0)
+        self._tenants[tenant] = (slots, users + 1)
+        try:
+            async with slots:
+                yield
+        finally:
+            slots, users = self._tenants[tenant]
+            if users == 1:
+                del self._tenants[tenant]
+            else:
+                self._tenants[tenant] = (slots, users - 1)
+
     async def parse_and_chunk(
-        self, data: bytes, mime_type: str, filename: str, parse: ParseOptions, chunk: ChunkOptions
+        self,
+        data: bytes,
+        mime_type: str,
+        filename: str,
+        parse: ParseOptions,
+        chunk: ChunkOptions,
+        tenant: str = "",
     ) -> list[Chunk]:
         """Chunks of the document; :class:`DocumentTooComplex` when its parse ran out of time or
         memory (the worker is then replaced), the parser's own typed errors otherwise."""
         timeout = self.limits.timeout_s
-        async with self._slots:
+        async with self._tenant_slot(tenant), self._slots:
             pool = await self._running()
             try:
                 future = pool.schedule(

@@ -301,6 +301,7 @@ class Backends:
         self.parser = ParserPool(
             ParserLimits(
                 workers=settings.parse_workers,
+                per_tenant=settings.parse_workers_per_tenant,
                 timeout_s=settings.parse_timeout_seconds,
                 memory_bytes=settings.parse_memory_bytes,
             )

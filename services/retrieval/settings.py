@@ -67,6 +67,12 @@ class RetrievalSettings(CommonSettings):
         2,
         "Worker processes parsing documents; more documents wait their turn.",
     )
+    parse_workers_per_tenant: int = setting(
+        "CALLISTO_RETRIEVAL_PARSE_WORKERS_PER_TENANT",
+        0,
+        "Parse workers one tenant's documents may occupy at once, so no tenant holds them all; "
+        "0: half of them (at least one).",
+    )
     parse_timeout_seconds: float = setting(
         "CALLISTO_RETRIEVAL_PARSE_TIMEOUT_SECONDS",
         60.0,

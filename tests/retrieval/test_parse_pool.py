@@ -152,3 +152,19 @@ async def test_a_cancelled_parse_kills_its_worker(pool: ParserPool) -> None:
     assert len(_workers(pool)) == 2
     assert len(_workers(pool) & before) == 1  # the busy one was replaced, the idle one kept
     assert all(Path(f"/proc/{pid}").exists() for pid in _workers(pool))  # noqa: ASYNC240
+
+
+async def test_one_tenant_cannot_hold_every_worker(pool: ParserPool) -> None:
+    hostile = [
+        asyncio.ensure_future(
+            pool.parse_and_chunk(spinning_pdf(), "application/pdf", "", PARSE, CHUNK, "hostile")
+        )
+        for _ in range(2)
+    ]
+    await asyncio.sleep(0.3)
+    started = time.perf_counter()
+    chunks = await pool.parse_and_chunk(b"quick", "text/plain", "", PARSE, CHUNK, "polite")
+    assert time.perf_counter() - started < 1.0 and chunks[0].text == "quick"
+    for task in hostile:
+        with pytest.raises(DocumentTooComplex):
+            await task
