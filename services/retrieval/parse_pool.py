@@ -129,7 +129,9 @@ class ParserPool:
             initargs=(self.limits.memory_bytes,),
             context=context,
         )
-        assert pool.active  # starts the workers (and the fork server): blocking, so off the loop
+        # Reading `active` starts the workers (and the fork server): blocking, so off the loop.
+        if not pool.active:
+            raise RuntimeError("the parse worker pool did not start")
         return pool
 
     async def start(self) -> None:
