@@ -19,7 +19,7 @@ from callisto.mesh.processes import ServiceProcess, free_port
 from callisto.retrieval.v1 import retrieval_pb2 as pb
 from callisto.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 
-Stub = pb_grpc.RetrievalServiceAsyncStub
+Stub = pb_grpc.RetrievalServiceStub
 Request = pb.IngestDocumentsRequest
 END = Request(end=pb.DocumentEnd())
 PARSE_TIMEOUT_S = 3.0
@@ -247,6 +247,7 @@ async def test_a_spinning_pdf_is_stopped_at_the_time_limit_while_others_are_serv
     strict_stub: Stub, tenant_keys: Callable[[str], str]
 ) -> None:
     auth = bearer(tenant_keys("stream-spinning-pdf"))
+    others = bearer(tenant_keys("stream-other-tenant"))
     started = time.perf_counter()
     spin = asyncio.ensure_future(
         strict_stub.IngestDocument(
@@ -263,9 +264,9 @@ async def test_a_spinning_pdf_is_stopped_at_the_time_limit_while_others_are_serv
         ok = await strict_stub.IngestDocument(
             pb.IngestDocumentRequest(
                 header=pb.DocumentHeader(document_id=f"quick-{i}", mime_type="text/plain"),
-                content=b"Quick documents are parsed by the other worker.",
+                content=b"Another tenant's documents are parsed by the other worker.",
             ),
-            metadata=auth,
+            metadata=others,
         )
         assert ok.result.outcome == CREATED
         await strict_stub.ListDocuments(pb.ListDocumentsRequest(), metadata=auth)
