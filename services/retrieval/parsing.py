@@ -224,7 +224,7 @@ def check_archive(data: bytes, options: ParseOptions) -> None:
                         inflated += len(piece)
                         if inflated > limit:
                             raise DocumentTooLarge("content", too_large)
-    except DocumentTooLarge:
+    except (DocumentTooLarge, MemoryError):  # a MemoryError is the worker's limit, not corruption
         raise
     # zipfile raises BadZipFile, zlib/lzma errors, EOFError, RuntimeError (encrypted entries),
     # NotImplementedError (unknown methods) and ValueError on damaged archives.
@@ -242,6 +242,8 @@ def _parse_docx(data: bytes, options: ParseOptions) -> ParsedDocument:
         document = docx.Document(io.BytesIO(data))
     except (zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
         raise CorruptDocument("content", f"unreadable DOCX: {exc}") from exc
+    except MemoryError:
+        raise
     except Exception as exc:  # python-docx wraps lxml/opc failures in its own types
         raise CorruptDocument("content", f"unreadable DOCX: {exc}") from exc
     builder = _TextBuilder()

@@ -24,14 +24,16 @@ def small_docx() -> bytes:
 
 
 def docx_with_part(name: str, size: int, *, byte: bytes = b"\0") -> bytes:
-    """A valid DOCX plus a deflated part of ``size`` repeated bytes (zeros deflate ~1000-fold)."""
+    """A valid DOCX plus (or with, replaced) a deflated part ``name`` of ``size`` repeated bytes
+    (zeros deflate ~1000-fold)."""
     out = io.BytesIO()
     with (
         zipfile.ZipFile(io.BytesIO(small_docx())) as source,
         zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as target,
     ):
         for entry in source.infolist():
-            target.writestr(entry, source.read(entry))
+            if entry.filename != name:
+                target.writestr(entry, source.read(entry))
         with target.open(name, "w") as part:
             block = byte * (1024 * 1024)
             for _ in range(size // len(block)):

@@ -168,3 +168,16 @@ async def test_one_tenant_cannot_hold_every_worker(pool: ParserPool) -> None:
     for task in hostile:
         with pytest.raises(DocumentTooComplex):
             await task
+
+
+async def test_a_docx_past_the_memory_limit_is_too_complex_not_corrupt() -> None:
+    parsers = ParserPool(ParserLimits(workers=1, timeout_s=30.0, memory_bytes=250 * 1024**2))
+    await parsers.start()
+    lenient = ParseOptions(max_inflated_bytes=1024**3, max_compression_ratio=1e9)
+    # python-docx reads the main part whole: 200 MiB past a 250 MiB address space.
+    data = docx_with_part("word/document.xml", 200 * 1024 * 1024, byte=b" ")
+    try:
+        with pytest.raises(DocumentTooComplex, match=r"memory|died"):
+            await parsers.parse_and_chunk(data, DOCX, "", lenient, CHUNK)
+    finally:
+        await parsers.close()
