@@ -15,9 +15,9 @@ from google.rpc import error_details_pb2
 from hostile_documents import DOCX, spinning_pdf, zip_bomb_docx
 from retrieval_test_support import bearer, retrieval_env, violations
 
+from callisto.api.retrieval.v1 import retrieval_pb2 as pb
+from callisto.api.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from callisto.mesh.processes import ServiceProcess, free_port
-from callisto.retrieval.v1 import retrieval_pb2 as pb
-from callisto.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 
 Stub = pb_grpc.RetrievalServiceStub
 Request = pb.IngestDocumentsRequest
