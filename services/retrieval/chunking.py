@@ -16,8 +16,10 @@ from callisto.services.retrieval.errors import InvalidArgument
 from callisto.services.retrieval.models import Chunk, ParsedDocument
 
 # A sentence ends at terminal punctuation (plus closing quotes/brackets) before whitespace, or at a
-# newline: lines of lists, tables and CSV records are units of their own.
-_BOUNDARY = re.compile(r"[.!?\u2026]+[\"'\u201d\u2019)\]]*(?=\s)|\n")
+# newline: lines of lists, tables and CSV records are units of their own. Linear time on any input:
+# a match only starts at the first mark of a run (the lookbehind) and possessive quantifiers never
+# give back what they took, so a long run of marks is scanned once, not once per position.
+_BOUNDARY = re.compile(r"(?<![.!?\u2026])[.!?\u2026]++[\"'\u201d\u2019)\]]*+(?=\s)|\n")
 
 
 @dataclass(frozen=True, slots=True)

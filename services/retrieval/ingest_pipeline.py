@@ -3,8 +3,10 @@
 Stages are connected by bounded queues, so at most ``queue_size`` parsed documents wait for the
 embedder and at most ``queue_size`` embedded documents wait for Milvus: the embedder stays busy
 while the next documents are parsed and the previous ones written, and memory stays bounded (a
-document's bytes are assembled only up to the size limit). A failing document yields a
-``DOCUMENT_FAILED`` event with the typed error's field and description; the rest go on.
+document's bytes are assembled only up to the size limit). Documents are parsed by a
+:class:`DocumentParser`: the service's is a pool of worker processes bounded in memory and time.
+A failing document yields a ``DOCUMENT_FAILED`` event carrying its typed error; the rest go on.
+An unexpected failure is logged with its traceback and reported as INTERNAL.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import logging
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal
@@ -19,7 +22,8 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from callisto.services.retrieval.chunking import ChunkOptions, chunk_document
+from callisto.services.common.errors import CallistoError, Internal, as_callisto_error
+from callisto.services.retrieval.chunking import ChunkOptions
 from callisto.services.retrieval.embedder import Embedder
 from callisto.services.retrieval.errors import DocumentTooLarge, NotFound, RetrievalError
 from callisto.services.retrieval.filters import validate_id
@@ -30,7 +34,10 @@ from callisto.services.retrieval.models import (
     ProgressEvent,
     ProgressKind,
 )
-from callisto.services.retrieval.parsing import ParseOptions, parse_document, resolve_mime_type
+from callisto.services.retrieval.parse_pool import DocumentParser, ThreadParser
+from callisto.services.retrieval.parsing import ParseOptions, resolve_mime_type
+
+log = logging.getLogger("callisto.retrieval")
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,23 +99,24 @@ async def read_limited(content: AsyncIterable[bytes], max_bytes: int) -> tuple[b
     return b"".join(parts), digest.hexdigest()
 
 
-def _parse_and_chunk(data: bytes, document: IngestDocument, options: IngestOptions) -> list[Chunk]:
-    parse = options.parse
-    if document.csv_mode is not None and document.csv_mode != parse.csv_mode:
-        parse = dataclasses.replace(parse, csv_mode=document.csv_mode)
-    parsed = parse_document(data, document.meta.mime_type, document.filename, parse)
-    return chunk_document(parsed, document.chunk or options.chunk)
-
-
 class IngestPipeline:
-    """Runs batches of documents through parse → embed → store, yielding progress events."""
+    """Runs batches of documents through parse → embed → store, yielding progress events.
+
+    ``parser`` defaults to parsing in a thread of this process, which suits trusted documents
+    only; the service passes its :class:`~callisto.services.retrieval.parse_pool.ParserPool`.
+    """
 
     def __init__(
-        self, store: MilvusStore, embedder: Embedder, options: IngestOptions | None = None
+        self,
+        store: MilvusStore,
+        embedder: Embedder,
+        options: IngestOptions | None = None,
+        parser: DocumentParser | None = None,
     ) -> None:
         self._store = store
         self._embedder = embedder
         self._options = options or IngestOptions()
+        self._parser = parser or ThreadParser()
 
     async def run(self, documents: AsyncIterable[IngestDocument]) -> AsyncIterator[ProgressEvent]:
         """Ingest ``documents``; events arrive as work completes, ending when all are done."""
@@ -122,7 +130,7 @@ class IngestPipeline:
             kind: ProgressKind,
             document_id: str,
             chunk_count: int = 0,
-            error: RetrievalError | None = None,
+            error: CallistoError | None = None,
             *,
             created: bool = False,
             content_hash: str = "",
@@ -137,23 +145,26 @@ class IngestPipeline:
                     chunks_stored=counters.stored,
                     documents_failed=counters.failed,
                     chunk_count=chunk_count,
-                    error_field=error.field if error else "",
-                    error=error.description if error else "",
-                    error_kind=type(error).__name__ if error else "",
+                    error_field=_field(error),
+                    error=_description(error),
+                    failure=error,
                     created=created,
                     content_hash=content_hash,
                     size_bytes=size_bytes,
                 )
             )
 
-        def fail(document_id: str, exc: BaseException) -> None:
+        def fail(meta: DocumentMeta, exc: BaseException) -> None:
             counters.failed += 1
-            error = (
-                exc
-                if isinstance(exc, RetrievalError)
-                else RetrievalError("document", f"{type(exc).__name__}: {exc}")
-            )
-            emit(ProgressKind.DOCUMENT_FAILED, document_id, error=error)
+            error = as_callisto_error(exc)
+            if error is None:
+                log.error(
+                    "ingest of a document failed unexpectedly",
+                    exc_info=exc,
+                    extra={"fields": {"tenant": meta.tenant, "document_id": meta.document_id}},
+                )
+                error = Internal("internal error")
+            emit(ProgressKind.DOCUMENT_FAILED, meta.document_id, error=error)
 
         async def produce() -> None:
             try:
@@ -180,10 +191,10 @@ class IngestPipeline:
                             continue
                         if meta is not document.meta:
                             document = dataclasses.replace(document, meta=meta)
-                        chunks = await asyncio.to_thread(_parse_and_chunk, data, document, options)
+                        chunks = await self._parse(data, document)
                         del data
                     except Exception as exc:  # one bad document must not stop the batch
-                        fail(meta.document_id, exc)
+                        fail(meta, exc)
                         continue
                     counters.parsed += 1
                     emit(ProgressKind.DOCUMENT_PARSED, meta.document_id, len(chunks))
@@ -197,7 +208,7 @@ class IngestPipeline:
                 try:
                     vectors = await self._embedder.embed([c.text for c in item.chunks])
                 except Exception as exc:
-                    fail(item.meta.document_id, exc)
+                    fail(item.meta, exc)
                     continue
                 counters.embedded += len(item.chunks)
                 emit(ProgressKind.CHUNKS_EMBEDDED, item.meta.document_id, len(item.chunks))
@@ -216,7 +227,7 @@ class IngestPipeline:
                         pending = 0
                         await self._store.flush()
                 except Exception as exc:
-                    fail(parsed.meta.document_id, exc)
+                    fail(parsed.meta, exc)
                     continue
                 kind = (
                     ProgressKind.DOCUMENT_UNCHANGED
@@ -260,6 +271,19 @@ class IngestPipeline:
             if not runner.done():
                 runner.cancel()
 
+    async def _parse(self, data: bytes, document: IngestDocument) -> list[Chunk]:
+        parse = self._options.parse
+        if document.csv_mode is not None and document.csv_mode != parse.csv_mode:
+            parse = dataclasses.replace(parse, csv_mode=document.csv_mode)
+        return await self._parser.parse_and_chunk(
+            data,
+            document.meta.mime_type,
+            document.filename,
+            parse,
+            document.chunk or self._options.chunk,
+            tenant=document.meta.tenant,
+        )
+
     async def _unchanged(self, meta: DocumentMeta, content_hash: str) -> bool:
         """Skip parsing and embedding when the stored document already has this content."""
         try:
@@ -274,6 +298,20 @@ class IngestPipeline:
             and info.tags == tuple(meta.tags)
             and info.attributes == dict(meta.attributes)
         )
+
+
+def _field(error: CallistoError | None) -> str:
+    if isinstance(error, RetrievalError):
+        return error.field
+    return error.violations[0].field if error is not None and error.violations else ""
+
+
+def _description(error: CallistoError | None) -> str:
+    if isinstance(error, RetrievalError):
+        return error.description
+    if error is not None and error.violations:
+        return error.violations[0].description
+    return error.message if error is not None else ""
 
 
 def _with_mime(meta: DocumentMeta, mime_type: str) -> DocumentMeta:

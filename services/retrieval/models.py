@@ -5,6 +5,10 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from callisto.services.common.errors import CallistoError
 
 # JSON-compatible attribute values stored in Milvus JSON fields.
 AttributeValue = str | int | float | bool
@@ -204,8 +208,8 @@ class ProgressEvent:
     chunk_count: int = 0
     error_field: str = ""
     error: str = ""
-    # Class name of the RetrievalError behind a failure, so callers can map it to a status.
-    error_kind: str = ""
+    # DOCUMENT_FAILED: the typed error behind the failure (it carries its gRPC status).
+    failure: CallistoError | None = None
     # DOCUMENT_STORED: whether this was the document's first version.
     created: bool = False
     # SHA-256 (hex) and size of the document's bytes, once they were read.

@@ -2,17 +2,17 @@
 
 Every parser feeds a :class:`_TextBuilder`, which joins segments with a blank line into the
 document's ``full_text`` and records where each one starts, so citations can point at exact
-character ranges. Parsing is CPU-bound and blocking: call :func:`parse_document_async` from the
-event loop (it runs in a worker thread).
+character ranges. Parsing is CPU-bound and blocking, and untrusted bytes can make it costly: the
+service runs it in a worker process of :mod:`parse_pool`, bounded in memory and time.
 """
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 import mimetypes
 import re
+import zipfile
 from dataclasses import dataclass
 from typing import Literal
 
@@ -35,14 +35,20 @@ SUPPORTED_MIME_TYPES = frozenset({PDF, DOCX, CSV, MARKDOWN, HTML, TEXT})
 
 _SEPARATOR = "\n\n"
 
+# "rows": one record per CSV row ("column: value" lines); "table": the whole table as text.
+CsvMode = Literal["rows", "table"]
+
 
 @dataclass(frozen=True, slots=True)
 class ParseOptions:
-    """Limits and modes for parsing; ``max_bytes`` bounds the raw document size."""
+    """Limits and modes for parsing: ``max_bytes`` bounds the raw document; the inflated-size,
+    entry-count and compression-ratio limits bound what a DOCX (a zip) inflates to."""
 
     max_bytes: int = 20 * 1024 * 1024
-    # "rows": one record per CSV row ("column: value" lines); "table": the whole table as text.
-    csv_mode: Literal["rows", "table"] = "rows"
+    max_inflated_bytes: int = 128 * 1024 * 1024
+    max_archive_entries: int = 10_000
+    max_compression_ratio: float = 200.0
+    csv_mode: CsvMode = "rows"
 
 
 class _TextBuilder:
@@ -109,14 +115,14 @@ def check_size(size: int, options: ParseOptions) -> None:
 def parse_document(
     data: bytes, mime_type: str, filename: str = "", options: ParseOptions | None = None
 ) -> ParsedDocument:
-    """Parse ``data`` according to its MIME type (blocking; see :func:`parse_document_async`)."""
+    """Parse ``data`` according to its MIME type (blocking)."""
     options = options or ParseOptions()
     check_size(len(data), options)
     kind = resolve_mime_type(mime_type, filename)
     if kind == PDF:
         return _parse_pdf(data)
     if kind == DOCX:
-        return _parse_docx(data)
+        return _parse_docx(data, options)
     if kind == CSV:
         return _parse_csv(data, options.csv_mode)
     if kind == MARKDOWN:
@@ -124,13 +130,6 @@ def parse_document(
     if kind == HTML:
         return _parse_html(_decode(data))
     return _parse_text(_decode(data))
-
-
-async def parse_document_async(
-    data: bytes, mime_type: str, filename: str = "", options: ParseOptions | None = None
-) -> ParsedDocument:
-    """:func:`parse_document` in a worker thread, so parsing never blocks the event loop."""
-    return await asyncio.to_thread(parse_document, data, mime_type, filename, options)
 
 
 def _decode(data: bytes) -> str:
@@ -171,17 +170,63 @@ def _parse_pdf(data: bytes) -> ParsedDocument:
     return builder.build(PDF, str(title) if title else None)
 
 
-def _parse_docx(data: bytes) -> ParsedDocument:
-    import zipfile
+# Parts smaller than this are not held to the compression ratio (tiny XML parts compress well).
+_RATIO_FLOOR = 1024 * 1024
 
+
+def check_archive(data: bytes, options: ParseOptions) -> None:
+    """Refuse a zip bomb before python-docx inflates every part into memory: bound the number of
+    entries, the sizes the archive declares and their ratio to the compressed sizes, then inflate
+    each entry in pieces (never whole) to count what it really holds: zipfile stops at the
+    declared size and checks the CRC, so an archive that lies about its sizes fails as corrupt."""
+    limit = options.max_inflated_bytes
+    too_large = f"the document inflates to more than the {limit}-byte limit"
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            entries = archive.infolist()
+            if len(entries) > options.max_archive_entries:
+                raise DocumentTooLarge(
+                    "content", f"the archive has more than {options.max_archive_entries} entries"
+                )
+            declared = 0
+            for entry in entries:
+                declared += entry.file_size
+                if declared > limit:
+                    raise DocumentTooLarge("content", too_large)
+                ratio = entry.file_size / max(entry.compress_size, 1)
+                if entry.file_size > _RATIO_FLOOR and ratio > options.max_compression_ratio:
+                    raise DocumentTooLarge(
+                        "content",
+                        f"part {entry.filename!r} inflates {ratio:.0f}-fold (the limit is "
+                        f"{options.max_compression_ratio:.0f})",
+                    )
+            inflated = 0
+            for entry in entries:
+                with archive.open(entry) as stream:
+                    while piece := stream.read(1024 * 1024):
+                        inflated += len(piece)
+                        if inflated > limit:
+                            raise DocumentTooLarge("content", too_large)
+    except (DocumentTooLarge, MemoryError):  # a MemoryError is the worker's limit, not corruption
+        raise
+    # zipfile raises BadZipFile, zlib/lzma errors, EOFError, RuntimeError (encrypted entries),
+    # NotImplementedError (unknown methods) and ValueError on damaged archives.
+    except Exception as exc:
+        raise CorruptDocument("content", f"unreadable DOCX: {exc}") from exc
+
+
+def _parse_docx(data: bytes, options: ParseOptions) -> ParsedDocument:
     import docx
     from docx.table import Table
     from docx.text.paragraph import Paragraph
 
+    check_archive(data, options)
     try:
         document = docx.Document(io.BytesIO(data))
     except (zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
         raise CorruptDocument("content", f"unreadable DOCX: {exc}") from exc
+    except MemoryError:
+        raise
     except Exception as exc:  # python-docx wraps lxml/opc failures in its own types
         raise CorruptDocument("content", f"unreadable DOCX: {exc}") from exc
     builder = _TextBuilder()
@@ -220,7 +265,7 @@ def _docx_heading_level(style_name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _parse_csv(data: bytes, mode: Literal["rows", "table"]) -> ParsedDocument:
+def _parse_csv(data: bytes, mode: CsvMode) -> ParsedDocument:
     text = _decode(data)
     try:
         rows = list(csv.reader(io.StringIO(text), strict=True))
@@ -234,17 +279,20 @@ def _parse_csv(data: bytes, mode: Literal["rows", "table"]) -> ParsedDocument:
         builder.add("\n".join(", ".join(cell.strip() for cell in row) for row in rows))
         return builder.build(CSV, None)
     for number, row in enumerate(rows[1:], start=1):
-        names = header + [f"column_{i + 1}" for i in range(len(header), len(row))]
+        # Names are looked up per cell: copying the header per row is quadratic for a wide header
+        # over many short rows.
         lines = [
-            f"{name}: {value.strip()}"
-            for name, value in zip(names, row, strict=False)
+            f"{header[i] if i < len(header) else f'column_{i + 1}'}: {value.strip()}"
+            for i, value in enumerate(row)
             if value.strip()
         ]
         builder.add("\n".join(lines), row=number)
     return builder.build(CSV, None)
 
 
-_ATX_HEADING = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.*?)[ \t#]*$")
+# The heading text is the rest of the line; its closing `#`s and blanks are stripped in Python
+# (a lazy group followed by `[ \t#]*$` backtracks quadratically on long runs of blanks or `#`).
+_ATX_HEADING = re.compile(r" {0,3}(#{1,6})[ \t]+(.*)")
 _FENCE = re.compile(r"^ {0,3}(```|~~~)")
 
 
@@ -262,10 +310,10 @@ def _parse_markdown(text: str) -> ParsedDocument:
     for line in text.split("\n"):
         if _FENCE.match(line):
             in_fence = not in_fence
-        match = None if in_fence else _ATX_HEADING.match(line)
+        match = None if in_fence else _ATX_HEADING.fullmatch(line)
         if match:
             flush()
-            level, heading = len(match.group(1)), match.group(2).strip()
+            level, heading = len(match.group(1)), match.group(2).rstrip(" \t#").strip()
             headings = [(lv, h) for lv, h in headings if lv < level]
             headings.append((level, heading))
             if title is None and level == 1:

@@ -1,10 +1,10 @@
 """RetrievalService handlers: validate, translate protobuf ⇄ backend types, call the backends.
 
 Milvus (Lite embedded, or a server) is opened in the background so the process starts at once
-and reports NOT_SERVING until both Milvus and the Triton embedder answer. Every backend
-`RetrievalError` is mapped once, here, to a typed error carrying a `BadRequest` field violation
-named after the request field (`filters[2].field`, `header.mime_type`), or to UNAVAILABLE with
-`RetryInfo` when Milvus or Triton fails. The tenant always comes from the API key.
+and reports NOT_SERVING until both Milvus and the Triton embedder answer. Backend errors are typed
+`CallistoError`s with their own status; the handlers only rename the field they name to the
+request's path (`filters[2].field`, `header.mime_type`). Documents are parsed in a pool of worker
+processes bounded in memory and time. The tenant always comes from the API key.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import timestamp_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 
 from callisto.api.common.v1 import common_pb2
@@ -32,11 +33,9 @@ from callisto.attributes import to_proto as attribute_to_proto
 from callisto.documents import document_id_from
 from callisto.services.common.errors import (
     CallistoError,
-    FieldViolation,
     Internal,
     InvalidArgument,
     NotFound,
-    ResourceExhausted,
     Unavailable,
 )
 from callisto.services.common.health import DependencyCheck
@@ -74,7 +73,8 @@ from callisto.services.retrieval.models import (
     ProgressKind,
     SearchMode,
 )
-from callisto.services.retrieval.parsing import ParseOptions
+from callisto.services.retrieval.parse_pool import ParserLimits, ParserPool
+from callisto.services.retrieval.parsing import CsvMode, ParseOptions
 from callisto.services.retrieval.rerank import MMRReranker
 from callisto.services.retrieval.search import Retriever, SearchRequest
 from callisto.services.retrieval.settings import RetrievalSettings
@@ -116,46 +116,17 @@ _LIST_OPERATORS = frozenset({"in", "contains_any"})
 # Errors
 
 
-def _too_large(field: str, description: str) -> ResourceExhausted:
-    """A document over the size limit: RESOURCE_EXHAUSTED naming the field that carried it."""
-    return ResourceExhausted(
-        f"{field}: {description}",
-        reason="DOCUMENT_TOO_LARGE",
-        violations=[FieldViolation(field, description)],
-    )
-
-
-def _mapped(kind: str, field: str, description: str) -> CallistoError:
-    """The typed error for a backend error class name (ingest events only carry the name)."""
-    if kind == rerrors.NotFound.__name__:
-        return NotFound(description)
-    if kind == rerrors.BackendUnavailable.__name__:
-        return Unavailable(description, retry_after=RETRY_AFTER_S, reason="BACKEND_UNAVAILABLE")
-    if kind == rerrors.DocumentTooLarge.__name__:
-        return _too_large(field, description)
-    if kind in {
-        rerrors.UnsupportedMimeType.__name__,
-        rerrors.CorruptDocument.__name__,
-        rerrors.InvalidFilter.__name__,
-        rerrors.InvalidArgument.__name__,
-    }:
-        return InvalidArgument.field(field, description)
-    # Anything else is a bug or an unexpected library failure: never leak its text.
-    return Internal("internal error")
-
-
-def to_callisto_error(error: rerrors.RetrievalError, fields: Mapping[str, str]) -> CallistoError:
-    return _mapped(type(error).__name__, fields.get(error.field, error.field), error.description)
-
-
 @contextlib.contextmanager
 def backend_errors(fields: Mapping[str, str] | None = None) -> Iterator[None]:
-    """Maps backend errors raised inside the block; `fields` renames backend field names to
-    request field paths."""
+    """Backend errors carry their own status; `fields` renames the backend field names they
+    name to request field paths."""
     try:
         yield
     except rerrors.RetrievalError as error:
-        raise to_callisto_error(error, fields or {}) from error
+        renamed = error.renamed(fields or {})
+        if renamed is error:
+            raise
+        raise renamed from error
 
 
 # Ingest field names of the pipeline -> paths in an IngestDocuments / IngestDocument request.
@@ -317,9 +288,18 @@ class Backends:
             max_concurrency=settings.embed_concurrency,
             timeout_s=settings.embed_timeout_seconds,
         )
+        self.parser = ParserPool(
+            ParserLimits(
+                workers=settings.parse_workers,
+                per_tenant=settings.parse_workers_per_tenant,
+                timeout_s=settings.parse_timeout_seconds,
+                memory_bytes=settings.parse_memory_bytes,
+            )
+        )
         self._store: MilvusStore | None = None
         self._lock = asyncio.Lock()
         self._opener: asyncio.Task[Any] | None = None
+        self._parser_starter: asyncio.Task[Any] | None = None
 
     def milvus_config(self) -> MilvusConfig:
         settings = self.settings
@@ -334,6 +314,8 @@ class Backends:
 
     def start(self) -> None:
         self._opener = asyncio.create_task(self._open_quietly(), name="milvus-open")
+        # Workers start in the background; a failed start is retried by the first document.
+        self._parser_starter = asyncio.create_task(self.parser.start(), name="parser-start")
 
     async def _open_quietly(self) -> None:
         with contextlib.suppress(Exception):
@@ -367,9 +349,11 @@ class Backends:
         return await store.ping()
 
     async def close(self) -> None:
-        if self._opener is not None:
-            self._opener.cancel()
-            await asyncio.gather(self._opener, return_exceptions=True)
+        for task in (self._opener, self._parser_starter):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        await self.parser.close()
         if self._store is not None:
             await self._store.close()
         await self.embedder.close()
@@ -394,14 +378,23 @@ class _Demux:
 
     Each document's bytes flow straight from the stream into the pipeline (never a whole corpus
     in memory); if the pipeline gives up on a document early, its remaining data is skipped.
+    A protocol violation inside a document (a header before its end, a message with no item, the
+    stream ending) fails that document with INVALID_ARGUMENT, and a header that came early starts
+    the next document, so no document is ever swallowed. A violation outside any document (data or
+    an end with no header, an undecodable message) ends the stream: the documents received so far
+    still get their results, then `error` is the stream's terminal status.
     """
 
     requests: AsyncIterator[pb.IngestDocumentsRequest]
     tenant: str
     settings: RetrievalSettings
     pending: dict[str, _Pending] = field(default_factory=dict)
-    received: int = 0
+    # Why the stream itself failed, if it did.
+    error: InvalidArgument | None = None
+    messages: int = 0
     _open: bool = False
+    _ended: bool = False
+    _lookahead: pb.IngestDocumentsRequest | None = None
 
     async def documents(self) -> AsyncIterator[IngestDocument]:
         while True:
@@ -412,20 +405,50 @@ class _Demux:
                 return
             kind = message.WhichOneof("item")
             if kind != "header":
-                raise InvalidArgument.field("item", f"expected a header, got {kind or 'nothing'}")
+                self._fail_stream(
+                    kind or "item",
+                    f"message {self.messages}: a document starts with a header, not "
+                    + (f"{kind}" if kind else "a message with no item"),
+                )
+                return
             self._open = True
-            self.received += 1
             yield self._document(message.header)
 
     async def _next(self) -> pb.IngestDocumentsRequest | None:
-        try:
-            return await anext(self.requests)
-        except StopAsyncIteration:
+        if self._lookahead is not None:
+            message, self._lookahead = self._lookahead, None
+            return message
+        if self._ended:
             return None
+        try:
+            message = await anext(self.requests)
+        except StopAsyncIteration:
+            self._ended = True
+            return None
+        except DecodeError:
+            # gRPC ends the request stream after a message it cannot decode.
+            self._ended = True
+            self._fail_stream(
+                "item", f"message {self.messages + 1} is not an IngestDocumentsRequest"
+            )
+            return None
+        self.messages += 1
+        return message
+
+    def _fail_stream(self, field: str, description: str) -> None:
+        if self.error is None:
+            self.error = InvalidArgument.field(field, description)
 
     async def _skip_rest(self) -> None:
-        async for _ in self._content(_Pending(DocumentMeta(self.tenant, "-"))):
-            pass
+        """Drops the rest of a document that already failed, up to its end or the next header."""
+        while self._open:
+            message = await self._next()
+            kind = message.WhichOneof("item") if message is not None else None
+            if message is None or kind == "end":
+                self._open = False
+            elif kind == "header":
+                self._lookahead = message
+                self._open = False
 
     async def _content(
         self, pending: _Pending, failure: CallistoError | None = None
@@ -433,7 +456,10 @@ class _Demux:
         while self._open:
             message = await self._next()
             if message is None:
-                raise InvalidArgument.field("item", "the stream ended inside a document")
+                self._open = False
+                raise self.error or InvalidArgument.field(
+                    "end", "the stream ended before this document's end"
+                )
             kind = message.WhichOneof("item")
             if kind == "end":
                 self._open = False
@@ -441,11 +467,20 @@ class _Demux:
                 pending.size += len(message.data)
                 if failure is None:
                     yield message.data
-            else:
-                raise InvalidArgument.field("item", "a header arrived before the previous end")
+            elif kind == "header":
+                # It starts the next document: keep it for documents().
+                self._lookahead = message
+                self._open = False
+                raise InvalidArgument.field(
+                    "end", f"message {self.messages}: a header arrived before this document's end"
+                )
+            else:  # the rest of the document is skipped up to its end
+                raise InvalidArgument.field(
+                    "item", f"message {self.messages}: has no header, data or end"
+                )
         if failure is not None:
             # Raised once the document's data is consumed, so the stream stays in step.
-            raise _HeaderRejected()
+            raise failure
 
     def _document(self, header: pb.DocumentHeader) -> IngestDocument:
         meta, failure, chunk, csv_mode = header_to_meta(header, self.tenant, self.settings)
@@ -460,17 +495,11 @@ class _Demux:
         )
 
 
-class _HeaderRejected(rerrors.RetrievalError):
-    """Fails a document whose header was invalid; the handler reports the header's error."""
-
-    def __init__(self) -> None:
-        super().__init__("header", "the document header is invalid")
-
-
 def header_to_meta(
     header: pb.DocumentHeader, tenant: str, settings: RetrievalSettings, prefix: str = "header"
-) -> tuple[DocumentMeta, CallistoError | None, ChunkOptions | None, Any]:
-    """The document's metadata, the header's validation error (if any), its chunking options."""
+) -> tuple[DocumentMeta, CallistoError | None, ChunkOptions | None, CsvMode | None]:
+    """The document's metadata, the header's validation error (if any), its chunking options and
+    CSV mode (None: the service's)."""
     v = Violations()
     document_id = header.document_id or document_id_from(header.source_uri)
     if not document_id:
@@ -513,7 +542,11 @@ def header_to_meta(
         v.raise_if_any()
     except InvalidArgument as error:
         failure = error
-    return meta, failure, chunk, "rows" if options.csv_row_per_record else None
+    # An unset `chunking` keeps the service's CSV mode; a set one says rows or one table.
+    csv_mode: CsvMode | None = None
+    if header.HasField("chunking"):
+        csv_mode = "rows" if options.csv_row_per_record else "table"
+    return meta, failure, chunk, csv_mode
 
 
 class _IngestRun:
@@ -581,8 +614,8 @@ class _IngestRun:
 
     @staticmethod
     def failure(event: ProgressEvent, fields: Mapping[str, str]) -> CallistoError:
-        return _mapped(event.error_kind, fields.get(event.error_field, event.error_field),
-                       event.error)  # fmt: skip
+        error = event.failure or Internal("internal error")
+        return error.renamed(fields) if isinstance(error, rerrors.RetrievalError) else error
 
 
 # Handlers
@@ -601,9 +634,15 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
             store,
             self._backends.embedder,
             IngestOptions(
-                parse=ParseOptions(max_bytes=settings.max_document_bytes),
+                parse=ParseOptions(
+                    max_bytes=settings.max_document_bytes,
+                    max_inflated_bytes=settings.max_inflated_bytes,
+                    max_archive_entries=settings.max_archive_entries,
+                    max_compression_ratio=settings.max_compression_ratio,
+                ),
                 chunk=ChunkOptions(settings.chunk_size, settings.chunk_overlap),
             ),
+            parser=self._backends.parser,
         )
 
     # Documents
@@ -625,8 +664,9 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
                     yield run.message(document=result)
         except CallistoError as error:
             terminal = error.to_status()
-        except rerrors.RetrievalError as error:
-            terminal = to_callisto_error(error, _STREAM_FIELDS).to_status()
+        if terminal is None and demux.error is not None:
+            # After the results of every document received before the stream broke.
+            terminal = demux.error.to_status()
         if terminal is not None:
             yield run.message(error=terminal)
             return
@@ -643,7 +683,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         if not request.content:
             raise InvalidArgument.field("content", "is required")
         if len(request.content) > self._settings.max_document_bytes:
-            raise _too_large(
+            raise rerrors.DocumentTooLarge(
                 "content", f"document is larger than the {self._settings.max_document_bytes}-byte "
                 "limit"
             )  # fmt: skip

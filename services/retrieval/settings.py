@@ -48,6 +48,42 @@ class RetrievalSettings(CommonSettings):
         20 * 1024 * 1024,
         "Largest document accepted; larger ones fail with RESOURCE_EXHAUSTED.",
     )
+    max_inflated_bytes: int = setting(
+        "CALLISTO_RETRIEVAL_MAX_INFLATED_BYTES",
+        128 * 1024 * 1024,
+        "Most a DOCX may inflate to, all parts together (declared and read); more fails with "
+        "RESOURCE_EXHAUSTED before parsing.",
+    )
+    max_archive_entries: int = setting(
+        "CALLISTO_RETRIEVAL_MAX_ARCHIVE_ENTRIES", 10_000, "Most parts a DOCX may have."
+    )
+    max_compression_ratio: float = setting(
+        "CALLISTO_RETRIEVAL_MAX_COMPRESSION_RATIO",
+        200.0,
+        "Largest inflated-to-compressed ratio of a DOCX part over 1 MiB (zip bombs reach 1000).",
+    )
+    parse_workers: int = setting(
+        "CALLISTO_RETRIEVAL_PARSE_WORKERS",
+        2,
+        "Worker processes parsing documents; more documents wait their turn.",
+    )
+    parse_workers_per_tenant: int = setting(
+        "CALLISTO_RETRIEVAL_PARSE_WORKERS_PER_TENANT",
+        0,
+        "Parse workers one tenant's documents may occupy at once, so no tenant holds them all; "
+        "0: half of them (at least one).",
+    )
+    parse_timeout_seconds: float = setting(
+        "CALLISTO_RETRIEVAL_PARSE_TIMEOUT_SECONDS",
+        60.0,
+        "Wall time one document's parse may take; then its worker is killed and replaced and the "
+        "document fails with RESOURCE_EXHAUSTED.",
+    )
+    parse_memory_bytes: int = setting(
+        "CALLISTO_RETRIEVAL_PARSE_MEMORY_BYTES",
+        2 * 1024**3,
+        "Address-space limit (RLIMIT_AS) of each parse worker; 0 for none.",
+    )
     chunk_size: int = setting(
         "CALLISTO_RETRIEVAL_CHUNK_SIZE", 1000, "Default chunk size in characters."
     )

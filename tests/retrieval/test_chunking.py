@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 
 import pytest
 
@@ -57,3 +58,28 @@ def test_invalid_options_are_rejected() -> None:
     doc = parse_document(b"text", "text/plain")
     with pytest.raises(InvalidArgument):
         chunk_document(doc, ChunkOptions(max_chars=100, overlap_chars=100))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "." * 200_000,
+        "\u2026" * 200_000,
+        '."' * 100_000,
+        "." * 100_000 + ")" * 100_000,
+        "Word. " * 40_000,
+    ],
+    ids=["dots", "ellipses", "dot-quote", "dots-then-brackets", "short-sentences"],
+)
+def test_sentence_splitting_is_linear_on_pathological_punctuation(text: str) -> None:
+    doc = parse_document(text.encode(), "text/plain")
+    started = time.perf_counter()
+    chunks = chunk_document(doc, ChunkOptions(max_chars=1000, overlap_chars=150))
+    assert time.perf_counter() - started < 1.0
+    assert chunks and all(doc.full_text[c.start : c.end] == c.text for c in chunks)
+
+
+def test_sentences_end_after_runs_of_marks_and_closing_quotes() -> None:
+    doc = parse_document('Wait... what?" She left!) Done\u2026 next.a. end'.encode(), "text/plain")
+    chunks = chunk_document(doc, ChunkOptions(max_chars=20, overlap_chars=0))
+    assert [c.text for c in chunks] == ['Wait... what?"', "She left!) Done\u2026", "next.a. end"]

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import time
 
 import pytest
 
@@ -18,7 +19,6 @@ from callisto.services.retrieval.parsing import (
     PDF,
     ParseOptions,
     parse_document,
-    parse_document_async,
     resolve_mime_type,
 )
 
@@ -135,6 +135,32 @@ def test_oversized_document_is_typed() -> None:
         parse_document(b"x" * 101, "text/plain", options=ParseOptions(max_bytes=100))
 
 
-async def test_async_parse_runs_off_loop() -> None:
-    doc = await parse_document_async(b"# T\nbody", MARKDOWN)
-    assert doc.segments[0].section == ("T",)
+@pytest.mark.parametrize(
+    "text",
+    [
+        "# a" + " " * 200_000 + "b",
+        "# " + "#" * 200_000 + "x",
+        "## " + " #" * 100_000 + "x",
+        "# " + "." * 200_000,
+    ],
+    ids=["blanks", "hashes", "blank-hash", "dots"],
+)
+def test_markdown_headings_parse_in_linear_time(text: str) -> None:
+    started = time.perf_counter()
+    doc = parse_document(text.encode(), MARKDOWN)
+    assert time.perf_counter() - started < 1.0
+    assert len(doc.segments) == 1 and doc.segments[0].section
+
+
+def test_markdown_heading_closing_hashes_and_blanks_are_stripped() -> None:
+    doc = parse_document(b"#   Install  ##  \nbody\n### Deep #\nmore\n#NoSpace\n", MARKDOWN)
+    assert [s.section for s in doc.segments] == [("Install",), ("Install", "Deep")]
+    assert "#NoSpace" in doc.segments[1].text
+
+
+def test_csv_with_a_wide_header_and_many_rows_parses_in_linear_time() -> None:
+    data = b"," * 100_000 + b"\n" + b"x\n" * 20_000
+    started = time.perf_counter()
+    doc = parse_document(data, CSV)
+    assert time.perf_counter() - started < 1.0
+    assert len(doc.segments) == 20_000 and doc.segments[0].text == "column_1: x"
