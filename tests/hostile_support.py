@@ -17,6 +17,7 @@ import json
 import math
 import random
 from collections.abc import Sequence
+from typing import Any
 
 import grpc
 from google.protobuf import descriptor, message_factory, struct_pb2
@@ -544,6 +545,25 @@ def check_undecodable_error(error: grpc.RpcError, what: str, authenticated: bool
         assert internal not in details, f"{what}: the message leaks internals: {details!r}"
 
 
+def _ends_with_invalid_status(
+    method: descriptor.MethodDescriptor, replies: Sequence[Any], what: str
+) -> bool:
+    """Whether a stream's last reply is a terminal `error` status saying INVALID_ARGUMENT, with
+    a field violation and no internals (how a handler that reports an undecodable request
+    message itself answers)."""
+    if not replies:
+        return False
+    reply = message_factory.GetMessageClass(method.output_type).FromString(replies[-1])
+    if "error" not in reply.DESCRIPTOR.fields_by_name or not reply.HasField("error"):
+        return False
+    status: status_pb2.Status = reply.error
+    assert status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0], f"{what}: {status}"
+    check_status(status, what)
+    for internal in ("Error", "Exception", "Traceback", "deserializ"):
+        assert internal not in status.message, f"{what}: the message leaks internals: {status}"
+    return True
+
+
 def send_undecodable(
     address: str,
     service: descriptor.ServiceDescriptor,
@@ -565,9 +585,11 @@ def send_undecodable(
                 try:
                     if method.client_streaming:
                         call = channel.stream_stream(path)
-                        _, error = stream_requests(call, [raw], metadata, deadline_s)  # type: ignore[list-item]
+                        replies, error = stream_requests(call, [raw], metadata, deadline_s)  # type: ignore[list-item]
                         if error is not None:
                             raise error
+                        if authenticated and _ends_with_invalid_status(method, replies, what):
+                            continue  # reported in the stream, after the results before it
                     elif method.server_streaming:
                         for _ in channel.unary_stream(path)(
                             raw, metadata=metadata, timeout=deadline_s

@@ -93,6 +93,10 @@ class InvalidArgument(CallistoError):
         return cls([FieldViolation(field, description)])
 
 
+class MalformedRequest(InvalidArgument):
+    """A request message whose bytes are not a valid encoding of its type."""
+
+
 class Unauthenticated(CallistoError):
     code = grpc.StatusCode.UNAUTHENTICATED
 

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from opentelemetry import context as otel_context
@@ -23,6 +23,7 @@ from callisto.services.common.auth import ApiKeyStore, bearer_key
 from callisto.services.common.errors import (
     FieldViolation,
     InvalidArgument,
+    MalformedRequest,
     Unauthenticated,
     Unavailable,
     as_callisto_error,
@@ -77,12 +78,34 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        call = _Call(self._keys, method, self._propagate, handler.request_deserializer)
+        behavior = (
+            handler.unary_unary or handler.unary_stream or handler.stream_unary
+        ) or handler.stream_stream
+        call = _Call(
+            self._keys,
+            method,
+            self._propagate,
+            handler.request_deserializer,
+            reports_malformed=getattr(behavior, REPORTS_MALFORMED, False),
+        )
         # Health and reflection stay open to all and unlogged; they only decode like the rest.
         public = method.startswith(PUBLIC_PREFIXES)
         wrapped = _wrap_public(handler, call) if public else _wrap(handler, call)
         self._wrapped[method] = (handler, wrapped)
         return wrapped
+
+
+REPORTS_MALFORMED = "__callisto_reports_malformed_requests__"
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def reports_malformed_requests(handler: F) -> F:
+    """Marks a request-streaming handler that answers an undecodable message itself (it reads
+    `MalformedRequest` from its request iterator and reports it in its own response stream,
+    after the results of what came before); unmarked handlers end with that error as their
+    status."""
+    setattr(handler, REPORTS_MALFORMED, True)
+    return handler
 
 
 class _Outcome:
@@ -110,8 +133,11 @@ class _Call:
         method: str,
         propagate: bool,
         deserializer: Callable[[bytes], Any] | None,
+        reports_malformed: bool = False,
     ) -> None:
         self.keys = keys
+        # The handler answers an undecodable stream message itself (reports_malformed_requests).
+        self.reports_malformed = reports_malformed
         self.method = method
         self.propagate = propagate
         self._in_flight = RPC_IN_FLIGHT.labels(method)
@@ -140,7 +166,7 @@ class _Call:
                     }
                 },
             )
-            raise InvalidArgument(
+            raise MalformedRequest(
                 [FieldViolation("", f"is not a valid encoding of {self._request_type}")],
                 message=f"the request body is not a valid protobuf {self._request_type}",
             ) from None
@@ -154,7 +180,9 @@ class _Call:
         async for raw in raw_requests:
             try:
                 message = self.parse(raw)
-            except InvalidArgument as error:
+            except MalformedRequest as error:
+                if self.reports_malformed:
+                    raise
                 outcome.malformed = error
                 task = outcome.task
                 if task is not None and task is not asyncio.current_task() and not outcome.writing:

@@ -22,7 +22,6 @@ from typing import Any
 
 import grpc
 from google.protobuf import timestamp_pb2
-from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 
 from callisto.api.common.v1 import common_pb2
@@ -35,10 +34,12 @@ from callisto.services.common.errors import (
     CallistoError,
     Internal,
     InvalidArgument,
+    MalformedRequest,
     NotFound,
     Unavailable,
 )
 from callisto.services.common.health import DependencyCheck
+from callisto.services.common.interceptors import reports_malformed_requests
 from callisto.services.common.pagination import page_tokens
 from callisto.services.common.server import Runtime, ServiceDefinition
 from callisto.services.common.tenancy import current_tenant
@@ -425,8 +426,8 @@ class _Demux:
         except StopAsyncIteration:
             self._ended = True
             return None
-        except DecodeError:
-            # gRPC ends the request stream after a message it cannot decode.
+        except MalformedRequest:
+            # The shared interceptor could not decode it; the stream ends there.
             self._ended = True
             self._fail_stream(
                 "item", f"message {self.messages + 1} is not an IngestDocumentsRequest"
@@ -647,6 +648,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
 
     # Documents
 
+    @reports_malformed_requests
     async def IngestDocuments(
         self, request_iterator: AsyncIterator[pb.IngestDocumentsRequest], context: Context
     ) -> AsyncIterator[pb.IngestDocumentsResponse]:
