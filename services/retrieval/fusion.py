@@ -1,8 +1,9 @@
-"""Client-side score fusion for result lists Milvus cannot fuse itself.
+"""Score fusion of ranked lists, used by hybrid search (:mod:`milvus_store`).
 
-Milvus fuses the dense and BM25 lists of one collection (``hybrid_search`` with ``RRFRanker`` or
-``WeightedRanker``, see :mod:`milvus_store`). These helpers merge lists that come from different
-searches (e.g. several query rewrites or collections) with the same formulas.
+Milvus runs the dense and the BM25 search of a hybrid query separately (each side's candidates,
+ids and scores only) and these functions merge them. Fusing here rather than with Milvus's
+``hybrid_search`` rankers keeps one implementation for Milvus Lite and a server, and lets the
+normalisation be the one measured best (bench/retrieval_quality.py): min-max per list.
 """
 
 from __future__ import annotations
@@ -31,7 +32,10 @@ def reciprocal_rank_fusion(
 def weighted_fusion(
     lists: Sequence[Sequence[tuple[T, float]]], weights: Sequence[float], key: Callable[[T], K]
 ) -> list[tuple[T, float]]:
-    """Min-max normalise each list's scores to [0, 1], then sum them with ``weights``."""
+    """Min-max normalise each list's scores to [0, 1], then sum them with ``weights``.
+
+    An item missing from a list gets 0 from it; a list whose scores are all equal gives 1.
+    """
     if len(lists) != len(weights):
         raise ValueError("one weight per list is required")
     scores: dict[K, float] = {}
