@@ -445,7 +445,9 @@ class _Demux:
         while self._open:
             message = await self._next()
             if message is None:
-                raise InvalidArgument.field("item", "the stream ended inside a document")
+                # Errors inside a document's content are backend error types, so the pipeline
+                # reports the document as the client's error, not as INTERNAL.
+                raise rerrors.InvalidArgument("item", "the stream ended inside a document")
             kind = message.WhichOneof("item")
             if kind == "end":
                 self._open = False
@@ -454,7 +456,7 @@ class _Demux:
                 if failure is None:
                     yield message.data
             else:
-                raise InvalidArgument.field("item", "a header arrived before the previous end")
+                raise rerrors.InvalidArgument("item", "a header arrived before the previous end")
         if failure is not None:
             # Raised once the document's data is consumed, so the stream stays in step.
             raise _HeaderRejected()
