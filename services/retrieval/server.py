@@ -45,6 +45,7 @@ from callisto.services.common.server import Runtime, ServiceDefinition
 from callisto.services.common.tenancy import current_tenant
 from callisto.services.common.validation import PageTokens, Violations, check_page_size
 from callisto.services.retrieval import errors as rerrors
+from callisto.services.retrieval.analysis import TextAnalyzer
 from callisto.services.retrieval.chunking import ChunkOptions
 from callisto.services.retrieval.embedder import TritonEmbedder
 from callisto.services.retrieval.facets import MASTER, FacetedSearch, parse_entity
@@ -619,6 +620,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         self._default_fusion = Fusion(
             FusionKind.WEIGHTED, dense_weight=weight, sparse_weight=1.0 - weight
         )
+        TextAnalyzer(settings.text_analyzer)  # an unknown language fails at start, not later
 
     def _pipeline(self, store: MilvusStore) -> IngestPipeline:
         settings = self._settings
