@@ -12,6 +12,8 @@ from collections.abc import Callable, Hashable, Sequence
 from typing import TypeVar
 
 K = TypeVar("K", bound=Hashable)
+# Normalised score of the last item of a list (weighted fusion); a missing item gets 0.
+PRESENCE = 1e-3
 T = TypeVar("T")
 
 
@@ -34,7 +36,9 @@ def weighted_fusion(
 ) -> list[tuple[T, float]]:
     """Min-max normalise each list's scores to [0, 1], then sum them with ``weights``.
 
-    An item missing from a list gets 0 from it; a list whose scores are all equal gives 1.
+    An item missing from a list gets 0 from it; a list whose scores are all equal gives 1. An
+    item a list did find, even its last, gets a token ``PRESENCE`` more than a missing one, so a
+    found passage never reports score 0 and beats an unfound one it would otherwise tie.
     """
     if len(lists) != len(weights):
         raise ValueError("one weight per list is required")
@@ -49,6 +53,7 @@ def weighted_fusion(
         for item, score in items:
             ident = key(item)
             normalised = (score - low) / span if span > 0 else 1.0
+            normalised = PRESENCE + (1.0 - PRESENCE) * normalised
             scores[ident] = scores.get(ident, 0.0) + weight * normalised
             first.setdefault(ident, item)
     return sorted(((first[i], s) for i, s in scores.items()), key=lambda p: p[1], reverse=True)
