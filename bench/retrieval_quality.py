@@ -31,11 +31,11 @@ import grpc
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality_corpus import Collection, Query, generate, passage_key
 
+from callisto.api.retrieval.v1 import retrieval_pb2 as pb
+from callisto.api.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from callisto.ingest.folder import FileSpec, ingest_specs
 from callisto.mesh.processes import RedisServer, ServiceProcess, free_port
 from callisto.mesh.triton import running_triton
-from callisto.retrieval.v1 import retrieval_pb2 as pb
-from callisto.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from callisto.services.common.auth import create_api_key
 from callisto.services.retrieval import fusion as fusing
 

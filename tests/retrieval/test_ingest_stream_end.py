@@ -8,8 +8,8 @@ import grpc
 import pytest
 from retrieval_test_support import bearer
 
-from callisto.retrieval.v1 import retrieval_pb2 as pb
-from callisto.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
+from callisto.api.retrieval.v1 import retrieval_pb2 as pb
+from callisto.api.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 
 HEADER = pb.IngestDocumentsRequest(
     header=pb.DocumentHeader(document_id="cut-short", mime_type="text/markdown")

@@ -9,9 +9,9 @@ import grpc
 import pytest
 from retrieval_test_support import Doc, bad_request, bearer, ingest, results
 
-from callisto.common.v1 import common_pb2
-from callisto.retrieval.v1 import retrieval_pb2 as pb
-from callisto.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
+from callisto.api.common.v1 import common_pb2
+from callisto.api.retrieval.v1 import retrieval_pb2 as pb
+from callisto.api.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 
 Stub = pb_grpc.RetrievalServiceStub
 SECRET = b"Project Nightjar: the acquisition price is EUR 412 million, closing in March."

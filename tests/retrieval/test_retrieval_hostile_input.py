@@ -25,10 +25,10 @@ from hostile_support import (
 )
 from retrieval_test_support import bearer
 
-from callisto.common.v1.common_pb2 import AttributeValue
+from callisto.api.common.v1.common_pb2 import AttributeValue
+from callisto.api.retrieval.v1 import retrieval_pb2 as pb
+from callisto.api.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from callisto.mesh.processes import ServiceProcess
-from callisto.retrieval.v1 import retrieval_pb2 as pb
-from callisto.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 
 SERVICE = pb.DESCRIPTOR.services_by_name["RetrievalService"]
 COLLECTIONS = ("documents", "entities", "tenants/globex/documents")

@@ -19,8 +19,8 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 from retrieval_test_support import Doc, bad_request, bearer, ingest, results
 
-from callisto.retrieval.v1 import retrieval_pb2 as pb
-from callisto.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
+from callisto.api.retrieval.v1 import retrieval_pb2 as pb
+from callisto.api.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from quality_corpus import Collection, generate, passage_key

@@ -19,9 +19,9 @@ from retrieval_test_support import (
     violations,
 )
 
-from callisto.common.v1 import common_pb2
-from callisto.retrieval.v1 import retrieval_pb2 as pb
-from callisto.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
+from callisto.api.common.v1 import common_pb2
+from callisto.api.retrieval.v1 import retrieval_pb2 as pb
+from callisto.api.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from callisto.services.retrieval.parsing import parse_document
 
 Stub = pb_grpc.RetrievalServiceStub
