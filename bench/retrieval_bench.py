@@ -11,7 +11,8 @@ the same run on the same machine, data and collection.
 
 Everything runs on free ports (Redis, Triton with the embedder, a Milvus Lite server, the
 retrieval service, Envoy) and is stopped at the end.
-Run: `.venv/bin/python bench/retrieval_bench.py`.
+Run: `.venv/bin/python bench/retrieval_bench.py`; `--quality` measures retrieval quality instead
+(nDCG@10 and recall@10 of dense, keyword and hybrid search, bench/retrieval_quality.py).
 """
 
 from __future__ import annotations
@@ -323,7 +324,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--copies", type=int, default=1, help="copies of the sample corpus")
     parser.add_argument("--runs", type=int, default=100, help="searches per latency measurement")
+    parser.add_argument(
+        "--quality", action="store_true", help="nDCG@10 / recall@10 per mode instead"
+    )
     args = parser.parse_args(argv)
+    if args.quality:
+        from retrieval_quality import run as quality  # bench/ is sys.path[0] for this script
+
+        print(quality())
+        return 0
     with tempfile.TemporaryDirectory(prefix="callisto-bench-") as tmp:
         work = Path(tmp)
         redis = RedisServer(work / "redis")

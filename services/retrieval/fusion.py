@@ -1,8 +1,9 @@
-"""Client-side score fusion for result lists Milvus cannot fuse itself.
+"""Score fusion of ranked lists, used by hybrid search (:mod:`milvus_store`).
 
-Milvus fuses the dense and BM25 lists of one collection (``hybrid_search`` with ``RRFRanker`` or
-``WeightedRanker``, see :mod:`milvus_store`). These helpers merge lists that come from different
-searches (e.g. several query rewrites or collections) with the same formulas.
+Milvus runs the dense and the BM25 search of a hybrid query separately (each side's candidates,
+ids and scores only) and these functions merge them. Fusing here rather than with Milvus's
+``hybrid_search`` rankers keeps one implementation for Milvus Lite and a server, and lets the
+normalisation be the one measured best (bench/retrieval_quality.py): min-max per list.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from collections.abc import Callable, Hashable, Sequence
 from typing import TypeVar
 
 K = TypeVar("K", bound=Hashable)
+# Normalised score of the last item of a list (weighted fusion); a missing item gets 0.
+PRESENCE = 1e-3
 T = TypeVar("T")
 
 
@@ -31,7 +34,12 @@ def reciprocal_rank_fusion(
 def weighted_fusion(
     lists: Sequence[Sequence[tuple[T, float]]], weights: Sequence[float], key: Callable[[T], K]
 ) -> list[tuple[T, float]]:
-    """Min-max normalise each list's scores to [0, 1], then sum them with ``weights``."""
+    """Min-max normalise each list's scores to [0, 1], then sum them with ``weights``.
+
+    An item missing from a list gets 0 from it; a list whose scores are all equal gives 1. An
+    item a list did find, even its last, gets a token ``PRESENCE`` more than a missing one, so a
+    found passage never reports score 0 and beats an unfound one it would otherwise tie.
+    """
     if len(lists) != len(weights):
         raise ValueError("one weight per list is required")
     scores: dict[K, float] = {}
@@ -45,6 +53,7 @@ def weighted_fusion(
         for item, score in items:
             ident = key(item)
             normalised = (score - low) / span if span > 0 else 1.0
+            normalised = PRESENCE + (1.0 - PRESENCE) * normalised
             scores[ident] = scores.get(ident, 0.0) + weight * normalised
             first.setdefault(ident, item)
     return sorted(((first[i], s) for i, s in scores.items()), key=lambda p: p[1], reverse=True)

@@ -11,7 +11,11 @@ security boundary). Ids are validated before they reach an expression because py
 with caller-supplied ids.
 
 BM25 scores come back negative from Milvus Lite (the order is right); hits report ``abs(score)``
-so larger is better on both Lite and a server.
+so larger is better on both Lite and a server. BM25 indexes the ``keywords`` field: the chunk text
+after the collection's :class:`~callisto.services.retrieval.analysis.TextAnalyzer` (stemming and
+stop words, which Milvus Lite's own analyzers lack). Hybrid search runs the dense and the BM25
+search separately and fuses them here (:mod:`~callisto.services.retrieval.fusion`), which lets
+fusion normalise scores the way measurements showed best.
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from callisto.services.retrieval import fusion as fusing
+from callisto.services.retrieval.analysis import PROPERTY as ANALYZER_PROPERTY
+from callisto.services.retrieval.analysis import TextAnalyzer
 from callisto.services.retrieval.errors import BackendUnavailable, InvalidArgument, NotFound
 from callisto.services.retrieval.filters import (
     CHUNK_FIELDS,
@@ -108,6 +115,9 @@ class MilvusConfig:
     # Candidates each hybrid sub-search contributes to fusion; a fixed pool (rather than
     # offset + top_k) keeps fused ranks, and so offset pages, stable.
     hybrid_candidates: int = 100
+    # Keyword analyzer of new collections (a Snowball language or "none"); an existing
+    # collection keeps the analyzer it was created with.
+    text_analyzer: str = "english"
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +170,9 @@ class MilvusStore:
         # One thread keeps pymilvus calls ordered and off the event loop.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="milvus")
         self._client: Any = None
+        # collection -> its keyword analyzer; None for a collection made before analysis
+        # existed (BM25 then indexes the raw text, as it was written).
+        self._analyzers: dict[str, TextAnalyzer | None] = {}
 
     @classmethod
     async def open(cls, config: MilvusConfig) -> MilvusStore:
@@ -200,6 +213,20 @@ class MilvusStore:
             self._create_entities()
         self._client.load_collection(self.config.chunk_collection)
         self._client.load_collection(self.config.entity_collection)
+        for name in (self.config.chunk_collection, self.config.entity_collection):
+            self._analyzers[name] = self._stored_analyzer(name)
+
+    def _stored_analyzer(self, name: str) -> TextAnalyzer | None:
+        described = self._client.describe_collection(name)
+        if not any(f.get("name") == "keywords" for f in described.get("fields", ())):
+            return None
+        language = (described.get("properties") or {}).get(ANALYZER_PROPERTY, "")
+        return TextAnalyzer(str(language or self.config.text_analyzer))
+
+    def _keywords(self, collection: str, text: str) -> str:
+        """What BM25 sees of a text (or a query) in ``collection``."""
+        analyzer = self._analyzers.get(collection)
+        return text if analyzer is None else analyzer.analyse(text)[:_MAX_TEXT]
 
     def _base_schema(self) -> Any:
         from pymilvus import DataType
@@ -215,14 +242,22 @@ class MilvusStore:
         schema.add_field("title", DataType.VARCHAR, max_length=1024)
         schema.add_field("attributes", DataType.JSON)
         schema.add_field("content_hash", DataType.VARCHAR, max_length=64)
-        schema.add_field("text", DataType.VARCHAR, max_length=_MAX_TEXT, enable_analyzer=True)
+        schema.add_field("text", DataType.VARCHAR, max_length=_MAX_TEXT)
+        # Analysed words (TextAnalyzer); Milvus only splits them for BM25.
+        schema.add_field(
+            "keywords",
+            DataType.VARCHAR,
+            max_length=_MAX_TEXT,
+            enable_analyzer=True,
+            analyzer_params={"tokenizer": "standard"},
+        )
         schema.add_field("dense", DataType.FLOAT_VECTOR, dim=self.config.dim)
         schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
         schema.add_function(
             Function(
                 name=f"{name}_bm25",
                 function_type=FunctionType.BM25,
-                input_field_names=["text"],
+                input_field_names=["keywords"],
                 output_field_names=["sparse"],
             )
         )
@@ -242,8 +277,13 @@ class MilvusStore:
         index.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
         for field in ("tenant", *scalar_indexes):
             index.add_index(field, index_type="INVERTED")
+        analyzer = TextAnalyzer(self.config.text_analyzer)
         self._client.create_collection(
-            name, schema=schema, index_params=index, num_partitions=self.config.num_partitions
+            name,
+            schema=schema,
+            index_params=index,
+            num_partitions=self.config.num_partitions,
+            properties={ANALYZER_PROPERTY: analyzer.language},
         )
 
     def _create_chunks(self) -> None:
@@ -388,8 +428,13 @@ class MilvusStore:
 
     async def _write(self, collection: str, rows: Sequence[Row]) -> int:
         for i in range(0, len(rows), _WRITE_BATCH):
-            await self._call(self._client.upsert, collection, list(rows[i : i + _WRITE_BATCH]))
+            await self._call(self._upsert, collection, rows[i : i + _WRITE_BATCH])
         return len(rows)
+
+    def _upsert(self, collection: str, rows: Sequence[Row]) -> None:
+        if self._analyzers.get(collection) is not None:
+            rows = [{**row, "keywords": self._keywords(collection, row["text"])} for row in rows]
+        self._client.upsert(collection, list(rows))
 
     async def _delete(self, collection: str, expr: str) -> int:
         result = await self._call(self._client.delete, collection, filter=expr)
@@ -545,65 +590,114 @@ class MilvusStore:
         if needs_text and not query_text.strip():
             raise InvalidArgument("query", "query text is required for keyword search")
         window = offset + top_k
-        dense_params = {"metric_type": "COSINE", "params": {"ef": max(self.config.hnsw_ef, window)}}
-        bm25_params: dict[str, Any] = {"metric_type": "BM25"}
-        if mode is SearchMode.HYBRID:
-            from pymilvus import AnnSearchRequest, RRFRanker, WeightedRanker
-
-            assert query_vector is not None
-            pool = max(window, self.config.hybrid_candidates)
-            requests = [
-                AnnSearchRequest(
-                    data=[query_vector.tolist()],
-                    anns_field="dense",
-                    param=dense_params,
-                    limit=pool,
-                    expr=expr,
-                ),
-                AnnSearchRequest(
-                    data=[query_text],
-                    anns_field="sparse",
-                    param=bm25_params,
-                    limit=pool,
-                    expr=expr,
-                ),
-            ]
-            ranker: Any = (
-                RRFRanker(fusion.rrf_k)
-                if fusion.kind is FusionKind.RRF
-                else WeightedRanker(fusion.dense_weight, fusion.sparse_weight)
-            )
-            result = await self._call(
-                self._client.hybrid_search,
-                collection,
-                requests,
-                ranker,
-                limit=window,
-                output_fields=list(output_fields),
-            )
-        else:
-            dense = mode is SearchMode.DENSE
-            assert query_vector is not None or not dense
-            result = await self._call(
-                self._client.search,
-                collection,
-                data=[query_vector.tolist() if dense and query_vector is not None else query_text],
-                anns_field="dense" if dense else "sparse",
-                filter=expr,
-                limit=window,
-                output_fields=list(output_fields),
-                search_params=dense_params if dense else bm25_params,
-            )
-        hits = list(result[0]) if result else []
-        scored: list[tuple[Row, float]] = []
-        for hit in hits:
-            raw = float(hit["distance"])
-            score = abs(raw) if mode is SearchMode.BM25 else raw
-            scored.append((dict(hit["entity"]), score))
-        scored.sort(key=lambda pair: pair[1], reverse=True)
+        scored = await self._call(
+            self._search_sync,
+            collection,
+            expr,
+            mode=mode,
+            query_text=query_text,
+            query_vector=query_vector,
+            window=window,
+            fusion=fusion,
+            output_fields=output_fields,
+        )
         if score_threshold is not None:
             scored = [pair for pair in scored if pair[1] >= score_threshold]
         return scored[offset:window]
+
+    def _search_sync(
+        self,
+        collection: str,
+        expr: str,
+        *,
+        mode: SearchMode,
+        query_text: str,
+        query_vector: npt.NDArray[np.float32] | None,
+        window: int,
+        fusion: Fusion,
+        output_fields: Sequence[str],
+    ) -> list[tuple[Row, float]]:
+        """One search on the worker thread, best first; hybrid runs both sides, then fuses."""
+        if mode is not SearchMode.HYBRID:
+            return self._side(
+                collection, expr, mode, query_text, query_vector, window, output_fields
+            )
+        # Each side brings a fixed pool (at least the window) so fused ranks, and pages, are stable.
+        # The sides return ids only; the rows of the fused window are read once afterwards.
+        depth = min(MAX_WINDOW, max(window, fusion.candidates or self.config.hybrid_candidates))
+        lists = [
+            [
+                (str(row["id"]), score)
+                for row, score in self._side(
+                    collection, expr, side, query_text, query_vector, depth, ["id"]
+                )
+            ]
+            for side in (SearchMode.DENSE, SearchMode.BM25)
+        ]
+        if fusion.kind is FusionKind.RRF:
+            fused = fusing.reciprocal_rank_fusion(
+                [[key for key, _ in items] for items in lists], key=str, k=fusion.rrf_k
+            )
+        else:
+            fused = fusing.weighted_fusion(
+                lists, [fusion.dense_weight, fusion.sparse_weight], key=str
+            )
+        fused = fused[:window]
+        if not fused:
+            return []
+        found = self._client.query(
+            collection,
+            filter=f"({expr}) and (id in {_id_list([key for key, _ in fused])})",
+            output_fields=list(output_fields),
+            limit=len(fused),
+        )
+        rows = {str(row["id"]): dict(row) for row in found}
+        # A row deleted between the search and the read is left out.
+        return [(rows[key], score) for key, score in fused if key in rows]
+
+    def _side(
+        self,
+        collection: str,
+        expr: str,
+        mode: SearchMode,
+        query_text: str,
+        query_vector: npt.NDArray[np.float32] | None,
+        limit: int,
+        output_fields: Sequence[str],
+    ) -> list[tuple[Row, float]]:
+        """A dense or BM25 search, best first (BM25 scores made positive)."""
+        if mode is SearchMode.DENSE:
+            assert query_vector is not None
+            data: list[Any] = [query_vector.tolist()]
+            field = "dense"
+            params: dict[str, Any] = {
+                "metric_type": "COSINE",
+                "params": {"ef": max(self.config.hnsw_ef, limit)},
+            }
+        else:
+            keywords = self._keywords(collection, query_text)
+            if not keywords.strip():
+                return []  # only stop words: nothing for BM25 to match
+            data, field, params = [keywords], "sparse", {"metric_type": "BM25"}
+        result = self._client.search(
+            collection,
+            data=data,
+            anns_field=field,
+            filter=expr,
+            limit=limit,
+            output_fields=list(output_fields),
+            search_params=params,
+        )
+        hits = list(result[0]) if result else []
+        scored = [
+            (
+                dict(hit["entity"]),
+                abs(float(hit["distance"])) if field == "sparse" else float(hit["distance"]),
+            )
+            for hit in hits
+        ]
+        scored.sort(key=lambda pair: pair[1], reverse=True)
+        return scored
 
     # --------------------------------------------------------------- entities
     async def entity_record_hashes(self, tenant: str, entity_ids: Sequence[str]) -> dict[str, str]:

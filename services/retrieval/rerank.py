@@ -1,17 +1,21 @@
-"""Second-stage reranking of search candidates.
+"""Second stages over search candidates: relevance reranking and MMR diversification.
 
-A :class:`Reranker` takes the query, its embedding and the first-stage candidates and returns
-them reordered (and cut to ``top_k``). :class:`MMRReranker` trades relevance against diversity
-with maximal marginal relevance over the candidates' dense embeddings:
+A :class:`Reranker` reorders candidates by *relevance*: it takes the query, its embedding and the
+first-stage candidates and returns them best first (cut to ``top_k``), each with its new score.
+The intended implementation is a cross-encoder served by Triton (e.g. a ``reranker`` model taking
+``query`` and ``passage`` TYPE_STRING inputs and returning one FP32 ``score`` per pair), called
+with one batch of (query, candidate.text) pairs via ``tritonclient.grpc.aio`` exactly as
+:class:`~callisto.services.retrieval.embedder.TritonEmbedder` batches texts; it belongs on a GPU.
+No cross-encoder ships in any package this project can install, so the service has no reranker
+configured and ``rerank`` requests fail with FAILED_PRECONDITION (see
+:class:`~callisto.services.retrieval.search.RerankerUnavailable`).
+
+:class:`MMRDiversifier` is not a relevance reranker: maximal marginal relevance over the
+candidates' dense embeddings trades relevance for diversity,
 
     next = argmax_c  lambda * sim(query, c) - (1 - lambda) * max_{s in selected} sim(c, s)
 
-A cross-encoder plugs into the same protocol: a Triton model (e.g. ``reranker`` taking
-``query`` and ``passage`` TYPE_STRING inputs and returning a ``score`` FP32 per pair) is called
-with one batch of (query, candidate.text) pairs via ``tritonclient.grpc.aio`` — exactly as
-:class:`~callisto.services.retrieval.embedder.TritonEmbedder` batches texts — and the candidates
-are returned sorted by that score with ``dataclasses.replace(hit, score=...)``. No such model
-ships in a package on this machine, so MMR is the reranker that runs here.
+and is what ``diversify`` runs.
 """
 
 from __future__ import annotations
@@ -27,8 +31,12 @@ import numpy.typing as npt
 from callisto.services.retrieval.errors import InvalidArgument
 from callisto.services.retrieval.models import SearchHit
 
+DEFAULT_MMR_LAMBDA = 0.7
+
 
 class Reranker(Protocol):
+    """Reorders candidates by relevance to the query, best first, at most ``top_k``."""
+
     async def rerank(
         self,
         query: str,
@@ -38,7 +46,7 @@ class Reranker(Protocol):
     ) -> list[SearchHit]: ...
 
 
-class MMRReranker:
+class MMRDiversifier:
     """Maximal marginal relevance; ``lambda_`` = 1 is pure relevance, 0 pure diversity.
 
     The reported score is each hit's cosine similarity to the query, so scores stay comparable
@@ -46,12 +54,12 @@ class MMRReranker:
     ``with_embeddings=True``).
     """
 
-    def __init__(self, lambda_: float = 0.5) -> None:
+    def __init__(self, lambda_: float = DEFAULT_MMR_LAMBDA) -> None:
         if not 0.0 <= lambda_ <= 1.0:
             raise InvalidArgument("mmr_lambda", "must be between 0 and 1")
         self.lambda_ = lambda_
 
-    async def rerank(
+    async def diversify(
         self,
         query: str,
         query_vector: npt.NDArray[np.float32] | None,

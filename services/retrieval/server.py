@@ -32,6 +32,7 @@ from callisto.attributes import to_proto as attribute_to_proto
 from callisto.documents import document_id_from
 from callisto.services.common.errors import (
     CallistoError,
+    FailedPrecondition,
     Internal,
     InvalidArgument,
     MalformedRequest,
@@ -45,6 +46,7 @@ from callisto.services.common.server import Runtime, ServiceDefinition
 from callisto.services.common.tenancy import current_tenant
 from callisto.services.common.validation import Violations, check_page_size
 from callisto.services.retrieval import errors as rerrors
+from callisto.services.retrieval.analysis import TextAnalyzer
 from callisto.services.retrieval.chunking import ChunkOptions
 from callisto.services.retrieval.embedder import TritonEmbedder
 from callisto.services.retrieval.facets import MASTER, FacetedSearch, parse_entity
@@ -76,7 +78,7 @@ from callisto.services.retrieval.models import (
 )
 from callisto.services.retrieval.parse_pool import ParserLimits, ParserPool
 from callisto.services.retrieval.parsing import CsvMode, ParseOptions
-from callisto.services.retrieval.rerank import MMRReranker
+from callisto.services.retrieval.rerank import Reranker
 from callisto.services.retrieval.search import Retriever, SearchRequest
 from callisto.services.retrieval.settings import RetrievalSettings
 
@@ -311,6 +313,7 @@ class Backends:
             timeout_s=settings.milvus_timeout_seconds,
             # One fixed pool for every page keeps fused ranks, and so pages, stable.
             hybrid_candidates=settings.max_result_window,
+            text_analyzer=settings.text_analyzer,
         )
 
     def start(self) -> None:
@@ -625,9 +628,21 @@ class _IngestRun:
 class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
     """Every RPC of `callisto.retrieval.v1.RetrievalService`."""
 
-    def __init__(self, backends: Backends, settings: RetrievalSettings) -> None:
+    def __init__(
+        self, backends: Backends, settings: RetrievalSettings, reranker: Reranker | None = None
+    ) -> None:
         self._backends = backends
         self._settings = settings
+        # The relevance reranker behind `rerank` (a cross-encoder, e.g. on a GPU Triton). None
+        # ships with the service (rerank.py), so `rerank` answers FAILED_PRECONDITION.
+        self._reranker = reranker
+        weight = settings.hybrid_dense_weight
+        if not 0.0 <= weight <= 1.0:
+            raise ValueError("CALLISTO_RETRIEVAL_HYBRID_DENSE_WEIGHT must be between 0 and 1")
+        self._default_fusion = Fusion(
+            FusionKind.WEIGHTED, dense_weight=weight, sparse_weight=1.0 - weight
+        )
+        TextAnalyzer(settings.text_analyzer)  # an unknown language fails at start, not later
 
     def _pipeline(self, store: MilvusStore) -> IngestPipeline:
         settings = self._settings
@@ -785,17 +800,31 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         for name in ("dense_weight", "keyword_weight"):
             weight = getattr(request, name)
             v.check(0.0 <= weight <= 1.0, name, "must be between 0 and 1")
-        fusion = Fusion()
+        fusion = self._default_fusion
         if request.fusion == pb.FUSION_METHOD_WEIGHTED:
             dense, keyword = request.dense_weight, request.keyword_weight
             if dense == 0.0 and keyword == 0.0:
-                dense = keyword = 0.5
-            fusion = Fusion(FusionKind.WEIGHTED, dense_weight=dense, sparse_weight=keyword)
-        elif request.fusion not in (pb.FUSION_METHOD_UNSPECIFIED, pb.FUSION_METHOD_RRF):
+                fusion = self._default_fusion
+            else:
+                fusion = Fusion(FusionKind.WEIGHTED, dense_weight=dense, sparse_weight=keyword)
+        elif request.fusion == pb.FUSION_METHOD_RRF:
+            fusion = Fusion(FusionKind.RRF)
+        elif request.fusion != pb.FUSION_METHOD_UNSPECIFIED:
             v.add("fusion", "unknown fusion method")
+        mmr_lambda = settings.mmr_lambda
+        if request.HasField("mmr_lambda"):
+            mmr_lambda = request.mmr_lambda
+            v.check(request.diversify, "mmr_lambda", "only applies with diversify")
+            v.check(0.0 <= mmr_lambda <= 1.0, "mmr_lambda", "must be between 0 and 1")
         conditions = filter_conditions(v, request.filters, CHUNK_FIELDS)
         v.raise_if_any()
         assert mode is not None
+        if request.rerank and self._reranker is None:
+            raise FailedPrecondition(
+                "rerank needs a relevance reranker model and none is configured on this service;"
+                " set diversify for MMR diversification",
+                reason="RERANKER_NOT_CONFIGURED",
+            )
         key = {
             "query": query,
             "mode": mode.value,
@@ -803,6 +832,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
             "filters": [f.SerializeToString().hex() for f in request.filters],
             "fusion": [fusion.kind.value, fusion.dense_weight, fusion.sparse_weight],
             "rerank": request.rerank,
+            "diversify": [request.diversify, mmr_lambda],
         }
         cursor = await page_tokens.decode(request.page_token, key) or {}
         offset = cursor.get("o", 0)
@@ -810,7 +840,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
             raise InvalidArgument.field("page_token", "is not a token this service issued")
         top_k = min(page_size, settings.max_result_window - offset)
         store = await self._backends.store()
-        retriever = Retriever(store, self._backends.embedder, MMRReranker(settings.mmr_lambda))
+        retriever = Retriever(store, self._backends.embedder, self._reranker)
         with backend_errors({"top_k": "page_size"}):
             hits = await retriever.search(
                 SearchRequest(
@@ -823,6 +853,8 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
                     fusion=fusion,
                     score_threshold=request.min_score if request.min_score else None,
                     rerank=request.rerank,
+                    diversify=request.diversify,
+                    mmr_lambda=mmr_lambda,
                     rerank_candidates=settings.max_result_window,
                 )
             )

@@ -96,7 +96,20 @@ class RetrievalSettings(CommonSettings):
         "How deep search pages go (offset + page size); also the hybrid and rerank pool.",
     )
     mmr_lambda: float = setting(
-        "CALLISTO_RETRIEVAL_MMR_LAMBDA", 0.7, "MMR rerank trade-off: 1 relevance only, 0 diversity."
+        "CALLISTO_RETRIEVAL_MMR_LAMBDA",
+        0.7,
+        "Default MMR trade-off of `diversify`: 1 relevance only, 0 diversity only.",
+    )
+    hybrid_dense_weight: float = setting(
+        "CALLISTO_RETRIEVAL_HYBRID_DENSE_WEIGHT",
+        0.7,
+        "Dense share (0-1) of hybrid search's default weighted fusion; keyword gets the rest.",
+    )
+    text_analyzer: str = setting(
+        "CALLISTO_RETRIEVAL_TEXT_ANALYZER",
+        "english",
+        "Keyword (BM25) analyzer of new collections: a Snowball language (english, french,"
+        " german, spanish, ...) or `none`; a collection keeps the one it was created with.",
     )
     max_entities_per_batch: int = setting(
         "CALLISTO_RETRIEVAL_MAX_ENTITIES_PER_BATCH", 500, "Entities one BatchUpsertEntities takes."

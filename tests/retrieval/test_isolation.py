@@ -79,9 +79,9 @@ async def test_every_search_mode_stays_inside_the_tenant(
 ) -> None:
     owner, intruder = keys
     for mode in (pb.SEARCH_MODE_DENSE, pb.SEARCH_MODE_KEYWORD, pb.SEARCH_MODE_HYBRID):
-        for rerank in (False, True):
+        for diversify in (False, True):
             request = pb.SearchRequest(
-                query="Nightjar acquisition price", mode=mode, rerank=rerank, page_size=100
+                query="Nightjar acquisition price", mode=mode, diversify=diversify, page_size=100
             )
             mine = await rstub.Search(request, metadata=bearer(owner))
             theirs = await rstub.Search(request, metadata=bearer(intruder))

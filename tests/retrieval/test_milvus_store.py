@@ -18,7 +18,6 @@ from callisto.services.retrieval.models import (
     ProgressKind,
     SearchMode,
 )
-from callisto.services.retrieval.rerank import MMRReranker
 from callisto.services.retrieval.search import Retriever, SearchRequest
 
 CORPUS = {
@@ -248,7 +247,7 @@ async def test_crafted_document_id_is_rejected_and_touches_nothing(
     assert await store.count_chunks(victim) == len(CORPUS)
 
 
-async def test_mmr_rerank_diversifies_near_duplicates(
+async def test_diversify_spreads_near_duplicates(
     store: MilvusStore, embedder: Embedder, tenant: str
 ) -> None:
     text = "Milvus stores dense vectors for hybrid search in collections."
@@ -266,8 +265,15 @@ async def test_mmr_rerank_diversifies_near_duplicates(
         SearchRequest(tenant=tenant, query=query, mode=SearchMode.DENSE, top_k=2)
     )
     assert {h.document_id for h in plain} == {"dup-1", "dup-2"}
-    diverse = await Retriever(store, embedder, MMRReranker(0.3)).search(
-        SearchRequest(tenant=tenant, query=query, mode=SearchMode.DENSE, top_k=2, rerank=True)
+    diverse = await Retriever(store, embedder).search(
+        SearchRequest(
+            tenant=tenant,
+            query=query,
+            mode=SearchMode.DENSE,
+            top_k=2,
+            diversify=True,
+            mmr_lambda=0.3,
+        )
     )
     assert {h.document_id for h in diverse} == {"dup-1", "other"} or {
         h.document_id for h in diverse

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 
 from callisto.services.retrieval.models import SearchHit
-from callisto.services.retrieval.rerank import MMRReranker
+from callisto.services.retrieval.rerank import MMRDiversifier
 
 
 def hit(name: str, vector: list[float]) -> SearchHit:
@@ -31,8 +31,8 @@ async def test_mmr_prefers_a_diverse_second_result() -> None:
         hit("a-copy", [1.0, 0.88, 0.0]),
         hit("b", [0.2, 1.0, 0.3]),
     ]
-    relevance_only = await MMRReranker(lambda_=1.0).rerank("q", query, candidates, 2)
+    relevance_only = await MMRDiversifier(lambda_=1.0).diversify("q", query, candidates, 2)
     assert [h.chunk_id for h in relevance_only] == ["a", "a-copy"]
-    diverse = await MMRReranker(lambda_=0.5).rerank("q", query, candidates, 2)
+    diverse = await MMRDiversifier(lambda_=0.5).diversify("q", query, candidates, 2)
     assert [h.chunk_id for h in diverse] == ["a", "b"]
     assert diverse[0].score > 0.9

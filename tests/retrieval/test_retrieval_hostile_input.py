@@ -73,7 +73,7 @@ def seeds(document: str, entity: str) -> dict[str, Message]:
         "ListDocuments": pb.ListDocumentsRequest(page_size=2, tags=["a"]),
         "DeleteDocument": pb.DeleteDocumentRequest(name=document),
         "Search": pb.SearchRequest(
-            query="plan", mode=pb.SEARCH_MODE_HYBRID, page_size=3, filters=[keep], rerank=True
+            query="plan", mode=pb.SEARCH_MODE_HYBRID, page_size=3, filters=[keep], diversify=True
         ),
         "BatchUpsertEntities": pb.BatchUpsertEntitiesRequest(
             entities=[

@@ -161,15 +161,15 @@ async def test_each_mode_finds_the_right_passage(rstub: Stub, port_key: str, mod
     assert response.hits[0].rank == 1
 
 
-async def test_weighted_fusion_and_rerank_return_cited_hits(rstub: Stub, port_key: str) -> None:
+async def test_weighted_fusion_and_diversify_return_cited_hits(rstub: Stub, port_key: str) -> None:
     weighted = await search(
         rstub, port_key, "fish on Fridays in the canteen",
         fusion=pb.FUSION_METHOD_WEIGHTED, dense_weight=0.7, keyword_weight=0.3,
     )  # fmt: skip
     assert weighted.hits[0].citation.document_id == "canteen-html"
-    reranked = await search(rstub, port_key, "fish on Fridays in the canteen", rerank=True)
-    assert reranked.hits[0].citation.document_id == "canteen-html"
-    assert len({h.citation.chunk_id for h in reranked.hits}) == len(reranked.hits)
+    diverse = await search(rstub, port_key, "fish on Fridays in the canteen", diversify=True)
+    assert diverse.hits[0].citation.document_id == "canteen-html"
+    assert len({h.citation.chunk_id for h in diverse.hits}) == len(diverse.hits)
 
 
 async def test_citations_point_at_the_exact_source_text(rstub: Stub, port_key: str) -> None:

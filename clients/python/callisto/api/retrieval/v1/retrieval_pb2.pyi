@@ -89,21 +89,29 @@ class _FusionMethod:
 class _FusionMethodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FusionMethod.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     FUSION_METHOD_UNSPECIFIED: _FusionMethod.ValueType  # 0
-    """Not set: reciprocal rank fusion."""
+    """Not set: the service default, FUSION_METHOD_WEIGHTED with dense 0.7 and keyword 0.3
+    (configurable per deployment); the best setting on the labelled benchmark in the README.
+    """
     FUSION_METHOD_RRF: _FusionMethod.ValueType  # 1
-    """Reciprocal rank fusion."""
+    """Reciprocal rank fusion (k = 60): sum of 1 / (k + rank) over the two lists."""
     FUSION_METHOD_WEIGHTED: _FusionMethod.ValueType  # 2
-    """Weighted sum of normalised scores (`dense_weight`, `keyword_weight`)."""
+    """Weighted sum of each side's min–max normalised scores (`dense_weight`, `keyword_weight`);
+    a passage missing from one side scores 0 there.
+    """
 
 class FusionMethod(_FusionMethod, metaclass=_FusionMethodEnumTypeWrapper):
-    """How hybrid results are fused."""
+    """How hybrid results are fused. Each side (dense and keyword) brings its best 100 candidates."""
 
 FUSION_METHOD_UNSPECIFIED: FusionMethod.ValueType  # 0
-"""Not set: reciprocal rank fusion."""
+"""Not set: the service default, FUSION_METHOD_WEIGHTED with dense 0.7 and keyword 0.3
+(configurable per deployment); the best setting on the labelled benchmark in the README.
+"""
 FUSION_METHOD_RRF: FusionMethod.ValueType  # 1
-"""Reciprocal rank fusion."""
+"""Reciprocal rank fusion (k = 60): sum of 1 / (k + rank) over the two lists."""
 FUSION_METHOD_WEIGHTED: FusionMethod.ValueType  # 2
-"""Weighted sum of normalised scores (`dense_weight`, `keyword_weight`)."""
+"""Weighted sum of each side's min–max normalised scores (`dense_weight`, `keyword_weight`);
+a passage missing from one side scores 0 there.
+"""
 Global___FusionMethod: _TypeAlias = FusionMethod  # noqa: Y015
 
 class _FilterOperator:
@@ -804,6 +812,8 @@ class SearchRequest(_message.Message):
     DENSE_WEIGHT_FIELD_NUMBER: _builtins.int
     KEYWORD_WEIGHT_FIELD_NUMBER: _builtins.int
     RERANK_FIELD_NUMBER: _builtins.int
+    DIVERSIFY_FIELD_NUMBER: _builtins.int
+    MMR_LAMBDA_FIELD_NUMBER: _builtins.int
     query: _builtins.str
     """What to look for."""
     mode: Global___SearchMode.ValueType
@@ -815,13 +825,29 @@ class SearchRequest(_message.Message):
     min_score: _builtins.float
     """Drop hits scoring below this."""
     fusion: Global___FusionMethod.ValueType
-    """How hybrid results are fused."""
+    """How hybrid results are fused; unset picks the service default (see `FusionMethod`)."""
     dense_weight: _builtins.float
-    """Weight of dense scores in weighted fusion (0–1); 0.5 when both weights are zero."""
+    """Weight of dense scores in weighted fusion (0–1). When both weights are zero the service
+    default weights (dense 0.7, keyword 0.3) apply.
+    """
     keyword_weight: _builtins.float
     """Weight of keyword scores in weighted fusion (0–1)."""
     rerank: _builtins.bool
-    """Rerank the candidates (MMR diversification) before paging."""
+    """Reorder the first-stage candidates by relevance with a reranker model (a cross-encoder
+    scoring each query–passage pair) before paging. The service ships no reranker model (none is
+    available to it on a CPU-only install); until one is configured, `rerank` fails with
+    FAILED_PRECONDITION instead of silently returning an unreranked list. For diversity, see
+    `diversify`.
+    """
+    diversify: _builtins.bool
+    """Reorder the candidates with maximal marginal relevance (MMR) so that near-duplicate passages
+    do not crowd a page. This trades relevance for diversity: it usually lowers nDCG, and is
+    meant for overviews, not for answering a question.
+    """
+    mmr_lambda: _builtins.float
+    """MMR trade-off for `diversify`, between 0 (diversity only) and 1 (relevance only); the service
+    default (0.7) when unset. Only valid together with `diversify`.
+    """
     @_builtins.property
     def filters(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetadataFilter]:
         """Conditions every hit satisfies."""
@@ -839,12 +865,16 @@ class SearchRequest(_message.Message):
         dense_weight: _builtins.float = ...,
         keyword_weight: _builtins.float = ...,
         rerank: _builtins.bool = ...,
+        diversify: _builtins.bool = ...,
+        mmr_lambda: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_mmr_lambda", b"_mmr_lambda", "mmr_lambda", b"mmr_lambda"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dense_weight", b"dense_weight", "filters", b"filters", "fusion", b"fusion", "keyword_weight", b"keyword_weight", "min_score", b"min_score", "mode", b"mode", "page_size", b"page_size", "page_token", b"page_token", "query", b"query", "rerank", b"rerank"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_mmr_lambda", b"_mmr_lambda", "dense_weight", b"dense_weight", "diversify", b"diversify", "filters", b"filters", "fusion", b"fusion", "keyword_weight", b"keyword_weight", "min_score", b"min_score", "mmr_lambda", b"mmr_lambda", "mode", b"mode", "page_size", b"page_size", "page_token", b"page_token", "query", b"query", "rerank", b"rerank"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__mmr_lambda: _TypeAlias = _typing.Literal["mmr_lambda"]  # noqa: Y015
+    _WhichOneofArgType__mmr_lambda: _TypeAlias = _typing.Literal["_mmr_lambda", b"_mmr_lambda"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__mmr_lambda) -> _WhichOneofReturnType__mmr_lambda | None: ...
 
 Global___SearchRequest: _TypeAlias = SearchRequest  # noqa: Y015
 
