@@ -61,6 +61,13 @@ async def test_second_ingestion_changes_nothing(
         pb.SearchEntitiesRequest(query="vaccine temperature sensors"),
         metadata=bearer(sample_keys[CONFERENCE_TENANT]),
     )
+    # The same hits in the same order; scores equal up to float noise of batched embedding.
+    assert [h.score for h in after.hits] == pytest.approx([h.score for h in before.hits], abs=1e-5)
+    for hits in (before.hits, after.hits):
+        for hit in hits:
+            hit.ClearField("score")
+            for facet in hit.matches:
+                facet.ClearField("score")
     assert after == before
 
 
