@@ -48,10 +48,11 @@ class TritonEmbedder:
         timeout_s: float = 30.0,
         dim: int = EMBEDDING_DIM,
         query_concurrency: int = 4,
+        ingest_batch_size: int = 16,
     ) -> None:
         from tritonclient.grpc import aio as grpcclient
 
-        if not 1 <= max_batch_size <= 64:
+        if not 1 <= max_batch_size <= 64 or not 1 <= ingest_batch_size <= 64:
             raise InvalidArgument("max_batch_size", "must be between 1 and 64")
         self._client = grpcclient.InferenceServerClient(url=url)
         self._model = model_name
@@ -60,8 +61,12 @@ class TritonEmbedder:
         self._queries = asyncio.Semaphore(query_concurrency)
         self._timeout = timeout_s
         self._dim = dim
-        # Ingestion's own capacity (``max_concurrency`` requests in flight).
-        self.ingestion: Embedder = _Lane(self, asyncio.Semaphore(max_concurrency))
+        # Ingestion's own capacity: ``max_concurrency`` requests of ``ingest_batch_size`` texts
+        # in flight. Triton runs requests in turn, so a query waits for at most that much bulk
+        # work: small requests keep searches fast during an ingest at little cost to throughput.
+        self.ingestion: Embedder = _Lane(
+            self, asyncio.Semaphore(max_concurrency), min(ingest_batch_size, max_batch_size)
+        )
 
     @property
     def dim(self) -> int:
@@ -79,11 +84,12 @@ class TritonEmbedder:
         return await self.embed_with(texts, self._queries)
 
     async def embed_with(
-        self, texts: Sequence[str], slots: asyncio.Semaphore
+        self, texts: Sequence[str], slots: asyncio.Semaphore, batch_size: int | None = None
     ) -> npt.NDArray[np.float32]:
         if not texts:
             return np.zeros((0, self._dim), dtype=np.float32)
-        batches = [texts[i : i + self._max_batch] for i in range(0, len(texts), self._max_batch)]
+        size = batch_size or self._max_batch
+        batches = [texts[i : i + size] for i in range(0, len(texts), size)]
         results = await asyncio.gather(*(self._embed_batch(b, slots) for b in batches))
         return np.concatenate(results, axis=0)
 
@@ -129,13 +135,14 @@ class TritonEmbedder:
 class _Lane:
     """The same Triton client with its own limit of requests in flight (bulk ingestion)."""
 
-    def __init__(self, embedder: TritonEmbedder, slots: asyncio.Semaphore) -> None:
+    def __init__(self, embedder: TritonEmbedder, slots: asyncio.Semaphore, batch_size: int) -> None:
         self._embedder = embedder
         self._slots = slots
+        self._batch_size = batch_size
 
     @property
     def dim(self) -> int:
         return self._embedder.dim
 
     async def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-        return await self._embedder.embed_with(texts, self._slots)
+        return await self._embedder.embed_with(texts, self._slots, self._batch_size)

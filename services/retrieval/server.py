@@ -327,6 +327,7 @@ class Backends:
             model_name=settings.embedder_model,
             max_concurrency=settings.embed_concurrency,
             query_concurrency=settings.embed_query_concurrency,
+            ingest_batch_size=settings.embed_ingest_batch,
             timeout_s=settings.embed_timeout_seconds,
         )
         self._store: MilvusStore | None = None

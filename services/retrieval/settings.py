@@ -43,7 +43,13 @@ class RetrievalSettings(CommonSettings):
         "Bound on one embedding request (a batch of up to 64 texts) to Triton.",
     )
     embed_concurrency: int = setting(
-        "CALLISTO_EMBED_CONCURRENCY", 4, "Ingestion's embedding batches in flight to Triton."
+        "CALLISTO_EMBED_CONCURRENCY",
+        1,
+        "Ingestion's embedding requests in flight to Triton (a search waits behind at most "
+        "these; raise it for a GPU or several model instances).",
+    )
+    embed_ingest_batch: int = setting(
+        "CALLISTO_EMBED_INGEST_BATCH", 16, "Texts per ingestion embedding request (1-64)."
     )
     embed_query_concurrency: int = setting(
         "CALLISTO_EMBED_QUERY_CONCURRENCY",
