@@ -55,6 +55,7 @@ class IngestDocument:
 class IngestOptions:
     parse: ParseOptions = field(default_factory=ParseOptions)
     chunk: ChunkOptions = field(default_factory=ChunkOptions)
+    # No longer bounds anything (the chunk budget below does); kept so callers still work.
     queue_size: int = 4
     embed_workers: int = 2
     # Chunks parsed but not yet stored; bounds memory and lets small documents batch up.
