@@ -40,13 +40,13 @@ from typing import Any
 import grpc
 import numpy as np
 
-from callisto.gateway.process import EnvoyGateway
+from callisto.api.retrieval.v1 import retrieval_pb2 as pb
+from callisto.api.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from callisto.ingest.folder import FileSpec, ingest_specs
-from callisto.ingest.samples import COMPANY_TENANTS, company_specs, ingest_samples, samples_dir
+from callisto.mesh.gateway import EnvoyGateway
 from callisto.mesh.processes import ManagedProcess, RedisServer, ServiceProcess, free_port
+from callisto.mesh.samples import COMPANY_TENANTS, company_specs, ingest_samples, samples_dir
 from callisto.mesh.triton import running_triton
-from callisto.retrieval.v1 import retrieval_pb2 as pb
-from callisto.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from callisto.services.common.auth import create_api_key
 from callisto.services.retrieval.chunking import ChunkOptions, chunk_document
 from callisto.services.retrieval.embedder import TritonEmbedder

@@ -25,11 +25,11 @@ import grpc
 from google.protobuf import timestamp_pb2
 from google.rpc import status_pb2
 
+from callisto.api.common.v1 import common_pb2
+from callisto.api.retrieval.v1 import retrieval_pb2 as pb
+from callisto.api.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from callisto.attributes import from_proto as attribute_from_proto
 from callisto.attributes import to_proto as attribute_to_proto
-from callisto.common.v1 import common_pb2
-from callisto.retrieval.v1 import retrieval_pb2 as pb
-from callisto.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from callisto.services.common.errors import (
     CallistoError,
     FieldViolation,

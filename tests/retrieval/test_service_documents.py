@@ -10,8 +10,8 @@ import grpc
 import pytest
 from retrieval_test_support import Doc, bad_request, bearer, ingest, results
 
-from callisto.retrieval.v1 import retrieval_pb2 as pb
-from callisto.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
+from callisto.api.retrieval.v1 import retrieval_pb2 as pb
+from callisto.api.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 
 Stub = pb_grpc.RetrievalServiceStub
 
