@@ -8,23 +8,31 @@ the same run on the same machine, data and collection.
    same output fields, same collection). Target: <= 3 ms added at p50.
 3. Recall@10 of the service's dense (HNSW) search vs exact brute-force cosine over the real
    embeddings stored for the sample corpus. Target: >= 0.95.
+4. Search under ingestion: dense search p50 through the service alone and while another tenant
+   bulk-ingests generated documents, same run, as a ratio. Target: <= 1.5x.
+5. Flat ingestion: `--stream-docs` (10,000) generated short documents (one chunk each) in one
+   IngestDocuments stream; documents/s of the first and the last thousand, and of the whole run
+   against the embedder's batched throughput on the same texts. Targets: last >= 90 % of first,
+   whole run >= 50 % of the embedder.
 
 Everything runs on free ports (Redis, Triton with the embedder, a Milvus Lite server, the
 retrieval service, Envoy) and is stopped at the end.
-Run: `.venv/bin/python bench/retrieval_bench.py`; `--quality` measures retrieval quality instead
-(nDCG@10 and recall@10 of dense, keyword and hybrid search, bench/retrieval_quality.py).
+Run: `.venv/bin/python bench/retrieval_bench.py` (`--stream-docs 2000 --load-docs 500` for a
+quicker run while developing); `--quality` measures retrieval quality instead (nDCG@10 and
+recall@10 of dense, keyword and hybrid search, bench/retrieval_quality.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import shutil
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -49,6 +57,13 @@ from callisto.services.retrieval.parsing import parse_document
 
 SERVICE = "callisto.retrieval.v1.RetrievalService"
 BENCH_TENANT = "bench-ingest"
+LOAD_TENANT = "bench-load"
+STREAM_TENANT = "bench-stream"
+WORDS = (
+    "harbour crane ferry cargo invoice pallet warehouse contract delivery customs tariff vessel "
+    "berth container schedule pilot tug freight manifest dock quay crew engine route voyage "
+    "storage insurance claim audit permit inspection fuel tide anchor signal beacon channel"
+).split()
 QUERIES = [
     "What is the list price of the Tessa Edge E410 with 64 GB of memory?",
     "How long do customers have to return non-faulty hardware?",
@@ -67,6 +82,44 @@ CHUNK_OUTPUT = [
     "id", "document_id", "title", "source_uri", "mime_type", "tags", "attributes",
     "chunk_index", "start_offset", "end_offset", "page", "section", "text",
 ]  # fmt: skip
+
+
+def generated_texts(count: int, seed: int) -> list[str]:
+    """Short distinct documents of about 300 characters (one chunk each)."""
+    rng = random.Random(seed)
+    return [
+        f"Note {i}. " + " ".join(rng.choice(WORDS) for _ in range(40)) + "." for i in range(count)
+    ]
+
+
+async def text_requests(
+    texts: Sequence[str], prefix: str
+) -> AsyncIterator[pb.IngestDocumentsRequest]:
+    for i, text in enumerate(texts):
+        yield pb.IngestDocumentsRequest(
+            header=pb.DocumentHeader(
+                document_id=f"{prefix}{i:06d}", title=f"Note {i}", mime_type="text/plain"
+            )
+        )
+        yield pb.IngestDocumentsRequest(data=text.encode())
+        yield pb.IngestDocumentsRequest(end=pb.DocumentEnd())
+
+
+async def stream_ingest(
+    stub: Any, texts: Sequence[str], prefix: str, metadata: Any
+) -> tuple[float, list[float]]:
+    """Ingest ``texts`` in one stream; the start time and each document result's arrival."""
+    started = time.perf_counter()
+    arrivals: list[float] = []
+    async for response in stub.IngestDocuments(text_requests(texts, prefix), metadata=metadata):
+        kind = response.WhichOneof("event")
+        if kind == "document":
+            assert response.document.outcome != pb.DOCUMENT_OUTCOME_FAILED, response
+            arrivals.append(time.perf_counter())
+        elif kind == "error":
+            raise RuntimeError(f"ingest stream failed: {response.error}")
+    assert len(arrivals) == len(texts), (len(arrivals), len(texts))
+    return started, arrivals
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -119,10 +172,21 @@ async def timed(call: Callable[[], Awaitable[Any]], runs: int, warmup: int = 5) 
 
 
 class Bench:
-    def __init__(self, work: Path, copies: int, runs: int) -> None:
+    def __init__(
+        self,
+        work: Path,
+        copies: int,
+        runs: int,
+        stream_docs: int = 10_000,
+        load_docs: int = 2000,
+        ingestion_only: bool = False,
+    ) -> None:
+        self.ingestion_only = ingestion_only
         self.work = work
         self.copies = copies
         self.runs = runs
+        self.stream_docs = stream_docs
+        self.load_docs = load_docs
         self.rows: list[tuple[str, str, str, str, str]] = []
 
     def row(self, what: str, baseline: str, value: str, diff: str, target: str) -> None:
@@ -172,7 +236,8 @@ class Bench:
         from pymilvus import MilvusClient
 
         embedder = TritonEmbedder(triton_url, max_concurrency=4, timeout_s=600)
-        keys = {t: await create_key(redis.url, t) for t in (*COMPANY_TENANTS, BENCH_TENANT)}
+        tenants = (*COMPANY_TENANTS, BENCH_TENANT, LOAD_TENANT, STREAM_TENANT)
+        keys = {t: await create_key(redis.url, t) for t in tenants}
         files = self.work / "corpus"
         files.mkdir()
         specs = await asyncio.to_thread(corpus, self.copies, files)
@@ -191,6 +256,15 @@ class Bench:
                 )
                 rates.append(len(texts) / (time.perf_counter() - started))
             return max(rates)
+
+        if self.ingestion_only:
+            async with grpc.aio.insecure_channel(service.address) as channel:
+                stub = pb_grpc.RetrievalServiceStub(channel)
+                assert not (await ingest_samples(service.address, keys)).failed
+                md = (("authorization", f"Bearer {keys['tessaline-systems']}"),)
+                await self.loaded_sections(stub, md, keys, embedder)
+            await embedder.close()
+            return
 
         # 1. ingestion throughput; the baseline runs before and after (the machine is shared).
         raw_before = await embed_all()
@@ -304,7 +378,91 @@ class Bench:
             )
             client.close()
             pool.shutdown()
+
+            await self.loaded_sections(stub, tenant_md, keys, embedder)
         await embedder.close()
+
+    async def loaded_sections(
+        self, stub: Any, search_md: Any, keys: dict[str, str], embedder: TritonEmbedder
+    ) -> None:
+        # 4. search latency while another tenant bulk-ingests
+        if self.load_docs:
+            await self.search_under_ingest(stub, search_md, keys)
+        # 5. ingestion speed over one long stream, against the embedder alone
+        if self.stream_docs:
+            await self.flat_ingestion(stub, keys, embedder)
+
+    async def search_under_ingest(self, stub: Any, search_md: Any, keys: dict[str, str]) -> None:
+        counter = iter(range(10**9))
+
+        async def dense() -> None:
+            query = QUERIES[next(counter) % len(QUERIES)]
+            await stub.Search(
+                pb.SearchRequest(query=query, mode=pb.SEARCH_MODE_DENSE, page_size=10),
+                metadata=search_md,
+            )
+
+        idle = await timed(dense, self.runs)
+        load_md = (("authorization", f"Bearer {keys[LOAD_TENANT]}"),)
+        load = asyncio.create_task(
+            stream_ingest(stub, generated_texts(self.load_docs, seed=2), "l", load_md)
+        )
+        await asyncio.sleep(1.0)  # let the bulk stream get going
+        busy: list[float] = []
+        while not load.done():
+            busy += await timed(dense, 1, warmup=0)
+        started, arrivals = await load
+        rate = len(arrivals) / (arrivals[-1] - started)
+        print(f"  load: {len(arrivals)} docs at {rate:.1f}/s; searches (ms): "
+              f"{[round(b) for b in busy]}", file=sys.stderr)  # fmt: skip
+        assert len(busy) >= 5, f"the bulk ingest ended after {len(busy)} searches"
+        p50_idle, p50_busy = percentile(idle, 50), percentile(busy, 50)
+        self.row(
+            f"dense search p50 (ms) during another tenant's ingest ({rate:.1f} docs/s), "
+            f"{len(busy)} searches",
+            f"{p50_idle:.2f} (no ingest)",
+            f"{p50_busy:.2f}",
+            f"{p50_busy / p50_idle:.2f}x",
+            "<= 1.5x",
+        )
+
+    async def flat_ingestion(
+        self, stub: Any, keys: dict[str, str], embedder: TritonEmbedder
+    ) -> None:
+        texts = generated_texts(self.stream_docs, seed=1)
+
+        sample = texts[:2000]  # the same texts' first 2,000 keep the baseline short
+
+        async def embedder_rate() -> float:
+            started = time.perf_counter()
+            await asyncio.gather(
+                *(embedder.embed(sample[i : i + 64]) for i in range(0, len(sample), 64))
+            )
+            return len(sample) / (time.perf_counter() - started)
+
+        before = await embedder_rate()
+        md = (("authorization", f"Bearer {keys[STREAM_TENANT]}"),)
+        started, arrivals = await stream_ingest(stub, texts, "s", md)
+        raw = (before + await embedder_rate()) / 2
+        window = min(1000, len(texts) // 2)
+        first = window / (arrivals[window - 1] - started)
+        last = window / (arrivals[-1] - arrivals[-window - 1])
+        whole = len(texts) / (arrivals[-1] - started)
+        label = f"{len(texts)} one-chunk docs in one stream (docs/s)"
+        self.row(
+            f"ingestion, last vs first {window} of {label}",
+            f"{first:.1f} (first {window})",
+            f"{last:.1f} (last {window})",
+            f"{last / first:.0%}",
+            ">= 90%",
+        )
+        self.row(
+            f"ingestion, whole run of {label}",
+            f"{raw:.1f} (embedder alone, batches of 64)",
+            f"{whole:.1f}",
+            f"{whole / raw:.0%}",
+            ">= 50%",
+        )
 
     def table(self) -> str:
         header = ("what", "baseline (same run)", "value", "ratio / difference", "target")
@@ -327,6 +485,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quality", action="store_true", help="nDCG@10 / recall@10 per mode instead"
     )
+    parser.add_argument(
+        "--stream-docs", type=int, default=10_000, help="documents of the flat-ingestion stream"
+    )
+    parser.add_argument(
+        "--load-docs", type=int, default=2000, help="documents ingested while searches are timed"
+    )
+    parser.add_argument(
+        "--ingestion-only",
+        action="store_true",
+        help="only sections 4 and 5 (search under ingestion, flat ingestion)",
+    )
     args = parser.parse_args(argv)
     if args.quality:
         from retrieval_quality import run as quality  # bench/ is sys.path[0] for this script
@@ -345,7 +514,9 @@ def main(argv: list[str] | None = None) -> int:
             log_path=work / "milvus.log",
         )  # fmt: skip
         milvus.start()
-        bench = Bench(work, args.copies, args.runs)
+        bench = Bench(
+            work, args.copies, args.runs, args.stream_docs, args.load_docs, args.ingestion_only
+        )
         try:
             env = {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
             with running_triton(["embedder"], env=env, log=lambda _: None) as triton:

@@ -2,8 +2,11 @@
 
 The model takes ``text`` (TYPE_STRING, dims [1], batched along the first dimension, at most 64 per
 request) and returns ``embedding`` (TYPE_FP32 [384], L2-normalised). :class:`TritonEmbedder`
-splits a call into batches of at most ``max_batch_size``, runs up to ``max_concurrency`` of them at
-once and bounds the whole call with a timeout. Anything that embeds text can stand in through the
+splits a call into batches of at most ``max_batch_size`` and bounds each batch's request with the
+timeout (a long document is many requests; a bound on the whole would fail it on every retry).
+Queries and ingestion have separate capacity: :meth:`TritonEmbedder.embed` (queries) and
+:attr:`TritonEmbedder.ingestion` each have their own limit of requests in flight, so a query
+never waits for a slot behind bulk batches. Anything that embeds text can stand in through the
 :class:`Embedder` protocol.
 """
 
@@ -44,18 +47,26 @@ class TritonEmbedder:
         max_concurrency: int = 4,
         timeout_s: float = 30.0,
         dim: int = EMBEDDING_DIM,
+        query_concurrency: int = 4,
+        ingest_batch_size: int = 16,
     ) -> None:
         from tritonclient.grpc import aio as grpcclient
 
-        if not 1 <= max_batch_size <= 64:
+        if not 1 <= max_batch_size <= 64 or not 1 <= ingest_batch_size <= 64:
             raise InvalidArgument("max_batch_size", "must be between 1 and 64")
         self._client = grpcclient.InferenceServerClient(url=url)
         self._model = model_name
         self._version = model_version
         self._max_batch = max_batch_size
-        self._semaphore = asyncio.Semaphore(max_concurrency)
+        self._queries = asyncio.Semaphore(query_concurrency)
         self._timeout = timeout_s
         self._dim = dim
+        # Ingestion's own capacity: ``max_concurrency`` requests of ``ingest_batch_size`` texts
+        # in flight. Triton runs requests in turn, so a query waits for at most that much bulk
+        # work: small requests keep searches fast during an ingest at little cost to throughput.
+        self.ingestion: Embedder = _Lane(
+            self, asyncio.Semaphore(max_concurrency), min(ingest_batch_size, max_batch_size)
+        )
 
     @property
     def dim(self) -> int:
@@ -69,19 +80,22 @@ class TritonEmbedder:
             return False
 
     async def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        """Embed query texts (the query lane)."""
+        return await self.embed_with(texts, self._queries)
+
+    async def embed_with(
+        self, texts: Sequence[str], slots: asyncio.Semaphore, batch_size: int | None = None
+    ) -> npt.NDArray[np.float32]:
         if not texts:
             return np.zeros((0, self._dim), dtype=np.float32)
-        batches = [texts[i : i + self._max_batch] for i in range(0, len(texts), self._max_batch)]
-        try:
-            async with asyncio.timeout(self._timeout):
-                results = await asyncio.gather(*(self._embed_batch(b) for b in batches))
-        except TimeoutError as exc:
-            raise BackendUnavailable(
-                "embedder", f"Triton embedder did not answer within {self._timeout:.1f} s"
-            ) from exc
+        size = batch_size or self._max_batch
+        batches = [texts[i : i + size] for i in range(0, len(texts), size)]
+        results = await asyncio.gather(*(self._embed_batch(b, slots) for b in batches))
         return np.concatenate(results, axis=0)
 
-    async def _embed_batch(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+    async def _embed_batch(
+        self, texts: Sequence[str], slots: asyncio.Semaphore
+    ) -> npt.NDArray[np.float32]:
         from tritonclient.grpc import aio as grpcclient
         from tritonclient.utils import InferenceServerException
 
@@ -89,17 +103,23 @@ class TritonEmbedder:
         inputs = [grpcclient.InferInput("text", list(data.shape), "BYTES")]
         inputs[0].set_data_from_numpy(data)
         outputs = [grpcclient.InferRequestedOutput("embedding")]
-        async with self._semaphore:
+        async with slots:
+            # The bound starts once the request is sent: waiting for a slot is not Triton's time.
             try:
-                result = await self._client.infer(
-                    self._model,
-                    inputs,
-                    model_version=self._version,
-                    outputs=outputs,
-                    client_timeout=self._timeout,
-                )
+                async with asyncio.timeout(self._timeout):
+                    result = await self._client.infer(
+                        self._model,
+                        inputs,
+                        model_version=self._version,
+                        outputs=outputs,
+                        client_timeout=self._timeout,
+                    )
+            except TimeoutError as exc:
+                raise BackendUnavailable(
+                    "embedder", f"Triton embedder did not answer within {self._timeout:.1f} s"
+                ) from exc
             except InferenceServerException as exc:
-                raise BackendUnavailable("embedder", f"Triton embedder failed: {exc}") from exc
+                raise BackendUnavailable("embedder", "Triton embedder failed") from exc
         array = result.as_numpy("embedding")
         if array is None or array.shape != (len(texts), self._dim):
             shape = None if array is None else array.shape
@@ -110,3 +130,19 @@ class TritonEmbedder:
 
     async def close(self) -> None:
         await self._client.close()
+
+
+class _Lane:
+    """The same Triton client with its own limit of requests in flight (bulk ingestion)."""
+
+    def __init__(self, embedder: TritonEmbedder, slots: asyncio.Semaphore, batch_size: int) -> None:
+        self._embedder = embedder
+        self._slots = slots
+        self._batch_size = batch_size
+
+    @property
+    def dim(self) -> int:
+        return self._embedder.dim
+
+    async def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        return await self._embedder.embed_with(texts, self._slots, self._batch_size)

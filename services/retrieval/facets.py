@@ -34,6 +34,7 @@ from callisto.services.retrieval.embedder import Embedder
 from callisto.services.retrieval.errors import InvalidArgument
 from callisto.services.retrieval.filters import Condition, validate_id
 from callisto.services.retrieval.milvus_store import (
+    MAX_FACET,
     EntityRow,
     MilvusStore,
     attributes_json,
@@ -75,6 +76,8 @@ def parse_entity(obj: Mapping[str, Any], where: str = "entity") -> EntityRecord:
     facets: dict[str, str] = {}
     for name, value in facets_obj.items():
         validate_id(str(name), f"{where}.facets")
+        if len(str(name)) > MAX_FACET:
+            raise InvalidArgument(f"{where}.facets", f"facet names are 1-{MAX_FACET} characters")
         if name == MASTER:
             raise InvalidArgument(f"{where}.facets", f"{MASTER!r} is reserved")
         if not isinstance(value, str):

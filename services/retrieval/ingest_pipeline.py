@@ -1,12 +1,16 @@
 """Streaming ingestion: read → parse → chunk → embed → store as bounded asyncio stages.
 
-Stages are connected by bounded queues, so at most ``queue_size`` parsed documents wait for the
-embedder and at most ``queue_size`` embedded documents wait for Milvus: the embedder stays busy
-while the next documents are parsed and the previous ones written, and memory stays bounded (a
-document's bytes are assembled only up to the size limit). Documents are parsed by a
-:class:`DocumentParser`: the service's is a pool of worker processes bounded in memory and time.
-A failing document yields a ``DOCUMENT_FAILED`` event carrying its typed error; the rest go on.
-An unexpected failure is logged with its traceback and reported as INTERNAL.
+Stages are connected by queues bounded by a budget of chunks in flight (``max_chunks_in_flight``
+between parsing and storage; a document larger than the budget goes alone), so the embedder stays
+busy while the next documents are parsed and the previous ones written, and memory stays bounded
+(a document's bytes are assembled only up to the size limit). Small documents are embedded and
+written together: an embedding request takes the chunks of every document waiting (up to
+``embed_batch_chunks``), and a write takes every embedded document waiting, so a stream of
+one-chunk documents costs a few requests per batch rather than several per document.
+Documents are parsed by a :class:`DocumentParser`: the service's is a pool of worker processes
+bounded in memory and time. A failing document yields a ``DOCUMENT_FAILED`` event carrying its
+typed error; the rest go on. An unexpected failure is logged with its traceback and reported as
+INTERNAL.
 """
 
 from __future__ import annotations
@@ -15,9 +19,9 @@ import asyncio
 import dataclasses
 import hashlib
 import logging
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -27,7 +31,7 @@ from callisto.services.retrieval.chunking import ChunkOptions
 from callisto.services.retrieval.embedder import Embedder
 from callisto.services.retrieval.errors import DocumentTooLarge, NotFound, RetrievalError
 from callisto.services.retrieval.filters import validate_id
-from callisto.services.retrieval.milvus_store import MilvusStore
+from callisto.services.retrieval.milvus_store import DocumentWrite, MilvusStore
 from callisto.services.retrieval.models import (
     Chunk,
     DocumentMeta,
@@ -38,6 +42,8 @@ from callisto.services.retrieval.parse_pool import DocumentParser, ThreadParser
 from callisto.services.retrieval.parsing import ParseOptions, resolve_mime_type
 
 log = logging.getLogger("callisto.retrieval")
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,11 +62,18 @@ class IngestDocument:
 class IngestOptions:
     parse: ParseOptions = field(default_factory=ParseOptions)
     chunk: ChunkOptions = field(default_factory=ChunkOptions)
+    # No longer bounds anything (the chunk budget below does); kept so callers still work.
     queue_size: int = 4
     embed_workers: int = 2
+    # Chunks parsed but not yet stored; bounds memory and lets small documents batch up.
+    max_chunks_in_flight: int = 2048
+    # Chunks one embedding call takes from the documents waiting (the embedder splits further).
+    embed_batch_chunks: int = 256
+    # Chunks one store write takes from the embedded documents waiting.
+    write_batch_chunks: int = 1024
     # Written chunks are flushed once this many are pending, and at the end of every batch:
-    # one flush per document would dominate the cost of small documents.
-    flush_every_chunks: int = 4096
+    # Milvus Lite keeps unflushed rows in memory and slows down as they pile up.
+    flush_every_chunks: int = 1024
 
 
 @dataclass(slots=True)
@@ -75,6 +88,43 @@ class _Parsed:
 class _Embedded:
     parsed: _Parsed
     vectors: npt.NDArray[np.float32]
+
+
+class _Budget:
+    """Chunks in flight between parsing and storage; a document larger than the whole budget
+    waits until nothing else is in flight."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._used = 0
+        self._changed = asyncio.Condition()
+
+    async def acquire(self, count: int) -> None:
+        async with self._changed:
+            await self._changed.wait_for(
+                lambda: self._used == 0 or self._used + count <= self._limit
+            )
+            self._used += count
+
+    async def release(self, count: int) -> None:
+        async with self._changed:
+            self._used -= count
+            self._changed.notify_all()
+
+
+def _drain(queue: asyncio.Queue[T | None], first: T, size: Callable[[T], int], limit: int) -> (
+    tuple[list[T], bool]
+):  # fmt: skip
+    """``first`` plus what is already waiting, up to ``limit`` in total size; True when the
+    end-of-stream marker was taken."""
+    items, total = [first], size(first)
+    while total < limit and not queue.empty():
+        item = queue.get_nowait()
+        if item is None:
+            return items, True
+        items.append(item)
+        total += size(item)
+    return items, False
 
 
 @dataclass(slots=True)
@@ -121,8 +171,10 @@ class IngestPipeline:
     async def run(self, documents: AsyncIterable[IngestDocument]) -> AsyncIterator[ProgressEvent]:
         """Ingest ``documents``; events arrive as work completes, ending when all are done."""
         options = self._options
-        parsed_q: asyncio.Queue[_Parsed | None] = asyncio.Queue(options.queue_size)
-        embedded_q: asyncio.Queue[_Embedded | None] = asyncio.Queue(options.queue_size)
+        # Unbounded queues: the chunk budget bounds what they hold.
+        parsed_q: asyncio.Queue[_Parsed | None] = asyncio.Queue()
+        embedded_q: asyncio.Queue[_Embedded | None] = asyncio.Queue()
+        budget = _Budget(options.max_chunks_in_flight)
         events: asyncio.Queue[ProgressEvent | None] = asyncio.Queue()
         counters = _Counters()
 
@@ -198,51 +250,81 @@ class IngestPipeline:
                         continue
                     counters.parsed += 1
                     emit(ProgressKind.DOCUMENT_PARSED, meta.document_id, len(chunks))
+                    await budget.acquire(len(chunks))
                     await parsed_q.put(_Parsed(meta, chunks, content_hash, size))
             finally:
                 for _ in range(options.embed_workers):
                     await parsed_q.put(None)
 
         async def embed() -> None:
-            while (item := await parsed_q.get()) is not None:
+            ended = False
+            while not ended and (first := await parsed_q.get()) is not None:
+                batch, ended = _drain(
+                    parsed_q, first, lambda p: len(p.chunks), options.embed_batch_chunks
+                )
                 try:
-                    vectors = await self._embedder.embed([c.text for c in item.chunks])
+                    vectors = await self._embedder.embed(
+                        [c.text for item in batch for c in item.chunks]
+                    )
                 except Exception as exc:
-                    fail(item.meta, exc)
+                    for item in batch:
+                        await budget.release(len(item.chunks))
+                        fail(item.meta, exc)
                     continue
-                counters.embedded += len(item.chunks)
-                emit(ProgressKind.CHUNKS_EMBEDDED, item.meta.document_id, len(item.chunks))
-                await embedded_q.put(_Embedded(item, vectors))
+                start = 0
+                for item in batch:
+                    count = len(item.chunks)
+                    counters.embedded += count
+                    emit(ProgressKind.CHUNKS_EMBEDDED, item.meta.document_id, count)
+                    await embedded_q.put(_Embedded(item, vectors[start : start + count]))
+                    start += count
 
         async def store() -> None:
             pending = 0
-            while (item := await embedded_q.get()) is not None:
-                parsed = item.parsed
-                try:
-                    result = await self._store.upsert_document(
-                        parsed.meta, parsed.chunks, item.vectors, parsed.content_hash, flush=False
+            ended = False
+            while not ended and (first := await embedded_q.get()) is not None:
+                batch, ended = _drain(
+                    embedded_q, first, lambda e: len(e.parsed.chunks), options.write_batch_chunks
+                )
+                writes = [
+                    DocumentWrite(
+                        e.parsed.meta,
+                        e.parsed.chunks,
+                        e.vectors,
+                        e.parsed.content_hash,
+                        e.parsed.size_bytes,
                     )
-                    pending += result.chunks_written
-                    if pending >= options.flush_every_chunks:
-                        pending = 0
-                        await self._store.flush()
+                    for e in batch
+                ]
+                try:
+                    try:
+                        results = await self._store.upsert_documents(writes)
+                        pending += sum(r.chunks_written for r in results)
+                        if pending >= options.flush_every_chunks:
+                            pending = 0
+                            await self._store.flush()
+                    finally:
+                        for write in writes:
+                            await budget.release(len(write.chunks))
                 except Exception as exc:
-                    fail(parsed.meta, exc)
+                    for write in writes:
+                        fail(write.meta, exc)
                     continue
-                kind = (
-                    ProgressKind.DOCUMENT_UNCHANGED
-                    if result.unchanged
-                    else (ProgressKind.DOCUMENT_STORED)
-                )
-                counters.stored += result.chunks_written
-                emit(
-                    kind,
-                    parsed.meta.document_id,
-                    result.chunks_written,
-                    created=result.created,
-                    content_hash=parsed.content_hash,
-                    size_bytes=parsed.size_bytes,
-                )
+                for write, result in zip(writes, results, strict=True):
+                    kind = (
+                        ProgressKind.DOCUMENT_UNCHANGED
+                        if result.unchanged
+                        else ProgressKind.DOCUMENT_STORED
+                    )
+                    counters.stored += result.chunks_written
+                    emit(
+                        kind,
+                        write.meta.document_id,
+                        result.chunks_written,
+                        created=result.created,
+                        content_hash=write.content_hash,
+                        size_bytes=write.size_bytes,
+                    )
             if pending:
                 await self._store.flush()
 

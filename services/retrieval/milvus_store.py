@@ -1,14 +1,26 @@
 """Milvus storage for document chunks and faceted entities (pymilvus ``MilvusClient``).
 
 The URI is configuration: a file path (``data/callisto.db``) runs Milvus Lite embedded, an
-``http://host:port`` URI talks to a Milvus server. pymilvus is blocking, so every call runs on a
-single worker thread owned by the store: calls stay ordered and the event loop never blocks.
+``http://host:port`` URI talks to a Milvus server. pymilvus is blocking, so calls run on worker
+threads owned by the store, never on the event loop: writes on one thread (they stay ordered),
+reads (searches, lookups, the health ping) on a pool of their own with their own client, so a bulk
+ingest never queues a search or a probe behind its batches.
+
+Documents: one header row per document in its own collection (key ``tenant/document_id``) names
+the document's current chunk *generation*. A write stores the new chunks under a fresh generation,
+then switches the header, then deletes the old generation, so a reader sees the old version or
+the new one, never a mix; an interrupted write leaves the old header (and content hash) in place,
+so a retry re-ingests. Every per-document lookup, switch and delete goes by primary key (chunk ids
+derive from tenant, document, generation and index), never by a filter scan: Milvus Lite scans
+every unflushed row for a filter, which made long ingests slow down as they went.
 
 Isolation: ``tenant`` is the collection's partition key, and every query, search, hybrid
 sub-request and delete ANDs an escaped ``tenant == "..."`` clause (the partition key alone is not a
 security boundary). Ids are validated before they reach an expression because pymilvus pastes
 ``ids=`` values unescaped; this module therefore never uses ``get(ids=...)``/``delete(ids=...)``
-with caller-supplied ids.
+with caller-supplied ids. Lookups by primary keys this module derives from the tenant (header
+keys, chunk ids) skip the tenant clause so Milvus can serve them without a scan; each returned
+row's tenant is checked again here.
 
 BM25 scores come back negative from Milvus Lite (the order is right); hits report ``abs(score)``
 so larger is better on both Lite and a server. BM25 indexes the ``keywords`` field: the chunk text
@@ -23,7 +35,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,11 +50,17 @@ import numpy.typing as npt
 from callisto.services.retrieval import fusion as fusing
 from callisto.services.retrieval.analysis import PROPERTY as ANALYZER_PROPERTY
 from callisto.services.retrieval.analysis import TextAnalyzer
-from callisto.services.retrieval.errors import BackendUnavailable, InvalidArgument, NotFound
+from callisto.services.retrieval.errors import (
+    BackendUnavailable,
+    InvalidArgument,
+    NotFound,
+    RetrievalError,
+)
 from callisto.services.retrieval.filters import (
     CHUNK_FIELDS,
     ENTITY_FIELDS,
     Condition,
+    FieldKind,
     build_expression,
     escape_string,
     validate_id,
@@ -62,14 +82,36 @@ from callisto.services.retrieval.models import (
 
 T = TypeVar("T")
 Row = dict[str, Any]
+log = logging.getLogger("callisto.retrieval.milvus")
 
 # Milvus caps offset + limit of a search or query at 16384.
 MAX_WINDOW = 16384
 _WRITE_BATCH = 256
 _MAX_TEXT = 65535
+# Schema limits; request validation (server.py, facets.py) enforces the same numbers.
+MAX_ID = 128
+MAX_TITLE = 1024
+MAX_SOURCE_URI = 2048
+MAX_MIME_TYPE = 128
+MAX_TAGS = 64
+MAX_TAG = 128
+MAX_ENTITY_TYPE = 64
+MAX_FACET = 64
+MAX_SECTION = 2048
+# Filterable fields of the document header collection (ListDocuments).
+DOCUMENT_FIELDS: Mapping[str, FieldKind] = {
+    "document_id": "str",
+    "title": "str",
+    "source_uri": "str",
+    "mime_type": "str",
+    "tags": "str_array",
+    "created_time_ms": "int",
+    "updated_time_ms": "int",
+}
 _CHUNK_OUTPUT = [
     "id",
     "document_id",
+    "generation",
     "title",
     "source_uri",
     "mime_type",
@@ -83,6 +125,8 @@ _CHUNK_OUTPUT = [
     "text",
 ]
 _DOC_OUTPUT = [
+    "id",
+    "tenant",
     "document_id",
     "title",
     "source_uri",
@@ -91,7 +135,12 @@ _DOC_OUTPUT = [
     "attributes",
     "content_hash",
     "chunk_count",
+    "generation",
+    "orphan_generation",
+    "orphan_count",
     "created_time_ms",
+    "updated_time_ms",
+    "size_bytes",
 ]
 _ENTITY_OUTPUT = ["id", "entity_id", "entity_type", "facet", "title", "text", "attributes"]
 
@@ -104,6 +153,7 @@ class MilvusConfig:
     token: str = ""
     chunk_collection: str = "callisto_chunks"
     entity_collection: str = "callisto_entities"
+    document_collection: str = "callisto_documents"
     dim: int = 384
     num_partitions: int = 16
     # HNSW needs ef >= 256 for good recall on Milvus Lite (measured); FLAT is exact.
@@ -118,6 +168,8 @@ class MilvusConfig:
     # Keyword analyzer of new collections (a Snowball language or "none"); an existing
     # collection keeps the analyzer it was created with.
     text_analyzer: str = "english"
+    # Threads serving reads (searches, lookups, health pings); writes have one of their own.
+    read_workers: int = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,10 +199,80 @@ class EntityRecordHit:
     score: float
 
 
-def chunk_id(tenant: str, document_id: str, index: int) -> str:
+@dataclass(frozen=True, slots=True)
+class DocumentWrite:
+    """One document to store: its metadata, chunks, one vector per chunk and content hash."""
+
+    meta: DocumentMeta
+    chunks: Sequence[Chunk]
+    vectors: npt.NDArray[np.float32]
+    content_hash: str
+    size_bytes: int = 0
+
+
+class BackendRejected(RetrievalError):
+    """Milvus refused a request as invalid: a bug here (validation should have caught it), so
+    it is not retryable and Milvus's text stays in the log."""
+
+
+def chunk_id(tenant: str, document_id: str, generation: str, index: int) -> str:
     """Deterministic chunk primary key (hex, so it is always safe inside an expression)."""
-    digest = hashlib.sha256(f"{tenant}\x1f{document_id}\x1f{index}".encode()).hexdigest()
-    return digest[:40]
+    key = f"{tenant}\x1f{document_id}\x1f{generation}\x1f{index}"
+    return hashlib.sha256(key.encode()).hexdigest()[:40]
+
+
+def document_key(tenant: str, document_id: str) -> str:
+    """Primary key of a document's header row; within a tenant it sorts like the document id
+    ('/' is in neither id alphabet, so keys never collide)."""
+    return f"{tenant}/{document_id}"
+
+
+def _chunk_ids(tenant: str, document_id: str, generation: str, count: int) -> list[str]:
+    return (
+        [chunk_id(tenant, document_id, generation, i) for i in range(count)] if generation else []
+    )
+
+
+_RETRYABLE_CODES = frozenset({1, 2, 3, 4, 7, 8})  # not ready, unavailable, limits, rate limit
+
+
+def classify_milvus_error(exc: BaseException) -> RetrievalError:
+    """Connection failures, timeouts and overload are retryable (UNAVAILABLE); anything else
+    Milvus rejects is permanent. Neither carries Milvus's text to the caller."""
+    import grpc
+    from pymilvus import exceptions as mx
+
+    # pymilvus's own checks of a request (code 1 like a server that is not ready yet).
+    client_side = (
+        mx.ParamError
+        | mx.DataNotMatchException
+        | mx.DataTypeNotMatchException
+        | mx.DataTypeNotSupportException
+        | mx.SchemaNotReadyException
+        | mx.PrimaryKeyException
+        | mx.PartitionKeyException
+        | mx.FieldTypeException
+        | mx.FieldsTypeException
+        | mx.CollectionNotExistException
+    )
+    retryable = not isinstance(exc, client_side) and isinstance(
+        exc,
+        mx.ConnectError
+        | mx.ConnectionNotExistException
+        | mx.MilvusUnavailableException
+        | grpc.RpcError
+        | grpc.FutureTimeoutError
+        | TimeoutError,
+    )
+    if isinstance(exc, mx.MilvusException) and not isinstance(exc, client_side) and not retryable:
+        code = exc.code
+        # pymilvus reports a gRPC failure with the gRPC status code as its code.
+        retryable = isinstance(code, grpc.StatusCode) or code in _RETRYABLE_CODES
+    if retryable:
+        log.warning("milvus unavailable", extra={"fields": {"error": repr(exc)}})
+        return BackendUnavailable("milvus", "Milvus did not answer; retry later")
+    log.error("milvus rejected a request", extra={"fields": {"error": repr(exc)}})
+    return BackendRejected("milvus", "the storage backend rejected the request")
 
 
 def entity_record_id(tenant: str, entity_id: str, facet: str) -> str:
@@ -163,58 +285,95 @@ def _id_list(ids: Sequence[str]) -> str:
 
 
 class MilvusStore:
-    """Async facade over one ``MilvusClient``; create with :meth:`open`."""
+    """Async facade over pymilvus ``MilvusClient``s; create with :meth:`open`."""
 
     def __init__(self, config: MilvusConfig) -> None:
         self.config = config
-        # One thread keeps pymilvus calls ordered and off the event loop.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="milvus")
+        # One writer thread keeps writes ordered; reads get their own threads and client.
+        self._writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="milvus-write")
+        self._reads = ThreadPoolExecutor(
+            max_workers=max(1, config.read_workers), thread_name_prefix="milvus-read"
+        )
         self._client: Any = None
         # collection -> its keyword analyzer; None for a collection made before analysis
         # existed (BM25 then indexes the raw text, as it was written).
         self._analyzers: dict[str, TextAnalyzer | None] = {}
+        self._reader: Any = None
 
     @classmethod
     async def open(cls, config: MilvusConfig) -> MilvusStore:
         store = cls(config)
         try:
             await store._call(store._connect)
+            await store._read(store._connect_reader)
         except BaseException:
-            # A caller that retries (a health probe) must not leak one thread per attempt.
-            store._executor.shutdown(wait=False)
+            # A caller that retries (a health probe) must not leak threads per attempt.
+            store._shutdown(wait=False)
             raise
         return store
 
+    def _shutdown(self, *, wait: bool) -> None:
+        self._writes.shutdown(wait=wait)
+        self._reads.shutdown(wait=wait)
+
     async def close(self) -> None:
+        if self._reader is not None:
+            await self._read(self._reader.close)
+            self._reader = None
         if self._client is not None:
             await self._call(self._client.close)
             self._client = None
-        self._executor.shutdown(wait=True)
+        self._shutdown(wait=True)
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a write (or schema) call on the writer thread."""
+        return await self._run(self._writes, fn, *args, **kwargs)
+
+    async def _read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a read on the read pool: never queued behind writes."""
+        return await self._run(self._reads, fn, *args, **kwargs)
+
+    @staticmethod
+    async def _run(
+        executor: ThreadPoolExecutor, fn: Callable[..., T], *args: Any, **kwargs: Any
+    ) -> T:
+        import grpc
         from pymilvus.exceptions import MilvusException
 
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor, partial(fn, *args, **kwargs))
-        except MilvusException as exc:
-            raise BackendUnavailable("milvus", f"Milvus call failed: {exc}") from exc
+            return await loop.run_in_executor(executor, partial(fn, *args, **kwargs))
+        except (MilvusException, grpc.RpcError, grpc.FutureTimeoutError, TimeoutError) as exc:
+            raise classify_milvus_error(exc) from exc
 
     # ----------------------------------------------------------------- schema
-    def _connect(self) -> None:
+    def _new_client(self) -> Any:
         from pymilvus import MilvusClient
 
-        self._client = MilvusClient(
+        return MilvusClient(
             uri=self.config.uri, token=self.config.token, timeout=self.config.timeout_s
         )
+
+    def _connect(self) -> None:
+        self._client = self._new_client()
         if not self._client.has_collection(self.config.chunk_collection):
             self._create_chunks()
         if not self._client.has_collection(self.config.entity_collection):
             self._create_entities()
-        self._client.load_collection(self.config.chunk_collection)
-        self._client.load_collection(self.config.entity_collection)
+        if not self._client.has_collection(self.config.document_collection):
+            self._create_documents()
+        for name in (
+            self.config.chunk_collection,
+            self.config.entity_collection,
+            self.config.document_collection,
+        ):
+            self._client.load_collection(name)
         for name in (self.config.chunk_collection, self.config.entity_collection):
             self._analyzers[name] = self._stored_analyzer(name)
+
+    def _connect_reader(self) -> None:
+        # Milvus Lite serves every client of one .db from the same in-process server.
+        self._reader = self._new_client()
 
     def _stored_analyzer(self, name: str) -> TextAnalyzer | None:
         described = self._client.describe_collection(name)
@@ -304,10 +463,55 @@ class MilvusStore:
         schema.add_field("page", DataType.INT64)
         schema.add_field("section", DataType.VARCHAR, max_length=2048)
         schema.add_field("created_time_ms", DataType.INT64)
+        # The write that stored the chunk; only the header's current generation is visible.
+        schema.add_field("generation", DataType.VARCHAR, max_length=32)
         self._finish_schema(
             schema,
             self.config.chunk_collection,
             ("document_id", "mime_type", "chunk_index", "created_time_ms"),
+        )
+
+    def _create_documents(self) -> None:
+        """One header row per document: its metadata and the generation of its chunks."""
+        from pymilvus import DataType
+
+        schema = self._client.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", DataType.VARCHAR, max_length=300, is_primary=True)
+        schema.add_field("tenant", DataType.VARCHAR, max_length=128, is_partition_key=True)
+        schema.add_field("document_id", DataType.VARCHAR, max_length=MAX_ID)
+        schema.add_field("title", DataType.VARCHAR, max_length=MAX_TITLE)
+        schema.add_field("source_uri", DataType.VARCHAR, max_length=MAX_SOURCE_URI)
+        schema.add_field("mime_type", DataType.VARCHAR, max_length=MAX_MIME_TYPE)
+        schema.add_field(
+            "tags",
+            DataType.ARRAY,
+            element_type=DataType.VARCHAR,
+            max_capacity=MAX_TAGS,
+            max_length=MAX_TAG,
+        )
+        schema.add_field("attributes", DataType.JSON)
+        schema.add_field("content_hash", DataType.VARCHAR, max_length=64)
+        schema.add_field("chunk_count", DataType.INT64)
+        # Empty until the first write of the document completes (the header is then hidden).
+        schema.add_field("generation", DataType.VARCHAR, max_length=32)
+        # Chunks that may exist outside the current generation (an interrupted write, or the
+        # previous version while it is deleted); the next write deletes them by id.
+        schema.add_field("orphan_generation", DataType.VARCHAR, max_length=32)
+        schema.add_field("orphan_count", DataType.INT64)
+        schema.add_field("created_time_ms", DataType.INT64)
+        schema.add_field("updated_time_ms", DataType.INT64)
+        schema.add_field("size_bytes", DataType.INT64)
+        # Milvus requires a vector field in every collection; this one is never searched.
+        schema.add_field("placeholder", DataType.FLOAT_VECTOR, dim=2)
+        index = self._client.prepare_index_params()
+        index.add_index("placeholder", index_type="FLAT", metric_type="L2")
+        for field in ("tenant", "document_id"):
+            index.add_index(field, index_type="INVERTED")
+        self._client.create_collection(
+            self.config.document_collection,
+            schema=schema,
+            index_params=index,
+            num_partitions=self.config.num_partitions,
         )
 
     def _create_entities(self) -> None:
@@ -316,7 +520,7 @@ class MilvusStore:
         schema = self._base_schema()
         schema.add_field("entity_id", DataType.VARCHAR, max_length=128)
         schema.add_field("entity_type", DataType.VARCHAR, max_length=64)
-        schema.add_field("facet", DataType.VARCHAR, max_length=64)
+        schema.add_field("facet", DataType.VARCHAR, max_length=MAX_FACET)
         self._finish_schema(
             schema, self.config.entity_collection, ("entity_id", "entity_type", "facet")
         )
@@ -324,23 +528,31 @@ class MilvusStore:
     # ---------------------------------------------------------------- documents
     async def document_hash(self, tenant: str, document_id: str) -> str | None:
         """The stored content hash of a document, or None when it is not stored."""
-        row = await self._document_row(tenant, document_id)
-        return None if row is None else str(row["content_hash"])
+        row = (await self._headers(tenant, [document_id])).get(document_id)
+        return None if row is None or not row["generation"] else str(row["content_hash"])
 
-    async def _document_row(self, tenant: str, document_id: str) -> Row | None:
-        validate_id(document_id, "document_id")
-        expr = build_expression(
-            tenant,
-            [Condition("document_id", "eq", document_id), Condition("chunk_index", "eq", 0)],
-        )
-        rows = await self._call(
-            self._client.query,
-            self.config.chunk_collection,
-            filter=expr,
-            output_fields=_DOC_OUTPUT,
-            limit=1,
-        )
-        return dict(rows[0]) if rows else None
+    async def _headers(self, tenant: str, document_ids: Sequence[str]) -> dict[str, Row]:
+        """document id -> header row (also hidden, unfinished ones), looked up by key."""
+        validate_id(tenant, "tenant")
+        for document_id in document_ids:
+            validate_id(document_id, "document_id")
+        keys = sorted({document_key(tenant, d) for d in document_ids})
+        found: dict[str, Row] = {}
+        for i in range(0, len(keys), 1000):
+            # A bare `id in [...]` is a key lookup in Milvus (no scan); keys embed the tenant,
+            # and the tenant is checked on every row anyway.
+            rows = await self._read(
+                self._reader.query,
+                self.config.document_collection,
+                filter=f"id in {_id_list(keys[i : i + 1000])}",
+                output_fields=_DOC_OUTPUT,
+                # A reader must see the switch the writer client has just made.
+                consistency_level="Strong",
+            )
+            for row in rows:
+                if row["tenant"] == tenant:
+                    found[str(row["document_id"])] = dict(row)
+        return found
 
     async def upsert_document(
         self,
@@ -349,92 +561,207 @@ class MilvusStore:
         vectors: npt.NDArray[np.float32],
         content_hash: str,
         *,
+        size_bytes: int = 0,
         flush: bool = True,
     ) -> UpsertResult:
-        """Store a document's chunks idempotently.
+        """Store one document; see :meth:`upsert_documents`."""
+        write = DocumentWrite(meta, chunks, vectors, content_hash, size_bytes)
+        (result,) = await self.upsert_documents([write], flush=flush)
+        return result
 
-        The same content hash and metadata writes nothing; otherwise the new chunks overwrite
-        the old ones by id and any surplus old chunks are deleted, so a reader never sees the
-        document missing while it is replaced. A batch writer passes ``flush=False`` and calls
-        :meth:`flush` once per batch (a flush per document costs throughput).
+    async def upsert_documents(
+        self, writes: Sequence[DocumentWrite], *, flush: bool = False
+    ) -> list[UpsertResult]:
+        """Store documents idempotently, each switching atomically to its new chunks.
+
+        The same content hash and metadata writes nothing. Otherwise, per batch: mark the new
+        generation as orphan-to-be in each header (so an interrupted write is cleaned up by the
+        next one), insert the new chunks, switch the headers to them, delete the old chunks. A
+        batch writer passes ``flush=False`` and calls :meth:`flush` now and then (a flush per
+        document costs throughput).
         """
-        tenant, document_id = meta.tenant, meta.document_id
-        validate_id(tenant, "tenant")
-        validate_id(document_id, "document_id")
-        if len(chunks) != len(vectors):
+        for write in writes:
+            self._validate_write(write)
+        by_tenant: dict[str, list[str]] = {}
+        for write in writes:
+            by_tenant.setdefault(write.meta.tenant, []).append(write.meta.document_id)
+        keys = [(w.meta.tenant, w.meta.document_id) for w in writes]
+        if len(set(keys)) != len(keys):
+            # The same document twice in one batch: write them one after the other.
+            return [r for w in writes for r in await self.upsert_documents([w], flush=flush)]
+        existing: dict[tuple[str, str], Row] = {}
+        for tenant, ids in by_tenant.items():
+            for document_id, header in (await self._headers(tenant, ids)).items():
+                existing[(tenant, document_id)] = header
+        results: dict[int, UpsertResult] = {}
+        changed: list[tuple[int, DocumentWrite, Row | None, str]] = []
+        for i, write in enumerate(writes):
+            row = existing.get(keys[i])
+            if row is not None and row["generation"] and self._same_document(row, write):
+                results[i] = UpsertResult(
+                    write.meta.document_id, write.content_hash, 0, 0, unchanged=True
+                )
+            else:
+                changed.append((i, write, row, uuid.uuid4().hex))
+        if changed:
+            results.update(await self._switch(changed))
+        if flush:
+            await self.flush()
+        return [results[i] for i in range(len(writes))]
+
+    async def _switch(
+        self, changed: Sequence[tuple[int, DocumentWrite, Row | None, str]]
+    ) -> dict[int, UpsertResult]:
+        now = int(time.time() * 1000)
+        # 1. Chunks of earlier interrupted writes go; the header then records the new
+        #    generation as the orphan to delete should this write be interrupted too.
+        leftovers: list[str] = []
+        pending: list[Row] = []
+        for _, write, row, generation in changed:
+            tenant, document_id = write.meta.tenant, write.meta.document_id
+            if row is not None and row["orphan_generation"] != row["generation"]:
+                leftovers += _chunk_ids(
+                    tenant, document_id, str(row["orphan_generation"]), int(row["orphan_count"])
+                )
+            base = row or self._header_row(write, generation="", created=now, updated=now)
+            pending.append(
+                {
+                    **base,
+                    "orphan_generation": generation,
+                    "orphan_count": len(write.chunks),
+                    "placeholder": [0.0, 0.0],
+                }
+            )
+        await self._delete_ids(self.config.chunk_collection, leftovers)
+        await self._write(self.config.document_collection, pending, upsert=True)
+        # 2. The new generation's chunks: fresh ids, so a plain insert (no lookup per row).
+        chunk_rows = [
+            self._chunk_row(write, generation, created=int(row["created_time_ms"]) if row else now)
+            for _, write, row, generation in changed
+        ]
+        await self._write(
+            self.config.chunk_collection, [r for rows in chunk_rows for r in rows], upsert=False
+        )
+        # 3. The switch: one header row per document, so readers see old or new, never both.
+        headers = []
+        stale: list[str] = []
+        for _, write, row, generation in changed:
+            old = str(row["generation"]) if row is not None else ""
+            old_count = int(row["chunk_count"]) if row is not None and old else 0
+            created = int(row["created_time_ms"]) if row is not None and old else now
+            header = self._header_row(write, generation=generation, created=created, updated=now)
+            header.update(orphan_generation=old, orphan_count=old_count)
+            headers.append(header)
+            stale += _chunk_ids(write.meta.tenant, write.meta.document_id, old, old_count)
+        await self._write(self.config.document_collection, headers, upsert=True)
+        # 4. The old generation goes; if this fails the header still names it for later.
+        deleted = 0
+        try:
+            deleted = await self._delete_ids(self.config.chunk_collection, stale)
+        except BackendUnavailable:
+            log.warning("old chunks not deleted yet", extra={"fields": {"chunks": len(stale)}})
+        return {
+            i: UpsertResult(
+                write.meta.document_id,
+                write.content_hash,
+                len(write.chunks),
+                deleted if len(changed) == 1 else 0,
+                unchanged=False,
+                created=row is None or not row["generation"],
+            )
+            for i, write, row, _ in changed
+        }
+
+    def _validate_write(self, write: DocumentWrite) -> None:
+        meta = write.meta
+        validate_id(meta.tenant, "tenant")
+        validate_id(meta.document_id, "document_id")
+        if len(write.chunks) != len(write.vectors):
             raise InvalidArgument("vectors", "one vector per chunk is required")
-        if vectors.size and vectors.shape[1] != self.config.dim:
+        if write.vectors.size and write.vectors.shape[1] != self.config.dim:
             raise InvalidArgument("vectors", f"vectors must have {self.config.dim} dimensions")
         for tag in meta.tags:
-            if not tag or len(tag) > 128:
-                raise InvalidArgument("tags", "tags are 1-128 characters")
-        if len(meta.tags) > 64:
-            raise InvalidArgument("tags", "at most 64 tags")
-        existing = await self._document_row(tenant, document_id)
-        if existing is not None and self._same_document(existing, meta, content_hash, chunks):
-            return UpsertResult(document_id, content_hash, 0, 0, unchanged=True)
-        created = int(existing["created_time_ms"]) if existing else int(time.time() * 1000)
-        rows = [
+            if not tag or len(tag) > MAX_TAG:
+                raise InvalidArgument("tags", f"tags are 1-{MAX_TAG} characters")
+        if len(meta.tags) > MAX_TAGS:
+            raise InvalidArgument("tags", f"at most {MAX_TAGS} tags")
+        if len(meta.mime_type) > MAX_MIME_TYPE:
+            raise InvalidArgument("mime_type", f"at most {MAX_MIME_TYPE} characters")
+
+    @staticmethod
+    def _header_row(write: DocumentWrite, *, generation: str, created: int, updated: int) -> Row:
+        meta = write.meta
+        return {
+            "id": document_key(meta.tenant, meta.document_id),
+            "tenant": meta.tenant,
+            "document_id": meta.document_id,
+            "title": meta.title[:MAX_TITLE],
+            "source_uri": meta.source_uri[:MAX_SOURCE_URI],
+            "mime_type": meta.mime_type,
+            "tags": list(meta.tags),
+            "attributes": dict(meta.attributes),
+            "content_hash": write.content_hash,
+            "chunk_count": len(write.chunks),
+            "generation": generation,
+            "orphan_generation": "",
+            "orphan_count": 0,
+            "created_time_ms": created,
+            "updated_time_ms": updated,
+            "size_bytes": write.size_bytes,
+            "placeholder": [0.0, 0.0],
+        }
+
+    @staticmethod
+    def _chunk_row(write: DocumentWrite, generation: str, *, created: int) -> list[Row]:
+        meta = write.meta
+        return [
             {
-                "id": chunk_id(tenant, document_id, chunk.index),
-                "tenant": tenant,
-                "document_id": document_id,
-                "title": meta.title[:1024],
-                "source_uri": meta.source_uri[:2048],
-                "mime_type": meta.mime_type[:128],
+                "id": chunk_id(meta.tenant, meta.document_id, generation, chunk.index),
+                "tenant": meta.tenant,
+                "document_id": meta.document_id,
+                "generation": generation,
+                "title": meta.title[:MAX_TITLE],
+                "source_uri": meta.source_uri[:MAX_SOURCE_URI],
+                "mime_type": meta.mime_type,
                 "tags": list(meta.tags),
                 "attributes": dict(meta.attributes),
                 "chunk_index": chunk.index,
-                "chunk_count": len(chunks),
+                "chunk_count": len(write.chunks),
                 "start_offset": chunk.start,
                 "end_offset": chunk.end,
                 "page": chunk.page or 0,
-                "section": section_path(chunk.section)[:2048],
+                "section": section_path(chunk.section)[:MAX_SECTION],
                 "text": chunk.text[:_MAX_TEXT],
-                "content_hash": content_hash,
+                "content_hash": write.content_hash,
                 "created_time_ms": created,
                 "dense": vector.tolist(),
             }
-            for chunk, vector in zip(chunks, vectors, strict=True)
+            for chunk, vector in zip(write.chunks, write.vectors, strict=True)
         ]
-        written = await self._write(self.config.chunk_collection, rows)
-        stale = build_expression(
-            tenant,
-            [
-                Condition("document_id", "eq", document_id),
-                Condition("chunk_index", "ge", len(chunks)),
-            ],
-        )
-        deleted = await self._delete(self.config.chunk_collection, stale)
-        if flush:
-            await self.flush()
-        return UpsertResult(
-            document_id, content_hash, written, deleted, unchanged=False, created=existing is None
-        )
 
     @staticmethod
-    def _same_document(
-        row: Row, meta: DocumentMeta, content_hash: str, chunks: Sequence[Chunk]
-    ) -> bool:
+    def _same_document(row: Row, write: DocumentWrite) -> bool:
+        meta = write.meta
         return (
-            row["content_hash"] == content_hash
-            and int(row["chunk_count"]) == len(chunks)
-            and row["title"] == meta.title[:1024]
-            and row["source_uri"] == meta.source_uri[:2048]
-            and row["mime_type"] == meta.mime_type[:128]
+            row["content_hash"] == write.content_hash
+            and int(row["chunk_count"]) == len(write.chunks)
+            and row["title"] == meta.title[:MAX_TITLE]
+            and row["source_uri"] == meta.source_uri[:MAX_SOURCE_URI]
+            and row["mime_type"] == meta.mime_type
             and list(row["tags"] or []) == list(meta.tags)
             and dict(row["attributes"] or {}) == dict(meta.attributes)
         )
 
-    async def _write(self, collection: str, rows: Sequence[Row]) -> int:
+    async def _write(self, collection: str, rows: Sequence[Row], *, upsert: bool = True) -> int:
         for i in range(0, len(rows), _WRITE_BATCH):
-            await self._call(self._upsert, collection, rows[i : i + _WRITE_BATCH])
+            await self._call(self._put, collection, rows[i : i + _WRITE_BATCH], upsert)
         return len(rows)
 
-    def _upsert(self, collection: str, rows: Sequence[Row]) -> None:
+    def _put(self, collection: str, rows: Sequence[Row], upsert: bool) -> None:
+        """Write rows on the writer thread, adding what BM25 indexes of their text."""
         if self._analyzers.get(collection) is not None:
             rows = [{**row, "keywords": self._keywords(collection, row["text"])} for row in rows]
-        self._client.upsert(collection, list(rows))
+        (self._client.upsert if upsert else self._client.insert)(collection, list(rows))
 
     async def _delete(self, collection: str, expr: str) -> int:
         result = await self._call(self._client.delete, collection, filter=expr)
@@ -442,22 +769,33 @@ class MilvusStore:
             return int(result.get("delete_count", 0))
         return len(result) if isinstance(result, Sequence) else 0
 
+    async def _delete_ids(self, collection: str, ids: Sequence[str]) -> int:
+        """Delete rows by primary keys this module derived (a key delete, no scan)."""
+        deleted = 0
+        for i in range(0, len(ids), 1000):
+            deleted += await self._delete(collection, f"id in {_id_list(ids[i : i + 1000])}")
+        return deleted
+
     async def flush(self) -> None:
         """Seal written rows; Milvus Lite searches unflushed rows very slowly."""
         await self._call(self._client.flush, self.config.chunk_collection)
+        await self._call(self._client.flush, self.config.document_collection)
         await self._call(self._client.flush, self.config.entity_collection)
 
     async def delete_document(self, tenant: str, document_id: str) -> int:
         """Delete every chunk of a document; returns the number of rows deleted."""
         validate_id(document_id, "document_id")
+        # The header goes first: the document disappears for readers in one step.
+        await self._delete_ids(self.config.document_collection, [document_key(tenant, document_id)])
         expr = build_expression(tenant, [Condition("document_id", "eq", document_id)])
         deleted = await self._delete(self.config.chunk_collection, expr)
+        await self._call(self._client.flush, self.config.document_collection)
         await self._call(self._client.flush, self.config.chunk_collection)
         return deleted
 
     async def get_document(self, tenant: str, document_id: str) -> DocumentInfo:
-        row = await self._document_row(tenant, document_id)
-        if row is None:
+        row = (await self._headers(tenant, [document_id])).get(document_id)
+        if row is None or not row["generation"]:
             raise NotFound("document_id", f"document {document_id!r} not found")
         return self._document_info(tenant, row)
 
@@ -474,6 +812,8 @@ class MilvusStore:
             content_hash=str(row["content_hash"]),
             chunk_count=int(row["chunk_count"]),
             created_time_ms=int(row["created_time_ms"]),
+            updated_time_ms=int(row["updated_time_ms"]),
+            size_bytes=int(row["size_bytes"]),
         )
 
     async def list_documents(
@@ -484,29 +824,40 @@ class MilvusStore:
         page_token: str = "",
         conditions: Sequence[Condition] = (),
     ) -> DocumentPage:
-        """Documents ordered by id; the page token is the last id of the previous page."""
+        """Documents ordered by id; the page token is the last id of the previous page.
+
+        An iterator-mode query returns rows in primary-key order (``tenant/document_id``), so
+        each page is one ordered read after the previous page's last key, however many
+        documents the tenant holds (a plain query is unordered and capped at 16384 rows).
+        """
         if not 1 <= page_size <= 1000:
             raise InvalidArgument("page_size", "must be between 1 and 1000")
-        where = [*conditions, Condition("chunk_index", "eq", 0)]
+        extra = ['generation != ""']
         if page_token:
             validate_id(page_token, "page_token")
-            where.append(Condition("document_id", "gt", page_token))
-        rows = await self._call(
-            self._client.query,
-            self.config.chunk_collection,
-            filter=build_expression(tenant, where),
-            output_fields=_DOC_OUTPUT,
-            limit=MAX_WINDOW,
-        )
-        # Milvus returns query rows unordered; one row per document makes sorting here cheap.
-        rows = sorted(rows, key=lambda r: str(r["document_id"]))
+            extra.append(f"id > {escape_string(document_key(tenant, page_token), 'page_token')}")
+        expr = build_expression(tenant, conditions, DOCUMENT_FIELDS, extra=extra)
+        rows = await self._read(self._first_ordered, expr, page_size + 1)
         page = rows[:page_size]
         token = str(page[-1]["document_id"]) if len(rows) > page_size else ""
         return DocumentPage(tuple(self._document_info(tenant, r) for r in page), token)
 
+    def _first_ordered(self, expr: str, count: int) -> list[Row]:
+        # Iterator mode (what pymilvus's query iterator sends) makes Milvus return rows in
+        # primary-key order; one request is a page, so no iterator state is needed.
+        rows = self._reader.query(
+            self.config.document_collection,
+            filter=expr,
+            output_fields=_DOC_OUTPUT,
+            limit=count,
+            iterator="True",
+            reduce_stop_for_best="True",
+        )
+        return sorted((dict(r) for r in rows), key=lambda r: str(r["id"]))
+
     async def count_chunks(self, tenant: str, conditions: Sequence[Condition] = ()) -> int:
-        rows = await self._call(
-            self._client.query,
+        rows = await self._read(
+            self._reader.query,
             self.config.chunk_collection,
             filter=build_expression(tenant, conditions),
             output_fields=["count(*)"],
@@ -531,19 +882,45 @@ class MilvusStore:
         """Dense, BM25 or hybrid search over a tenant's chunks, best first."""
         expr = build_expression(tenant, conditions, CHUNK_FIELDS)
         output = [*_CHUNK_OUTPUT, "dense"] if with_embeddings else _CHUNK_OUTPUT
-        scored = await self._search(
-            self.config.chunk_collection,
-            expr,
-            mode=mode,
-            query_text=query_text,
-            query_vector=query_vector,
-            top_k=top_k,
-            offset=offset,
-            fusion=fusion,
-            score_threshold=score_threshold,
-            output_fields=output,
-        )
-        return [self._hit(row, score) for row, score in scored]
+        window = offset + top_k
+        limit = window
+        while True:
+            scored = await self._search(
+                self.config.chunk_collection,
+                expr,
+                mode=mode,
+                query_text=query_text,
+                query_vector=query_vector,
+                top_k=limit,
+                offset=0,
+                fusion=fusion,
+                score_threshold=None,
+                output_fields=output,
+            )
+            current = await self._current(tenant, scored)
+            # Hits of a write in progress (or an interrupted one) are dropped; ask for more
+            # only when that left the window short and Milvus had more to give.
+            if len(current) >= window or len(scored) < limit or limit >= MAX_WINDOW:
+                break
+            limit = min(limit * 2, MAX_WINDOW)
+        if score_threshold is not None:
+            current = [pair for pair in current if pair[1] >= score_threshold]
+        return [self._hit(row, score) for row, score in current[offset:window]]
+
+    async def _current(
+        self, tenant: str, scored: list[tuple[Row, float]]
+    ) -> list[tuple[Row, float]]:
+        """The hits whose chunk belongs to its document's current generation."""
+        if not scored:
+            return scored
+        headers = await self._headers(tenant, sorted({str(r["document_id"]) for r, _ in scored}))
+        return [
+            (row, score)
+            for row, score in scored
+            if (header := headers.get(str(row["document_id"]))) is not None
+            and header["generation"]
+            and header["generation"] == row["generation"]
+        ]
 
     @staticmethod
     def _hit(row: Row, score: float) -> SearchHit:
@@ -590,7 +967,7 @@ class MilvusStore:
         if needs_text and not query_text.strip():
             raise InvalidArgument("query", "query text is required for keyword search")
         window = offset + top_k
-        scored = await self._call(
+        scored = await self._read(
             self._search_sync,
             collection,
             expr,
@@ -645,7 +1022,7 @@ class MilvusStore:
         fused = fused[:window]
         if not fused:
             return []
-        found = self._client.query(
+        found = self._reader.query(
             collection,
             filter=f"({expr}) and (id in {_id_list([key for key, _ in fused])})",
             output_fields=list(output_fields),
@@ -679,7 +1056,7 @@ class MilvusStore:
             if not keywords.strip():
                 return []  # only stop words: nothing for BM25 to match
             data, field, params = [keywords], "sparse", {"metric_type": "BM25"}
-        result = self._client.search(
+        result = self._reader.search(
             collection,
             data=data,
             anns_field=field,
@@ -706,8 +1083,8 @@ class MilvusStore:
             validate_id(entity_id, "entity_id")
         if not entity_ids:
             return {}
-        rows = await self._call(
-            self._client.query,
+        rows = await self._read(
+            self._reader.query,
             self.config.entity_collection,
             filter=build_expression(
                 tenant, [Condition("entity_id", "in", list(entity_ids))], ENTITY_FIELDS
@@ -730,12 +1107,14 @@ class MilvusStore:
         for record, vector in zip(records, vectors, strict=True):
             validate_id(record.entity_id, "entity_id")
             validate_id(record.facet, "facet")
+            if len(record.facet) > MAX_FACET:
+                raise InvalidArgument("facet", f"facet names are at most {MAX_FACET} characters")
             rows.append(
                 {
                     "id": entity_record_id(tenant, record.entity_id, record.facet),
                     "tenant": tenant,
                     "entity_id": record.entity_id,
-                    "entity_type": record.entity_type[:64],
+                    "entity_type": record.entity_type[:MAX_ENTITY_TYPE],
                     "facet": record.facet,
                     "title": record.title[:1024],
                     "text": record.text[:_MAX_TEXT],
@@ -760,8 +1139,8 @@ class MilvusStore:
             validate_id(entity_id, "entity_id")
         if not entity_ids:
             return []
-        rows = await self._call(
-            self._client.query,
+        rows = await self._read(
+            self._reader.query,
             self.config.entity_collection,
             filter=build_expression(
                 tenant, [Condition("entity_id", "in", list(entity_ids))], ENTITY_FIELDS
@@ -784,7 +1163,7 @@ class MilvusStore:
 
     async def ping(self) -> bool:
         """Whether Milvus answers (for health checks)."""
-        await self._call(self._client.has_collection, self.config.chunk_collection)
+        await self._read(self._reader.has_collection, self.config.chunk_collection)
         return True
 
     async def delete_entity(self, tenant: str, entity_id: str) -> int:

@@ -81,7 +81,7 @@ class UpsertResult:
 
 @dataclass(frozen=True, slots=True)
 class DocumentInfo:
-    """A stored document as seen through its chunk rows."""
+    """A stored document as its header row describes it."""
 
     tenant: str
     document_id: str
@@ -93,6 +93,9 @@ class DocumentInfo:
     content_hash: str
     chunk_count: int
     created_time_ms: int
+    # When the current version was stored, and the size of its bytes.
+    updated_time_ms: int = 0
+    size_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -184,7 +184,8 @@ def document_proto(info: DocumentInfo) -> pb.Document:
         attributes={k: attribute_to_proto(v) for k, v in info.attributes.items()},
         content_hash=info.content_hash,
         chunk_count=info.chunk_count,
-        update_time=_timestamp(info.created_time_ms),
+        size_bytes=info.size_bytes,
+        update_time=_timestamp(info.updated_time_ms or info.created_time_ms),
     )
 
 
@@ -289,6 +290,8 @@ class Backends:
             settings.triton_url,
             model_name=settings.embedder_model,
             max_concurrency=settings.embed_concurrency,
+            query_concurrency=settings.embed_query_concurrency,
+            ingest_batch_size=settings.embed_ingest_batch,
             timeout_s=settings.embed_timeout_seconds,
         )
         self.parser = ParserPool(
@@ -648,7 +651,8 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         settings = self._settings
         return IngestPipeline(
             store,
-            self._backends.embedder,
+            # Ingestion's own embedding capacity: queries never wait behind bulk batches.
+            self._backends.embedder.ingestion,
             IngestOptions(
                 parse=ParseOptions(
                     max_bytes=settings.max_document_bytes,
@@ -998,7 +1002,7 @@ async def build(runtime: Runtime[RetrievalSettings]) -> ServiceDefinition:
         register=lambda server: pb_grpc.add_RetrievalServiceServicer_to_server(servicer, server),
         checks=[
             DependencyCheck("embedder", backends.embedder.ready, timeout=5.0),
-            # Milvus calls share one worker thread: a probe may queue behind a large write.
+            # The probe is a read: it runs beside writes, never queued behind them.
             DependencyCheck("milvus", backends.milvus_ready, timeout=15.0),
         ],
         on_stop=[backends.close],

@@ -38,10 +38,24 @@ class RetrievalSettings(CommonSettings):
         "CALLISTO_EMBEDDER_MODEL", "embedder", "Triton model that embeds text (384-dim)."
     )
     embed_timeout_seconds: float = setting(
-        "CALLISTO_EMBED_TIMEOUT_SECONDS", 30.0, "Bound on one embedding call to Triton."
+        "CALLISTO_EMBED_TIMEOUT_SECONDS",
+        30.0,
+        "Bound on one embedding request (a batch of up to 64 texts) to Triton.",
     )
     embed_concurrency: int = setting(
-        "CALLISTO_EMBED_CONCURRENCY", 4, "Embedding batches in flight to Triton at once."
+        "CALLISTO_EMBED_CONCURRENCY",
+        1,
+        "Ingestion's embedding requests in flight to Triton (a search waits behind at most "
+        "these; raise it for a GPU or several model instances).",
+    )
+    embed_ingest_batch: int = setting(
+        "CALLISTO_EMBED_INGEST_BATCH", 16, "Texts per ingestion embedding request (1-64)."
+    )
+    embed_query_concurrency: int = setting(
+        "CALLISTO_EMBED_QUERY_CONCURRENCY",
+        4,
+        "Query embeddings in flight to Triton; separate from ingestion's, so searches never "
+        "wait behind bulk batches.",
     )
     max_document_bytes: int = setting(
         "CALLISTO_RETRIEVAL_MAX_DOCUMENT_BYTES",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -45,3 +46,48 @@ async def test_embedder_timeout_is_typed(triton_embedder_url: str) -> None:
             await client.embed(["x"] * 64)
     finally:
         await client.close()
+
+
+async def test_the_timeout_bounds_each_request_not_a_whole_document(
+    triton_embedder_url: str,
+) -> None:
+    texts = [f"Clause {i} of the long contract covers delivery terms." for i in range(64)]
+    probe = TritonEmbedder(triton_embedder_url, max_batch_size=16)
+    try:
+        await probe.embed(texts[:16])
+        started = time.perf_counter()
+        await probe.embed(texts[:16])
+        one = time.perf_counter() - started
+    finally:
+        await probe.close()
+    timeout = max(2.0, 10 * one)
+    # Enough 16-text requests that the whole document takes about three timeouts.
+    document = texts * max(1, int(3 * timeout / one * 16 / len(texts)) + 1)
+    client = TritonEmbedder(triton_embedder_url, max_batch_size=16, timeout_s=timeout)
+    try:
+        started = time.perf_counter()
+        vectors = await client.embed(document)
+        elapsed = time.perf_counter() - started
+    finally:
+        await client.close()
+    assert vectors.shape == (len(document), 384)
+    assert elapsed > timeout, "the document must take longer than one request's timeout"
+
+
+async def test_queries_do_not_wait_behind_ingestion_batches(triton_embedder_url: str) -> None:
+    client = TritonEmbedder(triton_embedder_url, max_batch_size=16, max_concurrency=1)
+    texts = [f"Row {i} of the bulk catalogue lists a spare part." for i in range(16 * 60)]
+    try:
+        await client.embed(["warm up"])
+        started = time.perf_counter()
+        bulk = asyncio.create_task(client.ingestion.embed(texts))
+        await asyncio.sleep(0.5)
+        query_started = time.perf_counter()
+        await client.embed(["where are the spare parts?"])
+        query = time.perf_counter() - query_started
+        await bulk
+        total = time.perf_counter() - started
+    finally:
+        await client.close()
+    assert total > 2.0, "the bulk embedding must outlast the query by far"
+    assert query < total / 4, f"query took {query:.2f} s of the bulk's {total:.2f} s"
