@@ -43,6 +43,7 @@ import numpy as np
 
 from callisto.api.retrieval.v1 import retrieval_pb2 as pb
 from callisto.api.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
+from callisto.client import auth_metadata
 from callisto.deploy import samples_dir
 from callisto.ingest.folder import FileSpec, ingest_specs
 from callisto.mesh.gateway import EnvoyGateway
@@ -261,7 +262,7 @@ class Bench:
             async with grpc.aio.insecure_channel(service.address) as channel:
                 stub = pb_grpc.RetrievalServiceStub(channel)
                 assert not (await ingest_samples(service.address, keys)).failed
-                md = (("authorization", f"Bearer {keys['tessaline-systems']}"),)
+                md = auth_metadata(keys["tessaline-systems"])
                 await self.loaded_sections(stub, md, keys, embedder)
             await embedder.close()
             return
@@ -270,7 +271,7 @@ class Bench:
         raw_before = await embed_all()
         async with grpc.aio.insecure_channel(service.address) as channel:
             stub = pb_grpc.RetrievalServiceStub(channel)
-            metadata = (("authorization", f"Bearer {keys[BENCH_TENANT]}"),)
+            metadata = auth_metadata(keys[BENCH_TENANT])
             started = time.perf_counter()
             report = await ingest_specs(stub, specs, metadata)
             service_rate = report.chunks_stored / (time.perf_counter() - started)
@@ -289,7 +290,7 @@ class Bench:
 
             # 2. search latency (sample tenant "tessaline-systems")
             tenant = "tessaline-systems"
-            tenant_md = (("authorization", f"Bearer {keys[tenant]}"),)
+            tenant_md = auth_metadata(keys[tenant])
             client = MilvusClient(uri=milvus_uri)
             expr = build_expression(tenant)
             counter = iter(range(10**9))
@@ -359,7 +360,7 @@ class Bench:
                 # The questions plus one query per chunk (its first 80 characters).
                 queries = [*QUERIES, *(str(r["text"])[:80] for r in rows)]
                 vectors = await embedder.embed(queries)
-                md = (("authorization", f"Bearer {keys[tenant]}"),)
+                md = auth_metadata(keys[tenant])
                 for query, vector in zip(queries, vectors, strict=True):
                     exact_order = np.argsort(-(matrix @ vector))[:10]
                     exact = {ids[i] for i in exact_order}
@@ -403,7 +404,7 @@ class Bench:
             )
 
         idle = await timed(dense, self.runs)
-        load_md = (("authorization", f"Bearer {keys[LOAD_TENANT]}"),)
+        load_md = auth_metadata(keys[LOAD_TENANT])
         load = asyncio.create_task(
             stream_ingest(stub, generated_texts(self.load_docs, seed=2), "l", load_md)
         )
@@ -441,7 +442,7 @@ class Bench:
             return len(sample) / (time.perf_counter() - started)
 
         before = await embedder_rate()
-        md = (("authorization", f"Bearer {keys[STREAM_TENANT]}"),)
+        md = auth_metadata(keys[STREAM_TENANT])
         started, arrivals = await stream_ingest(stub, texts, "s", md)
         raw = (before + await embedder_rate()) / 2
         window = min(1000, len(texts) // 2)

@@ -33,6 +33,7 @@ from quality_corpus import Collection, Query, generate, passage_key
 
 from callisto.api.retrieval.v1 import retrieval_pb2 as pb
 from callisto.api.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
+from callisto.client import auth_metadata
 from callisto.ingest.folder import FileSpec, ingest_specs
 from callisto.mesh.processes import RedisServer, ServiceProcess, free_port
 from callisto.mesh.triton import running_triton
@@ -153,7 +154,7 @@ async def measure(
     dump: Path | None = None,
 ) -> list[tuple[str, Score, float]]:  # fmt: skip
     key = await create_api_key(redis_url, TENANT, label="quality bench")
-    metadata = (("authorization", f"Bearer {key}"),)
+    metadata = auth_metadata(key)
     rows: list[tuple[str, Score, float]] = []
     queries = collection.queries
     async with grpc.aio.insecure_channel(address) as channel:

@@ -4,57 +4,21 @@ embedder, the real retrieval service process, the real Envoy gateway in front of
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import re
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
-import numpy as np
-import numpy.typing as npt
 import pytest
 import pytest_asyncio
-from retrieval_test_support import RETRIEVAL_SERVICE, create_key, retrieval_env
+from retrieval_test_support import RETRIEVAL_SERVICE, HashingEmbedder, create_key, retrieval_env
 
 from callisto.api.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from callisto.mesh.gateway import EnvoyGateway
 from callisto.mesh.processes import RedisServer, ServiceProcess, free_port
 from callisto.services.retrieval.milvus_store import MilvusConfig, MilvusStore
-
-_WORD = re.compile(r"[a-z0-9]+")
-
-
-class HashingEmbedder:
-    """Bag of hashed words (plus word bigrams) in 384 dims, L2-normalised: texts sharing words
-    get similar vectors, which is all the storage/search tests need."""
-
-    dim = 384
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.texts_embedded = 0
-
-    def vector(self, text: str) -> npt.NDArray[np.float32]:
-        out = np.zeros(self.dim, dtype=np.float32)
-        words = _WORD.findall(text.lower())
-        for token in [*words, *(f"{a} {b}" for a, b in itertools.pairwise(words))]:
-            digest = hashlib.blake2b(token.encode(), digest_size=8).digest()
-            index = int.from_bytes(digest[:4], "little") % self.dim
-            out[index] += 1.0 if digest[4] & 1 else -1.0
-        norm = float(np.linalg.norm(out))
-        if norm == 0:
-            out[0] = 1.0
-            return out
-        return out / norm
-
-    async def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-        self.calls += 1
-        self.texts_embedded += len(texts)
-        if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        return np.stack([self.vector(t) for t in texts])
 
 
 @pytest.fixture(scope="session")

@@ -4,15 +4,22 @@ support modules on sys.path)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import itertools
+import re
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from google.rpc import error_details_pb2, status_pb2
+import numpy as np
+import numpy.typing as npt
+from google.rpc import status_pb2
 
+from callisto import errors
 from callisto.api.retrieval.v1 import retrieval_pb2 as pb
+from callisto.client import auth_metadata
 from callisto.services.common.auth import create_api_key
 
 RETRIEVAL_SERVICE = "callisto.retrieval.v1.RetrievalService"
@@ -33,7 +40,7 @@ def retrieval_env(service_env: dict[str, str], triton_url: str, data_dir: Path) 
 
 
 def bearer(key: str) -> Metadata:
-    return (("authorization", f"Bearer {key}"),)
+    return auth_metadata(key)
 
 
 def create_key(redis_url: str, tenant: str) -> str:
@@ -88,31 +95,49 @@ def results(responses: Sequence[pb.IngestDocumentsResponse]) -> dict[str, pb.Doc
 
 
 def bad_request(error: grpc.aio.AioRpcError) -> dict[str, str]:
-    """field -> description of the BadRequest detail in a failed call's trailers."""
-    for key, value in error.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            assert isinstance(value, bytes)
-            return violations(status_pb2.Status.FromString(value))
-    return {}
+    """field -> description of the BadRequest detail of a failed call."""
+    return errors.from_rpc_error(error).field_violations
 
 
 def violations(status: status_pb2.Status) -> dict[str, str]:
-    found: dict[str, str] = {}
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            found.update({v.field: v.description for v in bad.field_violations})
-    return found
+    """field -> description of the BadRequest detail of a stream's terminal status."""
+    return errors.from_status(status).field_violations
 
 
-def retry_info(error: grpc.aio.AioRpcError) -> error_details_pb2.RetryInfo | None:
-    for key, value in error.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            assert isinstance(value, bytes)
-            for detail in status_pb2.Status.FromString(value).details:
-                if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-                    info = error_details_pb2.RetryInfo()
-                    detail.Unpack(info)
-                    return info
-    return None
+def retry_delay(error: grpc.aio.AioRpcError) -> float | None:
+    """Seconds the server's RetryInfo asks the caller to wait, if it sent one."""
+    return errors.from_rpc_error(error).retry_delay
+
+
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+class HashingEmbedder:
+    """Bag of hashed words (plus word bigrams) in 384 dims, L2-normalised: texts sharing words
+    get similar vectors, which is all the storage/search tests need."""
+
+    dim = 384
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.texts_embedded = 0
+
+    def vector(self, text: str) -> npt.NDArray[np.float32]:
+        out = np.zeros(self.dim, dtype=np.float32)
+        words = _WORD.findall(text.lower())
+        for token in [*words, *(f"{a} {b}" for a, b in itertools.pairwise(words))]:
+            digest = hashlib.blake2b(token.encode(), digest_size=8).digest()
+            index = int.from_bytes(digest[:4], "little") % self.dim
+            out[index] += 1.0 if digest[4] & 1 else -1.0
+        norm = float(np.linalg.norm(out))
+        if norm == 0:
+            out[0] = 1.0
+            return out
+        return out / norm
+
+    async def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        self.calls += 1
+        self.texts_embedded += len(texts)
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.stack([self.vector(t) for t in texts])

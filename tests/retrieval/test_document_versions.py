@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import HashingEmbedder
+from retrieval_test_support import HashingEmbedder
 
 from callisto.services.retrieval.errors import BackendUnavailable
 from callisto.services.retrieval.ingest_pipeline import (

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from conftest import HashingEmbedder
+from retrieval_test_support import HashingEmbedder
 
 from callisto.services.retrieval.fusion import reciprocal_rank_fusion, weighted_fusion
 from callisto.services.retrieval.ingest_pipeline import IngestDocument, IngestPipeline

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -96,62 +96,3 @@ async def test_a_collection_keeps_the_analyzer_it_was_created_with(
         assert await keyword(reopened, "t", "cheval") == ["fr"]
     finally:
         await reopened.close()
-
-
-async def test_a_collection_made_before_analysis_still_searches_raw_words(
-    tmp_path: Path, embedder: Embedder
-) -> None:
-    uri = str(tmp_path / "legacy.db")
-    _create_legacy_chunks(uri)
-    store = await MilvusStore.open(MilvusConfig(uri=uri))
-    try:
-        await ingest(store, embedder, "t", {"ops": "# Ops\nWe monitor the servers."})
-        assert await keyword(store, "t", "monitor servers") == ["ops"]
-    finally:
-        await store.close()
-
-
-def _create_legacy_chunks(uri: str) -> None:
-    """The chunk collection as created before the keyword analyzer: BM25 over ``text``."""
-    from pymilvus import DataType, Function, FunctionType, MilvusClient
-
-    client = MilvusClient(uri=uri)
-    config = MilvusConfig(uri=uri)
-    schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
-    fields: Sequence[tuple[str, DataType, dict[str, object]]] = [
-        ("id", DataType.VARCHAR, {"max_length": 64, "is_primary": True}),
-        ("tenant", DataType.VARCHAR, {"max_length": 128, "is_partition_key": True}),
-        ("document_id", DataType.VARCHAR, {"max_length": 128}),
-        ("source_uri", DataType.VARCHAR, {"max_length": 2048}),
-        ("mime_type", DataType.VARCHAR, {"max_length": 128}),
-        ("tags", DataType.ARRAY,
-         {"element_type": DataType.VARCHAR, "max_capacity": 64, "max_length": 128}),
-        ("chunk_index", DataType.INT64, {}),
-        ("chunk_count", DataType.INT64, {}),
-        ("start_offset", DataType.INT64, {}),
-        ("end_offset", DataType.INT64, {}),
-        ("page", DataType.INT64, {}),
-        ("section", DataType.VARCHAR, {"max_length": 2048}),
-        ("created_time_ms", DataType.INT64, {}),
-        ("title", DataType.VARCHAR, {"max_length": 1024}),
-        ("attributes", DataType.JSON, {}),
-        ("content_hash", DataType.VARCHAR, {"max_length": 64}),
-        ("text", DataType.VARCHAR, {"max_length": 65535, "enable_analyzer": True}),
-        ("dense", DataType.FLOAT_VECTOR, {"dim": config.dim}),
-        ("sparse", DataType.SPARSE_FLOAT_VECTOR, {}),
-    ]  # fmt: skip
-    for name, kind, options in fields:
-        schema.add_field(name, kind, **options)
-    schema.add_function(
-        Function(
-            name="legacy_bm25",
-            function_type=FunctionType.BM25,
-            input_field_names=["text"],
-            output_field_names=["sparse"],
-        )
-    )
-    index = client.prepare_index_params()
-    index.add_index("dense", index_type="FLAT", metric_type="COSINE")
-    index.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
-    client.create_collection(config.chunk_collection, schema=schema, index_params=index)
-    client.close()

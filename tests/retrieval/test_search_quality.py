@@ -16,9 +16,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2, status_pb2
 from retrieval_test_support import Doc, bad_request, bearer, ingest, results
 
+from callisto import errors
 from callisto.api.retrieval.v1 import retrieval_pb2 as pb
 from callisto.api.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 
@@ -117,11 +117,4 @@ async def test_invalid_diversity_settings_are_rejected_per_field(
 
 
 def _reason(error: grpc.aio.AioRpcError) -> str:
-    for key, value in error.trailing_metadata() or ():
-        if key == "grpc-status-details-bin" and isinstance(value, bytes):
-            for detail in status_pb2.Status.FromString(value).details:
-                if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                    info = error_details_pb2.ErrorInfo()
-                    detail.Unpack(info)
-                    return info.reason
-    return ""
+    return errors.from_rpc_error(error).reason
