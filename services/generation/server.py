@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -46,7 +47,6 @@ from callisto.services.generation.structured import (
     call_text,
     check_schema,
     check_tools,
-    normalize,
     parse_json,
     parse_tool_output,
     schema_instruction,
@@ -88,6 +88,8 @@ FINISH_REASONS = {
 # Request fields that `x-callisto-model-extras` may not override.
 RESERVED_EXTRAS = {"messages", "max_tokens", "temperature", "top_p", "stop", "seed", "json_schema"}
 MAX_TOOL_CALLS = 32
+# Nesting of a JSON value from a Struct (a schema, tool arguments): well above any usable schema.
+MAX_JSON_DEPTH = 64
 TOOL_MODES = {
     generation_pb2.TOOL_CHOICE_MODE_UNSPECIFIED: "auto",
     generation_pb2.TOOL_CHOICE_MODE_AUTO: "auto",
@@ -137,8 +139,55 @@ class Answer:
 GenerationRequest = generation_pb2.GenerateRequest | generation_pb2.StartGeneration
 
 
-def _struct(value: struct_pb2.Struct) -> dict[str, Any]:
-    return normalize(json_format.MessageToDict(value))  # type: ignore[no-any-return]
+class _NotJson(Exception):
+    """A Struct holds what JSON cannot: NaN, Infinity, a value with no kind, runaway nesting."""
+
+    def __init__(self, path: str, description: str) -> None:
+        super().__init__(description)
+        self.path = path
+        self.description = description
+
+
+def _json_object(value: struct_pb2.Struct, path: str, violations: Violations) -> dict[str, Any]:
+    """A Struct as plain JSON; a violation (and an empty object) when it is not JSON.
+
+    Struct numbers are doubles: integral ones become ints, since the grammar needs
+    `minLength: 3`, not 3.0, and `const: 1` must print as the model will write it.
+    """
+    try:
+        return _object(value, path, 0)
+    except _NotJson as error:
+        violations.add(error.path, error.description)
+        return {}
+
+
+def _object(value: struct_pb2.Struct, path: str, depth: int) -> dict[str, Any]:
+    return {key: _value(item, f"{path}.{key}", depth + 1) for key, item in value.fields.items()}
+
+
+def _value(value: struct_pb2.Value, path: str, depth: int) -> Any:
+    if depth > MAX_JSON_DEPTH:
+        raise _NotJson(path, f"nests deeper than {MAX_JSON_DEPTH} levels")
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        number = value.number_value
+        if not math.isfinite(number):
+            raise _NotJson(path, "must be a finite number")
+        return int(number) if number.is_integer() and abs(number) < 2**53 else number
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return _object(value.struct_value, path, depth)
+    if kind == "list_value":
+        return [
+            _value(item, f"{path}[{index}]", depth + 1)
+            for index, item in enumerate(value.list_value.values)
+        ]
+    if kind == "null_value":
+        return None
+    raise _NotJson(path, "must hold a value: null, a number, a string, a bool, an object or a list")
 
 
 def _answer(structure: Structure | None, outcome: Outcome, text: str) -> tuple[str, Answer]:
@@ -253,7 +302,10 @@ def _turns(
                 if not call.id or not call.name:
                     violations.add(f"{path}.tool_calls[{number}]", "needs an id and a name")
                 calls[call.id] = call.name
-                written.append(call_text(call.name, _struct(call.arguments)))
+                arguments = _json_object(
+                    call.arguments, f"{path}.tool_calls[{number}].arguments", violations
+                )
+                written.append(call_text(call.name, arguments))
             content = "\n".join([content, *written] if content.strip() else written)
         elif not message.content.strip():
             violations.add(path + ".content", "must not be empty")
@@ -267,7 +319,12 @@ def _structure(request: GenerationRequest, prefix: str, violations: Violations) 
     """The answer's shape from `response_format` or `tools`, each schema checked."""
     has_format = request.HasField("response_format")
     tools = [
-        ToolSpec(tool.name, tool.description, _struct(tool.parameters)) for tool in request.tools
+        ToolSpec(
+            tool.name,
+            tool.description,
+            _json_object(tool.parameters, f"{prefix}tools[{index}].parameters", violations),
+        )
+        for index, tool in enumerate(request.tools)
     ]
     choice = request.tool_choice
     which = choice.WhichOneof("choice")
@@ -279,10 +336,11 @@ def _structure(request: GenerationRequest, prefix: str, violations: Violations) 
         if not request.response_format.HasField("json_schema"):
             violations.add(path, "is required")
             return None
-        schema = _struct(request.response_format.json_schema)
-        if not schema:
+        if not request.response_format.json_schema.fields:
             violations.add(path, "must not be empty: give the answer's type")
-        else:
+            return None
+        schema = _json_object(request.response_format.json_schema, path, violations)
+        if schema:
             check_schema(schema, path, violations)
         name = request.response_format.name
         if name and not re.match(r"^[A-Za-z0-9_-]{1,64}$", name):
@@ -617,9 +675,13 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
                 )
                 return
             if generation_id in state.generations or generation_id in state.finished:
+                # Not tagged with the id: that generation may still be streaming, and an error
+                # tagged with it would read as its end, with its deltas still to come.
                 terminal_error(
-                    generation_id,
-                    InvalidArgument.field("start.generation_id", "is already used on this stream"),
+                    "",
+                    InvalidArgument.field(
+                        "start.generation_id", f"{generation_id!r} is already used on this stream"
+                    ),
                 )
                 return
             state.generations[generation_id] = _Generation()

@@ -81,21 +81,6 @@ class ToolCallOut:
     arguments: dict[str, Any]
 
 
-def normalize(value: Any) -> Any:
-    """JSON from a protobuf Struct: its numbers are doubles, so integral ones become ints.
-
-    `{"minLength": 3}` arrives as 3.0; the grammar converter (and `const: 1` in the model's
-    output) need the integer back.
-    """
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return int(value)
-    if isinstance(value, dict):
-        return {key: normalize(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [normalize(item) for item in value]
-    return value
-
-
 def _subschemas(schema: dict[str, Any], path: str) -> Iterator[tuple[str, Any]]:
     for name, sub in (schema.get("properties") or {}).items():
         yield f"{path}.properties.{name}", sub

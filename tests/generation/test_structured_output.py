@@ -124,8 +124,10 @@ async def test_a_json_schema_answer_streams_as_deltas_and_ends_with_the_parsed_v
 ) -> None:
     responses = await generate(stub, structured("is it enough", schema=VERDICT), api_key)
     text = streamed_text(responses)
-    assert len(responses) > 3  # the JSON streams in pieces, not as one blob at the end
     result = responses[-1].result
+    # The JSON streams token by token (the first alone, later ones possibly coalesced).
+    assert len(responses) >= 3
+    assert sum(r.delta.token_count for r in responses[:-1]) == result.usage.completion_tokens == 4
     assert result.finish_reason == generation_pb2.FINISH_REASON_STOP
     assert result.text == text
     assert json.loads(text) == {"sufficient": False, "confidence": "low"}
@@ -256,6 +258,21 @@ async def test_schemas_too_deep_or_too_large_are_rejected(stub: Stub, api_key: s
     large = {"enum": ["v" * 100 + str(i) for i in range(200)]}
     found = await rejected(stub, structured("x", schema=large), api_key)
     assert "bytes" in found["response_format.json_schema"]
+
+
+async def test_schemas_holding_what_json_cannot_are_invalid_argument_not_internal(
+    stub: Stub, api_key: str
+) -> None:
+    # A Struct can carry Infinity, NaN and a Value with no kind; none of them is JSON.
+    request = structured("x", schema={"type": "number", "maximum": float("inf")})
+    found = await rejected(stub, request, api_key)
+    assert found["response_format.json_schema.maximum"] == "must be a finite number"
+
+    request = structured("x", tools=[CALCULATOR])
+    request.tools[0].parameters.fields["title"].Clear()
+    request.tools[0].parameters.fields["default"].number_value = float("nan")
+    found = await rejected(stub, request, api_key)
+    assert any(f.startswith("tools[0].parameters.") for f in found), found
 
 
 # --- tools ----------------------------------------------------------------------------------
