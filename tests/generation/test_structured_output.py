@@ -5,7 +5,10 @@ the same fields over HTTP/JSON through Envoy."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -438,6 +441,34 @@ async def test_an_invalid_schema_over_http_is_400_with_field_violations(
     assert response.status_code == 400, response.text
     fields = [v["field"] for d in response.json()["details"] for v in d.get("fieldViolations", [])]
     assert "response_format.json_schema" in fields
+
+
+def test_grpcurl_gets_tool_calls_through_the_gateway(
+    generation_gateway: EnvoyGateway, api_key: str
+) -> None:
+    grpcurl = str(Path(sys.executable).parent / "grpcurl")
+    request = {
+        "model": "models/toy_llm",
+        "messages": [{"role": "ROLE_USER", "content": "6 * 7"}],
+        "tools": [CALCULATOR],
+        "toolChoice": {"mode": "TOOL_CHOICE_MODE_REQUIRED"},
+    }
+    completed = subprocess.run(
+        [grpcurl, "-plaintext", "-H", f"authorization: Bearer {api_key}", "-d",
+         json.dumps(request), generation_gateway.grpc_target,
+         "callisto.generation.v1.GenerationService/Generate"],
+        capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    decoder = json.JSONDecoder()
+    messages, text = [], completed.stdout.strip()
+    while text:
+        message, end = decoder.raw_decode(text)
+        messages.append(message)
+        text = text[end:].strip()
+    result = messages[-1]["result"]
+    # grpcurl prints the proto field names.
+    calls = result.get("tool_calls", result.get("toolCalls"))
+    assert [(c["name"], c["arguments"]) for c in calls] == [("calculator", {"expression": "6 * 7"})]
 
 
 # --- the real SmolLM2 under a grammar -------------------------------------------------------
