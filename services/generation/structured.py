@@ -29,6 +29,10 @@ MAX_SCHEMA_BYTES = 16 * 1024
 MAX_SCHEMA_DEPTH = 8
 MAX_TOOLS = 32
 MAX_TOOL_DESCRIPTION = 1024
+# Bounds unroll into grammar rules (maxLength 40 is 40 nested optionals): past a few thousand
+# llama.cpp refuses the grammar, and building a large one costs seconds per request.
+MAX_BOUND = 256
+BOUNDS = (("minLength", "maxLength"), ("minItems", "maxItems"))
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 TYPES = {"object", "array", "string", "number", "integer", "boolean", "null"}
 # Keywords the grammar enforces, and annotations that constrain nothing.
@@ -120,6 +124,14 @@ def _check_subset(
             violations.add(path + ".type", f"unknown type {name!r}")
     if ("minLength" in schema or "maxLength" in schema) and types != "string":
         violations.add(path, 'minLength and maxLength need "type": "string"')
+    for low, high in BOUNDS:
+        for keyword in (low, high):
+            if schema.get(keyword, 0) > MAX_BOUND:
+                violations.add(f"{path}.{keyword}", f"must be at most {MAX_BOUND}")
+        if schema.get(low, 0) > schema.get(high, MAX_BOUND):
+            violations.add(f"{path}.{high}", f"must not be below {low}")
+    if "enum" in schema and not schema["enum"]:
+        violations.add(path + ".enum", "must list at least one value")
     if isinstance(schema.get("required"), list):
         known = set(schema.get("properties") or {})
         for name in schema["required"]:

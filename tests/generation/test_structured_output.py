@@ -4,6 +4,7 @@ the same fields over HTTP/JSON through Envoy."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -183,6 +184,35 @@ async def test_chat_generations_carry_the_parsed_value_on_their_result(
     assert "".join(r.delta.text for r in responses[:-1]) == responses[-1].result.text
 
 
+async def test_a_cancelled_structured_generation_ends_cancelled_without_a_parsed_value(
+    stub: Stub, api_key: str
+) -> None:
+    request = structured("enough", schema=VERDICT)
+    start = generation_pb2.StartGeneration(
+        generation_id="g1",
+        model=request.model,
+        messages=request.messages,
+        response_format=request.response_format,
+    )
+    first_delta = asyncio.Event()
+
+    async def requests() -> AsyncIterator[generation_pb2.ChatRequest]:
+        yield generation_pb2.ChatRequest(start=start)
+        await first_delta.wait()
+        yield generation_pb2.ChatRequest(cancel=generation_pb2.CancelGeneration(generation_id="g1"))
+
+    responses = []
+    metadata = auth(api_key, delay_ms=50)
+    async for response in stub.Chat(requests(), metadata=metadata, timeout=30):
+        responses.append(response)
+        first_delta.set()
+    result = responses[-1].result
+    assert result.finish_reason == generation_pb2.FINISH_REASON_CANCELLED
+    assert not result.HasField("parsed") and not result.tool_calls
+    assert result.text == "".join(r.delta.text for r in responses[:-1])
+    assert result.text.startswith('{"sufficient": ') and not result.text.endswith("}")
+
+
 async def test_an_answer_cut_by_max_tokens_ends_with_an_output_truncated_error(
     stub: Stub, api_key: str
 ) -> None:
@@ -241,8 +271,29 @@ async def test_json_that_does_not_match_the_schema_is_an_error(stub: Stub, api_k
             "must say what it admits",
         ),
         ({}, "response_format.json_schema", "must not be empty"),
+        (
+            {"type": "string", "maxLength": 4000},
+            "response_format.json_schema.maxLength",
+            "at most 256",
+        ),
+        (
+            {"type": "array", "items": {"type": "null"}, "minItems": 3, "maxItems": 2},
+            "response_format.json_schema.maxItems",
+            "below minItems",
+        ),
+        ({"enum": []}, "response_format.json_schema.enum", "at least one"),
     ],
-    ids=["not-a-schema", "minimum", "pattern", "required-unknown", "untyped", "empty"],
+    ids=[
+        "not-a-schema",
+        "minimum",
+        "pattern",
+        "required-unknown",
+        "untyped",
+        "empty",
+        "huge-bound",
+        "crossed-bounds",
+        "empty-enum",
+    ],
 )
 async def test_invalid_or_unsupported_schemas_are_invalid_argument_with_field_violations(
     stub: Stub, api_key: str, schema: dict[str, Any], field: str, words: str
