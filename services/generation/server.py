@@ -47,6 +47,7 @@ from callisto.services.generation.structured import (
     call_text,
     check_schema,
     check_tools,
+    order_properties,
     parse_json,
     parse_tool_output,
     schema_instruction,
@@ -162,7 +163,9 @@ def _json_object(value: struct_pb2.Struct, path: str, violations: Violations) ->
 
 
 def _object(value: struct_pb2.Struct, path: str, depth: int) -> dict[str, Any]:
-    return {key: _value(item, f"{path}.{key}", depth + 1) for key, item in value.fields.items()}
+    # Sorted: a Struct's map order differs between processes, and the prompt must not.
+    fields = sorted(value.fields.items())
+    return {key: _value(item, f"{path}.{key}", depth + 1) for key, item in fields}
 
 
 def _value(value: struct_pb2.Value, path: str, depth: int) -> Any:
@@ -322,7 +325,9 @@ def _structure(request: GenerationRequest, prefix: str, violations: Violations) 
         ToolSpec(
             tool.name,
             tool.description,
-            _json_object(tool.parameters, f"{prefix}tools[{index}].parameters", violations),
+            order_properties(
+                _json_object(tool.parameters, f"{prefix}tools[{index}].parameters", violations)
+            ),
         )
         for index, tool in enumerate(request.tools)
     ]
@@ -339,7 +344,9 @@ def _structure(request: GenerationRequest, prefix: str, violations: Violations) 
         if not request.response_format.json_schema.fields:
             violations.add(path, "must not be empty: give the answer's type")
             return None
-        schema = _json_object(request.response_format.json_schema, path, violations)
+        schema = order_properties(
+            _json_object(request.response_format.json_schema, path, violations)
+        )
         if schema:
             check_schema(schema, path, violations)
         name = request.response_format.name

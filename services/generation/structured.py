@@ -85,6 +85,29 @@ class ToolCallOut:
     arguments: dict[str, Any]
 
 
+def order_properties(schema: Any) -> Any:
+    """The schema with each object's properties in the order the model will write them.
+
+    A protobuf Struct keeps no key order (it is a map), so the order is made here: required
+    properties in the order of `required` (a list, which keeps it), then the others by name.
+    The grammar writes properties in this order, so a caller who wants `reasoning` before
+    `verdict` lists them so in `required`.
+    """
+    if isinstance(schema, list):
+        return [order_properties(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    ordered = {key: order_properties(value) for key, value in schema.items()}
+    properties = ordered.get("properties")
+    if isinstance(properties, dict):
+        required = [
+            name for name in dict.fromkeys(schema.get("required") or []) if name in properties
+        ]
+        rest = sorted(name for name in properties if name not in required)
+        ordered["properties"] = {name: properties[name] for name in [*required, *rest]}
+    return ordered
+
+
 def _subschemas(schema: dict[str, Any], path: str) -> Iterator[tuple[str, Any]]:
     for name, sub in (schema.get("properties") or {}).items():
         yield f"{path}.properties.{name}", sub
