@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -19,12 +20,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from google.protobuf import json_format, struct_pb2
 
 from callisto.api.common.v1 import common_pb2
 from callisto.api.generation.v1 import generation_pb2, generation_pb2_grpc
 from callisto.services.common.errors import (
     CallistoError,
     DeadlineExceeded,
+    FailedPrecondition,
     FieldViolation,
     Internal,
     InvalidArgument,
@@ -37,6 +40,20 @@ from callisto.services.common.server import Runtime, ServiceDefinition
 from callisto.services.common.validation import Violations
 from callisto.services.generation.coalescing import Delta, Outcome, Relay
 from callisto.services.generation.settings import GenerationSettings
+from callisto.services.generation.structured import (
+    OutputInvalid,
+    ToolCallOut,
+    ToolSpec,
+    call_text,
+    check_schema,
+    check_tools,
+    order_properties,
+    parse_json,
+    parse_tool_output,
+    schema_instruction,
+    tool_envelope,
+    tools_instruction,
+)
 from callisto.services.generation.triton import (
     ChatTurn,
     GenerationSpec,
@@ -67,6 +84,18 @@ FINISH_REASONS = {
     "stop": generation_pb2.FINISH_REASON_STOP,
     "length": generation_pb2.FINISH_REASON_LENGTH,
     "cancelled": generation_pb2.FINISH_REASON_CANCELLED,
+    "tool_calls": generation_pb2.FINISH_REASON_TOOL_CALLS,
+}
+# Request fields that `x-callisto-model-extras` may not override.
+RESERVED_EXTRAS = {"messages", "max_tokens", "temperature", "top_p", "stop", "seed", "json_schema"}
+MAX_TOOL_CALLS = 32
+# Nesting of a JSON value from a Struct (a schema, tool arguments): well above any usable schema.
+MAX_JSON_DEPTH = 64
+TOOL_MODES = {
+    generation_pb2.TOOL_CHOICE_MODE_UNSPECIFIED: "auto",
+    generation_pb2.TOOL_CHOICE_MODE_AUTO: "auto",
+    generation_pb2.TOOL_CHOICE_MODE_NONE: "none",
+    generation_pb2.TOOL_CHOICE_MODE_REQUIRED: "required",
 }
 # The model's reasons for refusing a request, mapped to the request field they are about.
 _REJECTION_FIELDS = (
@@ -75,15 +104,117 @@ _REJECTION_FIELDS = (
     ("top_p", "parameters.top_p"),
     ("stop", "parameters.stop"),
     ("seed", "parameters.seed"),
+    ("json_schema", "response_format.json_schema"),
 )
 
 
 @dataclass(frozen=True)
+class Structure:
+    """What the answer must be: JSON valid against `schema`, or a call of one of `tools`."""
+
+    schema: dict[str, Any]
+    tools: tuple[ToolSpec, ...] = ()
+    allow_answer: bool = False
+
+
+@dataclass(frozen=True)
 class Prepared:
-    """A validated request: the Triton model name and what to ask it."""
+    """A validated request: the Triton model name, what to ask it, and the answer's shape."""
 
     model: str
     spec: GenerationSpec
+    structure: Structure | None = None
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The terminal result's answer: text, the parsed JSON value, or tool calls."""
+
+    text: str
+    parsed: Any = None
+    has_parsed: bool = False
+    tool_calls: tuple[ToolCallOut, ...] = ()
+
+
+# GenerateRequest and StartGeneration share the fields of a generation.
+GenerationRequest = generation_pb2.GenerateRequest | generation_pb2.StartGeneration
+
+
+class _NotJson(Exception):
+    """A Struct holds what JSON cannot: NaN, Infinity, a value with no kind, runaway nesting."""
+
+    def __init__(self, path: str, description: str) -> None:
+        super().__init__(description)
+        self.path = path
+        self.description = description
+
+
+def _json_object(value: struct_pb2.Struct, path: str, violations: Violations) -> dict[str, Any]:
+    """A Struct as plain JSON; a violation (and an empty object) when it is not JSON.
+
+    Struct numbers are doubles: integral ones become ints, since the grammar needs
+    `minLength: 3`, not 3.0, and `const: 1` must print as the model will write it.
+    """
+    try:
+        return _object(value, path, 0)
+    except _NotJson as error:
+        violations.add(error.path, error.description)
+        return {}
+
+
+def _object(value: struct_pb2.Struct, path: str, depth: int) -> dict[str, Any]:
+    # Sorted: a Struct's map order differs between processes, and the prompt must not.
+    fields = sorted(value.fields.items())
+    return {key: _value(item, f"{path}.{key}", depth + 1) for key, item in fields}
+
+
+def _value(value: struct_pb2.Value, path: str, depth: int) -> Any:
+    if depth > MAX_JSON_DEPTH:
+        raise _NotJson(path, f"nests deeper than {MAX_JSON_DEPTH} levels")
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        number = value.number_value
+        if not math.isfinite(number):
+            raise _NotJson(path, "must be a finite number")
+        return int(number) if number.is_integer() and abs(number) < 2**53 else number
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return _object(value.struct_value, path, depth)
+    if kind == "list_value":
+        return [
+            _value(item, f"{path}[{index}]", depth + 1)
+            for index, item in enumerate(value.list_value.values)
+        ]
+    if kind == "null_value":
+        return None
+    raise _NotJson(path, "must hold a value: null, a number, a string, a bool, an object or a list")
+
+
+def _answer(structure: Structure | None, outcome: Outcome, text: str) -> tuple[str, Answer]:
+    """The finish reason and the answer; raises when a structured answer is cut or invalid."""
+    if structure is None or outcome.finish_reason == "cancelled":
+        return outcome.finish_reason, Answer(text)
+    if outcome.finish_reason == "length":
+        raise FailedPrecondition(
+            f"max_tokens ended the generation after {outcome.completion_tokens} tokens, before "
+            "the JSON answer was complete; raise parameters.max_tokens",
+            reason="OUTPUT_TRUNCATED",
+        )
+    try:
+        if structure.tools:
+            answer, calls = parse_tool_output(
+                text, structure.tools, allow_answer=structure.allow_answer
+            )
+            if calls:
+                return "tool_calls", Answer("", tool_calls=tuple(calls))
+            return outcome.finish_reason, Answer(answer)
+        parsed = parse_json(text, structure.schema)
+    except OutputInvalid as error:
+        raise Internal(str(error), reason="MODEL_OUTPUT_INVALID") from error
+    return outcome.finish_reason, Answer(text, parsed=parsed, has_parsed=True)
 
 
 def _as_error(error: BaseException, prefix: str = "") -> CallistoError:
@@ -110,9 +241,12 @@ def _as_error(error: BaseException, prefix: str = "") -> CallistoError:
     return Internal("internal error")
 
 
-def _result(outcome: Outcome, model: str) -> generation_pb2.GenerationResult:
-    return generation_pb2.GenerationResult(
-        finish_reason=FINISH_REASONS.get(outcome.finish_reason, generation_pb2.FINISH_REASON_STOP),
+def _result(
+    prepared: Prepared, outcome: Outcome, texts: Sequence[str]
+) -> generation_pb2.GenerationResult:
+    finish_reason, answer = _answer(prepared.structure, outcome, "".join(texts))
+    result = generation_pb2.GenerationResult(
+        finish_reason=FINISH_REASONS.get(finish_reason, generation_pb2.FINISH_REASON_STOP),
         usage=common_pb2.TokenUsage(
             prompt_tokens=outcome.prompt_tokens,
             completion_tokens=outcome.completion_tokens,
@@ -121,8 +255,139 @@ def _result(outcome: Outcome, model: str) -> generation_pb2.GenerationResult:
         ttft_ms=round(outcome.ttft_ms, 3),
         tokens_per_second=round(outcome.tokens_per_second, 2),
         duration_ms=round(outcome.duration_ms, 3),
-        model=model,
+        model=f"models/{prepared.model}",
+        text=answer.text,
     )
+    if answer.has_parsed:
+        json_format.ParseDict(answer.parsed, result.parsed)
+    for call in answer.tool_calls:
+        arguments = struct_pb2.Struct()
+        arguments.update(call.arguments)
+        result.tool_calls.append(
+            generation_pb2.ToolCall(id=call.id, name=call.name, arguments=arguments)
+        )
+    return result
+
+
+def _turns(
+    messages: Sequence[generation_pb2.ChatMessage], prefix: str, violations: Violations
+) -> list[ChatTurn]:
+    """The prompt as the model takes it. Chat templates of small models know only system, user
+    and assistant: past tool calls are written as the envelope the model answers with, and a
+    tool's result becomes a user turn that names the call."""
+    turns: list[ChatTurn] = []
+    calls: dict[str, str] = {}  # tool call id -> tool name, from earlier assistant turns
+    for index, message in enumerate(messages):
+        path = f"{prefix}messages[{index}]"
+        role = ROLES.get(message.role)
+        content = message.content
+        if message.role == common_pb2.ROLE_UNSPECIFIED:
+            violations.add(path + ".role", "is required")
+        elif message.role == common_pb2.ROLE_TOOL:
+            role = "user"
+            if not message.tool_call_id:
+                violations.add(path + ".tool_call_id", "is required on a ROLE_TOOL message")
+            name = calls.get(message.tool_call_id, "")
+            content = f"Result of tool call {message.tool_call_id} {name}:\n{content}"
+        elif role is None:
+            violations.add(
+                path + ".role", "must be ROLE_SYSTEM, ROLE_USER, ROLE_ASSISTANT or ROLE_TOOL"
+            )
+        if message.tool_call_id and message.role != common_pb2.ROLE_TOOL:
+            violations.add(path + ".tool_call_id", "is allowed only on a ROLE_TOOL message")
+        if message.tool_calls:
+            if message.role != common_pb2.ROLE_ASSISTANT:
+                violations.add(path + ".tool_calls", "are allowed only on a ROLE_ASSISTANT message")
+            if len(message.tool_calls) > MAX_TOOL_CALLS:
+                violations.add(path + ".tool_calls", f"must hold at most {MAX_TOOL_CALLS} calls")
+            written = []
+            for number, call in enumerate(message.tool_calls[:MAX_TOOL_CALLS]):
+                if not call.id or not call.name:
+                    violations.add(f"{path}.tool_calls[{number}]", "needs an id and a name")
+                calls[call.id] = call.name
+                arguments = _json_object(
+                    call.arguments, f"{path}.tool_calls[{number}].arguments", violations
+                )
+                written.append(call_text(call.name, arguments))
+            content = "\n".join([content, *written] if content.strip() else written)
+        elif not message.content.strip():
+            violations.add(path + ".content", "must not be empty")
+        turns.append(ChatTurn(role or "user", content))
+    if turns and not any(message.role == common_pb2.ROLE_USER for message in messages):
+        violations.add(prefix + "messages", "must hold at least one ROLE_USER message")
+    return turns
+
+
+def _structure(request: GenerationRequest, prefix: str, violations: Violations) -> Structure | None:
+    """The answer's shape from `response_format` or `tools`, each schema checked."""
+    has_format = request.HasField("response_format")
+    tools = [
+        ToolSpec(
+            tool.name,
+            tool.description,
+            order_properties(
+                _json_object(tool.parameters, f"{prefix}tools[{index}].parameters", violations)
+            ),
+        )
+        for index, tool in enumerate(request.tools)
+    ]
+    choice = request.tool_choice
+    which = choice.WhichOneof("choice")
+    if has_format and tools:
+        violations.add(prefix + "tools", "cannot be combined with response_format")
+        return None
+    if has_format:
+        path = prefix + "response_format.json_schema"
+        if not request.response_format.HasField("json_schema"):
+            violations.add(path, "is required")
+            return None
+        if not request.response_format.json_schema.fields:
+            violations.add(path, "must not be empty: give the answer's type")
+            return None
+        schema = order_properties(
+            _json_object(request.response_format.json_schema, path, violations)
+        )
+        if schema:
+            check_schema(schema, path, violations)
+        name = request.response_format.name
+        if name and not re.match(r"^[A-Za-z0-9_-]{1,64}$", name):
+            violations.add(prefix + "response_format.name", "must be 1-64 letters, digits, _ or -")
+        return Structure(schema=schema)
+    if which is not None and not tools:
+        violations.add(prefix + "tool_choice", "needs tools")
+        return None
+    if not tools:
+        return None
+    check_tools(tools, prefix + "tools", violations)
+    mode = TOOL_MODES.get(choice.mode, "") if which == "mode" else ""
+    if which == "mode" and not mode:
+        violations.add(prefix + "tool_choice.mode", "must be AUTO, NONE or REQUIRED")
+    if which == "tool":
+        named = [tool for tool in tools if tool.name == choice.tool]
+        if not named:
+            violations.add(prefix + "tool_choice.tool", f"names no tool in tools: {choice.tool!r}")
+            return None
+        tools, mode = named, "required"
+    mode = mode or "auto"
+    if mode == "none":
+        return None
+    allow_answer = mode == "auto"
+    return Structure(
+        schema=tool_envelope(tools, allow_answer=allow_answer),
+        tools=tuple(tools),
+        allow_answer=allow_answer,
+    )
+
+
+def _with_instruction(turns: list[ChatTurn], structure: Structure) -> list[ChatTurn]:
+    """The prompt with the answer's shape explained in the system message."""
+    if structure.tools:
+        instruction = tools_instruction(structure.tools, allow_answer=structure.allow_answer)
+    else:
+        instruction = schema_instruction(structure.schema)
+    if turns and turns[0].role == "system":
+        return [ChatTurn("system", f"{turns[0].content}\n\n{instruction}"), *turns[1:]]
+    return [ChatTurn("system", instruction), *turns]
 
 
 def _delta(delta: Delta) -> generation_pb2.TokenDelta:
@@ -174,16 +439,12 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
     # --- validation -----------------------------------------------------------------------
 
     async def _prepare(
-        self,
-        model_field: str,
-        messages: Sequence[generation_pb2.ChatMessage],
-        parameters: generation_pb2.SamplingParameters,
-        extras: dict[str, Any] | None,
-        prefix: str = "",
+        self, request: GenerationRequest, extras: dict[str, Any] | None, prefix: str = ""
     ) -> Prepared:
         settings = self._settings
+        messages, parameters = request.messages, request.parameters
         violations = Violations()
-        model_name = model_field or settings.default_model
+        model_name = request.model or settings.default_model
         match = MODEL_NAME.match(model_name)
         if match is None:
             violations.add(prefix + "model", "must look like models/{model}, e.g. models/llm")
@@ -191,19 +452,8 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
             violations.add(prefix + "messages", "is required: at least one message")
         elif len(messages) > MAX_MESSAGES:
             violations.add(prefix + "messages", f"must hold at most {MAX_MESSAGES} messages")
-        turns: list[ChatTurn] = []
-        for index, message in enumerate(messages[:MAX_MESSAGES]):
-            path = f"{prefix}messages[{index}]"
-            role = ROLES.get(message.role)
-            if message.role == common_pb2.ROLE_UNSPECIFIED:
-                violations.add(path + ".role", "is required")
-            elif role is None:
-                violations.add(path + ".role", "must be ROLE_SYSTEM, ROLE_USER or ROLE_ASSISTANT")
-            if not message.content.strip():
-                violations.add(path + ".content", "must not be empty")
-            turns.append(ChatTurn(role or "user", message.content))
-        if turns and not any(turn.role == "user" for turn in turns):
-            violations.add(prefix + "messages", "must hold at least one ROLE_USER message")
+        turns = _turns(messages[:MAX_MESSAGES], prefix, violations)
+        structure = _structure(request, prefix, violations)
         params = prefix + "parameters."
         max_tokens = parameters.max_tokens
         if max_tokens < 0:
@@ -229,6 +479,8 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
         violations.raise_if_any()
         assert match is not None
         model = match.group(1)
+        if structure is not None:
+            turns = _with_instruction(turns, structure)
         info = await self._model_info(model)
         if not info.ready:
             raise Unavailable(
@@ -253,8 +505,10 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
                 top_p=top_p,
                 stop=tuple(stops),
                 seed=parameters.seed if parameters.HasField("seed") else None,
+                json_schema=structure.schema if structure is not None else None,
                 extra=extras,
             ),
+            structure=structure,
         )
 
     async def _model_info(self, model: str) -> Any:
@@ -279,8 +533,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
             raise InvalidArgument.field(EXTRAS_METADATA, "must be a JSON object") from error
         if not isinstance(extras, dict):
             raise InvalidArgument.field(EXTRAS_METADATA, "must be a JSON object")
-        reserved = {"messages", "max_tokens", "temperature", "top_p", "stop", "seed"}
-        return {k: v for k, v in extras.items() if k not in reserved}
+        return {k: v for k, v in extras.items() if k not in RESERVED_EXTRAS}
 
     # --- running --------------------------------------------------------------------------
 
@@ -325,21 +578,22 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[generation_pb2.GenerateResponse]:
         started = time.perf_counter()
-        prepared = await self._prepare(
-            request.model, request.messages, request.parameters, self._extras(context)
-        )
+        prepared = await self._prepare(request, self._extras(context))
         self._admit()
         relay = self._start(prepared, self._timeout(context), started)
-        model = f"models/{prepared.model}"
         sequence = 0
+        texts: list[str] = []
         with self._slot(relay):
             try:
                 async with contextlib.aclosing(relay.deltas()) as deltas:
                     async for delta in deltas:
                         sequence += 1
+                        texts.append(delta.text)
                         yield generation_pb2.GenerateResponse(
                             sequence=sequence, delta=_delta(delta)
                         )
+                assert relay.outcome is not None
+                result = _result(prepared, relay.outcome, texts)
             except Exception as error:
                 typed = _as_error(error)
                 if sequence == 0:
@@ -348,10 +602,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
                     sequence=sequence + 1, error=typed.to_status()
                 )
                 return
-        assert relay.outcome is not None
-        yield generation_pb2.GenerateResponse(
-            sequence=sequence + 1, result=_result(relay.outcome, model)
-        )
+        yield generation_pb2.GenerateResponse(sequence=sequence + 1, result=result)
 
     async def Chat(
         self,
@@ -372,25 +623,25 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
             run = state.generations[generation_id]
             started = time.perf_counter()
             try:
-                prepared = await self._prepare(
-                    start.model, start.messages, start.parameters, extras, prefix="start."
-                )
+                prepared = await self._prepare(start, extras, prefix="start.")
                 self._admit()
                 # Each generation gets what is left of the Chat call's deadline when it starts.
                 relay = self._start(prepared, self._timeout(context), started)
                 run.relay = relay
                 if run.cancelled:
                     relay.cancel()
+                texts: list[str] = []
                 with self._slot(relay):
                     async with contextlib.aclosing(relay.deltas()) as deltas:
                         async for delta in deltas:
+                            texts.append(delta.text)
                             outbox.put_nowait(
                                 generation_pb2.ChatResponse(
                                     generation_id=generation_id, delta=_delta(delta)
                                 )
                             )
                 assert relay.outcome is not None
-                result = _result(relay.outcome, f"models/{prepared.model}")
+                result = _result(prepared, relay.outcome, texts)
                 state.finished.add(generation_id)
                 outbox.put_nowait(
                     generation_pb2.ChatResponse(generation_id=generation_id, result=result)
@@ -431,9 +682,13 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
                 )
                 return
             if generation_id in state.generations or generation_id in state.finished:
+                # Not tagged with the id: that generation may still be streaming, and an error
+                # tagged with it would read as its end, with its deltas still to come.
                 terminal_error(
-                    generation_id,
-                    InvalidArgument.field("start.generation_id", "is already used on this stream"),
+                    "",
+                    InvalidArgument.field(
+                        "start.generation_id", f"{generation_id!r} is already used on this stream"
+                    ),
                 )
                 return
             state.generations[generation_id] = _Generation()

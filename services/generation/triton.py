@@ -79,6 +79,8 @@ class GenerationSpec:
     top_p: float | None = None
     stop: Sequence[str] = ()
     seed: int | None = None
+    # The JSON Schema the model's output is constrained to (a grammar in the model server).
+    json_schema: dict[str, Any] | None = None
     # Fields only `toy_llm` reads (delay_ms, fail_after, tag): tests and benchmarks.
     extra: dict[str, Any] | None = None
 
@@ -95,6 +97,8 @@ class GenerationSpec:
             body["stop"] = list(self.stop)
         if self.seed is not None:
             body["seed"] = self.seed
+        if self.json_schema is not None:
+            body["json_schema"] = self.json_schema
         if self.extra:
             body.update(self.extra)
         return json.dumps(body, ensure_ascii=False)

@@ -3,6 +3,11 @@
 Decoupled: execute() only queues requests; one worker thread per instance owns the llama.cpp
 context (it is not thread safe) and serves the queue in order. Cancellation is checked between
 tokens. The chat template comes from the GGUF metadata, so swapping the GGUF swaps the template.
+
+A request with `json_schema` is sampled under a llama.cpp grammar built from that schema
+(`LlamaGrammar.from_json_schema`): every token the model may pick keeps the output a prefix of a
+schema instance, and once the instance is complete only end-of-generation is allowed, so even
+the 135M model answers with parseable JSON of the requested shape.
 """
 
 import codecs
@@ -96,6 +101,7 @@ def _parse(raw):
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
         raise RequestError("invalid_argument: seed must be a non-negative integer or null")
     return {
+        "grammar": _grammar(body.get("json_schema")),
         "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
         "max_tokens": max_tokens,
         "temperature": _number(body, "temperature", 0.7, float, 0.0, 2.0),
@@ -103,6 +109,20 @@ def _parse(raw):
         "stop": stop,
         "seed": seed,
     }
+
+
+def _grammar(schema):
+    """The llama.cpp grammar of a JSON Schema, or None when the request has none."""
+    if schema is None:
+        return None
+    if not isinstance(schema, dict):
+        raise RequestError("invalid_argument: json_schema must be a JSON object")
+    try:
+        return llama_cpp.LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+    except Exception as exc:  # the converter raises bare asserts and KeyErrors
+        raise RequestError(
+            f"invalid_argument: json_schema cannot be turned into a grammar: {exc!r}"
+        ) from exc
 
 
 def _response(text, prompt_tokens, completion_tokens, finish_reason):
@@ -238,7 +258,12 @@ class TritonPythonModel:
         text, sent_upto, produced, finish = "", 0, 0, "length"
         stopped_by_sequence = False
         generator = self.llm.generate(
-            tokens, temp=spec["temperature"], top_p=spec["top_p"], repeat_penalty=1.0, reset=True
+            tokens,
+            temp=spec["temperature"],
+            top_p=spec["top_p"],
+            repeat_penalty=1.0,
+            reset=True,
+            grammar=spec["grammar"],
         )
         try:
             for token in generator:

@@ -6,10 +6,15 @@ predict the exact stream. Extra request fields: `delay_ms` (sleep before each to
 CALLISTO_TOY_LLM_EVENTS names a file, one JSON line per finished request is appended to it
 (`tag`, `produced`, `sent`, `finish_reason`, `cancel_seen_at`) so tests can measure how many
 tokens were produced after a cancellation.
+
+With `json_schema` in the request it follows the schema instead: the output is one minimal
+instance of it (see `_instance`), streamed a JSON token (`{`, `"key":`, `1,` ...) at a time, so
+structured-output and tool-call tests are fast and predictable.
 """
 
 import json
 import os
+import re
 import threading
 import time
 
@@ -38,6 +43,62 @@ def _stop_split(text, stops):
                 hold = max(hold, k)
                 break
     return len(text) - hold, False
+
+
+def _instance(schema, user_words, user_text):
+    """A deterministic, minimal instance of a JSON Schema (the subset the `llm` grammar takes).
+
+    `const` and the first `enum` value; objects with their required properties only; arrays of
+    `minItems` items; strings are the last user message, cut to `maxLength` and padded with `x`
+    to `minLength`; numbers 0; booleans false. Of `oneOf`/`anyOf` it takes the first alternative
+    with a `const` property whose value is a word of the last user message, else the first one:
+    "use calculator" in a prompt makes a tool-call envelope pick the `calculator` tool.
+    """
+    if not isinstance(schema, dict) or not schema:
+        return {}
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    alternatives = schema.get("oneOf") or schema.get("anyOf")
+    if alternatives:
+        chosen = alternatives[0]
+        for alternative in alternatives:
+            consts = [
+                sub.get("const")
+                for sub in (alternative.get("properties") or {}).values()
+                if isinstance(sub, dict)
+            ]
+            if any(isinstance(c, str) and c in user_words for c in consts):
+                chosen = alternative
+                break
+        return _instance(chosen, user_words, user_text)
+    kind = schema.get("type", "object")
+    if isinstance(kind, list):
+        kind = kind[0] if kind else "object"
+    if kind == "object":
+        required = set(schema.get("required") or [])
+        return {
+            name: _instance(sub, user_words, user_text)
+            for name, sub in (schema.get("properties") or {}).items()
+            if name in required
+        }
+    if kind == "array":
+        item = schema.get("items", {})
+        return [_instance(item, user_words, user_text) for _ in range(schema.get("minItems", 0))]
+    if kind == "string":
+        text = user_text[: schema.get("maxLength", len(user_text))]
+        return text + "x" * max(0, schema.get("minLength", 0) - len(text))
+    if kind in ("integer", "number"):
+        return 0
+    if kind == "boolean":
+        return False
+    return None
+
+
+def _json_pieces(value):
+    """The JSON text of `value` cut into token-like pieces that join back to it exactly."""
+    return re.findall(r"\S+\s*", json.dumps(value, ensure_ascii=False))
 
 
 def _parse(raw, context_length):
@@ -77,9 +138,17 @@ def _parse(raw, context_length):
             f"the context window is {context_length}"
         )
     user = [m["content"] for m in messages if m["role"] == "user"]
-    words = (user[-1] if user else messages[-1]["content"]).split() or ["tok"]
+    user_text = user[-1] if user else messages[-1]["content"]
+    words = user_text.split() or ["tok"]
+    schema = body.get("json_schema")
+    if schema is not None and not isinstance(schema, dict):
+        raise RequestError("invalid_argument: json_schema must be a JSON object")
+    pieces = None
+    if schema is not None:
+        pieces = _json_pieces(_instance(schema, set(words), user_text.strip()))
     return {
         "words": words,
+        "pieces": pieces,
         "prompt_tokens": prompt_tokens,
         "max_tokens": max_tokens,
         "stop": stop,
@@ -158,8 +227,12 @@ class TritonPythonModel:
         words, stops = spec["words"], spec["stop"]
         prompt_tokens = spec["prompt_tokens"]
         text, sent_upto, produced, sent = "", 0, 0, 0
-        finish, cancel_seen_at = "length", None
+        finish, cancel_seen_at, stopped_by_sequence = "length", None, False
+        pieces = spec["pieces"]
         while produced < spec["max_tokens"]:
+            if pieces is not None and produced >= len(pieces):
+                finish = "stop"  # the instance is complete: the model's end of answer
+                break
             if spec["delay_s"]:
                 time.sleep(spec["delay_s"])
             if request.is_cancelled():
@@ -170,7 +243,10 @@ class TritonPythonModel:
                 message = f"internal: toy_llm failed after {produced} tokens"
                 sender.send(_error(message), flags=FINAL)
                 return
-            text += words[(spec["seed"] + produced) % len(words)] + " "
+            if pieces is not None:
+                text += pieces[produced]
+            else:
+                text += words[(spec["seed"] + produced) % len(words)] + " "
             produced += 1
             upto, stopped = _stop_split(text, stops)
             if upto > sent_upto:
@@ -178,11 +254,11 @@ class TritonPythonModel:
                 sent += 1
                 sent_upto = upto
             if stopped:
-                finish = "stop"
+                finish, stopped_by_sequence = "stop", True
                 break
         # Held-back text that never became a stop sequence belongs to the answer, however the
         # generation ended; it rides on the final response, which a cancelled stream still takes.
-        tail = "" if finish == "stop" else text[sent_upto:]
+        tail = "" if stopped_by_sequence else text[sent_upto:]
         self._record(spec["tag"], produced, sent + bool(tail), finish, cancel_seen_at)
         _send_final(sender, _response(tail, prompt_tokens, produced, finish))
 

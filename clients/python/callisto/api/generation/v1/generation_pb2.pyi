@@ -7,6 +7,7 @@ from callisto.api.common.v1 import common_pb2 as _common_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.rpc import status_pb2 as _status_pb2
@@ -20,6 +21,34 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _ToolChoiceMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ToolChoiceModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ToolChoiceMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TOOL_CHOICE_MODE_UNSPECIFIED: _ToolChoiceMode.ValueType  # 0
+    """Not set: TOOL_CHOICE_MODE_AUTO."""
+    TOOL_CHOICE_MODE_AUTO: _ToolChoiceMode.ValueType  # 1
+    """The model answers in text or calls one of the tools, as it sees fit."""
+    TOOL_CHOICE_MODE_NONE: _ToolChoiceMode.ValueType  # 2
+    """The model answers in text; the tools are not offered."""
+    TOOL_CHOICE_MODE_REQUIRED: _ToolChoiceMode.ValueType  # 3
+    """The model calls one of the tools."""
+
+class ToolChoiceMode(_ToolChoiceMode, metaclass=_ToolChoiceModeEnumTypeWrapper):
+    """Whether, and which, tools the model may call."""
+
+TOOL_CHOICE_MODE_UNSPECIFIED: ToolChoiceMode.ValueType  # 0
+"""Not set: TOOL_CHOICE_MODE_AUTO."""
+TOOL_CHOICE_MODE_AUTO: ToolChoiceMode.ValueType  # 1
+"""The model answers in text or calls one of the tools, as it sees fit."""
+TOOL_CHOICE_MODE_NONE: ToolChoiceMode.ValueType  # 2
+"""The model answers in text; the tools are not offered."""
+TOOL_CHOICE_MODE_REQUIRED: ToolChoiceMode.ValueType  # 3
+"""The model calls one of the tools."""
+Global___ToolChoiceMode: _TypeAlias = ToolChoiceMode  # noqa: Y015
 
 class _FinishReason:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -35,6 +64,8 @@ class _FinishReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FinishRe
     """max_tokens was reached."""
     FINISH_REASON_CANCELLED: _FinishReason.ValueType  # 3
     """The caller cancelled it."""
+    FINISH_REASON_TOOL_CALLS: _FinishReason.ValueType  # 4
+    """The model called tools instead of answering: see `tool_calls`."""
 
 class FinishReason(_FinishReason, metaclass=_FinishReasonEnumTypeWrapper):
     """Why a generation ended."""
@@ -47,6 +78,8 @@ FINISH_REASON_LENGTH: FinishReason.ValueType  # 2
 """max_tokens was reached."""
 FINISH_REASON_CANCELLED: FinishReason.ValueType  # 3
 """The caller cancelled it."""
+FINISH_REASON_TOOL_CALLS: FinishReason.ValueType  # 4
+"""The model called tools instead of answering: see `tool_calls`."""
 Global___FinishReason: _TypeAlias = FinishReason  # noqa: Y015
 
 @_typing.final
@@ -57,23 +90,161 @@ class ChatMessage(_message.Message):
 
     ROLE_FIELD_NUMBER: _builtins.int
     CONTENT_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
     role: _common_pb2.Role.ValueType
-    """Who wrote it."""
+    """Who wrote it: ROLE_TOOL for the result of a tool call."""
     content: _builtins.str
-    """The text."""
+    """The text; may be empty only on an assistant message that carries `tool_calls`."""
+    tool_call_id: _builtins.str
+    """On a ROLE_TOOL message (required there): the `id` of the tool call this is the result of."""
+    @_builtins.property
+    def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCall]:
+        """On a ROLE_ASSISTANT message: the tool calls the model made in that turn."""
+
     def __init__(
         self,
         *,
         role: _common_pb2.Role.ValueType = ...,
         content: _builtins.str = ...,
+        tool_calls: _abc.Iterable[Global___ToolCall] | None = ...,
+        tool_call_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "role", b"role"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "role", b"role", "tool_call_id", b"tool_call_id", "tool_calls", b"tool_calls"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ChatMessage: _TypeAlias = ChatMessage  # noqa: Y015
+
+@_typing.final
+class ResponseFormat(_message.Message):
+    """Constrains the answer to JSON that is an instance of a JSON Schema."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JSON_SCHEMA_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Short name of the shape (letters, digits, `_`, `-`; at most 64), e.g. `plan`; for logs and
+    for model servers that take one.
+    """
+    @_builtins.property
+    def json_schema(self) -> _struct_pb2.Struct:
+        """The JSON Schema (draft 2020-12) of the answer, as a JSON object. Supported keywords: `type`,
+        `properties`, `required`, `additionalProperties`, `items`, `minItems`, `maxItems`, `enum`,
+        `const`, `anyOf`, `oneOf`, `minLength`, `maxLength` and annotations (`title`,
+        `description`, `default`, `examples`, `$schema`, `$comment`); anything else is rejected.
+        """
+
+    def __init__(
+        self,
+        *,
+        json_schema: _struct_pb2.Struct | None = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["json_schema", b"json_schema"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["json_schema", b"json_schema", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResponseFormat: _TypeAlias = ResponseFormat  # noqa: Y015
+
+@_typing.final
+class Tool(_message.Message):
+    """A function the model may call instead of answering in text."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Name the model calls it by: a letter, then letters, digits, `_` or `-` (at most 64)."""
+    description: _builtins.str
+    """What it does and when to use it; the model reads this."""
+    @_builtins.property
+    def parameters(self) -> _struct_pb2.Struct:
+        """JSON Schema of the arguments: an object schema, with the keywords `ResponseFormat`
+        supports; no arguments when unset.
+        """
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        description: _builtins.str = ...,
+        parameters: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name", "parameters", b"parameters"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Tool: _TypeAlias = Tool  # noqa: Y015
+
+@_typing.final
+class ToolChoice(_message.Message):
+    """How the model chooses among `tools`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODE_FIELD_NUMBER: _builtins.int
+    TOOL_FIELD_NUMBER: _builtins.int
+    mode: Global___ToolChoiceMode.ValueType
+    """Auto, none or required."""
+    tool: _builtins.str
+    """The name of the tool the model must call."""
+    def __init__(
+        self,
+        *,
+        mode: Global___ToolChoiceMode.ValueType = ...,
+        tool: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["choice", b"choice", "mode", b"mode", "tool", b"tool"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["choice", b"choice", "mode", b"mode", "tool", b"tool"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_choice: _TypeAlias = _typing.Literal["mode", "tool"]  # noqa: Y015
+    _WhichOneofArgType_choice: _TypeAlias = _typing.Literal["choice", b"choice"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_choice) -> _WhichOneofReturnType_choice | None: ...
+
+Global___ToolChoice: _TypeAlias = ToolChoice  # noqa: Y015
+
+@_typing.final
+class ToolCall(_message.Message):
+    """A call of one tool, made by the model."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Id of the call, unique within the generation (`call_...`); a ROLE_TOOL message answers it."""
+    name: _builtins.str
+    """Name of the tool called."""
+    @_builtins.property
+    def arguments(self) -> _struct_pb2.Struct:
+        """The arguments, valid against the tool's `parameters` schema."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        arguments: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "id", b"id", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolCall: _TypeAlias = ToolCall  # noqa: Y015
 
 @_typing.final
 class SamplingParameters(_message.Message):
@@ -135,6 +306,9 @@ class GenerateRequest(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     MESSAGES_FIELD_NUMBER: _builtins.int
     PARAMETERS_FIELD_NUMBER: _builtins.int
+    RESPONSE_FORMAT_FIELD_NUMBER: _builtins.int
+    TOOLS_FIELD_NUMBER: _builtins.int
+    TOOL_CHOICE_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Model to use: `models/{model}`, e.g. `models/llm`."""
     @_builtins.property
@@ -145,16 +319,31 @@ class GenerateRequest(_message.Message):
     def parameters(self) -> Global___SamplingParameters:
         """Sampling parameters."""
 
+    @_builtins.property
+    def response_format(self) -> Global___ResponseFormat:
+        """Constrains the answer to a JSON Schema; the result then carries the parsed value."""
+
+    @_builtins.property
+    def tools(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tool]:
+        """Tools the model may call (at most 32, names unique); not together with `response_format`."""
+
+    @_builtins.property
+    def tool_choice(self) -> Global___ToolChoice:
+        """How the model chooses among `tools`; auto when unset."""
+
     def __init__(
         self,
         *,
         model: _builtins.str = ...,
         messages: _abc.Iterable[Global___ChatMessage] | None = ...,
         parameters: Global___SamplingParameters | None = ...,
+        response_format: Global___ResponseFormat | None = ...,
+        tools: _abc.Iterable[Global___Tool] | None = ...,
+        tool_choice: Global___ToolChoice | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters", "response_format", b"response_format", "tool_choice", b"tool_choice"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "model", b"model", "parameters", b"parameters"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "model", b"model", "parameters", b"parameters", "response_format", b"response_format", "tool_choice", b"tool_choice", "tools", b"tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -198,6 +387,9 @@ class GenerationResult(_message.Message):
     TOKENS_PER_SECOND_FIELD_NUMBER: _builtins.int
     DURATION_MS_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    PARSED_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
     finish_reason: Global___FinishReason.ValueType
     """Why it ended."""
     ttft_ms: _builtins.float
@@ -208,9 +400,21 @@ class GenerationResult(_message.Message):
     """Time from the request to the last token, in milliseconds."""
     model: _builtins.str
     """The model that produced it: `models/{model}`."""
+    text: _builtins.str
+    """The answer: the whole completion, or with tools the text answer (empty after tool calls).
+    The deltas carry the model's raw output, which with tools is its JSON envelope.
+    """
     @_builtins.property
     def usage(self) -> _common_pb2.TokenUsage:
         """Tokens in the prompt and in the completion."""
+
+    @_builtins.property
+    def parsed(self) -> _struct_pb2.Value:
+        """With `response_format`: the answer parsed as JSON, already validated against the schema."""
+
+    @_builtins.property
+    def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCall]:
+        """With `tools`: the calls the model made (finish reason FINISH_REASON_TOOL_CALLS)."""
 
     def __init__(
         self,
@@ -221,10 +425,13 @@ class GenerationResult(_message.Message):
         tokens_per_second: _builtins.float = ...,
         duration_ms: _builtins.float = ...,
         model: _builtins.str = ...,
+        text: _builtins.str = ...,
+        parsed: _struct_pb2.Value | None = ...,
+        tool_calls: _abc.Iterable[Global___ToolCall] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["parsed", b"parsed", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration_ms", b"duration_ms", "finish_reason", b"finish_reason", "model", b"model", "tokens_per_second", b"tokens_per_second", "ttft_ms", b"ttft_ms", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration_ms", b"duration_ms", "finish_reason", b"finish_reason", "model", b"model", "parsed", b"parsed", "text", b"text", "tokens_per_second", b"tokens_per_second", "tool_calls", b"tool_calls", "ttft_ms", b"ttft_ms", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -282,6 +489,9 @@ class StartGeneration(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     MESSAGES_FIELD_NUMBER: _builtins.int
     PARAMETERS_FIELD_NUMBER: _builtins.int
+    RESPONSE_FORMAT_FIELD_NUMBER: _builtins.int
+    TOOLS_FIELD_NUMBER: _builtins.int
+    TOOL_CHOICE_FIELD_NUMBER: _builtins.int
     generation_id: _builtins.str
     """Caller-chosen id, unique on this stream, that tags every response of the generation."""
     model: _builtins.str
@@ -294,6 +504,18 @@ class StartGeneration(_message.Message):
     def parameters(self) -> Global___SamplingParameters:
         """Sampling parameters."""
 
+    @_builtins.property
+    def response_format(self) -> Global___ResponseFormat:
+        """Constrains the answer to a JSON Schema; the result then carries the parsed value."""
+
+    @_builtins.property
+    def tools(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tool]:
+        """Tools the model may call (at most 32, names unique); not together with `response_format`."""
+
+    @_builtins.property
+    def tool_choice(self) -> Global___ToolChoice:
+        """How the model chooses among `tools`; auto when unset."""
+
     def __init__(
         self,
         *,
@@ -301,10 +523,13 @@ class StartGeneration(_message.Message):
         model: _builtins.str = ...,
         messages: _abc.Iterable[Global___ChatMessage] | None = ...,
         parameters: Global___SamplingParameters | None = ...,
+        response_format: Global___ResponseFormat | None = ...,
+        tools: _abc.Iterable[Global___Tool] | None = ...,
+        tool_choice: Global___ToolChoice | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters", "response_format", b"response_format", "tool_choice", b"tool_choice"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["generation_id", b"generation_id", "messages", b"messages", "model", b"model", "parameters", b"parameters"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["generation_id", b"generation_id", "messages", b"messages", "model", b"model", "parameters", b"parameters", "response_format", b"response_format", "tool_choice", b"tool_choice", "tools", b"tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
