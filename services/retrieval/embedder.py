@@ -34,6 +34,12 @@ class Embedder(Protocol):
     async def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]: ...
 
 
+# Triton priority levels of the embedder's dynamic batcher (1 is served first; 0 asks for the
+# model's default, level 2): queries ahead of bulk ingestion.
+QUERY_PRIORITY = 1
+BULK_PRIORITY = 0
+
+
 class TritonEmbedder:
     """Async client for the Triton ``embedder`` model (``tritonclient.grpc.aio``)."""
 
@@ -80,21 +86,26 @@ class TritonEmbedder:
             return False
 
     async def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-        """Embed query texts (the query lane)."""
-        return await self.embed_with(texts, self._queries)
+        """Embed query texts (the query lane, ahead of ingestion in Triton's queue)."""
+        return await self.embed_with(texts, self._queries, priority=QUERY_PRIORITY)
 
     async def embed_with(
-        self, texts: Sequence[str], slots: asyncio.Semaphore, batch_size: int | None = None
+        self,
+        texts: Sequence[str],
+        slots: asyncio.Semaphore,
+        batch_size: int | None = None,
+        *,
+        priority: int = BULK_PRIORITY,
     ) -> npt.NDArray[np.float32]:
         if not texts:
             return np.zeros((0, self._dim), dtype=np.float32)
         size = batch_size or self._max_batch
         batches = [texts[i : i + size] for i in range(0, len(texts), size)]
-        results = await asyncio.gather(*(self._embed_batch(b, slots) for b in batches))
+        results = await asyncio.gather(*(self._embed_batch(b, slots, priority) for b in batches))
         return np.concatenate(results, axis=0)
 
     async def _embed_batch(
-        self, texts: Sequence[str], slots: asyncio.Semaphore
+        self, texts: Sequence[str], slots: asyncio.Semaphore, priority: int
     ) -> npt.NDArray[np.float32]:
         from tritonclient.grpc import aio as grpcclient
         from tritonclient.utils import InferenceServerException
@@ -112,6 +123,7 @@ class TritonEmbedder:
                         inputs,
                         model_version=self._version,
                         outputs=outputs,
+                        priority=priority,
                         client_timeout=self._timeout,
                     )
             except TimeoutError as exc:
