@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from generation_support import auth, chat_messages
+from generation_support import chat_messages, extras
 
 from callisto.api.generation.v1 import generation_pb2, generation_pb2_grpc
 
@@ -28,7 +28,7 @@ async def test_a_duplicate_generation_id_is_rejected_without_ending_the_running_
 
     responses: list[generation_pb2.ChatResponse] = []
     # toy_llm sleeps 30 ms before each token: the duplicate arrives while g1 streams.
-    call = stub.Chat(requests(), metadata=auth(api_key, delay_ms=30), timeout=30)
+    call = stub.Chat(requests(), metadata=extras(delay_ms=30), timeout=30)
     async for response in call:
         responses.append(response)
         if response.WhichOneof("event") == "delta":

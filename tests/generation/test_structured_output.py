@@ -16,7 +16,7 @@ import grpc
 import httpx
 import pytest
 import pytest_asyncio
-from generation_support import auth, chat_messages, violations
+from generation_support import chat_messages, extras, violations
 from google.protobuf import json_format, struct_pb2
 from google.rpc import error_details_pb2
 
@@ -90,7 +90,7 @@ def structured(
 async def generate(
     stub: Stub, request: generation_pb2.GenerateRequest, api_key: str, deadline_s: float = 30
 ) -> list[generation_pb2.GenerateResponse]:
-    return [r async for r in stub.Generate(request, metadata=auth(api_key), timeout=deadline_s)]
+    return [r async for r in stub.Generate(request, timeout=deadline_s)]
 
 
 def streamed_text(responses: list[generation_pb2.GenerateResponse]) -> str:
@@ -192,7 +192,7 @@ async def test_chat_generations_carry_the_parsed_value_on_their_result(
     async def requests() -> AsyncIterator[generation_pb2.ChatRequest]:
         yield generation_pb2.ChatRequest(start=start)
 
-    responses = [r async for r in stub.Chat(requests(), metadata=auth(api_key), timeout=30)]
+    responses = [r async for r in stub.Chat(requests(), timeout=30)]
     assert responses[-1].WhichOneof("event") == "result", responses[-1]
     assert parsed(responses[-1].result) == {"sufficient": False, "confidence": "low"}
     assert "".join(r.delta.text for r in responses[:-1]) == responses[-1].result.text
@@ -216,7 +216,7 @@ async def test_a_cancelled_structured_generation_ends_cancelled_without_a_parsed
         yield generation_pb2.ChatRequest(cancel=generation_pb2.CancelGeneration(generation_id="g1"))
 
     responses = []
-    metadata = auth(api_key, delay_ms=50)
+    metadata = extras(delay_ms=50)
     async for response in stub.Chat(requests(), metadata=metadata, timeout=30):
         responses.append(response)
         first_delta.set()
