@@ -209,8 +209,9 @@ def check_archive(data: bytes, options: ParseOptions) -> None:
                             raise DocumentTooLarge("content", too_large)
     except (DocumentTooLarge, MemoryError):  # a MemoryError is the worker's limit, not corruption
         raise
-    # zipfile raises BadZipFile, zlib/lzma errors, EOFError, RuntimeError (encrypted entries),
-    # NotImplementedError (unknown methods) and ValueError on damaged archives.
+    # A damaged or unsupported archive surfaces as BadZipFile, a zlib/lzma error, EOFError,
+    # RuntimeError (an encrypted entry), ValueError, or zipfile's error for an unknown
+    # compression method: every one of them means the client sent an unreadable file.
     except Exception as exc:
         raise CorruptDocument("content", f"unreadable DOCX: {exc}") from exc
 
