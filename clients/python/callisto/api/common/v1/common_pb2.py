@@ -24,23 +24,23 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x63\x61llisto/common/v1/common.proto\x12\x12\x63\x61llisto.common.v1\"T\n\nTokenUsage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\"\xba\x01\n\x08\x43itation\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x12\n\nsource_uri\x18\x03 \x01(\t\x12\x10\n\x08\x63hunk_id\x18\x04 \x01(\t\x12\x14\n\x0cstart_offset\x18\x05 \x01(\x05\x12\x12\n\nend_offset\x18\x06 \x01(\x05\x12\x0c\n\x04page\x18\x07 \x01(\x05\x12\x0f\n\x07section\x18\x08 \x01(\t\x12\r\n\x05score\x18\t \x01(\x01\x12\x0c\n\x04text\x18\n \x01(\t\"M\n\tSentiment\x12\x31\n\x05label\x18\x01 \x01(\x0e\x32\".callisto.common.v1.SentimentLabel\x12\r\n\x05score\x18\x02 \x01(\x01\"s\n\x0e\x41ttributeValue\x12\x16\n\x0cstring_value\x18\x01 \x01(\tH\x00\x12\x13\n\tint_value\x18\x02 \x01(\x03H\x00\x12\x16\n\x0c\x64ouble_value\x18\x03 \x01(\x01H\x00\x12\x14\n\nbool_value\x18\x04 \x01(\x08H\x00\x42\x06\n\x04kind*_\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03\x12\r\n\tROLE_TOOL\x10\x04*\x8a\x01\n\x0eSentimentLabel\x12\x1f\n\x1bSENTIMENT_LABEL_UNSPECIFIED\x10\x00\x12\x1c\n\x18SENTIMENT_LABEL_NEGATIVE\x10\x01\x12\x1b\n\x17SENTIMENT_LABEL_NEUTRAL\x10\x02\x12\x1c\n\x18SENTIMENT_LABEL_POSITIVE\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x63\x61llisto/common/v1/common.proto\x12\x12\x63\x61llisto.common.v1\"T\n\nTokenUsage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\"\xca\x01\n\x08\x43itation\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x12\n\nsource_uri\x18\x03 \x01(\t\x12\x10\n\x08\x63hunk_id\x18\x04 \x01(\t\x12\x14\n\x0cstart_offset\x18\x05 \x01(\x05\x12\x12\n\nend_offset\x18\x06 \x01(\x05\x12\x0c\n\x04page\x18\x07 \x01(\x05\x12\x0f\n\x07section\x18\x08 \x01(\t\x12\r\n\x05score\x18\t \x01(\x01\x12\x0c\n\x04text\x18\n \x01(\t\x12\x0e\n\x06marker\x18\x0b \x01(\x05\"M\n\tSentiment\x12\x31\n\x05label\x18\x01 \x01(\x0e\x32\".callisto.common.v1.SentimentLabel\x12\r\n\x05score\x18\x02 \x01(\x01\"s\n\x0e\x41ttributeValue\x12\x16\n\x0cstring_value\x18\x01 \x01(\tH\x00\x12\x13\n\tint_value\x18\x02 \x01(\x03H\x00\x12\x16\n\x0c\x64ouble_value\x18\x03 \x01(\x01H\x00\x12\x14\n\nbool_value\x18\x04 \x01(\x08H\x00\x42\x06\n\x04kind*_\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03\x12\r\n\tROLE_TOOL\x10\x04*\x8a\x01\n\x0eSentimentLabel\x12\x1f\n\x1bSENTIMENT_LABEL_UNSPECIFIED\x10\x00\x12\x1c\n\x18SENTIMENT_LABEL_NEGATIVE\x10\x01\x12\x1b\n\x17SENTIMENT_LABEL_NEUTRAL\x10\x02\x12\x1c\n\x18SENTIMENT_LABEL_POSITIVE\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'callisto.api.common.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=526
-  _globals['_ROLE']._serialized_end=621
-  _globals['_SENTIMENTLABEL']._serialized_start=624
-  _globals['_SENTIMENTLABEL']._serialized_end=762
+  _globals['_ROLE']._serialized_start=542
+  _globals['_ROLE']._serialized_end=637
+  _globals['_SENTIMENTLABEL']._serialized_start=640
+  _globals['_SENTIMENTLABEL']._serialized_end=778
   _globals['_TOKENUSAGE']._serialized_start=55
   _globals['_TOKENUSAGE']._serialized_end=139
   _globals['_CITATION']._serialized_start=142
-  _globals['_CITATION']._serialized_end=328
-  _globals['_SENTIMENT']._serialized_start=330
-  _globals['_SENTIMENT']._serialized_end=407
-  _globals['_ATTRIBUTEVALUE']._serialized_start=409
-  _globals['_ATTRIBUTEVALUE']._serialized_end=524
+  _globals['_CITATION']._serialized_end=344
+  _globals['_SENTIMENT']._serialized_start=346
+  _globals['_SENTIMENT']._serialized_end=423
+  _globals['_ATTRIBUTEVALUE']._serialized_start=425
+  _globals['_ATTRIBUTEVALUE']._serialized_end=540
 # @@protoc_insertion_point(module_scope)

@@ -123,6 +123,7 @@ class Citation(_message.Message):
     SECTION_FIELD_NUMBER: _builtins.int
     SCORE_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
+    MARKER_FIELD_NUMBER: _builtins.int
     document_id: _builtins.str
     """Id of the source document within the tenant."""
     title: _builtins.str
@@ -143,6 +144,8 @@ class Citation(_message.Message):
     """Relevance score of the passage for the query that found it (higher is better)."""
     text: _builtins.str
     """The passage text itself."""
+    marker: _builtins.int
+    """1-based number of the source in the answer that cites it (`[n]`); 0 outside an answer."""
     def __init__(
         self,
         *,
@@ -156,10 +159,11 @@ class Citation(_message.Message):
         section: _builtins.str = ...,
         score: _builtins.float = ...,
         text: _builtins.str = ...,
+        marker: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_id", b"chunk_id", "document_id", b"document_id", "end_offset", b"end_offset", "page", b"page", "score", b"score", "section", b"section", "source_uri", b"source_uri", "start_offset", b"start_offset", "text", b"text", "title", b"title"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_id", b"chunk_id", "document_id", b"document_id", "end_offset", b"end_offset", "marker", b"marker", "page", b"page", "score", b"score", "section", b"section", "source_uri", b"source_uri", "start_offset", b"start_offset", "text", b"text", "title", b"title"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

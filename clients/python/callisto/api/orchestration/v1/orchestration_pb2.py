@@ -23,16 +23,18 @@ _sym_db = _symbol_database.Default()
 
 
 from callisto.api.common.v1 import common_pb2 as callisto_dot_common_dot_v1_dot_common__pb2
+from callisto.api.persistence.v1 import persistence_pb2 as callisto_dot_persistence_dot_v1_dot_persistence__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-callisto/orchestration/v1/orchestration.proto\x12\x19\x63\x61llisto.orchestration.v1\x1a\x1f\x63\x61llisto/common/v1/common.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\x89\x02\n\x05\x41gent\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x1a\n\x0c\x64isplay_name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x0f\n\x07\x63ompany\x18\x04 \x01(\t\x12\x1b\n\rsystem_prompt\x18\x05 \x01(\tB\x04\xe2\x41\x01\x02\x12\r\n\x05tools\x18\x06 \x03(\t\x12\r\n\x05model\x18\x07 \x01(\t\x12\x16\n\x0eknowledge_tags\x18\x08 \x03(\t\x12\x35\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03:\'\xea\x41$\n\x12\x63\x61llisto.dev/Agent\x12\x0e\x61gents/{agent}\"]\n\x12\x43reateAgentRequest\x12\x35\n\x05\x61gent\x18\x01 \x01(\x0b\x32 .callisto.orchestration.v1.AgentB\x04\xe2\x41\x01\x02\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\"F\n\x13\x43reateAgentResponse\x12/\n\x05\x61gent\x18\x01 \x01(\x0b\x32 .callisto.orchestration.v1.Agent\"%\n\x0fGetAgentRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"C\n\x10GetAgentResponse\x12/\n\x05\x61gent\x18\x01 \x01(\x0b\x32 .callisto.orchestration.v1.Agent\":\n\x11ListAgentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"_\n\x12ListAgentsResponse\x12\x30\n\x06\x61gents\x18\x01 \x03(\x0b\x32 .callisto.orchestration.v1.Agent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"(\n\x12\x44\x65leteAgentRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x15\n\x13\x44\x65leteAgentResponse\"C\n\x14SuggestAgentsRequest\x12\x16\n\x08scenario\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x0b\x61gent_count\x18\x02 \x01(\x05\"I\n\x15SuggestAgentsResponse\x12\x30\n\x06\x61gents\x18\x01 \x03(\x0b\x32 .callisto.orchestration.v1.Agent\"\x97\x01\n\x11TerminationPolicy\x12\x11\n\tmax_turns\x18\x01 \x01(\x05\x12\x15\n\rstop_keywords\x18\x02 \x03(\t\x12\x1a\n\rmin_sentiment\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12*\n\x07timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.DurationB\x10\n\x0e_min_sentiment\"\"\n\x06\x42udget\x12\x18\n\x10max_total_tokens\x18\x01 \x01(\x05\"\xc3\x01\n\x0cWorkflowStep\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\r\n\x05\x61gent\x18\x02 \x01(\t\x12\x19\n\x0binstruction\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\ndepends_on\x18\x04 \x03(\t\x12\x19\n\x11requires_approval\x18\x05 \x01(\x08\x12\x33\n\x10\x61pproval_timeout\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0bmax_retries\x18\x07 \x01(\x05\"L\n\x0cWorkflowPlan\x12<\n\x05steps\x18\x01 \x03(\x0b\x32\'.callisto.orchestration.v1.WorkflowStepB\x04\xe2\x41\x01\x02\"\xe9\x02\n\x11StartConversation\x12\x14\n\x0c\x63onversation\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x39\n\x04mode\x18\x03 \x01(\x0e\x32+.callisto.orchestration.v1.ConversationMode\x12\x0e\n\x06\x61gents\x18\x04 \x03(\t\x12\x0e\n\x06prompt\x18\x05 \x01(\t\x12\x41\n\x0btermination\x18\x06 \x01(\x0b\x32,.callisto.orchestration.v1.TerminationPolicy\x12\x35\n\x04plan\x18\x07 \x01(\x0b\x32\'.callisto.orchestration.v1.WorkflowPlan\x12\x31\n\x06\x62udget\x18\x08 \x01(\x0b\x32!.callisto.orchestration.v1.Budget\x12\x19\n\x11human_in_the_loop\x18\t \x01(\x08\x12\x0c\n\x04tags\x18\n \x03(\t\"H\n\x12\x41ttachConversation\x12\x1a\n\x0c\x63onversation\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x0e\x61\x66ter_event_id\x18\x02 \x01(\x03\"/\n\tHumanTurn\x12\x12\n\x04text\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06\x61uthor\x18\x02 \x01(\t\"\xa6\x01\n\x08\x41pproval\x12\x19\n\x0b\x61pproval_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x43\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0e\x32+.callisto.orchestration.v1.ApprovalDecisionB\x04\xe2\x41\x01\x02\x12\x17\n\x0fmodified_output\x18\x03 \x01(\t\x12\x0f\n\x07\x63omment\x18\x04 \x01(\t\x12\x10\n\x08reviewer\x18\x05 \x01(\t\"\x18\n\x06\x43\x61ncel\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xbf\x02\n\x0f\x43onverseRequest\x12=\n\x05start\x18\x01 \x01(\x0b\x32,.callisto.orchestration.v1.StartConversationH\x00\x12?\n\x06\x61ttach\x18\x02 \x01(\x0b\x32-.callisto.orchestration.v1.AttachConversationH\x00\x12\x34\n\x04turn\x18\x03 \x01(\x0b\x32$.callisto.orchestration.v1.HumanTurnH\x00\x12\x37\n\x08\x61pproval\x18\x04 \x01(\x0b\x32#.callisto.orchestration.v1.ApprovalH\x00\x12\x33\n\x06\x63\x61ncel\x18\x05 \x01(\x0b\x32!.callisto.orchestration.v1.CancelH\x00\x42\x08\n\x06\x61\x63tion\",\n\x0bTurnStarted\x12\x0f\n\x07speaker\x18\x01 \x01(\t\x12\x0c\n\x04turn\x18\x02 \x01(\x05\"\x9c\x01\n\tTurnEnded\x12\x0f\n\x07speaker\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x30\n\tsentiment\x18\x03 \x01(\x0b\x32\x1d.callisto.common.v1.Sentiment\x12-\n\x05usage\x18\x04 \x01(\x0b\x32\x1e.callisto.common.v1.TokenUsage\x12\x0f\n\x07message\x18\x05 \x01(\t\"+\n\nTokenChunk\x12\x0f\n\x07speaker\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\"i\n\x08ToolCall\x12\x0c\n\x04tool\x18\x01 \x01(\t\x12*\n\targuments\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06result\x18\x03 \x01(\t\x12\x13\n\x0b\x64uration_ms\x18\x04 \x01(\x01\"\x8c\x01\n\rAwaitingInput\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\x12\x0f\n\x07step_id\x18\x02 \x01(\t\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x17\n\x0fproposed_output\x18\x04 \x01(\t\x12,\n\x08\x64\x65\x61\x64line\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"M\n\nStepUpdate\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06output\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\"T\n\x04\x44one\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12-\n\x05usage\x18\x02 \x01(\x0b\x32\x1e.callisto.common.v1.TokenUsage\x12\r\n\x05turns\x18\x03 \x01(\x05\"\x96\x05\n\x11\x43onversationEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\x03\x12\x14\n\x0c\x63onversation\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12>\n\x0cturn_started\x18\x04 \x01(\x0b\x32&.callisto.orchestration.v1.TurnStartedH\x00\x12\x36\n\x05token\x18\x05 \x01(\x0b\x32%.callisto.orchestration.v1.TokenChunkH\x00\x12:\n\nturn_ended\x18\x06 \x01(\x0b\x32$.callisto.orchestration.v1.TurnEndedH\x00\x12\x30\n\x08\x63itation\x18\x07 \x01(\x0b\x32\x1c.callisto.common.v1.CitationH\x00\x12\x38\n\ttool_call\x18\x08 \x01(\x0b\x32#.callisto.orchestration.v1.ToolCallH\x00\x12\x42\n\x0e\x61waiting_input\x18\t \x01(\x0b\x32(.callisto.orchestration.v1.AwaitingInputH\x00\x12\x35\n\x04step\x18\n \x01(\x0b\x32%.callisto.orchestration.v1.StepUpdateH\x00\x12/\n\x05usage\x18\x0b \x01(\x0b\x32\x1e.callisto.common.v1.TokenUsageH\x00\x12/\n\x04\x64one\x18\x0c \x01(\x0b\x32\x1f.callisto.orchestration.v1.DoneH\x00\x12#\n\x05\x65rror\x18\r \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\x06\n\x04kind\"O\n\x10\x43onverseResponse\x12;\n\x05\x65vent\x18\x01 \x01(\x0b\x32,.callisto.orchestration.v1.ConversationEvent\"[\n\x16RunConversationRequest\x12\x41\n\x05start\x18\x01 \x01(\x0b\x32,.callisto.orchestration.v1.StartConversationB\x04\xe2\x41\x01\x02\"V\n\x17RunConversationResponse\x12;\n\x05\x65vent\x18\x01 \x01(\x0b\x32,.callisto.orchestration.v1.ConversationEvent\"G\n\x19StreamConversationRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x0e\x61\x66ter_event_id\x18\x02 \x01(\x03\"Y\n\x1aStreamConversationResponse\x12;\n\x05\x65vent\x18\x01 \x01(\x0b\x32,.callisto.orchestration.v1.ConversationEvent\"\xa0\x01\n\x12SubmitInputRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x34\n\x04turn\x18\x02 \x01(\x0b\x32$.callisto.orchestration.v1.HumanTurnH\x00\x12\x37\n\x08\x61pproval\x18\x03 \x01(\x0b\x32#.callisto.orchestration.v1.ApprovalH\x00\x42\x07\n\x05input\"\'\n\x13SubmitInputResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\x03\"?\n\x19\x43\x61ncelConversationRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06reason\x18\x02 \x01(\t\".\n\x1a\x43\x61ncelConversationResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\x03*\x98\x01\n\x10\x43onversationMode\x12!\n\x1d\x43ONVERSATION_MODE_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x43ONVERSATION_MODE_ASSISTANT\x10\x01\x12 \n\x1c\x43ONVERSATION_MODE_SIMULATION\x10\x02\x12\x1e\n\x1a\x43ONVERSATION_MODE_WORKFLOW\x10\x03*\x90\x01\n\x10\x41pprovalDecision\x12!\n\x1d\x41PPROVAL_DECISION_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x41PPROVAL_DECISION_APPROVE\x10\x01\x12\x1c\n\x18\x41PPROVAL_DECISION_REJECT\x10\x02\x12\x1c\n\x18\x41PPROVAL_DECISION_MODIFY\x10\x03\x32\xcf\x0b\n\x14OrchestrationService\x12\x87\x01\n\x0b\x43reateAgent\x12-.callisto.orchestration.v1.CreateAgentRequest\x1a..callisto.orchestration.v1.CreateAgentResponse\"\x19\x82\xd3\xe4\x93\x02\x13\"\n/v1/agents:\x05\x61gent\x12\x80\x01\n\x08GetAgent\x12*.callisto.orchestration.v1.GetAgentRequest\x1a+.callisto.orchestration.v1.GetAgentResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/{name=agents/*}\x12}\n\nListAgents\x12,.callisto.orchestration.v1.ListAgentsRequest\x1a-.callisto.orchestration.v1.ListAgentsResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/agents\x12\x89\x01\n\x0b\x44\x65leteAgent\x12-.callisto.orchestration.v1.DeleteAgentRequest\x1a..callisto.orchestration.v1.DeleteAgentResponse\"\x1b\x82\xd3\xe4\x93\x02\x15*\x13/v1/{name=agents/*}\x12\x91\x01\n\rSuggestAgents\x12/.callisto.orchestration.v1.SuggestAgentsRequest\x1a\x30.callisto.orchestration.v1.SuggestAgentsResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\"\x12/v1/agents:suggest:\x01*\x12g\n\x08\x43onverse\x12*.callisto.orchestration.v1.ConverseRequest\x1a+.callisto.orchestration.v1.ConverseResponse(\x01\x30\x01\x12\x9c\x01\n\x0fRunConversation\x12\x31.callisto.orchestration.v1.RunConversationRequest\x1a\x32.callisto.orchestration.v1.RunConversationResponse\" \x82\xd3\xe4\x93\x02\x1a\"\x15/v1/conversations:run:\x01*0\x01\x12\xae\x01\n\x12StreamConversation\x12\x34.callisto.orchestration.v1.StreamConversationRequest\x1a\x35.callisto.orchestration.v1.StreamConversationResponse\")\x82\xd3\xe4\x93\x02#\x12!/v1/{name=conversations/*}:stream0\x01\x12\x9f\x01\n\x0bSubmitInput\x12-.callisto.orchestration.v1.SubmitInputRequest\x1a..callisto.orchestration.v1.SubmitInputResponse\"1\x82\xd3\xe4\x93\x02+\"&/v1/{name=conversations/*}:submitInput:\x01*\x12\xaf\x01\n\x12\x43\x61ncelConversation\x12\x34.callisto.orchestration.v1.CancelConversationRequest\x1a\x35.callisto.orchestration.v1.CancelConversationResponse\",\x82\xd3\xe4\x93\x02&\"!/v1/{name=conversations/*}:cancel:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-callisto/orchestration/v1/orchestration.proto\x12\x19\x63\x61llisto.orchestration.v1\x1a\x1f\x63\x61llisto/common/v1/common.proto\x1a)callisto/persistence/v1/persistence.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xf2\x02\n\x05\x41gent\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x1a\n\x0c\x64isplay_name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x0f\n\x07\x63ompany\x18\x04 \x01(\t\x12\x1b\n\rsystem_prompt\x18\x05 \x01(\tB\x04\xe2\x41\x01\x02\x12\r\n\x05tools\x18\x06 \x03(\t\x12\r\n\x05model\x18\x07 \x01(\t\x12\x16\n\x0eknowledge_tags\x18\x08 \x03(\t\x12\x35\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x19\n\x0brevision_id\x18\n \x01(\tB\x04\xe2\x41\x01\x03\x12>\n\x14revision_create_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x0c\n\x04\x65tag\x18\x0c \x01(\t:\'\xea\x41$\n\x12\x63\x61llisto.dev/Agent\x12\x0e\x61gents/{agent}\"]\n\x12\x43reateAgentRequest\x12\x35\n\x05\x61gent\x18\x01 \x01(\x0b\x32 .callisto.orchestration.v1.AgentB\x04\xe2\x41\x01\x02\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\"F\n\x13\x43reateAgentResponse\x12/\n\x05\x61gent\x18\x01 \x01(\x0b\x32 .callisto.orchestration.v1.Agent\"%\n\x0fGetAgentRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"C\n\x10GetAgentResponse\x12/\n\x05\x61gent\x18\x01 \x01(\x0b\x32 .callisto.orchestration.v1.Agent\":\n\x11ListAgentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"_\n\x12ListAgentsResponse\x12\x30\n\x06\x61gents\x18\x01 \x03(\x0b\x32 .callisto.orchestration.v1.Agent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"|\n\x12UpdateAgentRequest\x12\x35\n\x05\x61gent\x18\x01 \x01(\x0b\x32 .callisto.orchestration.v1.AgentB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"F\n\x13UpdateAgentResponse\x12/\n\x05\x61gent\x18\x01 \x01(\x0b\x32 .callisto.orchestration.v1.Agent\"V\n\x19ListAgentRevisionsRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"g\n\x1aListAgentRevisionsResponse\x12\x30\n\x06\x61gents\x18\x01 \x03(\x0b\x32 .callisto.orchestration.v1.Agent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xc6\x01\n\x04Tool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12+\n\nparameters\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12*\n\x07timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0cside_effects\x18\x05 \x01(\x08\x12,\n\tcache_ttl\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x12\n\x10ListToolsRequest\"C\n\x11ListToolsResponse\x12.\n\x05tools\x18\x01 \x03(\x0b\x32\x1f.callisto.orchestration.v1.Tool\"(\n\x12\x44\x65leteAgentRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x15\n\x13\x44\x65leteAgentResponse\"C\n\x14SuggestAgentsRequest\x12\x16\n\x08scenario\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x0b\x61gent_count\x18\x02 \x01(\x05\"I\n\x15SuggestAgentsResponse\x12\x30\n\x06\x61gents\x18\x01 \x03(\x0b\x32 .callisto.orchestration.v1.Agent\"\x97\x01\n\x11TerminationPolicy\x12\x11\n\tmax_turns\x18\x01 \x01(\x05\x12\x15\n\rstop_keywords\x18\x02 \x03(\t\x12\x1a\n\rmin_sentiment\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12*\n\x07timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.DurationB\x10\n\x0e_min_sentiment\"\"\n\x06\x42udget\x12\x18\n\x10max_total_tokens\x18\x01 \x01(\x05\"\xc3\x01\n\x0cWorkflowStep\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\r\n\x05\x61gent\x18\x02 \x01(\t\x12\x19\n\x0binstruction\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\ndepends_on\x18\x04 \x03(\t\x12\x19\n\x11requires_approval\x18\x05 \x01(\x08\x12\x33\n\x10\x61pproval_timeout\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0bmax_retries\x18\x07 \x01(\x05\"L\n\x0cWorkflowPlan\x12<\n\x05steps\x18\x01 \x03(\x0b\x32\'.callisto.orchestration.v1.WorkflowStepB\x04\xe2\x41\x01\x02\"\x81\x03\n\x11StartConversation\x12\x14\n\x0c\x63onversation\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x39\n\x04mode\x18\x03 \x01(\x0e\x32+.callisto.orchestration.v1.ConversationMode\x12\x0e\n\x06\x61gents\x18\x04 \x03(\t\x12\x0e\n\x06prompt\x18\x05 \x01(\t\x12\x41\n\x0btermination\x18\x06 \x01(\x0b\x32,.callisto.orchestration.v1.TerminationPolicy\x12\x35\n\x04plan\x18\x07 \x01(\x0b\x32\'.callisto.orchestration.v1.WorkflowPlan\x12\x31\n\x06\x62udget\x18\x08 \x01(\x0b\x32!.callisto.orchestration.v1.Budget\x12\x19\n\x11human_in_the_loop\x18\t \x01(\x08\x12\x0c\n\x04tags\x18\n \x03(\t\x12\x16\n\x0emax_iterations\x18\x0b \x01(\x05\"H\n\x12\x41ttachConversation\x12\x1a\n\x0c\x63onversation\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x0e\x61\x66ter_event_id\x18\x02 \x01(\x03\"/\n\tHumanTurn\x12\x12\n\x04text\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06\x61uthor\x18\x02 \x01(\t\"\xa6\x01\n\x08\x41pproval\x12\x19\n\x0b\x61pproval_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x43\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0e\x32+.callisto.orchestration.v1.ApprovalDecisionB\x04\xe2\x41\x01\x02\x12\x17\n\x0fmodified_output\x18\x03 \x01(\t\x12\x0f\n\x07\x63omment\x18\x04 \x01(\t\x12\x10\n\x08reviewer\x18\x05 \x01(\t\"\x18\n\x06\x43\x61ncel\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xbf\x02\n\x0f\x43onverseRequest\x12=\n\x05start\x18\x01 \x01(\x0b\x32,.callisto.orchestration.v1.StartConversationH\x00\x12?\n\x06\x61ttach\x18\x02 \x01(\x0b\x32-.callisto.orchestration.v1.AttachConversationH\x00\x12\x34\n\x04turn\x18\x03 \x01(\x0b\x32$.callisto.orchestration.v1.HumanTurnH\x00\x12\x37\n\x08\x61pproval\x18\x04 \x01(\x0b\x32#.callisto.orchestration.v1.ApprovalH\x00\x12\x33\n\x06\x63\x61ncel\x18\x05 \x01(\x0b\x32!.callisto.orchestration.v1.CancelH\x00\x42\x08\n\x06\x61\x63tion\"N\n\x0bTurnStarted\x12\x0f\n\x07speaker\x18\x01 \x01(\t\x12\x0c\n\x04turn\x18\x02 \x01(\x05\x12\r\n\x05\x61gent\x18\x03 \x01(\t\x12\x11\n\trestarted\x18\x04 \x01(\x08\"\xf2\x01\n\tTurnEnded\x12\x0f\n\x07speaker\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x30\n\tsentiment\x18\x03 \x01(\x0b\x32\x1d.callisto.common.v1.Sentiment\x12-\n\x05usage\x18\x04 \x01(\x0b\x32\x1e.callisto.common.v1.TokenUsage\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x0c\n\x04\x63ost\x18\x06 \x01(\x01\x12\x15\n\rgeneration_ms\x18\x07 \x01(\x01\x12/\n\tcitations\x18\x08 \x03(\x0b\x32\x1c.callisto.common.v1.Citation\"+\n\nTokenChunk\x12\x0f\n\x07speaker\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\"\xa6\x01\n\x08ToolCall\x12\x0c\n\x04tool\x18\x01 \x01(\t\x12*\n\targuments\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06result\x18\x03 \x01(\t\x12\x13\n\x0b\x64uration_ms\x18\x04 \x01(\x01\x12\n\n\x02id\x18\x05 \x01(\t\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x07 \x01(\x05\x12\x0e\n\x06\x63\x61\x63hed\x18\x08 \x01(\x08\"G\n\x0bPlannedCall\x12\x0c\n\x04tool\x18\x01 \x01(\t\x12*\n\targuments\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x9b\x01\n\x04Plan\x12\x11\n\titeration\x18\x01 \x01(\x05\x12\x0e\n\x06intent\x18\x02 \x01(\t\x12\x10\n\x08\x65ntities\x18\x03 \x03(\t\x12\x17\n\x0fneeds_knowledge\x18\x04 \x01(\x08\x12\x35\n\x05\x63\x61lls\x18\x05 \x03(\x0b\x32&.callisto.orchestration.v1.PlannedCall\x12\x0e\n\x06source\x18\x06 \x01(\t\"D\n\nReflection\x12\x11\n\titeration\x18\x01 \x01(\x05\x12\x12\n\nsufficient\x18\x02 \x01(\x08\x12\x0f\n\x07missing\x18\x03 \x01(\t\"\x8c\x01\n\rAwaitingInput\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\x12\x0f\n\x07step_id\x18\x02 \x01(\t\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x17\n\x0fproposed_output\x18\x04 \x01(\t\x12,\n\x08\x64\x65\x61\x64line\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"M\n\nStepUpdate\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06output\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\"b\n\x04\x44one\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12-\n\x05usage\x18\x02 \x01(\x0b\x32\x1e.callisto.common.v1.TokenUsage\x12\r\n\x05turns\x18\x03 \x01(\x05\x12\x0c\n\x04\x63ost\x18\x04 \x01(\x01\"\x84\x06\n\x11\x43onversationEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\x03\x12\x14\n\x0c\x63onversation\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12>\n\x0cturn_started\x18\x04 \x01(\x0b\x32&.callisto.orchestration.v1.TurnStartedH\x00\x12\x36\n\x05token\x18\x05 \x01(\x0b\x32%.callisto.orchestration.v1.TokenChunkH\x00\x12:\n\nturn_ended\x18\x06 \x01(\x0b\x32$.callisto.orchestration.v1.TurnEndedH\x00\x12\x30\n\x08\x63itation\x18\x07 \x01(\x0b\x32\x1c.callisto.common.v1.CitationH\x00\x12\x38\n\ttool_call\x18\x08 \x01(\x0b\x32#.callisto.orchestration.v1.ToolCallH\x00\x12\x42\n\x0e\x61waiting_input\x18\t \x01(\x0b\x32(.callisto.orchestration.v1.AwaitingInputH\x00\x12\x35\n\x04step\x18\n \x01(\x0b\x32%.callisto.orchestration.v1.StepUpdateH\x00\x12/\n\x05usage\x18\x0b \x01(\x0b\x32\x1e.callisto.common.v1.TokenUsageH\x00\x12/\n\x04\x64one\x18\x0c \x01(\x0b\x32\x1f.callisto.orchestration.v1.DoneH\x00\x12#\n\x05\x65rror\x18\r \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x12/\n\x04plan\x18\x0e \x01(\x0b\x32\x1f.callisto.orchestration.v1.PlanH\x00\x12;\n\nreflection\x18\x0f \x01(\x0b\x32%.callisto.orchestration.v1.ReflectionH\x00\x42\x06\n\x04kind\"O\n\x10\x43onverseResponse\x12;\n\x05\x65vent\x18\x01 \x01(\x0b\x32,.callisto.orchestration.v1.ConversationEvent\"[\n\x16RunConversationRequest\x12\x41\n\x05start\x18\x01 \x01(\x0b\x32,.callisto.orchestration.v1.StartConversationB\x04\xe2\x41\x01\x02\"V\n\x17RunConversationResponse\x12;\n\x05\x65vent\x18\x01 \x01(\x0b\x32,.callisto.orchestration.v1.ConversationEvent\"G\n\x19StreamConversationRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x0e\x61\x66ter_event_id\x18\x02 \x01(\x03\"Y\n\x1aStreamConversationResponse\x12;\n\x05\x65vent\x18\x01 \x01(\x0b\x32,.callisto.orchestration.v1.ConversationEvent\"\xa0\x01\n\x12SubmitInputRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x34\n\x04turn\x18\x02 \x01(\x0b\x32$.callisto.orchestration.v1.HumanTurnH\x00\x12\x37\n\x08\x61pproval\x18\x03 \x01(\x0b\x32#.callisto.orchestration.v1.ApprovalH\x00\x42\x07\n\x05input\"\'\n\x13SubmitInputResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\x03\"{\n\x15SubmitFeedbackRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12=\n\x06rating\x18\x02 \x01(\x0e\x32\'.callisto.persistence.v1.FeedbackRatingB\x04\xe2\x41\x01\x02\x12\x0f\n\x07\x63omment\x18\x03 \x01(\t\"K\n\x16SubmitFeedbackResponse\x12\x31\n\x07message\x18\x01 \x01(\x0b\x32 .callisto.persistence.v1.Message\"?\n\x19\x43\x61ncelConversationRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06reason\x18\x02 \x01(\t\".\n\x1a\x43\x61ncelConversationResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\x03*\x98\x01\n\x10\x43onversationMode\x12!\n\x1d\x43ONVERSATION_MODE_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x43ONVERSATION_MODE_ASSISTANT\x10\x01\x12 \n\x1c\x43ONVERSATION_MODE_SIMULATION\x10\x02\x12\x1e\n\x1a\x43ONVERSATION_MODE_WORKFLOW\x10\x03*\x90\x01\n\x10\x41pprovalDecision\x12!\n\x1d\x41PPROVAL_DECISION_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x41PPROVAL_DECISION_APPROVE\x10\x01\x12\x1c\n\x18\x41PPROVAL_DECISION_REJECT\x10\x02\x12\x1c\n\x18\x41PPROVAL_DECISION_MODIFY\x10\x03\x32\xcb\x10\n\x14OrchestrationService\x12\x87\x01\n\x0b\x43reateAgent\x12-.callisto.orchestration.v1.CreateAgentRequest\x1a..callisto.orchestration.v1.CreateAgentResponse\"\x19\x82\xd3\xe4\x93\x02\x13\"\n/v1/agents:\x05\x61gent\x12\x80\x01\n\x08GetAgent\x12*.callisto.orchestration.v1.GetAgentRequest\x1a+.callisto.orchestration.v1.GetAgentResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/{name=agents/*}\x12}\n\nListAgents\x12,.callisto.orchestration.v1.ListAgentsRequest\x1a-.callisto.orchestration.v1.ListAgentsResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/agents\x12\x96\x01\n\x0bUpdateAgent\x12-.callisto.orchestration.v1.UpdateAgentRequest\x1a..callisto.orchestration.v1.UpdateAgentResponse\"(\x82\xd3\xe4\x93\x02\"2\x19/v1/{agent.name=agents/*}:\x05\x61gent\x12\xac\x01\n\x12ListAgentRevisions\x12\x34.callisto.orchestration.v1.ListAgentRevisionsRequest\x1a\x35.callisto.orchestration.v1.ListAgentRevisionsResponse\")\x82\xd3\xe4\x93\x02#\x12!/v1/{name=agents/*}:listRevisions\x12y\n\tListTools\x12+.callisto.orchestration.v1.ListToolsRequest\x1a,.callisto.orchestration.v1.ListToolsResponse\"\x11\x82\xd3\xe4\x93\x02\x0b\x12\t/v1/tools\x12\x89\x01\n\x0b\x44\x65leteAgent\x12-.callisto.orchestration.v1.DeleteAgentRequest\x1a..callisto.orchestration.v1.DeleteAgentResponse\"\x1b\x82\xd3\xe4\x93\x02\x15*\x13/v1/{name=agents/*}\x12\x91\x01\n\rSuggestAgents\x12/.callisto.orchestration.v1.SuggestAgentsRequest\x1a\x30.callisto.orchestration.v1.SuggestAgentsResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\"\x12/v1/agents:suggest:\x01*\x12g\n\x08\x43onverse\x12*.callisto.orchestration.v1.ConverseRequest\x1a+.callisto.orchestration.v1.ConverseResponse(\x01\x30\x01\x12\x9c\x01\n\x0fRunConversation\x12\x31.callisto.orchestration.v1.RunConversationRequest\x1a\x32.callisto.orchestration.v1.RunConversationResponse\" \x82\xd3\xe4\x93\x02\x1a\"\x15/v1/conversations:run:\x01*0\x01\x12\xae\x01\n\x12StreamConversation\x12\x34.callisto.orchestration.v1.StreamConversationRequest\x1a\x35.callisto.orchestration.v1.StreamConversationResponse\")\x82\xd3\xe4\x93\x02#\x12!/v1/{name=conversations/*}:stream0\x01\x12\x9f\x01\n\x0bSubmitInput\x12-.callisto.orchestration.v1.SubmitInputRequest\x1a..callisto.orchestration.v1.SubmitInputResponse\"1\x82\xd3\xe4\x93\x02+\"&/v1/{name=conversations/*}:submitInput:\x01*\x12\xaf\x01\n\x12\x43\x61ncelConversation\x12\x34.callisto.orchestration.v1.CancelConversationRequest\x1a\x35.callisto.orchestration.v1.CancelConversationResponse\",\x82\xd3\xe4\x93\x02&\"!/v1/{name=conversations/*}:cancel:\x01*\x12\xb6\x01\n\x0eSubmitFeedback\x12\x30.callisto.orchestration.v1.SubmitFeedbackRequest\x1a\x31.callisto.orchestration.v1.SubmitFeedbackResponse\"?\x82\xd3\xe4\x93\x02\x39\"4/v1/{name=conversations/*/messages/*}:submitFeedback:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,12 +49,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AGENT'].fields_by_name['system_prompt']._serialized_options = b'\342A\001\002'
   _globals['_AGENT'].fields_by_name['create_time']._loaded_options = None
   _globals['_AGENT'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
+  _globals['_AGENT'].fields_by_name['revision_id']._loaded_options = None
+  _globals['_AGENT'].fields_by_name['revision_id']._serialized_options = b'\342A\001\003'
+  _globals['_AGENT'].fields_by_name['revision_create_time']._loaded_options = None
+  _globals['_AGENT'].fields_by_name['revision_create_time']._serialized_options = b'\342A\001\003'
   _globals['_AGENT']._loaded_options = None
   _globals['_AGENT']._serialized_options = b'\352A$\n\022callisto.dev/Agent\022\016agents/{agent}'
   _globals['_CREATEAGENTREQUEST'].fields_by_name['agent']._loaded_options = None
   _globals['_CREATEAGENTREQUEST'].fields_by_name['agent']._serialized_options = b'\342A\001\002'
   _globals['_GETAGENTREQUEST'].fields_by_name['name']._loaded_options = None
   _globals['_GETAGENTREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002'
+  _globals['_UPDATEAGENTREQUEST'].fields_by_name['agent']._loaded_options = None
+  _globals['_UPDATEAGENTREQUEST'].fields_by_name['agent']._serialized_options = b'\342A\001\002'
+  _globals['_LISTAGENTREVISIONSREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_LISTAGENTREVISIONSREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002'
   _globals['_DELETEAGENTREQUEST'].fields_by_name['name']._loaded_options = None
   _globals['_DELETEAGENTREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002'
   _globals['_SUGGESTAGENTSREQUEST'].fields_by_name['scenario']._loaded_options = None
@@ -77,6 +87,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STREAMCONVERSATIONREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002'
   _globals['_SUBMITINPUTREQUEST'].fields_by_name['name']._loaded_options = None
   _globals['_SUBMITINPUTREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002'
+  _globals['_SUBMITFEEDBACKREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_SUBMITFEEDBACKREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002'
+  _globals['_SUBMITFEEDBACKREQUEST'].fields_by_name['rating']._loaded_options = None
+  _globals['_SUBMITFEEDBACKREQUEST'].fields_by_name['rating']._serialized_options = b'\342A\001\002'
   _globals['_CANCELCONVERSATIONREQUEST'].fields_by_name['name']._loaded_options = None
   _globals['_CANCELCONVERSATIONREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002'
   _globals['_ORCHESTRATIONSERVICE'].methods_by_name['CreateAgent']._loaded_options = None
@@ -85,6 +99,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ORCHESTRATIONSERVICE'].methods_by_name['GetAgent']._serialized_options = b'\202\323\344\223\002\025\022\023/v1/{name=agents/*}'
   _globals['_ORCHESTRATIONSERVICE'].methods_by_name['ListAgents']._loaded_options = None
   _globals['_ORCHESTRATIONSERVICE'].methods_by_name['ListAgents']._serialized_options = b'\202\323\344\223\002\014\022\n/v1/agents'
+  _globals['_ORCHESTRATIONSERVICE'].methods_by_name['UpdateAgent']._loaded_options = None
+  _globals['_ORCHESTRATIONSERVICE'].methods_by_name['UpdateAgent']._serialized_options = b'\202\323\344\223\002\"2\031/v1/{agent.name=agents/*}:\005agent'
+  _globals['_ORCHESTRATIONSERVICE'].methods_by_name['ListAgentRevisions']._loaded_options = None
+  _globals['_ORCHESTRATIONSERVICE'].methods_by_name['ListAgentRevisions']._serialized_options = b'\202\323\344\223\002#\022!/v1/{name=agents/*}:listRevisions'
+  _globals['_ORCHESTRATIONSERVICE'].methods_by_name['ListTools']._loaded_options = None
+  _globals['_ORCHESTRATIONSERVICE'].methods_by_name['ListTools']._serialized_options = b'\202\323\344\223\002\013\022\t/v1/tools'
   _globals['_ORCHESTRATIONSERVICE'].methods_by_name['DeleteAgent']._loaded_options = None
   _globals['_ORCHESTRATIONSERVICE'].methods_by_name['DeleteAgent']._serialized_options = b'\202\323\344\223\002\025*\023/v1/{name=agents/*}'
   _globals['_ORCHESTRATIONSERVICE'].methods_by_name['SuggestAgents']._loaded_options = None
@@ -97,86 +117,112 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ORCHESTRATIONSERVICE'].methods_by_name['SubmitInput']._serialized_options = b'\202\323\344\223\002+\"&/v1/{name=conversations/*}:submitInput:\001*'
   _globals['_ORCHESTRATIONSERVICE'].methods_by_name['CancelConversation']._loaded_options = None
   _globals['_ORCHESTRATIONSERVICE'].methods_by_name['CancelConversation']._serialized_options = b'\202\323\344\223\002&\"!/v1/{name=conversations/*}:cancel:\001*'
-  _globals['_CONVERSATIONMODE']._serialized_start=4772
-  _globals['_CONVERSATIONMODE']._serialized_end=4924
-  _globals['_APPROVALDECISION']._serialized_start=4927
-  _globals['_APPROVALDECISION']._serialized_end=5071
-  _globals['_AGENT']._serialized_start=320
-  _globals['_AGENT']._serialized_end=585
-  _globals['_CREATEAGENTREQUEST']._serialized_start=587
-  _globals['_CREATEAGENTREQUEST']._serialized_end=680
-  _globals['_CREATEAGENTRESPONSE']._serialized_start=682
-  _globals['_CREATEAGENTRESPONSE']._serialized_end=752
-  _globals['_GETAGENTREQUEST']._serialized_start=754
-  _globals['_GETAGENTREQUEST']._serialized_end=791
-  _globals['_GETAGENTRESPONSE']._serialized_start=793
-  _globals['_GETAGENTRESPONSE']._serialized_end=860
-  _globals['_LISTAGENTSREQUEST']._serialized_start=862
-  _globals['_LISTAGENTSREQUEST']._serialized_end=920
-  _globals['_LISTAGENTSRESPONSE']._serialized_start=922
-  _globals['_LISTAGENTSRESPONSE']._serialized_end=1017
-  _globals['_DELETEAGENTREQUEST']._serialized_start=1019
-  _globals['_DELETEAGENTREQUEST']._serialized_end=1059
-  _globals['_DELETEAGENTRESPONSE']._serialized_start=1061
-  _globals['_DELETEAGENTRESPONSE']._serialized_end=1082
-  _globals['_SUGGESTAGENTSREQUEST']._serialized_start=1084
-  _globals['_SUGGESTAGENTSREQUEST']._serialized_end=1151
-  _globals['_SUGGESTAGENTSRESPONSE']._serialized_start=1153
-  _globals['_SUGGESTAGENTSRESPONSE']._serialized_end=1226
-  _globals['_TERMINATIONPOLICY']._serialized_start=1229
-  _globals['_TERMINATIONPOLICY']._serialized_end=1380
-  _globals['_BUDGET']._serialized_start=1382
-  _globals['_BUDGET']._serialized_end=1416
-  _globals['_WORKFLOWSTEP']._serialized_start=1419
-  _globals['_WORKFLOWSTEP']._serialized_end=1614
-  _globals['_WORKFLOWPLAN']._serialized_start=1616
-  _globals['_WORKFLOWPLAN']._serialized_end=1692
-  _globals['_STARTCONVERSATION']._serialized_start=1695
-  _globals['_STARTCONVERSATION']._serialized_end=2056
-  _globals['_ATTACHCONVERSATION']._serialized_start=2058
-  _globals['_ATTACHCONVERSATION']._serialized_end=2130
-  _globals['_HUMANTURN']._serialized_start=2132
-  _globals['_HUMANTURN']._serialized_end=2179
-  _globals['_APPROVAL']._serialized_start=2182
-  _globals['_APPROVAL']._serialized_end=2348
-  _globals['_CANCEL']._serialized_start=2350
-  _globals['_CANCEL']._serialized_end=2374
-  _globals['_CONVERSEREQUEST']._serialized_start=2377
-  _globals['_CONVERSEREQUEST']._serialized_end=2696
-  _globals['_TURNSTARTED']._serialized_start=2698
-  _globals['_TURNSTARTED']._serialized_end=2742
-  _globals['_TURNENDED']._serialized_start=2745
-  _globals['_TURNENDED']._serialized_end=2901
-  _globals['_TOKENCHUNK']._serialized_start=2903
-  _globals['_TOKENCHUNK']._serialized_end=2946
-  _globals['_TOOLCALL']._serialized_start=2948
-  _globals['_TOOLCALL']._serialized_end=3053
-  _globals['_AWAITINGINPUT']._serialized_start=3056
-  _globals['_AWAITINGINPUT']._serialized_end=3196
-  _globals['_STEPUPDATE']._serialized_start=3198
-  _globals['_STEPUPDATE']._serialized_end=3275
-  _globals['_DONE']._serialized_start=3277
-  _globals['_DONE']._serialized_end=3361
-  _globals['_CONVERSATIONEVENT']._serialized_start=3364
-  _globals['_CONVERSATIONEVENT']._serialized_end=4026
-  _globals['_CONVERSERESPONSE']._serialized_start=4028
-  _globals['_CONVERSERESPONSE']._serialized_end=4107
-  _globals['_RUNCONVERSATIONREQUEST']._serialized_start=4109
-  _globals['_RUNCONVERSATIONREQUEST']._serialized_end=4200
-  _globals['_RUNCONVERSATIONRESPONSE']._serialized_start=4202
-  _globals['_RUNCONVERSATIONRESPONSE']._serialized_end=4288
-  _globals['_STREAMCONVERSATIONREQUEST']._serialized_start=4290
-  _globals['_STREAMCONVERSATIONREQUEST']._serialized_end=4361
-  _globals['_STREAMCONVERSATIONRESPONSE']._serialized_start=4363
-  _globals['_STREAMCONVERSATIONRESPONSE']._serialized_end=4452
-  _globals['_SUBMITINPUTREQUEST']._serialized_start=4455
-  _globals['_SUBMITINPUTREQUEST']._serialized_end=4615
-  _globals['_SUBMITINPUTRESPONSE']._serialized_start=4617
-  _globals['_SUBMITINPUTRESPONSE']._serialized_end=4656
-  _globals['_CANCELCONVERSATIONREQUEST']._serialized_start=4658
-  _globals['_CANCELCONVERSATIONREQUEST']._serialized_end=4721
-  _globals['_CANCELCONVERSATIONRESPONSE']._serialized_start=4723
-  _globals['_CANCELCONVERSATIONRESPONSE']._serialized_end=4769
-  _globals['_ORCHESTRATIONSERVICE']._serialized_start=5074
-  _globals['_ORCHESTRATIONSERVICE']._serialized_end=6561
+  _globals['_ORCHESTRATIONSERVICE'].methods_by_name['SubmitFeedback']._loaded_options = None
+  _globals['_ORCHESTRATIONSERVICE'].methods_by_name['SubmitFeedback']._serialized_options = b'\202\323\344\223\0029\"4/v1/{name=conversations/*/messages/*}:submitFeedback:\001*'
+  _globals['_CONVERSATIONMODE']._serialized_start=6468
+  _globals['_CONVERSATIONMODE']._serialized_end=6620
+  _globals['_APPROVALDECISION']._serialized_start=6623
+  _globals['_APPROVALDECISION']._serialized_end=6767
+  _globals['_AGENT']._serialized_start=397
+  _globals['_AGENT']._serialized_end=767
+  _globals['_CREATEAGENTREQUEST']._serialized_start=769
+  _globals['_CREATEAGENTREQUEST']._serialized_end=862
+  _globals['_CREATEAGENTRESPONSE']._serialized_start=864
+  _globals['_CREATEAGENTRESPONSE']._serialized_end=934
+  _globals['_GETAGENTREQUEST']._serialized_start=936
+  _globals['_GETAGENTREQUEST']._serialized_end=973
+  _globals['_GETAGENTRESPONSE']._serialized_start=975
+  _globals['_GETAGENTRESPONSE']._serialized_end=1042
+  _globals['_LISTAGENTSREQUEST']._serialized_start=1044
+  _globals['_LISTAGENTSREQUEST']._serialized_end=1102
+  _globals['_LISTAGENTSRESPONSE']._serialized_start=1104
+  _globals['_LISTAGENTSRESPONSE']._serialized_end=1199
+  _globals['_UPDATEAGENTREQUEST']._serialized_start=1201
+  _globals['_UPDATEAGENTREQUEST']._serialized_end=1325
+  _globals['_UPDATEAGENTRESPONSE']._serialized_start=1327
+  _globals['_UPDATEAGENTRESPONSE']._serialized_end=1397
+  _globals['_LISTAGENTREVISIONSREQUEST']._serialized_start=1399
+  _globals['_LISTAGENTREVISIONSREQUEST']._serialized_end=1485
+  _globals['_LISTAGENTREVISIONSRESPONSE']._serialized_start=1487
+  _globals['_LISTAGENTREVISIONSRESPONSE']._serialized_end=1590
+  _globals['_TOOL']._serialized_start=1593
+  _globals['_TOOL']._serialized_end=1791
+  _globals['_LISTTOOLSREQUEST']._serialized_start=1793
+  _globals['_LISTTOOLSREQUEST']._serialized_end=1811
+  _globals['_LISTTOOLSRESPONSE']._serialized_start=1813
+  _globals['_LISTTOOLSRESPONSE']._serialized_end=1880
+  _globals['_DELETEAGENTREQUEST']._serialized_start=1882
+  _globals['_DELETEAGENTREQUEST']._serialized_end=1922
+  _globals['_DELETEAGENTRESPONSE']._serialized_start=1924
+  _globals['_DELETEAGENTRESPONSE']._serialized_end=1945
+  _globals['_SUGGESTAGENTSREQUEST']._serialized_start=1947
+  _globals['_SUGGESTAGENTSREQUEST']._serialized_end=2014
+  _globals['_SUGGESTAGENTSRESPONSE']._serialized_start=2016
+  _globals['_SUGGESTAGENTSRESPONSE']._serialized_end=2089
+  _globals['_TERMINATIONPOLICY']._serialized_start=2092
+  _globals['_TERMINATIONPOLICY']._serialized_end=2243
+  _globals['_BUDGET']._serialized_start=2245
+  _globals['_BUDGET']._serialized_end=2279
+  _globals['_WORKFLOWSTEP']._serialized_start=2282
+  _globals['_WORKFLOWSTEP']._serialized_end=2477
+  _globals['_WORKFLOWPLAN']._serialized_start=2479
+  _globals['_WORKFLOWPLAN']._serialized_end=2555
+  _globals['_STARTCONVERSATION']._serialized_start=2558
+  _globals['_STARTCONVERSATION']._serialized_end=2943
+  _globals['_ATTACHCONVERSATION']._serialized_start=2945
+  _globals['_ATTACHCONVERSATION']._serialized_end=3017
+  _globals['_HUMANTURN']._serialized_start=3019
+  _globals['_HUMANTURN']._serialized_end=3066
+  _globals['_APPROVAL']._serialized_start=3069
+  _globals['_APPROVAL']._serialized_end=3235
+  _globals['_CANCEL']._serialized_start=3237
+  _globals['_CANCEL']._serialized_end=3261
+  _globals['_CONVERSEREQUEST']._serialized_start=3264
+  _globals['_CONVERSEREQUEST']._serialized_end=3583
+  _globals['_TURNSTARTED']._serialized_start=3585
+  _globals['_TURNSTARTED']._serialized_end=3663
+  _globals['_TURNENDED']._serialized_start=3666
+  _globals['_TURNENDED']._serialized_end=3908
+  _globals['_TOKENCHUNK']._serialized_start=3910
+  _globals['_TOKENCHUNK']._serialized_end=3953
+  _globals['_TOOLCALL']._serialized_start=3956
+  _globals['_TOOLCALL']._serialized_end=4122
+  _globals['_PLANNEDCALL']._serialized_start=4124
+  _globals['_PLANNEDCALL']._serialized_end=4195
+  _globals['_PLAN']._serialized_start=4198
+  _globals['_PLAN']._serialized_end=4353
+  _globals['_REFLECTION']._serialized_start=4355
+  _globals['_REFLECTION']._serialized_end=4423
+  _globals['_AWAITINGINPUT']._serialized_start=4426
+  _globals['_AWAITINGINPUT']._serialized_end=4566
+  _globals['_STEPUPDATE']._serialized_start=4568
+  _globals['_STEPUPDATE']._serialized_end=4645
+  _globals['_DONE']._serialized_start=4647
+  _globals['_DONE']._serialized_end=4745
+  _globals['_CONVERSATIONEVENT']._serialized_start=4748
+  _globals['_CONVERSATIONEVENT']._serialized_end=5520
+  _globals['_CONVERSERESPONSE']._serialized_start=5522
+  _globals['_CONVERSERESPONSE']._serialized_end=5601
+  _globals['_RUNCONVERSATIONREQUEST']._serialized_start=5603
+  _globals['_RUNCONVERSATIONREQUEST']._serialized_end=5694
+  _globals['_RUNCONVERSATIONRESPONSE']._serialized_start=5696
+  _globals['_RUNCONVERSATIONRESPONSE']._serialized_end=5782
+  _globals['_STREAMCONVERSATIONREQUEST']._serialized_start=5784
+  _globals['_STREAMCONVERSATIONREQUEST']._serialized_end=5855
+  _globals['_STREAMCONVERSATIONRESPONSE']._serialized_start=5857
+  _globals['_STREAMCONVERSATIONRESPONSE']._serialized_end=5946
+  _globals['_SUBMITINPUTREQUEST']._serialized_start=5949
+  _globals['_SUBMITINPUTREQUEST']._serialized_end=6109
+  _globals['_SUBMITINPUTRESPONSE']._serialized_start=6111
+  _globals['_SUBMITINPUTRESPONSE']._serialized_end=6150
+  _globals['_SUBMITFEEDBACKREQUEST']._serialized_start=6152
+  _globals['_SUBMITFEEDBACKREQUEST']._serialized_end=6275
+  _globals['_SUBMITFEEDBACKRESPONSE']._serialized_start=6277
+  _globals['_SUBMITFEEDBACKRESPONSE']._serialized_end=6352
+  _globals['_CANCELCONVERSATIONREQUEST']._serialized_start=6354
+  _globals['_CANCELCONVERSATIONREQUEST']._serialized_end=6417
+  _globals['_CANCELCONVERSATIONRESPONSE']._serialized_start=6419
+  _globals['_CANCELCONVERSATIONRESPONSE']._serialized_end=6465
+  _globals['_ORCHESTRATIONSERVICE']._serialized_start=6770
+  _globals['_ORCHESTRATIONSERVICE']._serialized_end=8893
 # @@protoc_insertion_point(module_scope)

@@ -4,9 +4,11 @@ isort:skip_file
 """
 
 from callisto.api.common.v1 import common_pb2 as _common_pb2
+from callisto.api.persistence.v1 import persistence_pb2 as _persistence_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -95,6 +97,9 @@ class Agent(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     KNOWLEDGE_TAGS_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    REVISION_ID_FIELD_NUMBER: _builtins.int
+    REVISION_CREATE_TIME_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name: `agents/{agent}`."""
     display_name: _builtins.str
@@ -107,6 +112,10 @@ class Agent(_message.Message):
     """System prompt."""
     model: _builtins.str
     """Model to use: `models/{model}`."""
+    revision_id: _builtins.str
+    """Id of this revision (AIP-162): `agents/{agent}@{revision_id}` names it for good."""
+    etag: _builtins.str
+    """Version tag for optimistic concurrency; send it back to update only an unchanged agent."""
     @_builtins.property
     def tools(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Tools the agent may call, by registry name ("search_documents", "search_entities")."""
@@ -118,6 +127,10 @@ class Agent(_message.Message):
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the agent was created."""
+
+    @_builtins.property
+    def revision_create_time(self) -> _timestamp_pb2.Timestamp:
+        """When this revision was created."""
 
     def __init__(
         self,
@@ -131,10 +144,13 @@ class Agent(_message.Message):
         model: _builtins.str = ...,
         knowledge_tags: _abc.Iterable[_builtins.str] | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        revision_id: _builtins.str = ...,
+        revision_create_time: _timestamp_pb2.Timestamp | None = ...,
+        etag: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "revision_create_time", b"revision_create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["company", b"company", "create_time", b"create_time", "display_name", b"display_name", "knowledge_tags", b"knowledge_tags", "model", b"model", "name", b"name", "role", b"role", "system_prompt", b"system_prompt", "tools", b"tools"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["company", b"company", "create_time", b"create_time", "display_name", b"display_name", "etag", b"etag", "knowledge_tags", b"knowledge_tags", "model", b"model", "name", b"name", "revision_create_time", b"revision_create_time", "revision_id", b"revision_id", "role", b"role", "system_prompt", b"system_prompt", "tools", b"tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -200,7 +216,7 @@ class GetAgentRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """Name of the agent: `agents/{agent}`."""
+    """Name of the agent: `agents/{agent}` (latest revision) or `agents/{agent}@{revision}`."""
     def __init__(
         self,
         *,
@@ -291,6 +307,209 @@ class ListAgentsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListAgentsResponse: _TypeAlias = ListAgentsResponse  # noqa: Y015
+
+@_typing.final
+class UpdateAgentRequest(_message.Message):
+    """Request of UpdateAgent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def agent(self) -> Global___Agent:
+        """The agent with its `name`, the new values and, for a conditional update, its `etag`."""
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """Fields to update: `display_name`, `role`, `company`, `system_prompt`, `tools`, `model`,
+        `knowledge_tags`; when empty, the fields set (non-default) in `agent` (AIP-134).
+        """
+
+    def __init__(
+        self,
+        *,
+        agent: Global___Agent | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateAgentRequest: _TypeAlias = UpdateAgentRequest  # noqa: Y015
+
+@_typing.final
+class UpdateAgentResponse(_message.Message):
+    """Response of UpdateAgent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def agent(self) -> Global___Agent:
+        """The agent at its new revision."""
+
+    def __init__(
+        self,
+        *,
+        agent: Global___Agent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateAgentResponse: _TypeAlias = UpdateAgentResponse  # noqa: Y015
+
+@_typing.final
+class ListAgentRevisionsRequest(_message.Message):
+    """Request of ListAgentRevisions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Name of the agent: `agents/{agent}`."""
+    page_size: _builtins.int
+    """Maximum number of revisions to return (1–1000); 50 when zero."""
+    page_token: _builtins.str
+    """Token from a previous response's `next_page_token`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAgentRevisionsRequest: _TypeAlias = ListAgentRevisionsRequest  # noqa: Y015
+
+@_typing.final
+class ListAgentRevisionsResponse(_message.Message):
+    """Response of ListAgentRevisions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def agents(self) -> _containers.RepeatedCompositeFieldContainer[Global___Agent]:
+        """One page of revisions, newest first; each `name` is `agents/{agent}@{revision}`."""
+
+    def __init__(
+        self,
+        *,
+        agents: _abc.Iterable[Global___Agent] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAgentRevisionsResponse: _TypeAlias = ListAgentRevisionsResponse  # noqa: Y015
+
+@_typing.final
+class Tool(_message.Message):
+    """A tool of the registry."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
+    SIDE_EFFECTS_FIELD_NUMBER: _builtins.int
+    CACHE_TTL_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Registry name ("search_documents")."""
+    description: _builtins.str
+    """What the tool does, as the model is told."""
+    side_effects: _builtins.bool
+    """Whether a call changes something outside the run (such calls are never cached)."""
+    @_builtins.property
+    def parameters(self) -> _struct_pb2.Struct:
+        """JSON Schema of the arguments; calls are validated against it."""
+
+    @_builtins.property
+    def timeout(self) -> _duration_pb2.Duration:
+        """Longest a call may take before it counts as failed."""
+
+    @_builtins.property
+    def cache_ttl(self) -> _duration_pb2.Duration:
+        """How long a result is reused for the same tenant and arguments; unset is never."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        description: _builtins.str = ...,
+        parameters: _struct_pb2.Struct | None = ...,
+        timeout: _duration_pb2.Duration | None = ...,
+        side_effects: _builtins.bool = ...,
+        cache_ttl: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cache_ttl", b"cache_ttl", "parameters", b"parameters", "timeout", b"timeout"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_ttl", b"cache_ttl", "description", b"description", "name", b"name", "parameters", b"parameters", "side_effects", b"side_effects", "timeout", b"timeout"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Tool: _TypeAlias = Tool  # noqa: Y015
+
+@_typing.final
+class ListToolsRequest(_message.Message):
+    """Request of ListTools."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListToolsRequest: _TypeAlias = ListToolsRequest  # noqa: Y015
+
+@_typing.final
+class ListToolsResponse(_message.Message):
+    """Response of ListTools."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOOLS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tools(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tool]:
+        """Every tool, by name."""
+
+    def __init__(
+        self,
+        *,
+        tools: _abc.Iterable[Global___Tool] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tools", b"tools"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListToolsResponse: _TypeAlias = ListToolsResponse  # noqa: Y015
 
 @_typing.final
 class DeleteAgentRequest(_message.Message):
@@ -533,6 +752,7 @@ class StartConversation(_message.Message):
     BUDGET_FIELD_NUMBER: _builtins.int
     HUMAN_IN_THE_LOOP_FIELD_NUMBER: _builtins.int
     TAGS_FIELD_NUMBER: _builtins.int
+    MAX_ITERATIONS_FIELD_NUMBER: _builtins.int
     conversation: _builtins.str
     """Run an existing conversation (`conversations/{conversation}`); a new one when empty."""
     title: _builtins.str
@@ -543,6 +763,8 @@ class StartConversation(_message.Message):
     """Opening message or task."""
     human_in_the_loop: _builtins.bool
     """Include a human participant who is asked for a turn every round."""
+    max_iterations: _builtins.int
+    """Assistant mode: most plan/execute rounds per turn (1–5); 2 when zero."""
     @_builtins.property
     def agents(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Agents taking part: `agents/{agent}`."""
@@ -576,10 +798,11 @@ class StartConversation(_message.Message):
         budget: Global___Budget | None = ...,
         human_in_the_loop: _builtins.bool = ...,
         tags: _abc.Iterable[_builtins.str] | None = ...,
+        max_iterations: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "plan", b"plan", "termination", b"termination"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "budget", b"budget", "conversation", b"conversation", "human_in_the_loop", b"human_in_the_loop", "mode", b"mode", "plan", b"plan", "prompt", b"prompt", "tags", b"tags", "termination", b"termination", "title", b"title"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "budget", b"budget", "conversation", b"conversation", "human_in_the_loop", b"human_in_the_loop", "max_iterations", b"max_iterations", "mode", b"mode", "plan", b"plan", "prompt", b"prompt", "tags", b"tags", "termination", b"termination", "title", b"title"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -755,19 +978,29 @@ class TurnStarted(_message.Message):
 
     SPEAKER_FIELD_NUMBER: _builtins.int
     TURN_FIELD_NUMBER: _builtins.int
+    AGENT_FIELD_NUMBER: _builtins.int
+    RESTARTED_FIELD_NUMBER: _builtins.int
     speaker: _builtins.str
     """Participant id of the speaker."""
     turn: _builtins.int
     """1-based turn number."""
+    agent: _builtins.str
+    """The agent speaking, at the revision used: `agents/{agent}@{revision}`; empty for a human."""
+    restarted: _builtins.bool
+    """True when the turn starts over after the run was taken over (a process restart): the
+    earlier, unfinished attempt's tokens and tool calls of this turn are superseded.
+    """
     def __init__(
         self,
         *,
         speaker: _builtins.str = ...,
         turn: _builtins.int = ...,
+        agent: _builtins.str = ...,
+        restarted: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["speaker", b"speaker", "turn", b"turn"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "restarted", b"restarted", "speaker", b"speaker", "turn", b"turn"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -784,12 +1017,19 @@ class TurnEnded(_message.Message):
     SENTIMENT_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
+    GENERATION_MS_FIELD_NUMBER: _builtins.int
+    CITATIONS_FIELD_NUMBER: _builtins.int
     speaker: _builtins.str
     """Participant id of the speaker."""
     text: _builtins.str
     """The whole turn text."""
     message: _builtins.str
     """Name of the stored message: `conversations/{c}/messages/{m}`."""
+    cost: _builtins.float
+    """Cost of the turn in the price table's currency (USD by default)."""
+    generation_ms: _builtins.float
+    """Time spent inside generation for the turn, in milliseconds."""
     @_builtins.property
     def sentiment(self) -> _common_pb2.Sentiment:
         """Sentiment of the turn."""
@@ -797,6 +1037,10 @@ class TurnEnded(_message.Message):
     @_builtins.property
     def usage(self) -> _common_pb2.TokenUsage:
         """Tokens the turn spent."""
+
+    @_builtins.property
+    def citations(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Citation]:
+        """Sources the turn cites, each with its `marker`."""
 
     def __init__(
         self,
@@ -806,10 +1050,13 @@ class TurnEnded(_message.Message):
         sentiment: _common_pb2.Sentiment | None = ...,
         usage: _common_pb2.TokenUsage | None = ...,
         message: _builtins.str = ...,
+        cost: _builtins.float = ...,
+        generation_ms: _builtins.float = ...,
+        citations: _abc.Iterable[_common_pb2.Citation] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sentiment", b"sentiment", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "sentiment", b"sentiment", "speaker", b"speaker", "text", b"text", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["citations", b"citations", "cost", b"cost", "generation_ms", b"generation_ms", "message", b"message", "sentiment", b"sentiment", "speaker", b"speaker", "text", b"text", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -851,12 +1098,26 @@ class ToolCall(_message.Message):
     ARGUMENTS_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
     DURATION_MS_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    CACHED_FIELD_NUMBER: _builtins.int
     tool: _builtins.str
     """Tool name."""
     result: _builtins.str
     """Result summary."""
     duration_ms: _builtins.float
-    """Call duration in milliseconds."""
+    """Call duration in milliseconds, retries included."""
+    id: _builtins.str
+    """Id of the call within the turn."""
+    error: _builtins.str
+    """Why the call failed after its retries; empty when it succeeded."""
+    attempts: _builtins.int
+    """Attempts made (1 when the first succeeded; 0 when the result came from the cache or the
+    circuit breaker refused the call).
+    """
+    cached: _builtins.bool
+    """Whether the result came from the tool's cache."""
     @_builtins.property
     def arguments(self) -> _struct_pb2.Struct:
         """Arguments."""
@@ -868,14 +1129,124 @@ class ToolCall(_message.Message):
         arguments: _struct_pb2.Struct | None = ...,
         result: _builtins.str = ...,
         duration_ms: _builtins.float = ...,
+        id: _builtins.str = ...,
+        error: _builtins.str = ...,
+        attempts: _builtins.int = ...,
+        cached: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "duration_ms", b"duration_ms", "result", b"result", "tool", b"tool"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "attempts", b"attempts", "cached", b"cached", "duration_ms", b"duration_ms", "error", b"error", "id", b"id", "result", b"result", "tool", b"tool"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ToolCall: _TypeAlias = ToolCall  # noqa: Y015
+
+@_typing.final
+class PlannedCall(_message.Message):
+    """One tool call of a plan."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOOL_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_FIELD_NUMBER: _builtins.int
+    tool: _builtins.str
+    """Tool name."""
+    @_builtins.property
+    def arguments(self) -> _struct_pb2.Struct:
+        """Arguments, validated against the tool's schema."""
+
+    def __init__(
+        self,
+        *,
+        tool: _builtins.str = ...,
+        arguments: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "tool", b"tool"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlannedCall: _TypeAlias = PlannedCall  # noqa: Y015
+
+@_typing.final
+class Plan(_message.Message):
+    """The agent understood the turn and planned what to do."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITERATION_FIELD_NUMBER: _builtins.int
+    INTENT_FIELD_NUMBER: _builtins.int
+    ENTITIES_FIELD_NUMBER: _builtins.int
+    NEEDS_KNOWLEDGE_FIELD_NUMBER: _builtins.int
+    CALLS_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    iteration: _builtins.int
+    """Round of the turn, 1-based."""
+    intent: _builtins.str
+    """What the user wants, in a few words."""
+    needs_knowledge: _builtins.bool
+    """Whether answering needs retrieved knowledge."""
+    source: _builtins.str
+    """Where the plan came from: "model", "repaired" (after one invalid attempt) or "fallback"
+    (a retrieval with the user's words).
+    """
+    @_builtins.property
+    def entities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Names, topics and other entities of the question."""
+
+    @_builtins.property
+    def calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlannedCall]:
+        """The tool calls to make (possibly none)."""
+
+    def __init__(
+        self,
+        *,
+        iteration: _builtins.int = ...,
+        intent: _builtins.str = ...,
+        entities: _abc.Iterable[_builtins.str] | None = ...,
+        needs_knowledge: _builtins.bool = ...,
+        calls: _abc.Iterable[Global___PlannedCall] | None = ...,
+        source: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls", "entities", b"entities", "intent", b"intent", "iteration", b"iteration", "needs_knowledge", b"needs_knowledge", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Plan: _TypeAlias = Plan  # noqa: Y015
+
+@_typing.final
+class Reflection(_message.Message):
+    """The agent judged the evidence gathered so far."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITERATION_FIELD_NUMBER: _builtins.int
+    SUFFICIENT_FIELD_NUMBER: _builtins.int
+    MISSING_FIELD_NUMBER: _builtins.int
+    iteration: _builtins.int
+    """Round of the turn, 1-based."""
+    sufficient: _builtins.bool
+    """Whether the evidence suffices to answer."""
+    missing: _builtins.str
+    """What is still missing, when it does not."""
+    def __init__(
+        self,
+        *,
+        iteration: _builtins.int = ...,
+        sufficient: _builtins.bool = ...,
+        missing: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["iteration", b"iteration", "missing", b"missing", "sufficient", b"sufficient"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Reflection: _TypeAlias = Reflection  # noqa: Y015
 
 @_typing.final
 class AwaitingInput(_message.Message):
@@ -960,10 +1331,13 @@ class Done(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
     TURNS_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
     reason: _builtins.str
     """Why it ended: "completed", "max_turns", "keyword", "sentiment", "cancelled", "budget"."""
     turns: _builtins.int
     """Number of turns taken."""
+    cost: _builtins.float
+    """Cost of the whole run in the price table's currency (USD by default)."""
     @_builtins.property
     def usage(self) -> _common_pb2.TokenUsage:
         """Tokens spent by the whole run."""
@@ -974,10 +1348,11 @@ class Done(_message.Message):
         reason: _builtins.str = ...,
         usage: _common_pb2.TokenUsage | None = ...,
         turns: _builtins.int = ...,
+        cost: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "turns", b"turns", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "reason", b"reason", "turns", b"turns", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1002,6 +1377,8 @@ class ConversationEvent(_message.Message):
     USAGE_FIELD_NUMBER: _builtins.int
     DONE_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    PLAN_FIELD_NUMBER: _builtins.int
+    REFLECTION_FIELD_NUMBER: _builtins.int
     event_id: _builtins.int
     """Monotonically increasing id within the conversation (its event log sequence)."""
     conversation: _builtins.str
@@ -1050,6 +1427,14 @@ class ConversationEvent(_message.Message):
     def error(self) -> _status_pb2.Status:
         """Terminal: the run failed."""
 
+    @_builtins.property
+    def plan(self) -> Global___Plan:
+        """The agent's plan for a round of the turn."""
+
+    @_builtins.property
+    def reflection(self) -> Global___Reflection:
+        """The agent's judgement of the evidence of a round."""
+
     def __init__(
         self,
         *,
@@ -1066,12 +1451,14 @@ class ConversationEvent(_message.Message):
         usage: _common_pb2.TokenUsage | None = ...,
         done: Global___Done | None = ...,
         error: _status_pb2.Status | None = ...,
+        plan: Global___Plan | None = ...,
+        reflection: Global___Reflection | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["awaiting_input", b"awaiting_input", "citation", b"citation", "create_time", b"create_time", "done", b"done", "error", b"error", "kind", b"kind", "step", b"step", "token", b"token", "tool_call", b"tool_call", "turn_ended", b"turn_ended", "turn_started", b"turn_started", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["awaiting_input", b"awaiting_input", "citation", b"citation", "create_time", b"create_time", "done", b"done", "error", b"error", "kind", b"kind", "plan", b"plan", "reflection", b"reflection", "step", b"step", "token", b"token", "tool_call", b"tool_call", "turn_ended", b"turn_ended", "turn_started", b"turn_started", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["awaiting_input", b"awaiting_input", "citation", b"citation", "conversation", b"conversation", "create_time", b"create_time", "done", b"done", "error", b"error", "event_id", b"event_id", "kind", b"kind", "step", b"step", "token", b"token", "tool_call", b"tool_call", "turn_ended", b"turn_ended", "turn_started", b"turn_started", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["awaiting_input", b"awaiting_input", "citation", b"citation", "conversation", b"conversation", "create_time", b"create_time", "done", b"done", "error", b"error", "event_id", b"event_id", "kind", b"kind", "plan", b"plan", "reflection", b"reflection", "step", b"step", "token", b"token", "tool_call", b"tool_call", "turn_ended", b"turn_ended", "turn_started", b"turn_started", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["turn_started", "token", "turn_ended", "citation", "tool_call", "awaiting_input", "step", "usage", "done", "error"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["turn_started", "token", "turn_ended", "citation", "tool_call", "awaiting_input", "step", "usage", "done", "error", "plan", "reflection"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -1256,6 +1643,60 @@ class SubmitInputResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SubmitInputResponse: _TypeAlias = SubmitInputResponse  # noqa: Y015
+
+@_typing.final
+class SubmitFeedbackRequest(_message.Message):
+    """Request of SubmitFeedback."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    RATING_FIELD_NUMBER: _builtins.int
+    COMMENT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The rated message: `conversations/{conversation}/messages/{message}`."""
+    rating: _persistence_pb2.FeedbackRating.ValueType
+    """Up or down."""
+    comment: _builtins.str
+    """Why (at most 4096 characters)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        rating: _persistence_pb2.FeedbackRating.ValueType = ...,
+        comment: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comment", b"comment", "name", b"name", "rating", b"rating"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitFeedbackRequest: _TypeAlias = SubmitFeedbackRequest  # noqa: Y015
+
+@_typing.final
+class SubmitFeedbackResponse(_message.Message):
+    """Response of SubmitFeedback."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def message(self) -> _persistence_pb2.Message:
+        """The rated message with its feedback."""
+
+    def __init__(
+        self,
+        *,
+        message: _persistence_pb2.Message | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitFeedbackResponse: _TypeAlias = SubmitFeedbackResponse  # noqa: Y015
 
 @_typing.final
 class CancelConversationRequest(_message.Message):

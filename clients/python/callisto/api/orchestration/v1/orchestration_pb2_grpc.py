@@ -52,6 +52,21 @@ class OrchestrationServiceStub:
                 request_serializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ListAgentsRequest.SerializeToString,
                 response_deserializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ListAgentsResponse.FromString,
                 _registered_method=True)
+        self.UpdateAgent = channel.unary_unary(
+                '/callisto.orchestration.v1.OrchestrationService/UpdateAgent',
+                request_serializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.UpdateAgentRequest.SerializeToString,
+                response_deserializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.UpdateAgentResponse.FromString,
+                _registered_method=True)
+        self.ListAgentRevisions = channel.unary_unary(
+                '/callisto.orchestration.v1.OrchestrationService/ListAgentRevisions',
+                request_serializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ListAgentRevisionsRequest.SerializeToString,
+                response_deserializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ListAgentRevisionsResponse.FromString,
+                _registered_method=True)
+        self.ListTools = channel.unary_unary(
+                '/callisto.orchestration.v1.OrchestrationService/ListTools',
+                request_serializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ListToolsRequest.SerializeToString,
+                response_deserializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ListToolsResponse.FromString,
+                _registered_method=True)
         self.DeleteAgent = channel.unary_unary(
                 '/callisto.orchestration.v1.OrchestrationService/DeleteAgent',
                 request_serializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.DeleteAgentRequest.SerializeToString,
@@ -87,6 +102,11 @@ class OrchestrationServiceStub:
                 request_serializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.CancelConversationRequest.SerializeToString,
                 response_deserializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.CancelConversationResponse.FromString,
                 _registered_method=True)
+        self.SubmitFeedback = channel.unary_unary(
+                '/callisto.orchestration.v1.OrchestrationService/SubmitFeedback',
+                request_serializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.SubmitFeedbackRequest.SerializeToString,
+                response_deserializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.SubmitFeedbackResponse.FromString,
+                _registered_method=True)
 
 
 class OrchestrationServiceServicer:
@@ -103,7 +123,7 @@ class OrchestrationServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetAgent(self, request, context):
-        """Gets an agent.
+        """Gets an agent at its latest revision, or at the one `agents/{agent}@{revision}` names.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -111,6 +131,27 @@ class OrchestrationServiceServicer:
 
     def ListAgents(self, request, context):
         """Lists agents.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateAgent(self, request, context):
+        """Updates an agent; every update creates a new revision, and the old ones stay readable.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAgentRevisions(self, request, context):
+        """Lists the revisions of an agent, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTools(self, request, context):
+        """Lists the tools agents can be given, with the JSON Schema of their arguments.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -166,6 +207,13 @@ class OrchestrationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitFeedback(self, request, context):
+        """Rates an answer (thumbs up or down, with a comment); stored with the message.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchestrationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -183,6 +231,21 @@ def add_OrchestrationServiceServicer_to_server(servicer, server):
                     servicer.ListAgents,
                     request_deserializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ListAgentsRequest.FromString,
                     response_serializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ListAgentsResponse.SerializeToString,
+            ),
+            'UpdateAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateAgent,
+                    request_deserializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.UpdateAgentRequest.FromString,
+                    response_serializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.UpdateAgentResponse.SerializeToString,
+            ),
+            'ListAgentRevisions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAgentRevisions,
+                    request_deserializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ListAgentRevisionsRequest.FromString,
+                    response_serializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ListAgentRevisionsResponse.SerializeToString,
+            ),
+            'ListTools': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTools,
+                    request_deserializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ListToolsRequest.FromString,
+                    response_serializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ListToolsResponse.SerializeToString,
             ),
             'DeleteAgent': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteAgent,
@@ -218,6 +281,11 @@ def add_OrchestrationServiceServicer_to_server(servicer, server):
                     servicer.CancelConversation,
                     request_deserializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.CancelConversationRequest.FromString,
                     response_serializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.CancelConversationResponse.SerializeToString,
+            ),
+            'SubmitFeedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitFeedback,
+                    request_deserializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.SubmitFeedbackRequest.FromString,
+                    response_serializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.SubmitFeedbackResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -304,6 +372,87 @@ class OrchestrationService:
             '/callisto.orchestration.v1.OrchestrationService/ListAgents',
             callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ListAgentsRequest.SerializeToString,
             callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ListAgentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callisto.orchestration.v1.OrchestrationService/UpdateAgent',
+            callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.UpdateAgentRequest.SerializeToString,
+            callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.UpdateAgentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAgentRevisions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callisto.orchestration.v1.OrchestrationService/ListAgentRevisions',
+            callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ListAgentRevisionsRequest.SerializeToString,
+            callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ListAgentRevisionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTools(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callisto.orchestration.v1.OrchestrationService/ListTools',
+            callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ListToolsRequest.SerializeToString,
+            callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ListToolsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -493,6 +642,33 @@ class OrchestrationService:
             '/callisto.orchestration.v1.OrchestrationService/CancelConversation',
             callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.CancelConversationRequest.SerializeToString,
             callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.CancelConversationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitFeedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callisto.orchestration.v1.OrchestrationService/SubmitFeedback',
+            callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.SubmitFeedbackRequest.SerializeToString,
+            callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.SubmitFeedbackResponse.FromString,
             options,
             channel_credentials,
             insecure,

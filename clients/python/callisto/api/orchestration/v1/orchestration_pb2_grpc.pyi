@@ -39,9 +39,15 @@ class OrchestrationServiceStub:
     CreateAgent: _grpc.UnaryUnaryMultiCallable[_orchestration_pb2.CreateAgentRequest, _orchestration_pb2.CreateAgentResponse]
     """Creates an agent."""
     GetAgent: _grpc.UnaryUnaryMultiCallable[_orchestration_pb2.GetAgentRequest, _orchestration_pb2.GetAgentResponse]
-    """Gets an agent."""
+    """Gets an agent at its latest revision, or at the one `agents/{agent}@{revision}` names."""
     ListAgents: _grpc.UnaryUnaryMultiCallable[_orchestration_pb2.ListAgentsRequest, _orchestration_pb2.ListAgentsResponse]
     """Lists agents."""
+    UpdateAgent: _grpc.UnaryUnaryMultiCallable[_orchestration_pb2.UpdateAgentRequest, _orchestration_pb2.UpdateAgentResponse]
+    """Updates an agent; every update creates a new revision, and the old ones stay readable."""
+    ListAgentRevisions: _grpc.UnaryUnaryMultiCallable[_orchestration_pb2.ListAgentRevisionsRequest, _orchestration_pb2.ListAgentRevisionsResponse]
+    """Lists the revisions of an agent, newest first."""
+    ListTools: _grpc.UnaryUnaryMultiCallable[_orchestration_pb2.ListToolsRequest, _orchestration_pb2.ListToolsResponse]
+    """Lists the tools agents can be given, with the JSON Schema of their arguments."""
     DeleteAgent: _grpc.UnaryUnaryMultiCallable[_orchestration_pb2.DeleteAgentRequest, _orchestration_pb2.DeleteAgentResponse]
     """Deletes an agent."""
     SuggestAgents: _grpc.UnaryUnaryMultiCallable[_orchestration_pb2.SuggestAgentsRequest, _orchestration_pb2.SuggestAgentsResponse]
@@ -58,6 +64,8 @@ class OrchestrationServiceStub:
     """Sends a human turn, or answers a pending approval, in a running conversation."""
     CancelConversation: _grpc.UnaryUnaryMultiCallable[_orchestration_pb2.CancelConversationRequest, _orchestration_pb2.CancelConversationResponse]
     """Stops a running conversation within 2 seconds."""
+    SubmitFeedback: _grpc.UnaryUnaryMultiCallable[_orchestration_pb2.SubmitFeedbackRequest, _orchestration_pb2.SubmitFeedbackResponse]
+    """Rates an answer (thumbs up or down, with a comment); stored with the message."""
 
 @_typing.type_check_only
 class OrchestrationServiceAsyncStub(OrchestrationServiceStub):
@@ -70,9 +78,15 @@ class OrchestrationServiceAsyncStub(OrchestrationServiceStub):
     CreateAgent: _aio.UnaryUnaryMultiCallable[_orchestration_pb2.CreateAgentRequest, _orchestration_pb2.CreateAgentResponse]  # type: ignore[assignment]
     """Creates an agent."""
     GetAgent: _aio.UnaryUnaryMultiCallable[_orchestration_pb2.GetAgentRequest, _orchestration_pb2.GetAgentResponse]  # type: ignore[assignment]
-    """Gets an agent."""
+    """Gets an agent at its latest revision, or at the one `agents/{agent}@{revision}` names."""
     ListAgents: _aio.UnaryUnaryMultiCallable[_orchestration_pb2.ListAgentsRequest, _orchestration_pb2.ListAgentsResponse]  # type: ignore[assignment]
     """Lists agents."""
+    UpdateAgent: _aio.UnaryUnaryMultiCallable[_orchestration_pb2.UpdateAgentRequest, _orchestration_pb2.UpdateAgentResponse]  # type: ignore[assignment]
+    """Updates an agent; every update creates a new revision, and the old ones stay readable."""
+    ListAgentRevisions: _aio.UnaryUnaryMultiCallable[_orchestration_pb2.ListAgentRevisionsRequest, _orchestration_pb2.ListAgentRevisionsResponse]  # type: ignore[assignment]
+    """Lists the revisions of an agent, newest first."""
+    ListTools: _aio.UnaryUnaryMultiCallable[_orchestration_pb2.ListToolsRequest, _orchestration_pb2.ListToolsResponse]  # type: ignore[assignment]
+    """Lists the tools agents can be given, with the JSON Schema of their arguments."""
     DeleteAgent: _aio.UnaryUnaryMultiCallable[_orchestration_pb2.DeleteAgentRequest, _orchestration_pb2.DeleteAgentResponse]  # type: ignore[assignment]
     """Deletes an agent."""
     SuggestAgents: _aio.UnaryUnaryMultiCallable[_orchestration_pb2.SuggestAgentsRequest, _orchestration_pb2.SuggestAgentsResponse]  # type: ignore[assignment]
@@ -89,6 +103,8 @@ class OrchestrationServiceAsyncStub(OrchestrationServiceStub):
     """Sends a human turn, or answers a pending approval, in a running conversation."""
     CancelConversation: _aio.UnaryUnaryMultiCallable[_orchestration_pb2.CancelConversationRequest, _orchestration_pb2.CancelConversationResponse]  # type: ignore[assignment]
     """Stops a running conversation within 2 seconds."""
+    SubmitFeedback: _aio.UnaryUnaryMultiCallable[_orchestration_pb2.SubmitFeedbackRequest, _orchestration_pb2.SubmitFeedbackResponse]  # type: ignore[assignment]
+    """Rates an answer (thumbs up or down, with a comment); stored with the message."""
 
 class OrchestrationServiceServicer(metaclass=_abc_1.ABCMeta):
     """Runs agents: single-assistant turns with retrieval and tools, multi-agent simulations,
@@ -110,7 +126,7 @@ class OrchestrationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _orchestration_pb2.GetAgentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_orchestration_pb2.GetAgentResponse, _abc.Awaitable[_orchestration_pb2.GetAgentResponse]]:
-        """Gets an agent."""
+        """Gets an agent at its latest revision, or at the one `agents/{agent}@{revision}` names."""
 
     @_abc_1.abstractmethod
     def ListAgents(
@@ -119,6 +135,30 @@ class OrchestrationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_orchestration_pb2.ListAgentsResponse, _abc.Awaitable[_orchestration_pb2.ListAgentsResponse]]:
         """Lists agents."""
+
+    @_abc_1.abstractmethod
+    def UpdateAgent(
+        self,
+        request: _orchestration_pb2.UpdateAgentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestration_pb2.UpdateAgentResponse, _abc.Awaitable[_orchestration_pb2.UpdateAgentResponse]]:
+        """Updates an agent; every update creates a new revision, and the old ones stay readable."""
+
+    @_abc_1.abstractmethod
+    def ListAgentRevisions(
+        self,
+        request: _orchestration_pb2.ListAgentRevisionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestration_pb2.ListAgentRevisionsResponse, _abc.Awaitable[_orchestration_pb2.ListAgentRevisionsResponse]]:
+        """Lists the revisions of an agent, newest first."""
+
+    @_abc_1.abstractmethod
+    def ListTools(
+        self,
+        request: _orchestration_pb2.ListToolsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestration_pb2.ListToolsResponse, _abc.Awaitable[_orchestration_pb2.ListToolsResponse]]:
+        """Lists the tools agents can be given, with the JSON Schema of their arguments."""
 
     @_abc_1.abstractmethod
     def DeleteAgent(
@@ -177,5 +217,13 @@ class OrchestrationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_orchestration_pb2.CancelConversationResponse, _abc.Awaitable[_orchestration_pb2.CancelConversationResponse]]:
         """Stops a running conversation within 2 seconds."""
+
+    @_abc_1.abstractmethod
+    def SubmitFeedback(
+        self,
+        request: _orchestration_pb2.SubmitFeedbackRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestration_pb2.SubmitFeedbackResponse, _abc.Awaitable[_orchestration_pb2.SubmitFeedbackResponse]]:
+        """Rates an answer (thumbs up or down, with a comment); stored with the message."""
 
 def add_OrchestrationServiceServicer_to_server(servicer: OrchestrationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

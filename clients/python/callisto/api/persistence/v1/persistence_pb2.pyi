@@ -85,6 +85,30 @@ PARTICIPANT_KIND_AGENT: ParticipantKind.ValueType  # 2
 """An AI agent."""
 Global___ParticipantKind: _TypeAlias = ParticipantKind  # noqa: Y015
 
+class _FeedbackRating:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FeedbackRatingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FeedbackRating.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FEEDBACK_RATING_UNSPECIFIED: _FeedbackRating.ValueType  # 0
+    """Not rated."""
+    FEEDBACK_RATING_UP: _FeedbackRating.ValueType  # 1
+    """Thumbs up."""
+    FEEDBACK_RATING_DOWN: _FeedbackRating.ValueType  # 2
+    """Thumbs down."""
+
+class FeedbackRating(_FeedbackRating, metaclass=_FeedbackRatingEnumTypeWrapper):
+    """How a reader rated a message."""
+
+FEEDBACK_RATING_UNSPECIFIED: FeedbackRating.ValueType  # 0
+"""Not rated."""
+FEEDBACK_RATING_UP: FeedbackRating.ValueType  # 1
+"""Thumbs up."""
+FEEDBACK_RATING_DOWN: FeedbackRating.ValueType  # 2
+"""Thumbs down."""
+Global___FeedbackRating: _TypeAlias = FeedbackRating  # noqa: Y015
+
 @_typing.final
 class Participant(_message.Message):
     """Someone taking part in a conversation."""
@@ -224,6 +248,7 @@ class Message(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     POSITION_FIELD_NUMBER: _builtins.int
     EVENT_SEQUENCE_FIELD_NUMBER: _builtins.int
+    FEEDBACK_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name: `conversations/{conversation}/messages/{message}`; the message id is its
     1-based position in the conversation.
@@ -258,6 +283,10 @@ class Message(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the message was stored."""
 
+    @_builtins.property
+    def feedback(self) -> Global___Feedback:
+        """A reader's rating of the message; the one part of a message that can change."""
+
     def __init__(
         self,
         *,
@@ -272,14 +301,51 @@ class Message(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         position: _builtins.int = ...,
         event_sequence: _builtins.int = ...,
+        feedback: Global___Feedback | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "metadata", b"metadata", "sentiment", b"sentiment", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "feedback", b"feedback", "metadata", b"metadata", "sentiment", b"sentiment", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["author", b"author", "citations", b"citations", "create_time", b"create_time", "event_sequence", b"event_sequence", "metadata", b"metadata", "name", b"name", "position", b"position", "role", b"role", "sentiment", b"sentiment", "text", b"text", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["author", b"author", "citations", b"citations", "create_time", b"create_time", "event_sequence", b"event_sequence", "feedback", b"feedback", "metadata", b"metadata", "name", b"name", "position", b"position", "role", b"role", "sentiment", b"sentiment", "text", b"text", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Message: _TypeAlias = Message  # noqa: Y015
+
+@_typing.final
+class Feedback(_message.Message):
+    """A reader's rating of a message."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RATING_FIELD_NUMBER: _builtins.int
+    COMMENT_FIELD_NUMBER: _builtins.int
+    AUTHOR_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    rating: Global___FeedbackRating.ValueType
+    """Up or down."""
+    comment: _builtins.str
+    """Why, in the reader's words (at most 4096 characters)."""
+    author: _builtins.str
+    """Who rated it."""
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """When the rating was last set."""
+
+    def __init__(
+        self,
+        *,
+        rating: Global___FeedbackRating.ValueType = ...,
+        comment: _builtins.str = ...,
+        author: _builtins.str = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["author", b"author", "comment", b"comment", "rating", b"rating", "update_time", b"update_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Feedback: _TypeAlias = Feedback  # noqa: Y015
 
 @_typing.final
 class Event(_message.Message):
@@ -817,6 +883,60 @@ class GetMessageResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetMessageResponse: _TypeAlias = GetMessageResponse  # noqa: Y015
+
+@_typing.final
+class UpdateMessageRequest(_message.Message):
+    """Request of UpdateMessage."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def message(self) -> Global___Message:
+        """The message with its `name` and the new `feedback`."""
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """Fields to update: only `feedback`; when empty, `feedback`."""
+
+    def __init__(
+        self,
+        *,
+        message: Global___Message | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateMessageRequest: _TypeAlias = UpdateMessageRequest  # noqa: Y015
+
+@_typing.final
+class UpdateMessageResponse(_message.Message):
+    """Response of UpdateMessage."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def message(self) -> Global___Message:
+        """The message after the update."""
+
+    def __init__(
+        self,
+        *,
+        message: Global___Message | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateMessageResponse: _TypeAlias = UpdateMessageResponse  # noqa: Y015
 
 @_typing.final
 class ListMessagesRequest(_message.Message):

@@ -74,6 +74,11 @@ class PersistenceServiceStub:
                 request_serializer=callisto_dot_persistence_dot_v1_dot_persistence__pb2.GetMessageRequest.SerializeToString,
                 response_deserializer=callisto_dot_persistence_dot_v1_dot_persistence__pb2.GetMessageResponse.FromString,
                 _registered_method=True)
+        self.UpdateMessage = channel.unary_unary(
+                '/callisto.persistence.v1.PersistenceService/UpdateMessage',
+                request_serializer=callisto_dot_persistence_dot_v1_dot_persistence__pb2.UpdateMessageRequest.SerializeToString,
+                response_deserializer=callisto_dot_persistence_dot_v1_dot_persistence__pb2.UpdateMessageResponse.FromString,
+                _registered_method=True)
         self.ListMessages = channel.unary_unary(
                 '/callisto.persistence.v1.PersistenceService/ListMessages',
                 request_serializer=callisto_dot_persistence_dot_v1_dot_persistence__pb2.ListMessagesRequest.SerializeToString,
@@ -192,6 +197,13 @@ class PersistenceServiceServicer:
 
     def GetMessage(self, request, context):
         """Gets one message.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateMessage(self, request, context):
+        """Updates a message's feedback (messages are otherwise immutable).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -323,6 +335,11 @@ def add_PersistenceServiceServicer_to_server(servicer, server):
                     servicer.GetMessage,
                     request_deserializer=callisto_dot_persistence_dot_v1_dot_persistence__pb2.GetMessageRequest.FromString,
                     response_serializer=callisto_dot_persistence_dot_v1_dot_persistence__pb2.GetMessageResponse.SerializeToString,
+            ),
+            'UpdateMessage': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateMessage,
+                    request_deserializer=callisto_dot_persistence_dot_v1_dot_persistence__pb2.UpdateMessageRequest.FromString,
+                    response_serializer=callisto_dot_persistence_dot_v1_dot_persistence__pb2.UpdateMessageResponse.SerializeToString,
             ),
             'ListMessages': grpc.unary_unary_rpc_method_handler(
                     servicer.ListMessages,
@@ -579,6 +596,33 @@ class PersistenceService:
             '/callisto.persistence.v1.PersistenceService/GetMessage',
             callisto_dot_persistence_dot_v1_dot_persistence__pb2.GetMessageRequest.SerializeToString,
             callisto_dot_persistence_dot_v1_dot_persistence__pb2.GetMessageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateMessage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callisto.persistence.v1.PersistenceService/UpdateMessage',
+            callisto_dot_persistence_dot_v1_dot_persistence__pb2.UpdateMessageRequest.SerializeToString,
+            callisto_dot_persistence_dot_v1_dot_persistence__pb2.UpdateMessageResponse.FromString,
             options,
             channel_credentials,
             insecure,

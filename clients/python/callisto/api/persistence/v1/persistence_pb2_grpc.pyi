@@ -58,6 +58,8 @@ class PersistenceServiceStub:
     """
     GetMessage: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.GetMessageRequest, _persistence_pb2.GetMessageResponse]
     """Gets one message."""
+    UpdateMessage: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.UpdateMessageRequest, _persistence_pb2.UpdateMessageResponse]
+    """Updates a message's feedback (messages are otherwise immutable)."""
     ListMessages: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.ListMessagesRequest, _persistence_pb2.ListMessagesResponse]
     """Lists a conversation's messages in order."""
     CreateEvent: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.CreateEventRequest, _persistence_pb2.CreateEventResponse]
@@ -122,6 +124,8 @@ class PersistenceServiceAsyncStub(PersistenceServiceStub):
     """
     GetMessage: _aio.UnaryUnaryMultiCallable[_persistence_pb2.GetMessageRequest, _persistence_pb2.GetMessageResponse]  # type: ignore[assignment]
     """Gets one message."""
+    UpdateMessage: _aio.UnaryUnaryMultiCallable[_persistence_pb2.UpdateMessageRequest, _persistence_pb2.UpdateMessageResponse]  # type: ignore[assignment]
+    """Updates a message's feedback (messages are otherwise immutable)."""
     ListMessages: _aio.UnaryUnaryMultiCallable[_persistence_pb2.ListMessagesRequest, _persistence_pb2.ListMessagesResponse]  # type: ignore[assignment]
     """Lists a conversation's messages in order."""
     CreateEvent: _aio.UnaryUnaryMultiCallable[_persistence_pb2.CreateEventRequest, _persistence_pb2.CreateEventResponse]  # type: ignore[assignment]
@@ -225,6 +229,14 @@ class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_persistence_pb2.GetMessageResponse, _abc.Awaitable[_persistence_pb2.GetMessageResponse]]:
         """Gets one message."""
+
+    @_abc_1.abstractmethod
+    def UpdateMessage(
+        self,
+        request: _persistence_pb2.UpdateMessageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.UpdateMessageResponse, _abc.Awaitable[_persistence_pb2.UpdateMessageResponse]]:
+        """Updates a message's feedback (messages are otherwise immutable)."""
 
     @_abc_1.abstractmethod
     def ListMessages(
