@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from callisto.client import ON_BEHALF_OF
 from callisto.gateway.descriptors import find_service, http_annotated_methods, is_server_streaming
 
 Config = dict[str, Any]
@@ -529,6 +530,9 @@ def _listener(spec: GatewaySpec) -> Config:
                             ],
                             "route_config": {
                                 "name": "callisto_routes",
+                                # Only a service principal inside the mesh may act for a
+                                # tenant; no outside request carries that claim through.
+                                "request_headers_to_remove": [ON_BEHALF_OF],
                                 "virtual_hosts": [
                                     {
                                         "name": "callisto",

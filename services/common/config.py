@@ -94,6 +94,12 @@ class CommonSettings:
         "Key that signs page tokens (shared by every replica); empty uses a random key "
         "created once per deployment in the Redis holding the API keys.",
     )
+    service_api_key: str = setting(
+        "CALLISTO_SERVICE_API_KEY",
+        "",
+        "This process's service credential for calls on a tenant's behalf; empty creates one "
+        "in the auth Redis at start-up and revokes it at shutdown.",
+    )
     reflect_mesh: bool = setting(
         "CALLISTO_REFLECT_MESH",
         False,

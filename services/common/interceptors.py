@@ -19,11 +19,13 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate
 from redis.exceptions import RedisError
 
+from callisto.client import ON_BEHALF_OF
 from callisto.services.common.auth import ApiKeyStore, bearer_key
 from callisto.services.common.errors import (
     FieldViolation,
     InvalidArgument,
     MalformedRequest,
+    PermissionDenied,
     Unauthenticated,
     Unavailable,
     as_callisto_error,
@@ -36,7 +38,7 @@ from callisto.services.common.telemetry import (
     RPC_LATENCY,
     RPC_REQUESTS,
 )
-from callisto.services.common.tenancy import bind_tenant, reset_tenant
+from callisto.services.common.tenancy import TENANT_PATTERN, bind_tenant, reset_tenant
 
 log = logging.getLogger("callisto.rpc")
 
@@ -192,6 +194,9 @@ class _Call:
             yield message
 
     async def authenticate(self, metadata: dict[str, Any]) -> str:
+        """The tenant the call acts for: a tenant key's own tenant (an on-behalf-of header
+        next to it is ignored, so a forged one changes nothing), or the tenant a service
+        principal names in `x-callisto-on-behalf-of`."""
         header = metadata.get("authorization")
         if not isinstance(header, str) or not header:
             raise Unauthenticated("missing `authorization: Bearer <api key>` metadata")
@@ -199,12 +204,24 @@ class _Call:
         if key is None:
             raise Unauthenticated("authorization must be `Bearer <api key>`")
         try:
-            tenant = await self.keys.verify(key)
+            principal = await self.keys.verify_principal(key)
         except (RedisError, OSError) as error:
             raise Unavailable("cannot verify the API key right now", retry_after=1.0) from error
-        if tenant is None:
+        if principal is None:
             raise Unauthenticated("invalid or revoked API key")
-        return tenant
+        on_behalf_of = metadata.get(ON_BEHALF_OF)
+        if not principal.is_service:
+            if on_behalf_of is not None:
+                log.warning(
+                    "on-behalf-of header from a tenant key ignored",
+                    extra={"fields": {"method": self.method, "tenant": principal.tenant}},
+                )
+            return principal.tenant
+        if not isinstance(on_behalf_of, str) or not TENANT_PATTERN.match(on_behalf_of):
+            raise PermissionDenied(
+                f"a service credential must name the tenant it acts for in `{ON_BEHALF_OF}`"
+            )
+        return on_behalf_of
 
     @contextlib.asynccontextmanager
     async def observe(self, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[_Outcome]:

@@ -67,8 +67,24 @@ class Runtime(Generic[S]):
         page_tokens.configure(secret=settings.page_token_secret, redis=self.auth_redis)
         # Set when the process begins to shut down: long streams end cleanly when they see it.
         self.stopping = asyncio.Event()
+        self._service_key = settings.service_api_key or None
+        self._minted_key = False
+
+    async def service_key(self) -> str:
+        """This process's service credential, for calls to other services on a tenant's
+        behalf: `CALLISTO_SERVICE_API_KEY`, or a key of the service principal `name` created
+        in the auth Redis at first use and revoked at shutdown."""
+        if self._service_key is None:
+            self._service_key = await self.keys.create_service(self.name)
+            self._minted_key = True
+        return self._service_key
 
     async def close(self) -> None:
+        if self._minted_key and self._service_key is not None:
+            try:
+                await self.keys.revoke_service(self._service_key)
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                log.warning("could not revoke the service key at shutdown")
         await self.auth_redis.aclose()
 
 

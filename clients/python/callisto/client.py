@@ -43,7 +43,13 @@ from callisto.retry import RetryPolicy
 S = TypeVar("S")
 
 AUTHORIZATION = "authorization"
+# The tenant a service principal's call acts for; honoured only with a service key, and
+# stripped by the gateway from every outside request.
+ON_BEHALF_OF = "x-callisto-on-behalf-of"
 DEFAULT_TIMEOUT = 30.0
+
+# The tenant to act for, or a function that tells it per call (None: send no header).
+OnBehalfOf = str | Callable[[], str | None] | None
 
 
 def bearer(api_key: str) -> str:
@@ -67,9 +73,12 @@ _CHANNEL_OPTIONS: Sequence[tuple[str, Any]] = (
 class _CallDetails:
     """Adds the API key to every call and the default deadline to single-response calls."""
 
-    def __init__(self, api_key: str | None, default_timeout: float | None) -> None:
+    def __init__(
+        self, api_key: str | None, default_timeout: float | None, on_behalf_of: OnBehalfOf = None
+    ) -> None:
         self._authorization = bearer(api_key) if api_key else None
         self._default_timeout = default_timeout
+        self._on_behalf_of = on_behalf_of
 
     def _details(
         self, details: grpc.aio.ClientCallDetails, single_response: bool
@@ -78,6 +87,12 @@ class _CallDetails:
         # An explicit authorization header on the call wins (a test sending a wrong key).
         if self._authorization is not None and AUTHORIZATION not in metadata:
             metadata.add(AUTHORIZATION, self._authorization)
+        if self._on_behalf_of is not None and ON_BEHALF_OF not in metadata:
+            tenant = self._on_behalf_of if isinstance(self._on_behalf_of, str) else None
+            if tenant is None and callable(self._on_behalf_of):
+                tenant = self._on_behalf_of()
+            if tenant:
+                metadata.add(ON_BEHALF_OF, tenant)
         timeout = details.timeout
         if timeout is None and single_response:
             timeout = self._default_timeout
@@ -153,15 +168,19 @@ class Client:
         retry_policy: RetryPolicy | None = None,
         wait_ready: float | None = None,
         options: Sequence[tuple[str, Any]] = (),
+        on_behalf_of: OnBehalfOf = None,
     ) -> Client:
         """A client of `target` (`host:port` of the gateway or of a service).
 
         `api_key` authenticates every call; `tls` (or `root_certificates`, PEM) makes the channel
         secure; `default_timeout` (seconds, None for none) bounds single-response calls that pass
         no `timeout`; `wait_ready` (seconds) waits for the connection before returning.
+        `on_behalf_of` (a service's own clients only, with a service key) names the tenant each
+        call acts for: a tenant, or a function asked per call (a service passes the tenant of
+        the work it is doing).
         """
         interceptors: Any = [
-            kind(api_key, default_timeout)
+            kind(api_key, default_timeout, on_behalf_of)
             for kind in (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)
         ]
         channel_options = [*_CHANNEL_OPTIONS, *options]

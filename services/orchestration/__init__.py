@@ -1,0 +1,1 @@
+"""The orchestration service: agents, tools, the assistant loop and durable, resumable runs."""

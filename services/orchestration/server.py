@@ -1,0 +1,66 @@
+"""OrchestrationService: the agent RPCs (`agents_api`) and the run RPCs (`runs_api`) over one
+set of backends, tools and runs."""
+
+from __future__ import annotations
+
+import grpc
+
+from callisto.api.orchestration.v1 import orchestration_pb2_grpc as pb_grpc
+from callisto.services.common.health import DependencyCheck
+from callisto.services.common.server import Runtime, ServiceDefinition
+from callisto.services.orchestration.agents import AgentStore
+from callisto.services.orchestration.agents_api import AgentsRpc
+from callisto.services.orchestration.backends import Backends
+from callisto.services.orchestration.runs import RunManager
+from callisto.services.orchestration.runs_api import RunsRpc
+from callisto.services.orchestration.settings import OrchestrationSettings
+from callisto.services.orchestration.tools.builtin import build_registry
+
+SERVICE_NAME = "callisto.orchestration.v1.OrchestrationService"
+
+
+class OrchestrationServicer(AgentsRpc, RunsRpc):
+    """Both halves of the service in one servicer (each implements its own RPCs)."""
+
+    def __init__(self, agents_rpc: AgentsRpc, runs_rpc: RunsRpc) -> None:
+        # The halves keep their own state; the servicer takes it over.
+        self.__dict__.update(agents_rpc.__dict__)
+        self.__dict__.update(runs_rpc.__dict__)
+
+
+async def build(runtime: Runtime[OrchestrationSettings]) -> ServiceDefinition:
+    settings = runtime.settings
+    backends = await Backends.connect(settings, await runtime.service_key())
+    tools = build_registry(settings)
+    agents = AgentStore(backends.persistence, tools, settings.default_model)
+    runs = RunManager(runtime, backends, agents, tools)
+    servicer = OrchestrationServicer(AgentsRpc(agents, tools, backends), RunsRpc(runs))
+    await runs.start()
+
+    async def persistence_ready() -> bool:
+        return await _serving(backends.clients[0].channel)
+
+    async def close() -> None:
+        await runs.stop()
+        await backends.close()
+
+    return ServiceDefinition(
+        service_names=[SERVICE_NAME],
+        register=lambda server: pb_grpc.add_OrchestrationServiceServicer_to_server(
+            servicer, server
+        ),
+        checks=[DependencyCheck("persistence", persistence_ready)],
+        on_stop=[close],
+    )
+
+
+async def _serving(channel: grpc.aio.Channel) -> bool:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    try:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=1.0
+        )
+    except grpc.aio.AioRpcError:
+        return False
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)

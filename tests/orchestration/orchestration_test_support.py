@@ -1,0 +1,62 @@
+"""Helpers the orchestration tests share: environments of the service processes, keys."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from callisto.services.common.auth import create_api_key
+
+ORCHESTRATION_SERVICE = "callisto.orchestration.v1.OrchestrationService"
+PERSISTENCE_SERVICE = "callisto.persistence.v1.PersistenceService"
+GENERATION_SERVICE = "callisto.generation.v1.GenerationService"
+RETRIEVAL_SERVICE = "callisto.retrieval.v1.RetrievalService"
+
+# Two cores shared by every model: no spinning OpenMP threads, one thread per model.
+MODEL_ENV = {
+    "OMP_WAIT_POLICY": "PASSIVE",
+    "OMP_NUM_THREADS": "1",
+    "CALLISTO_LLM_N_THREADS": "1",
+    "CALLISTO_EMBEDDER_THREADS": "1",
+}
+
+
+def generation_env(service_env: dict[str, str], triton_url: str) -> dict[str, str]:
+    return {
+        **service_env,
+        "CALLISTO_TRITON_URL": triton_url,
+        "CALLISTO_GENERATION_DEFAULT_MODEL": "models/toy_llm",
+        "CALLISTO_GENERATION_MODEL_EXTRAS": "1",
+    }
+
+
+def retrieval_env(service_env: dict[str, str], triton_url: str, data_dir: Path) -> dict[str, str]:
+    return {
+        **service_env,
+        "CALLISTO_TRITON_URL": triton_url,
+        "CALLISTO_RETRIEVAL_DATA_DIR": str(data_dir),
+        "OMP_WAIT_POLICY": "PASSIVE",
+        "OMP_NUM_THREADS": "1",
+    }
+
+
+def orchestration_env(
+    service_env: dict[str, str], persistence: str, generation: str, retrieval: str
+) -> dict[str, str]:
+    return {
+        **service_env,
+        "CALLISTO_PERSISTENCE_TARGET": persistence,
+        "CALLISTO_GENERATION_TARGET": generation,
+        "CALLISTO_RETRIEVAL_TARGET": retrieval,
+        "CALLISTO_ORCHESTRATION_DEFAULT_MODEL": "models/toy_llm",
+        "CALLISTO_REFLECT_MESH": "true",
+    }
+
+
+def new_key(redis_url: str, tenant: str) -> str:
+    """A fresh API key of `tenant` (callable from async tests: runs in a worker thread)."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(
+            asyncio.run, create_api_key(redis_url, tenant, label="orchestration tests")
+        ).result()
