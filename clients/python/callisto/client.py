@@ -16,9 +16,10 @@
 - `client.stub(PersistenceServiceStub)` is a raw generated stub over that channel, for requests the
   facades do not build (odd or malformed ones in tests); catch `grpc.aio.AioRpcError` there and
   decode it with `callisto.errors.from_rpc_error`.
-- `client.persistence`, `client.retrieval`, `client.generation` are the typed facades
-  (`callisto.persistence`, `callisto.retrieval`, `callisto.generation`): they retry idempotent
-  calls as `retry_policy` says (`callisto.retry`), raise `callisto.errors`, page and resume.
+- `client.persistence`, `client.retrieval`, `client.generation`, `client.orchestration` are the
+  typed facades (`callisto.persistence`, `callisto.retrieval`, `callisto.generation`,
+  `callisto.orchestration`): they retry idempotent calls as `retry_policy` says
+  (`callisto.retry`), raise `callisto.errors`, page and resume.
 - Every facade call takes `timeout=` (seconds, the whole call including retries) and
   `metadata=` (extra headers) keywords.
 """
@@ -36,6 +37,7 @@ from typing import Any, TypeVar
 import grpc
 
 from callisto.generation import GenerationClient
+from callisto.orchestration import OrchestrationClient
 from callisto.persistence import PersistenceClient
 from callisto.retrieval import RetrievalClient
 from callisto.retry import RetryPolicy
@@ -155,6 +157,7 @@ class Client:
         self.persistence = PersistenceClient(self)
         self.retrieval = RetrievalClient(self)
         self.generation = GenerationClient(self)
+        self.orchestration = OrchestrationClient(self)
 
     @classmethod
     async def connect(

@@ -9,7 +9,7 @@
 It runs one `callisto.Client` on a private event loop in a daemon thread; every facade method
 of the async client is there with the same arguments, blocking until done. Async iterators
 (paging, `subscribe_events`, `generate`) become plain iterators that still expose their
-attributes (`.text`, `.result`, `.last_sequence`). Chat sessions are async-only.
+attributes (`.text`, `.result`, `.last_sequence`). Chat and Converse sessions are async-only.
 """
 
 from __future__ import annotations
@@ -105,6 +105,7 @@ class SyncClient:
         self.persistence: Any = _SyncFacade(loop, client.persistence)
         self.retrieval: Any = _SyncFacade(loop, client.retrieval)
         self.generation: Any = _SyncFacade(loop, client.generation)
+        self.orchestration: Any = _SyncFacade(loop, client.orchestration)
 
     @classmethod
     def connect(cls, target: str, **options: Any) -> SyncClient:
