@@ -1,0 +1,40 @@
+"""Results of read-only tools, reused per tenant and arguments for the tool's TTL (cachetools'
+`TTLCache`, bounded in entries; the least recently used entry goes first when full)."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from cachetools import TTLCache
+
+from callisto.services.orchestration.tools.validation import canonical_json
+
+_Key = tuple[str, str]
+T = TypeVar("T")
+
+
+class ResultCache(Generic[T]):
+    """One tool's cache."""
+
+    def __init__(
+        self, ttl_s: float, max_entries: int, timer: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._entries: TTLCache[_Key, T] = TTLCache(maxsize=max_entries, ttl=ttl_s, timer=timer)
+
+    @staticmethod
+    def key(tenant: str, arguments: dict[str, object]) -> _Key:
+        return (tenant, canonical_json(arguments))
+
+    def get(self, key: _Key) -> T | None:
+        found = self._entries.get(key)
+        # A copy: callers number citations (`marker`) on what they get.
+        return copy.deepcopy(found) if found is not None else None
+
+    def put(self, key: _Key, value: T) -> None:
+        self._entries[key] = copy.deepcopy(value)
+
+    def __len__(self) -> int:
+        return len(self._entries)
