@@ -31,5 +31,34 @@ class OrchestrationSettings(CommonSettings):
     # --- runs (event log, checkpoints, leases, budgets) ---
 
     # --- tools ---
+    tool_attempts: int = setting(
+        "CALLISTO_TOOL_ATTEMPTS", 3, "Attempts of a tool call that fails transiently."
+    )
+    tool_retry_base_s: float = setting(
+        "CALLISTO_TOOL_RETRY_BASE_S",
+        1.0,
+        "First wait between tool attempts in seconds; doubles per attempt, plus jitter.",
+    )
+    tool_breaker_failures: int = setting(
+        "CALLISTO_TOOL_BREAKER_FAILURES",
+        5,
+        "Consecutive failed calls of a tool that open its circuit breaker.",
+    )
+    tool_breaker_cooldown_s: float = setting(
+        "CALLISTO_TOOL_BREAKER_COOLDOWN_S",
+        30.0,
+        "Seconds an open tool breaker refuses calls before letting one trial call through.",
+    )
+    tool_cache_entries: int = setting(
+        "CALLISTO_TOOL_CACHE_ENTRIES", 1024, "Most cached results kept per cacheable tool."
+    )
+    tool_max_argument_bytes: int = setting(
+        "CALLISTO_TOOL_MAX_ARGUMENT_BYTES",
+        16384,
+        "Largest arguments object of a tool call, as compact JSON, in bytes.",
+    )
+    tool_max_argument_depth: int = setting(
+        "CALLISTO_TOOL_MAX_ARGUMENT_DEPTH", 8, "Deepest nesting of a tool call's arguments."
+    )
 
     # --- assistant loop ---
