@@ -3,9 +3,10 @@
 One listener speaks HTTP/1.1 and h2c on the same port. A request meets, in order:
 CORS -> local rate limit -> gRPC-Web -> health routing (Lua) -> gRPC-JSON transcoder -> router.
 Routes are one per service (plus one per streaming method, which must not carry the unary
-timeout, and one per unary method with a timeout of its own); the transcoder rewrites an
-HTTP/JSON request into its gRPC path and clears the route cache, so transcoded requests and
-native gRPC requests share the same service routes.
+timeout, and one per unary method with a timeout of its own; conversation runs may also stay
+silent longer than the stream idle timeout while they wait for a human or a tool); the
+transcoder rewrites an HTTP/JSON request into its gRPC path and clears the route cache, so
+transcoded requests and native gRPC requests share the same service routes.
 
 `grpc.health.v1` names the service it asks about in the request body, which routes cannot
 match: a Lua filter reads the one request message of `/grpc.health.v1.Health/*` calls, puts
@@ -58,6 +59,15 @@ HEALTH_SERVICE_HEADER = "x-callisto-health-service"
 # A whole document in one request is parsed, chunked and embedded before the call returns.
 LONG_UNARY_METHODS: dict[str, float] = {
     "callisto.retrieval.v1.RetrievalService/IngestDocument": 600.0,
+}
+
+# Streams that may stay silent for long between events, and how long each may: a conversation
+# run waits for a human turn or an approval, or for a slow tool, with nothing to send meanwhile.
+# The other streams keep `stream_idle_timeout_s`.
+QUIET_STREAM_METHODS: dict[str, float] = {
+    "callisto.orchestration.v1.OrchestrationService/Converse": 3600.0,
+    "callisto.orchestration.v1.OrchestrationService/RunConversation": 3600.0,
+    "callisto.orchestration.v1.OrchestrationService/StreamConversation": 3600.0,
 }
 
 REFLECTION_PREFIXES = (
@@ -130,6 +140,11 @@ class GatewaySpec:
     unary_timeout_s: float = 30.0
     # Per-method bounds (`package.Service/Method` -> seconds) that replace `unary_timeout_s`.
     method_timeouts_s: dict[str, float] = field(default_factory=lambda: dict(LONG_UNARY_METHODS))
+    # Per-method idle bounds of streams (`package.Service/Method` -> seconds) that replace
+    # `stream_idle_timeout_s` for them.
+    stream_idle_timeouts_s: dict[str, float] = field(
+        default_factory=lambda: dict(QUIET_STREAM_METHODS)
+    )
     # Most a gRPC deadline may ask for on a streaming RPC (they have no route timeout).
     max_stream_duration_s: float = 3600.0
     connect_timeout_s: float = 2.0
@@ -148,6 +163,11 @@ class GatewaySpec:
             service_name, _, method_name = method_path.partition("/")
             if method_name not in find_service(service_name).methods_by_name:
                 raise ValueError(f"no method {method_path!r} for a route timeout")
+        for method_path in self.stream_idle_timeouts_s:
+            service_name, _, method_name = method_path.partition("/")
+            method = find_service(service_name).methods_by_name.get(method_name)
+            if method is None or not (is_server_streaming(method) or method.client_streaming):
+                raise ValueError(f"no streaming method {method_path!r} for an idle timeout")
         for origin in self.cors_allowed_origins:
             if not re.fullmatch(r"https?://[^/\s]+", origin):
                 raise ValueError(f"CORS origin {origin!r} must read scheme://host[:port]")
@@ -306,15 +326,17 @@ def _routes(spec: GatewaySpec) -> list[Config]:
         for method in service.methods:
             if is_server_streaming(method) or method.client_streaming:
                 # Streams are bounded by the idle timeout and the client's deadline, never
-                # by a fixed route timeout.
-                routes.append(
-                    _grpc_route(
-                        {"path": f"/{service_name}/{method.name}"},
-                        cluster,
-                        timeout_s=0,
-                        max_s=spec.max_stream_duration_s,
-                    )
+                # by a fixed route timeout: a conversation run lasts as long as it needs.
+                route = _grpc_route(
+                    {"path": f"/{service_name}/{method.name}"},
+                    cluster,
+                    timeout_s=0,
+                    max_s=spec.max_stream_duration_s,
                 )
+                idle_s = spec.stream_idle_timeouts_s.get(f"{service_name}/{method.name}")
+                if idle_s is not None:
+                    route["route"]["idle_timeout"] = _duration(idle_s)
+                routes.append(route)
             elif (
                 timeout_s := spec.method_timeouts_s.get(f"{service_name}/{method.name}")
             ) is not None:
@@ -649,6 +671,7 @@ __all__ = [
     "CORS_ORIGINS_VARIABLE",
     "HEALTH_SERVICE_HEADER",
     "LONG_UNARY_METHODS",
+    "QUIET_STREAM_METHODS",
     "RATE_LIMITED_HEADER",
     "GatewaySpec",
     "cluster_name",

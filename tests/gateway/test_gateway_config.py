@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from callisto.gateway.config import (
     CORS_ORIGINS_VARIABLE,
     LONG_UNARY_METHODS,
+    QUIET_STREAM_METHODS,
     RATE_LIMIT_KEY,
     GatewaySpec,
     cluster_name,
@@ -265,6 +266,29 @@ def test_document_ingestion_has_a_route_timeout_that_fits_a_large_document(
     # The other unary calls keep the unary timeout.
     other = routes["/callisto.retrieval.v1.RetrievalService/"]
     assert other["max_stream_duration"]["max_stream_duration"] == "30s"
+    validate(write_gateway_files(spec, tmp_path))
+
+
+def test_conversation_runs_are_never_cut_by_a_route_timeout(tmp_path: Path) -> None:
+    spec = all_services_spec(tmp_path)
+    routes = routes_by_match(render_config(spec))
+    service = "callisto.orchestration.v1.OrchestrationService"
+    for method in ("Converse", "RunConversation", "StreamConversation"):
+        route = routes[f"/{service}/{method}"]
+        assert route["timeout"] == "0s"
+        assert route["max_stream_duration"]["max_stream_duration"] == "0s"
+        # A run waiting for a human or a slow tool sends nothing for a while.
+        idle = QUIET_STREAM_METHODS[f"{service}/{method}"]
+        assert idle >= 3600 and route["idle_timeout"] == f"{idle:g}s"
+    # Agent calls and the other unary RPCs keep the unary timeout; other streams the global idle.
+    assert routes[f"/{service}/"]["max_stream_duration"]["max_stream_duration"] == "30s"
+    assert "idle_timeout" not in routes["/callisto.generation.v1.GenerationService/Generate"]
+    with pytest.raises(ValueError, match="streaming method"):
+        GatewaySpec(
+            upstreams={service: ("127.0.0.1", 1)},
+            descriptor_path=tmp_path / "d.pb",
+            stream_idle_timeouts_s={f"{service}/CreateAgent": 60},
+        )
     validate(write_gateway_files(spec, tmp_path))
 
 
