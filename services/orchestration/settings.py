@@ -29,6 +29,31 @@ class OrchestrationSettings(CommonSettings):
     )
 
     # --- runs (event log, checkpoints, leases, budgets) ---
+    model_prices: str = setting(
+        "CALLISTO_ORCHESTRATION_MODEL_PRICES",
+        "",
+        'Prices per 1M tokens as JSON, `{"models/llm": {"prompt": 0.1, "completion": 0.4}}`; '
+        "models it leaves out keep the built-in prices (models/llm, models/toy_llm).",
+    )
+    token_coalesce_ms: float = setting(
+        "CALLISTO_ORCHESTRATION_TOKEN_COALESCE_MS",
+        25.0,
+        "Milliseconds answer text is gathered into one `token` event after a turn's first one.",
+    )
+    run_lease_s: float = setting(
+        "CALLISTO_ORCHESTRATION_RUN_LEASE_S",
+        6.0,
+        "Seconds a run's owner holds its lease; it renews it every third of that, and another "
+        "process takes the run over once it lapses.",
+    )
+    run_takeover_interval_s: float = setting(
+        "CALLISTO_ORCHESTRATION_RUN_TAKEOVER_INTERVAL_S",
+        2.0,
+        "Seconds between looks for unfinished runs whose lease lapsed.",
+    )
+    max_prompt_chars: int = setting(
+        "CALLISTO_ORCHESTRATION_MAX_PROMPT_CHARS", 16384, "Longest prompt or human turn, characters."
+    )
 
     # --- tools ---
     tool_attempts: int = setting(
