@@ -4,9 +4,34 @@ get_conversation."""
 from __future__ import annotations
 
 from callisto.services.orchestration.settings import OrchestrationSettings
-from callisto.services.orchestration.tools.registry import ToolRegistry
+from callisto.services.orchestration.tools import calculator, clock, conversation, search
+from callisto.services.orchestration.tools.registry import ToolPolicy, ToolRegistry, ToolSpec
+
+BUILTIN_TOOLS: tuple[ToolSpec, ...] = (
+    search.SEARCH_DOCUMENTS,
+    search.SEARCH_ENTITIES,
+    calculator.SPEC,
+    clock.SPEC,
+    conversation.SPEC,
+)
+
+
+def policy(settings: OrchestrationSettings) -> ToolPolicy:
+    """The registry's call policy from the settings' tools section."""
+    return ToolPolicy(
+        attempts=settings.tool_attempts,
+        retry_base_s=settings.tool_retry_base_s,
+        breaker_failures=settings.tool_breaker_failures,
+        breaker_cooldown_s=settings.tool_breaker_cooldown_s,
+        cache_entries=settings.tool_cache_entries,
+        max_argument_bytes=settings.tool_max_argument_bytes,
+        max_argument_depth=settings.tool_max_argument_depth,
+    )
 
 
 def build_registry(settings: OrchestrationSettings) -> ToolRegistry:
-    """A registry holding every built-in tool."""
-    raise NotImplementedError
+    """A registry holding every built-in tool (their schemas checked as they register)."""
+    registry = ToolRegistry(policy(settings))
+    for spec in BUILTIN_TOOLS:
+        registry.register(spec)
+    return registry
