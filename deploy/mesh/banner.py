@@ -10,8 +10,11 @@ import httpx
 
 from callisto.deploy import samples_dir
 from callisto.mesh.launcher import DEMO_TENANT, Mesh, python_bin
+from callisto.mesh.samples import CONFERENCE_AGENT, CONFERENCE_TENANT, SALES_AGENT
 
 DEMO_CONVERSATION = "welcome"
+CONFERENCE_QUESTION = "Which sessions talk about cold-chain monitoring, and who speaks?"
+SALES_QUESTION = "What is the list price of the Tessa Edge E410 with 64 GB?"
 
 
 def _demo_conversation(mesh: Mesh) -> str:
@@ -99,7 +102,12 @@ def _model_endpoints(mesh: Mesh) -> str:
     return (
         f"\n  generation  {mesh.generation.address}  (gRPC, direct)"
         f"\n  retrieval   {mesh.retrieval.address}  (gRPC, direct)"
-        f"\n  triton      {mesh.triton.grpc_url}  (gRPC; HTTP {mesh.triton.http_url})"
+        + (
+            f"\n  orchestration {mesh.orchestration.address}  (gRPC, direct)"
+            if mesh.orchestration is not None
+            else ""
+        )
+        + f"\n  triton      {mesh.triton.grpc_url}  (gRPC; HTTP {mesh.triton.http_url})"
     )
 
 
@@ -124,7 +132,7 @@ def _models_examples(mesh: Mesh) -> str:
     entities = shlex.quote(json.dumps({"query": "temperature sensors for vaccines", "pageSize": 3}))
     keys = mesh.config.home / "keys"
     folder = shlex.quote(str(samples_dir() / "tenants" / "corvane-data"))
-    return f"""
+    return f"""{_chat_examples(mesh)}
   # stream tokens from the LLM (SmolLM2 on Triton): NDJSON, server-sent events, gRPC
   curl -sN -H {demo} -d {generate} {http}/v1/models/llm:generate
   curl -sN -H {demo} -H 'accept: text/event-stream' -d {generate} {http}/v1/models/llm:generate
@@ -145,3 +153,37 @@ def _models_examples(mesh: Mesh) -> str:
 
   (sample tenants' keys: {keys}/<tenant>.key)
 """
+
+
+def _chat_examples(mesh: Mesh) -> str:
+    """Ask the sample agents: `callisto chat`, then the same run over curl (SSE) and grpcurl."""
+    if mesh.orchestration is None or CONFERENCE_TENANT not in mesh.agents:
+        return ""
+    gateway = mesh.gateway.grpc_target
+    http = mesh.gateway.http_url
+    callisto = shlex.quote(python_bin("callisto"))
+    grpcurl = shlex.quote(python_bin("grpcurl"))
+    key = mesh.keys[CONFERENCE_TENANT]
+    auth = shlex.quote(f"authorization: Bearer {key}")
+    agent = f"agents/{CONFERENCE_AGENT}"
+    run = shlex.quote(json.dumps({"start": {"agents": [agent], "prompt": CONFERENCE_QUESTION}}))
+    sales = (
+        f"""
+  # the sales assistant of each sample company answers from its own documents only
+  {callisto} chat --target {gateway} --tenant tessaline-systems --agent {SALES_AGENT} \\
+      {shlex.quote(SALES_QUESTION)}
+"""
+        if "tessaline-systems" in mesh.agents
+        else ""
+    )
+    return f"""
+  # ask the conference assistant ({mesh.agents[CONFERENCE_TENANT]}): a cited answer, streamed,
+  # with its tool calls as they happen; without a question it is interactive
+  {callisto} chat --target {gateway} --api-key {key} --agent {agent} \\
+      {shlex.quote(CONFERENCE_QUESTION)}
+
+  # the same run over HTTP (server-sent events) and over gRPC
+  curl -sN -H {auth} -H 'accept: text/event-stream' -d {run} {http}/v1/conversations:run
+  {grpcurl} -plaintext -H {auth} -d {run} \\
+      {gateway} callisto.orchestration.v1.OrchestrationService/RunConversation
+{sales}"""

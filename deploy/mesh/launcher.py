@@ -35,6 +35,7 @@ log = logging.getLogger("callisto.mesh")
 PERSISTENCE_SERVICE = "callisto.persistence.v1.PersistenceService"
 GENERATION_SERVICE = "callisto.generation.v1.GenerationService"
 RETRIEVAL_SERVICE = "callisto.retrieval.v1.RetrievalService"
+ORCHESTRATION_SERVICE = "callisto.orchestration.v1.OrchestrationService"
 # Models the embedded mesh serves from deploy/triton (toy_llm is for tests and benchmarks).
 MESH_MODELS = ["llm", "embedder"]
 DEMO_TENANT = "demo"
@@ -53,8 +54,10 @@ class MeshConfig:
     persistence_port: int = 50051
     generation_port: int = 50052
     retrieval_port: int = 50053
+    orchestration_port: int = 50054
     appendfsync: str = "everysec"
-    # Serve models (Triton, generation, retrieval); off gives the persistence-only mesh.
+    # Serve models (Triton, generation, retrieval) and the orchestration service over them; off
+    # gives the persistence-only mesh.
     with_models: bool = True
     # Where the Triton environment and the compiled llama.cpp wheel are cached.
     cache_dir: Path | None = None
@@ -98,6 +101,7 @@ class Mesh:
         self.triton: TritonServer | None = None
         self.generation: ServiceProcess | None = None
         self.retrieval: ServiceProcess | None = None
+        self.orchestration: ServiceProcess | None = None
         if config.with_models:
             self.generation = ServiceProcess(
                 "generation",
@@ -113,9 +117,25 @@ class Mesh:
                 log_path=self.logs / "retrieval.log",
                 host=config.host,
             )
-            self.services += [self.generation, self.retrieval]
+            # Orchestration calls the others directly (the gateway strips the on-behalf-of
+            # header its service credential needs).
+            self.orchestration = ServiceProcess(
+                "orchestration",
+                _port(config.orchestration_port, config.host),
+                env={
+                    **env,
+                    "CALLISTO_PERSISTENCE_TARGET": self.persistence.address,
+                    "CALLISTO_GENERATION_TARGET": self.generation.address,
+                    "CALLISTO_RETRIEVAL_TARGET": self.retrieval.address,
+                    "CALLISTO_ORCHESTRATION_DEFAULT_MODEL": "models/llm",
+                },
+                log_path=self.logs / "orchestration.log",
+                host=config.host,
+            )
+            self.services += [self.generation, self.retrieval, self.orchestration]
             upstreams[GENERATION_SERVICE] = (config.host, self.generation.port)
             upstreams[RETRIEVAL_SERVICE] = (config.host, self.retrieval.port)
+            upstreams[ORCHESTRATION_SERVICE] = (config.host, self.orchestration.port)
         self.gateway = EnvoyGateway(
             GatewaySpec(
                 upstreams=upstreams,
@@ -130,6 +150,8 @@ class Mesh:
         )
         self.demo_key = ""
         self.keys: dict[str, str] = {}
+        # Tenant -> `agents/{id}@{revision}` of its sample agent.
+        self.agents: dict[str, str] = {}
 
     def start(self) -> None:
         """Starts every part (from the main thread) and waits until each is healthy."""
@@ -151,6 +173,7 @@ class Mesh:
         self.demo_key = self.keys[DEMO_TENANT]
         if self.config.with_models:
             self._ingest_samples()
+            self._create_agents()
         self.state().write(self.config.home)
 
     def _start_models(self) -> None:
@@ -173,6 +196,12 @@ class Mesh:
                 partial(_start_service, service),
                 service.address,
             )
+        assert self.orchestration is not None
+        self._step(
+            "orchestration",
+            partial(_start_service, self.orchestration),
+            self.orchestration.address,
+        )
 
     def _quiet(self, line: str) -> None:
         self.say(f"    {line}")
@@ -261,6 +290,18 @@ class Mesh:
         marker.write_text("done\n")
         self.say(
             f"  ✓ {'samples':<12} {documents} documents, {report.entities} entities"
+            f"  ({time.monotonic() - started:.1f} s)"
+        )
+
+    def _create_agents(self) -> None:
+        """Creates the sample agents, or brings them up to date (every start: cheap)."""
+        from callisto.mesh.samples import ensure_sample_agents
+
+        started = time.monotonic()
+        self.agents = asyncio.run(ensure_sample_agents(self.gateway.grpc_target, self.keys))
+        names = ", ".join(sorted({name.split("@")[0] for name in self.agents.values()}))
+        self.say(
+            f"  ✓ {'agents':<12} {names} in {len(self.agents)} tenants"
             f"  ({time.monotonic() - started:.1f} s)"
         )
 

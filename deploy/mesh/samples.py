@@ -1,9 +1,16 @@
-"""Ingest the bundled `samples/` idempotently: a second run changes nothing.
+"""Ingest the bundled `samples/` and create the sample agents, idempotently: a second run
+changes nothing.
 
 Each company folder goes into its own tenant (documents tagged from its `tenant.json`), the
 conference entities into `conference-demo` through `BatchUpsertEntities`. Document ids, titles
 and source URIs derive only from the sample files, and the service skips documents whose bytes
 and metadata are unchanged and re-embeds only entity records whose text changed.
+
+The sample agents have fixed ids, so the commands the banner prints stay the same across starts:
+`agents/conference-assistant` in `conference-demo` (entity and document search over the
+summit) and `agents/sales-assistant` in each company tenant (document search limited to that
+company). An agent that exists unchanged is left alone (no new revision); one whose definition
+here changed gets a new revision with the new fields.
 """
 
 from __future__ import annotations
@@ -15,15 +22,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from callisto.api.orchestration.v1 import orchestration_pb2 as orchestration_pb
 from callisto.api.retrieval.v1 import retrieval_pb2 as pb
 from callisto.attributes import to_proto as attribute_to_proto
 from callisto.client import Client
 from callisto.deploy import samples_dir
+from callisto.errors import NotFound
 from callisto.ingest.folder import FileSpec, IngestReport, discover, file_spec
 
 COMPANY_TENANTS = ("tessaline-systems", "corvane-data", "marrowick-motors")
 CONFERENCE_TENANT = "conference-demo"
 ENTITY_BATCH = 100
+CONFERENCE_AGENT = "conference-assistant"
+SALES_AGENT = "sales-assistant"
+# The fields of an agent this module defines (the rest are the service's).
+AGENT_FIELDS = ("display_name", "role", "company", "system_prompt", "tools", "knowledge_tags")
 
 
 @dataclass
@@ -110,3 +123,101 @@ async def ingest_samples(
             )
         report.entities += len(entities)
     return report
+
+
+def conference_agent(samples: Path | None = None) -> orchestration_pb.Agent:
+    """The conference assistant of `conference-demo`, prompted with the summit's facts."""
+    described = json.loads(
+        ((samples or samples_dir()) / "conference" / "conference.json").read_text(encoding="utf-8")
+    )
+    name = str(described.get("name", "the conference"))
+    dates = described.get("dates", {})
+    venue = described.get("venue", {})
+    return orchestration_pb.Agent(
+        display_name=f"{described.get('short_name', name)} assistant",
+        role="conference assistant",
+        system_prompt=(
+            f"You are the attendee assistant of {name}, {dates.get('start', '')} to "
+            f"{dates.get('end', '')} at {venue.get('name', 'the venue')}, "
+            f"{venue.get('address', '')}. Answer questions about sessions, speakers and "
+            "exhibitors only from the search results you are given: search sessions, speakers "
+            "and exhibitors with search_entities (entity_type session, speaker or exhibitor) "
+            "and the event documents with search_documents. Name sessions with their day, time "
+            "and room, and their speakers. Cite every fact with the number of its source, like "
+            "[1]. If the results do not answer the question, say so instead of guessing."
+        ),
+        tools=["search_entities", "search_documents"],
+    )
+
+
+def sales_agent(folder: Path) -> orchestration_pb.Agent:
+    """The company assistant of one sample company tenant (from its tenant.json)."""
+    described = json.loads((folder / "tenant.json").read_text(encoding="utf-8"))
+    company = str(described.get("display_name", folder.name))
+    return orchestration_pb.Agent(
+        display_name=f"{company} assistant",
+        role="sales assistant",
+        # Retrieval is limited to documents whose `company` attribute is this (see
+        # company_specs), so the agent answers only from its own company's documents.
+        company=company,
+        system_prompt=(
+            f"You are the assistant of {company}. {described.get('description', '')} Answer "
+            f"questions about {company}'s products, prices, policies and terms only from the "
+            "documents search_documents returns, and cite every fact with the number of its "
+            "source, like [1]. If the documents do not say, answer that you do not know rather "
+            "than guessing, and never speak for another company."
+        ),
+        tools=["search_documents"],
+    )
+
+
+def sample_agents(samples: Path | None = None) -> dict[str, tuple[str, orchestration_pb.Agent]]:
+    """Tenant -> (agent id, agent) of every sample agent."""
+    root = samples or samples_dir()
+    agents = {CONFERENCE_TENANT: (CONFERENCE_AGENT, conference_agent(root))}
+    for tenant in COMPANY_TENANTS:
+        folder = root / "tenants" / tenant
+        if folder.is_dir():
+            agents[tenant] = (SALES_AGENT, sales_agent(folder))
+    return agents
+
+
+def _differs(stored: orchestration_pb.Agent, wanted: orchestration_pb.Agent) -> list[str]:
+    return [f for f in AGENT_FIELDS if getattr(stored, f) != getattr(wanted, f)]
+
+
+async def ensure_agent(
+    client: Client, agent_id: str, wanted: orchestration_pb.Agent
+) -> tuple[orchestration_pb.Agent, str]:
+    """The agent `agent_id` as `wanted` says, and what was done: created, updated or unchanged."""
+    try:
+        stored = await client.orchestration.get_agent(agent_id)
+    except NotFound:
+        created = await client.orchestration.create_agent(wanted, agent_id=agent_id)
+        return created, "created"
+    changed = _differs(stored, wanted)
+    if not changed:
+        return stored, "unchanged"
+    update = orchestration_pb.Agent()
+    update.CopyFrom(wanted)
+    update.name = stored.name
+    update.etag = stored.etag
+    updated = await client.orchestration.update_agent(update, update_mask=changed)
+    return updated, "updated"
+
+
+async def ensure_sample_agents(
+    target: str, keys_by_tenant: Mapping[str, str], *, samples: Path | None = None
+) -> dict[str, str]:
+    """Creates (or brings up to date) the sample agent of every tenant with a key; returns
+    `agents/{id}@{revision}` per tenant."""
+    agents = await asyncio.to_thread(sample_agents, samples)
+    revisions: dict[str, str] = {}
+    for tenant, (agent_id, wanted) in agents.items():
+        key = keys_by_tenant.get(tenant)
+        if key is None:
+            continue
+        async with await Client.connect(target, api_key=key) as client:
+            agent, _ = await ensure_agent(client, agent_id, wanted)
+        revisions[tenant] = f"{agent.name}@{agent.revision_id}"
+    return revisions

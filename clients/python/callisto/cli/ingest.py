@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from callisto.cli.state import MeshState, mesh_home
+from callisto.cli.state import default_target
 
 # Makes an API key for a tenant (`--tenant` without `--key`). Creating keys is server-side work
 # (it writes to the mesh's Redis), so the client package has none; the full command line
@@ -25,14 +24,7 @@ def set_key_minter(minter: KeyMinter | None) -> None:
 
 
 def _target(explicit: str | None) -> str:
-    if explicit:
-        return explicit
-    if os.environ.get("CALLISTO_TARGET"):
-        return os.environ["CALLISTO_TARGET"]
-    state = MeshState.read(mesh_home())
-    if state is not None:
-        return state.gateway.removeprefix("http://")
-    return "127.0.0.1:8080"
+    return explicit or default_target()
 
 
 def _key(key: str | None, tenant: str | None) -> str:

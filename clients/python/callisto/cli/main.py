@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import typer
 
+from callisto.cli.chat import chat
 from callisto.cli.ingest import ingest
 
 
@@ -19,6 +20,7 @@ def client_app() -> typer.Typer:
         add_completion=False,
     )
     app.command()(ingest)
+    app.command()(chat)
     return app
 
 

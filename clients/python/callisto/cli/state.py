@@ -15,6 +15,17 @@ def mesh_home() -> Path:
     return Path(os.environ.get("CALLISTO_HOME", DEFAULT_HOME)).expanduser().resolve()
 
 
+def default_target() -> str:
+    """Where client commands connect without `--target`: CALLISTO_TARGET, else the running
+    mesh's gateway, else 127.0.0.1:8080."""
+    if os.environ.get("CALLISTO_TARGET"):
+        return os.environ["CALLISTO_TARGET"]
+    state = MeshState.read(mesh_home())
+    if state is not None:
+        return state.gateway.removeprefix("http://")
+    return "127.0.0.1:8080"
+
+
 @dataclass
 class MeshState:
     """Endpoints and PIDs of a running mesh."""
