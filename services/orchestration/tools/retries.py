@@ -29,7 +29,7 @@ def retrying(attempts: int, base_delay_s: float) -> AsyncRetrying:
     the last failure is re-raised as itself."""
     return AsyncRetrying(
         stop=stop_after_attempt(attempts),
-        wait=wait_exponential_jitter(initial=base_delay_s, exp_base=2, jitter=base_delay_s / 2),
+        wait=wait_exponential_jitter(multiplier=base_delay_s, exp_base=2, jitter=base_delay_s / 2),
         retry=retry_if_exception(is_transient),
         sleep=asyncio.sleep,
         reraise=True,
