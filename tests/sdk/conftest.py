@@ -90,3 +90,32 @@ def sdk_retrieval(
         yield service
     finally:
         service.stop()
+
+
+@pytest.fixture(scope="session")
+def sdk_orchestration(
+    persistence: ServiceProcess,
+    sdk_generation: ServiceProcess,
+    sdk_retrieval: ServiceProcess,
+    service_env: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[ServiceProcess]:
+    """The orchestration service over the session's persistence and the SDK tests' generation
+    and retrieval (toy_llm answers)."""
+    env = {
+        **service_env,
+        "CALLISTO_PERSISTENCE_TARGET": persistence.address,
+        "CALLISTO_GENERATION_TARGET": sdk_generation.address,
+        "CALLISTO_RETRIEVAL_TARGET": sdk_retrieval.address,
+        "CALLISTO_ORCHESTRATION_DEFAULT_MODEL": "models/toy_llm",
+    }
+    logs = tmp_path_factory.mktemp("sdk-orchestration")
+    service = ServiceProcess(
+        "orchestration", free_port(), env=env, log_path=logs / "orchestration.log"
+    )
+    service.start()
+    try:
+        service.wait_healthy(60)
+        yield service
+    finally:
+        service.stop()
