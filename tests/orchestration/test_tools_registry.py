@@ -263,6 +263,29 @@ async def test_the_cache_is_per_tenant(ctx: ToolContext, idle_backends: Backends
     assert handler.tenants == ["tools-registry", "tools-other"]
 
 
+async def test_the_cache_keeps_apart_calls_of_different_scopes(
+    ctx: ToolContext, idle_backends: Backends
+) -> None:
+    handler = ScriptedHandler()
+    registry = ToolRegistry(FAST)
+    registry.register(
+        ToolSpec(
+            "scoped",
+            "Echoes, per company.",
+            TEXT_PARAMETERS,
+            handler,
+            cache_ttl_s=30,
+            cache_scope=lambda c: c.agent.company,
+        )
+    )
+    tenant = ctx.tenant
+    for company, cached in (("north", False), ("south", False), ("north", True)):
+        scoped = context(idle_backends, tenant, company=company)
+        outcome = await registry.call("scoped", {"text": "hi"}, scoped, call_id=company)
+        assert outcome.cached is cached, company
+    assert handler.runs == 2
+
+
 async def test_a_cache_entry_expires_after_its_ttl(ctx: ToolContext) -> None:
     handler = ScriptedHandler()
     registry = registry_with(handler, cache_ttl_s=0.3)

@@ -1,5 +1,5 @@
-"""Results of read-only tools, reused per tenant and arguments for the tool's TTL (cachetools'
-`TTLCache`, bounded in entries; the least recently used entry goes first when full)."""
+"""Results of read-only tools, reused per tenant, scope and arguments for the tool's TTL
+(cachetools' `TTLCache`, bounded in entries; when full, the least recently used goes first)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from cachetools import TTLCache
 
 from callisto.services.orchestration.tools.validation import canonical_json
 
-_Key = tuple[str, str]
+# (tenant, scope within the tenant, canonical JSON of the arguments).
+_Key = tuple[str, str, str]
 T = TypeVar("T")
 
 
@@ -25,8 +26,8 @@ class ResultCache(Generic[T]):
         self._entries: TTLCache[_Key, T] = TTLCache(maxsize=max_entries, ttl=ttl_s, timer=timer)
 
     @staticmethod
-    def key(tenant: str, arguments: dict[str, object]) -> _Key:
-        return (tenant, canonical_json(arguments))
+    def key(tenant: str, scope: str, arguments: dict[str, object]) -> _Key:
+        return (tenant, scope, canonical_json(arguments))
 
     def get(self, key: _Key) -> T | None:
         found = self._entries.get(key)

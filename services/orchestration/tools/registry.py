@@ -127,6 +127,9 @@ class ToolSpec:
     side_effects: bool = False
     # Read-only tools only: results reused per (tenant, arguments) for this long.
     cache_ttl_s: float | None = None
+    # What else of the context the result depends on (the agent's retrieval scope), so one
+    # agent's cached result never answers another's call; part of the cache key.
+    cache_scope: Callable[[ToolContext], str] | None = None
 
     def proto(self) -> pb.Tool:
         tool = pb.Tool(
@@ -269,7 +272,8 @@ class ToolRegistry:
             outcome.duration_ms = (time.perf_counter() - started) * 1000
 
     async def _run(self, tool: _Registered, outcome: ToolOutcome, context: ToolContext) -> None:
-        key = ResultCache.key(context.tenant, outcome.arguments)
+        scope = tool.spec.cache_scope(context) if tool.spec.cache_scope is not None else ""
+        key = ResultCache.key(context.tenant, scope, outcome.arguments)
         if tool.cache is not None and (hit := tool.cache.get(key)) is not None:
             outcome.result, outcome.cached = hit, True
             return

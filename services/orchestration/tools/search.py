@@ -10,6 +10,7 @@ from callisto.api.orchestration.v1 import orchestration_pb2
 from callisto.api.retrieval.v1 import retrieval_pb2
 from callisto.attributes import from_proto
 from callisto.services.orchestration.tools.registry import ToolContext, ToolResult, ToolSpec
+from callisto.services.orchestration.tools.validation import canonical_json
 
 MAX_TOP_K = 10
 DEFAULT_TOP_K = 5
@@ -100,6 +101,13 @@ def document_filters(agent: orchestration_pb2.Agent) -> list[retrieval_pb2.Metad
             )
         )
     return filters
+
+
+def document_scope(context: ToolContext) -> str:
+    """The part of the cache key that keeps one agent's results from another's."""
+    return canonical_json(
+        {"company": context.agent.company, "tags": sorted(context.agent.knowledge_tags)}
+    )
 
 
 async def search_documents(arguments: dict[str, Any], context: ToolContext) -> ToolResult:
@@ -194,6 +202,7 @@ SEARCH_DOCUMENTS = ToolSpec(
     # Embedding the query shares a CPU with generation: allow for a queue.
     timeout_s=10.0,
     cache_ttl_s=60.0,
+    cache_scope=document_scope,
 )
 
 SEARCH_ENTITIES = ToolSpec(
