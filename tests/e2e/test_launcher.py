@@ -87,6 +87,10 @@ def test_callisto_up_serves_prints_working_examples_and_stops_cleanly(launcher: 
     assert any("grpcurl" in c and c.endswith(" list") for c in examples)
     assert any("llm:generate" in c for c in examples)
     assert any(c.startswith("curl") for c in examples)
+    assert any(" chat " in c and "conference-assistant" in c for c in examples)
+    assert any("conversations:run" in c for c in examples)
+    assert any("OrchestrationService/RunConversation" in c for c in examples)
+    assert re.search(r"✓ agents\s+agents/conference-assistant, agents/sales-assistant", banner)
     for command in examples:
         following = "events:subscribe" in command
         result = subprocess.run(
@@ -100,7 +104,18 @@ def test_callisto_up_serves_prints_working_examples_and_stops_cleanly(launcher: 
             continue
         assert result.returncode == 0, f"{command}\n{out}\n{result.stderr}"
         assert '"code"' not in out, f"{command}\n{out}"  # no google.rpc.Status error body
-        if "keys create" in command:
+        if " chat " in command and "conference-assistant" in command:
+            # A cited answer about the cold-chain session, its tool calls shown as they ran.
+            assert "(done: completed" in out and "Sources:" in out, out
+            assert "· search_entities(" in out and "Cold-Chain Visibility" in out, out
+        elif " chat " in command:
+            assert "(done: completed" in out and "price-list-2026" in out, out
+        elif "conversations:run" in command or "RunConversation" in command:
+            # The same run over SSE or gRPC: events up to done, the cold-chain session cited.
+            assert '"done"' in out and "Cold-Chain Visibility" in out, out
+            if command.startswith("curl"):
+                assert out.lstrip().startswith("data:"), out
+        elif "keys create" in command:
             assert "api key (shown once): cal_" in out
         elif " ingest " in command:
             assert "failed 0" in out, out
