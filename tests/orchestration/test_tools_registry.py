@@ -392,6 +392,18 @@ def test_arguments_are_bounded_in_size_and_depth_before_the_schema() -> None:
         "arguments",
         "is nested deeper than 3 levels",
     )
+    # A hostile nesting is refused without walking all of it.
+    hostile: dict[str, Any] = {}
+    for _ in range(100_000):
+        hostile = {"a": hostile}
+    assert [v.field for v in registry.validate("echo", hostile)] == ["arguments"]
+
+
+async def test_oversized_arguments_are_not_echoed_into_the_event(ctx: ToolContext) -> None:
+    registry = registry_with(ScriptedHandler(), policy=ToolPolicy(max_argument_bytes=64))
+    outcome = await registry.call("echo", {"text": "y" * 10_000}, ctx, call_id="big")
+    assert outcome.error.startswith("invalid arguments: arguments is 10011 bytes")
+    assert outcome.arguments == {} and len(outcome.event().arguments) == 0
 
 
 def test_registration_checks_the_schema_and_the_name() -> None:

@@ -254,6 +254,9 @@ class ToolRegistry:
         try:
             violations = self.validate(name, arguments)
             if violations:
+                if any(v.field == "arguments" for v in violations):
+                    # Too big, too deep or not an object: not worth echoing into the event log.
+                    outcome.arguments = {}
                 outcome.error = "invalid arguments: " + "; ".join(
                     f"{v.field} {v.description}" for v in violations
                 )

@@ -34,20 +34,22 @@ def normalise(value: Any) -> Any:
     return value
 
 
-def depth(value: Any) -> int:
-    """Nesting depth: 1 for a flat object, +1 per level of objects and arrays inside."""
-    if isinstance(value, dict):
-        return 1 + max((depth(item) for item in value.values()), default=0)
-    if isinstance(value, list):
-        return 1 + max((depth(item) for item in value), default=0)
-    return 0
+def deeper_than(value: Any, limit: int) -> bool:
+    """Whether objects and arrays nest more than `limit` levels (a flat object is 1); stops
+    descending past the limit, so a hostile nesting cannot exhaust the stack."""
+    if not isinstance(value, dict | list):
+        return False
+    if limit <= 0:
+        return True
+    items = value.values() if isinstance(value, dict) else value
+    return any(deeper_than(item, limit - 1) for item in items)
 
 
 def bounds_violations(arguments: Any, *, max_bytes: int, max_depth: int) -> list[FieldViolation]:
     """What makes `arguments` unfit to even check against a schema."""
     if not isinstance(arguments, dict):
         return [FieldViolation(ROOT, "must be a JSON object")]
-    if depth(arguments) > max_depth:
+    if deeper_than(arguments, max_depth):
         return [FieldViolation(ROOT, f"is nested deeper than {max_depth} levels")]
     try:
         size = len(canonical_json(arguments).encode())
