@@ -1,12 +1,82 @@
-"""Runs: checkpointed state machines whose events go to the conversation's event log."""
+"""Runs: checkpointed state machines whose events go to the conversation's event log.
+
+A run answers the pending human turns of one conversation, one at a time, and ends with
+`done`. Its state is checkpointed (run_state) after every step; this process holds a lease on
+each run it owns (leases) and takes over the runs whose owner's lease lapsed. Watching a run is
+reading the log (events), so it does not matter which process runs it.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2
+
+from callisto.api.common.v1 import common_pb2
+from callisto.api.generation.v1 import generation_pb2
+from callisto.api.orchestration.v1 import orchestration_pb2 as pb
+from callisto.api.persistence.v1 import persistence_pb2
+from callisto.errors import Aborted, CallistoError
+from callisto.errors import NotFound as SdkNotFound
+from callisto.services.common.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    status_from_exception,
+)
 from callisto.services.common.server import Runtime
-from callisto.services.orchestration.agents import AgentStore
+from callisto.services.common.tenancy import bind_tenant, current_tenant, reset_tenant
+from callisto.services.orchestration import assistant, events
+from callisto.services.orchestration.agents import AgentStore, revision_name
 from callisto.services.orchestration.backends import Backends
+from callisto.services.orchestration.budget import PriceTable, RunModelCaller, TokenBudget
+from callisto.services.orchestration.leases import CANCELS, Leases, RunKey, parse_cancel
+from callisto.services.orchestration.relay import relayed
+from callisto.services.orchestration.run_state import (
+    BUDGET,
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    RUNNING,
+    Checkpoint,
+    PendingTurn,
+    RunState,
+    RunStore,
+)
 from callisto.services.orchestration.settings import OrchestrationSettings
 from callisto.services.orchestration.tools.registry import ToolRegistry
+from callisto.services.orchestration.turns import (
+    BudgetExhausted,
+    ModelCaller,
+    RunSink,
+    TurnAnswer,
+    TurnInput,
+)
+
+log = logging.getLogger("callisto.orchestration.runs")
+
+AnswerTurn = Callable[
+    [TurnInput, RunSink, ModelCaller, ToolRegistry, Backends], Coroutine[Any, Any, TurnAnswer]
+]
+HUMAN = "user"
+# Earlier messages a turn sees as history.
+HISTORY_MESSAGES = 20
+# How long a cancel waits for another replica to end the run before taking it over.
+REMOTE_CANCEL_WAIT_S = 2.0
+_CAS_ATTEMPTS = 8
+
+
+class LostOwnership(Exception):
+    """Another process took the run over: this one stops without writing anything more."""
 
 
 class RunManager:
@@ -18,14 +88,748 @@ class RunManager:
         backends: Backends,
         agents: AgentStore,
         tools: ToolRegistry,
+        *,
+        answer: AnswerTurn = assistant.answer_turn,
     ) -> None:
         self._runtime = runtime
         self._backends = backends
         self._agents = agents
         self._tools = tools
+        self._answer = answer
+        settings = runtime.settings
+        self.settings = settings
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.leases = Leases(runtime.auth_redis, self.owner, settings.run_lease_s)
+        self.store = RunStore(backends.persistence)
+        self.prices = PriceTable.parse(settings.model_prices)
+        self._runs: dict[RunKey, Run] = {}
+        self._background: list[asyncio.Task[None]] = []
+
+    # Lifecycle
 
     async def start(self) -> None:
         """Takes over the unfinished runs whose owner is gone (after a restart)."""
+        try:
+            await self._take_over()
+        except (CallistoError, OSError, ConnectionError) as error:
+            log.warning("could not look for runs to take over", exc_info=error)
+        self._background = [
+            asyncio.create_task(
+                self._every(self.settings.run_takeover_interval_s, self._take_over)
+            ),
+            asyncio.create_task(self._every(self.settings.run_lease_s / 3, self._renew)),
+            asyncio.create_task(self._listen_for_cancels()),
+        ]
 
     async def stop(self) -> None:
         """Releases this process's runs at shutdown (they resume elsewhere or on restart)."""
+        for task in self._background:
+            task.cancel()
+        for task in self._background:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        runs = list(self._runs.values())
+        await asyncio.gather(*(run.abandon() for run in runs), return_exceptions=True)
+        for run in runs:
+            with contextlib.suppress(Exception):
+                await self.leases.release(run.key)
+
+    # What the RPCs do
+
+    async def begin(self, start: pb.StartConversation, model_extras: str = "") -> tuple[str, int]:
+        """Starts a run (validated input); returns its conversation and the log position its
+        events follow."""
+        try:
+            agent = await self._agents.get(start.agents[0])
+        except (NotFound, SdkNotFound):
+            raise InvalidArgument([FieldViolation("start.agents[0]", "no such agent")]) from None
+        human = HUMAN
+        run_id = uuid.uuid4().hex
+        persistence = self._backends.persistence
+        previous: Checkpoint | None = None
+        if start.conversation:
+            conversation = await persistence.get_conversation(start.conversation)
+            previous = await self.store.load(conversation.name)
+            if previous is not None and not previous.state.finished:
+                raise _busy(conversation.name)
+        else:
+            conversation = await persistence.create_conversation(
+                persistence_pb2.Conversation(
+                    title=start.title,
+                    tags=list(start.tags),
+                    participants=[
+                        persistence_pb2.Participant(
+                            id=human, kind=persistence_pb2.PARTICIPANT_KIND_HUMAN
+                        ),
+                        persistence_pb2.Participant(
+                            id=_agent_id(agent.name),
+                            display_name=agent.display_name,
+                            kind=persistence_pb2.PARTICIPANT_KIND_AGENT,
+                            role=agent.role,
+                            company=agent.company,
+                        ),
+                    ],
+                ),
+                request_id=f"{run_id}.conversation",
+            )
+        state = RunState(
+            run_id=run_id,
+            tenant=current_tenant(),
+            conversation=conversation.name,
+            mode=pb.CONVERSATION_MODE_ASSISTANT,
+            agent=revision_name(agent),
+            speaker=_agent_id(agent.name),
+            human=human,
+            max_iterations=start.max_iterations or 2,
+            max_total_tokens=start.budget.max_total_tokens,
+            pending=[PendingTurn(start.prompt, human, request_id=f"{run_id}.prompt")],
+            start_after=conversation.last_sequence,
+            owner=self.owner,
+            model_extras=model_extras,
+        )
+        try:
+            checkpoint = await self.store.claim(state, previous)
+        except (Aborted, CallistoError) as error:
+            if isinstance(error, Aborted) or error.code.name == "ALREADY_EXISTS":
+                raise _busy(conversation.name) from None
+            raise
+        run = await self._launch(checkpoint, agent, restarted=False)
+        # The prompt is stored before the call returns, so its turn is in the log at once.
+        await run.store_pending_messages()
+        return conversation.name, conversation.last_sequence
+
+    async def watch(
+        self, conversation: str, after_event_id: int
+    ) -> AsyncIterator[pb.ConversationEvent]:
+        """The run's events after `after_event_id`, up to its terminal one."""
+        await self._backends.persistence.get_conversation(conversation)
+        checkpoint = await self.store.load(conversation)
+        if checkpoint is None:
+            return
+        state = checkpoint.state
+        if state.finished and state.done_event_id and after_event_id >= state.done_event_id:
+            return
+        async for event in events.watch(self._backends.persistence, conversation, after_event_id):
+            yield event
+
+    async def submit(self, conversation: str, turn: pb.HumanTurn) -> int:
+        """Stores a human turn and queues it on the conversation's run (starting a new run
+        with the same agent when the last one finished); returns its event id."""
+        persistence = self._backends.persistence
+        await persistence.get_conversation(conversation)
+        checkpoint = await self.store.load(conversation)
+        if checkpoint is None:
+            raise FailedPrecondition(
+                f"{conversation} has no run to send turns to; start one with RunConversation "
+                "or Converse"
+            )
+        author = turn.author or checkpoint.state.human
+        message = await persistence.create_message(
+            conversation,
+            persistence_pb2.Message(role=common_pb2.ROLE_USER, author=author, text=turn.text),
+        )
+        pending = PendingTurn(
+            turn.text,
+            author,
+            event_id=message.event_sequence,
+            message=message.name,
+            request_id=f"submit.{message.event_sequence}",
+        )
+        key = RunKey(current_tenant(), conversation)
+        for _ in range(_CAS_ATTEMPTS):
+            local = self._runs.get(key)
+            if local is not None and await local.enqueue(pending):
+                return int(message.event_sequence)
+            checkpoint = await self.store.load(conversation)
+            assert checkpoint is not None
+            if checkpoint.state.finished:
+                if await self._continue(checkpoint, pending):
+                    return int(message.event_sequence)
+                continue
+            checkpoint.state.pending.append(pending)
+            try:
+                await self.store.save(checkpoint)
+            except Aborted:
+                continue
+            return int(message.event_sequence)
+        raise Unavailable("the run kept changing while the turn was queued; retry", retry_after=0.2)
+
+    async def cancel(self, conversation: str, reason: str) -> int:
+        """Ends the run with `done(cancelled)`; returns that event's id."""
+        await self._backends.persistence.get_conversation(conversation)
+        checkpoint = await self.store.load(conversation)
+        if checkpoint is None or checkpoint.state.finished:
+            raise FailedPrecondition(f"{conversation} has no run in progress to cancel")
+        key = RunKey(current_tenant(), conversation)
+        local = self._runs.get(key)
+        if local is not None:
+            return await local.cancel(reason)
+        if await self.leases.holder(key) is not None:
+            await self.leases.publish_cancel(key, reason)
+            done = await self._wait_done(conversation, checkpoint.state.start_after)
+            if done:
+                return done
+        # Nobody runs it: take it over just to end it.
+        if not await self.leases.acquire(key):
+            raise Unavailable("the run's owner did not answer the cancel; retry", retry_after=0.5)
+        checkpoint = await self.store.load(conversation)
+        if checkpoint is None or checkpoint.state.finished:
+            await self.leases.release(key)
+            raise FailedPrecondition(f"{conversation} has no run in progress to cancel")
+        checkpoint.state.owner = self.owner
+        checkpoint.state.epoch += 1
+        await self.store.save(checkpoint)
+        run = await self._launch(checkpoint, None, restarted=True, cancel_reason=reason)
+        return await run.wait_finished()
+
+    # Internals
+
+    async def _continue(self, previous: Checkpoint, pending: PendingTurn) -> bool:
+        """A new run of a finished one's agent for a turn sent after it ended."""
+        old = previous.state
+        run_id = uuid.uuid4().hex
+        state = RunState(
+            run_id=run_id,
+            tenant=old.tenant,
+            conversation=old.conversation,
+            mode=old.mode,
+            agent=old.agent,
+            speaker=old.speaker,
+            human=old.human,
+            max_iterations=old.max_iterations,
+            max_total_tokens=old.max_total_tokens,
+            pending=[pending],
+            start_after=pending.event_id - 1,
+            owner=self.owner,
+            model_extras=old.model_extras,
+        )
+        try:
+            checkpoint = await self.store.claim(state, previous)
+        except Aborted:
+            return False
+        await self._launch(checkpoint, None, restarted=False)
+        return True
+
+    async def _launch(
+        self,
+        checkpoint: Checkpoint,
+        agent: pb.Agent | None,
+        *,
+        restarted: bool,
+        cancel_reason: str | None = None,
+    ) -> Run:
+        key = RunKey(checkpoint.state.tenant, checkpoint.state.conversation)
+        await self.leases.acquire(key)
+        await self.leases.index(key)
+        run = Run(self, key, checkpoint, agent, restarted=restarted, cancel_reason=cancel_reason)
+        self._runs[key] = run
+        run.task = asyncio.create_task(run.main())
+        run.task.add_done_callback(lambda _: self._forget(key, run))
+        return run
+
+    def _forget(self, key: RunKey, run: Run) -> None:
+        if self._runs.get(key) is run:
+            del self._runs[key]
+
+    async def _wait_done(self, conversation: str, after: int) -> int:
+        async def first_terminal() -> int:
+            async for event in events.watch(self._backends.persistence, conversation, after):
+                if events.is_terminal(event):
+                    return int(event.event_id)
+            return 0
+
+        try:
+            return await asyncio.wait_for(first_terminal(), REMOTE_CANCEL_WAIT_S)
+        except TimeoutError:
+            return 0
+
+    async def _every(self, interval_s: float, job: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await job()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.warning("background run upkeep failed", exc_info=error)
+
+    async def _renew(self) -> None:
+        runs = list(self._runs.items())
+        if not runs:
+            return
+        held = await self.leases.renew_all([key for key, _ in runs])
+        for (key, run), ok in zip(runs, held, strict=True):
+            if not ok:
+                log.warning("lost the lease of a run", extra={"fields": {"run": key.member()}})
+                await run.abandon()
+
+    async def _take_over(self) -> None:
+        for key in await self.leases.unfinished():
+            if key in self._runs or not await self.leases.acquire(key):
+                continue
+            token = bind_tenant(key.tenant)
+            try:
+                await self._take_over_one(key)
+            except Exception as error:
+                log.warning("could not take a run over", exc_info=error)
+                await self.leases.release(key)
+            finally:
+                reset_tenant(token)
+
+    async def _take_over_one(self, key: RunKey) -> None:
+        checkpoint = await self.store.load(key.conversation)
+        if checkpoint is None:
+            await self.leases.unindex(key)
+            await self.leases.release(key)
+            return
+        state = checkpoint.state
+        if state.finished and state.done_event_id:
+            await self.leases.unindex(key)
+            await self.leases.release(key)
+            return
+        state.owner = self.owner
+        state.epoch += 1
+        await self.store.save(checkpoint)
+        log.info("taking a run over", extra={"fields": {"run": key.member()}})
+        await self._launch(checkpoint, None, restarted=True)
+
+    async def _listen_for_cancels(self) -> None:
+        pubsub = self._runtime.auth_redis.pubsub()
+        try:
+            await pubsub.subscribe(CANCELS)
+            while True:
+                try:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                except (OSError, ConnectionError) as error:
+                    log.warning("cancel channel failed; resubscribing", exc_info=error)
+                    await asyncio.sleep(1.0)
+                    continue
+                if message is None or message.get("type") != "message":
+                    continue
+                parsed = parse_cancel(message["data"])
+                if parsed is None:
+                    continue
+                run = self._runs.get(parsed[0])
+                if run is not None:
+                    run.request_cancel(parsed[1])
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    @property
+    def stopping(self) -> bool:
+        """Whether the process is shutting down (its streams end; its runs go on elsewhere)."""
+        return self._runtime.stopping.is_set()
+
+    # What a Run uses
+
+    @property
+    def backends(self) -> Backends:
+        return self._backends
+
+    @property
+    def tools(self) -> ToolRegistry:
+        return self._tools
+
+    @property
+    def agents(self) -> AgentStore:
+        return self._agents
+
+    @property
+    def answer(self) -> AnswerTurn:
+        return self._answer
+
+
+class Run:
+    """One run owned by this process: a task answering its pending turns."""
+
+    def __init__(
+        self,
+        manager: RunManager,
+        key: RunKey,
+        checkpoint: Checkpoint,
+        agent: pb.Agent | None,
+        *,
+        restarted: bool,
+        cancel_reason: str | None,
+    ) -> None:
+        self.manager = manager
+        self.key = key
+        self.checkpoint = checkpoint
+        self.agent = agent
+        self.task: asyncio.Task[None] | None = None
+        self._restarted = restarted
+        self._cancel_reason = cancel_reason
+        self._turn_task: asyncio.Task[TurnAnswer] | None = None
+        self._finished: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._save_lock = asyncio.Lock()
+        self._abandoned = False
+        # Event id of the human message of the last turn answered here: queued turns at or
+        # before it are done, whatever an older checkpoint still lists.
+        self._last_answered = 0
+
+    @property
+    def state(self) -> RunState:
+        return self.checkpoint.state
+
+    @property
+    def persistence(self) -> Any:
+        return self.manager.backends.persistence
+
+    # Called from RPCs and upkeep
+
+    def request_cancel(self, reason: str) -> None:
+        if self._cancel_reason is None:
+            self._cancel_reason = reason or "cancelled"
+        if self._turn_task is not None and not self._turn_task.done():
+            self._turn_task.cancel()
+
+    async def cancel(self, reason: str) -> int:
+        self.request_cancel(reason)
+        return await self.wait_finished()
+
+    async def wait_finished(self) -> int:
+        return await asyncio.shield(self._finished)
+
+    async def abandon(self) -> None:
+        """Stops the run without a word in the log (shutdown, or a lost lease)."""
+        self._abandoned = True
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.task
+
+    async def enqueue(self, turn: PendingTurn) -> bool:
+        """Queues a turn on this running run; False when it is finishing or gone."""
+        if self.state.finished or self._abandoned or self.task is None or self.task.done():
+            return False
+        self.state.pending.append(turn)
+        try:
+            await self.save()
+        except LostOwnership:
+            return False
+        return True
+
+    async def store_pending_messages(self) -> None:
+        """Stores the human messages of queued turns that are not stored yet (the prompt)."""
+        changed = False
+        for turn in self.state.pending:
+            if turn.event_id:
+                continue
+            message = await self.persistence.create_message(
+                self.state.conversation,
+                persistence_pb2.Message(
+                    role=common_pb2.ROLE_USER, author=turn.author, text=turn.text
+                ),
+                request_id=turn.request_id,
+            )
+            turn.event_id = int(message.event_sequence)
+            turn.message = message.name
+            changed = True
+        if changed:
+            await self.save()
+
+    async def save(self) -> None:
+        """Checkpoints the state; when a writer queued a turn in between, its turns and cancel
+        are merged in and the write is tried again."""
+        async with self._save_lock:
+            for _ in range(_CAS_ATTEMPTS):
+                try:
+                    await self.manager.store.save(self.checkpoint)
+                    return
+                except Aborted:
+                    remote = await self.manager.store.load(self.state.conversation)
+                    if (
+                        remote is None
+                        or remote.state.run_id != self.state.run_id
+                        or remote.state.owner != self.state.owner
+                    ):
+                        raise LostOwnership() from None
+                    self._merge(remote.state)
+                    self.checkpoint.etag = remote.etag
+            raise Unavailable("the run's checkpoint kept changing", retry_after=0.2)
+
+    def _merge(self, remote: RunState) -> None:
+        known = {turn.request_id for turn in self.state.pending}
+        answered = self._last_answered
+        for turn in remote.pending:
+            if turn.request_id not in known and turn.event_id > answered:
+                self.state.pending.append(turn)
+        self.state.pending.sort(key=lambda turn: turn.event_id or -1)
+        if remote.cancel_requested and self._cancel_reason is None:
+            self.request_cancel(remote.cancel_reason)
+
+    # The run itself
+
+    async def main(self) -> None:
+        token = bind_tenant(self.state.tenant)
+        try:
+            await self._run()
+        except LostOwnership:
+            log.warning("another process took the run over", extra={"fields": self._fields()})
+        except asyncio.CancelledError:
+            if not self._abandoned:
+                raise
+        except Exception as error:
+            log.error("run failed", exc_info=error, extra={"fields": self._fields()})
+            with contextlib.suppress(Exception):
+                await self._fail(error)
+        finally:
+            if not self._finished.done():
+                self._finished.set_exception(
+                    Unavailable("the run stopped on this process; it resumes elsewhere")
+                )
+                self._finished.exception()  # retrieved: nobody may be waiting
+            reset_tenant(token)
+
+    async def _run(self) -> None:
+        if self.state.finished:
+            # Taken over after its status was written but before its `done` was.
+            await self._finish(self.state.status)
+            return
+        if self._restarted:
+            if await self._resume_from_log():
+                return
+        if self.agent is None:
+            self.agent = await self.manager.agents.get(self.state.agent)
+        await self.store_pending_messages()
+        while True:
+            if self._cancel_reason is not None:
+                await self._finish(CANCELLED)
+                return
+            if not self.state.pending:
+                if await self._finish(COMPLETED):
+                    return
+                continue
+            reason = await self._turn(self.state.pending[0])
+            if reason is not None:
+                await self._finish(reason)
+                return
+
+    async def _resume_from_log(self) -> bool:
+        """What the log says happened after the last checkpoint: a `done` ends the run as it
+        said; an answer stored for the interrupted turn completes that turn. True when the
+        run is over."""
+        number = self.state.turns + 1
+        async for entry in self.persistence.list_events(
+            self.state.conversation, after_sequence=self.state.start_after
+        ):
+            event = events.from_log(entry, self.state.conversation)
+            if event is None:
+                continue
+            if events.is_terminal(event):
+                self.state.status = event.done.reason if event.HasField("done") else FAILED
+                self.state.done_event_id = int(event.event_id)
+                await self._close(int(event.event_id))
+                return True
+            if entry.type == events.MESSAGE_CREATED and _answers(entry.message, self.state, number):
+                self._complete_turn(entry.message)
+                self.state.turns = number
+                number += 1
+        if self.state.turn_started_event == 0:
+            self._restarted = False
+        return False
+
+    def _complete_turn(self, message: persistence_pb2.Message) -> None:
+        metadata = json_format.MessageToDict(message.metadata)
+        if self.state.pending:
+            self._last_answered = max(self._last_answered, self.state.pending[0].event_id)
+            self.state.pending.pop(0)
+        self.state.turn_started_event = 0
+        spend_cost = float(metadata.get("cost", 0.0))
+        self.state.spend.add(
+            str(metadata.get("model", "")),
+            message.usage,
+            spend_cost,
+            float(metadata.get("generation_ms", 0.0)),
+        )
+
+    async def _turn(self, turn: PendingTurn) -> str | None:
+        """Answers one human turn; the done reason when the run must end instead."""
+        state = self.state
+        assert self.agent is not None
+        number = state.turns + 1
+        restarted, self._restarted = self._restarted and state.turn_started_event != 0, False
+        prefix = f"{state.run_id}.{state.epoch}.{number}"
+        writer = events.EventWriter(
+            self.persistence,
+            state.conversation,
+            prefix,
+            self.manager.settings.token_coalesce_ms / 1000,
+        )
+        started = await writer.emit(
+            pb.ConversationEvent(
+                turn_started=pb.TurnStarted(
+                    speaker=state.speaker, turn=number, agent=state.agent, restarted=restarted
+                )
+            )
+        )
+        state.turn_started_event = started
+        await self.save()
+        llm = RunModelCaller(
+            self.manager.backends.generation,
+            self.manager.prices,
+            TokenBudget(state.max_total_tokens, state.spend.total_tokens),
+            tenant=state.tenant,
+            agent=self.agent.name,
+            model_extras=state.model_extras,
+        )
+        turn_input = TurnInput(
+            tenant=state.tenant,
+            conversation=state.conversation,
+            agent=self.agent,
+            speaker=state.speaker,
+            turn=number,
+            user_text=turn.text,
+            history=await self._history(turn),
+            max_iterations=state.max_iterations,
+        )
+        if self._cancel_reason is not None:
+            return CANCELLED
+        self._turn_task = asyncio.create_task(
+            self.manager.answer(turn_input, writer, llm, self.manager.tools, self.manager.backends)
+        )
+        try:
+            await asyncio.wait({self._turn_task})
+        except asyncio.CancelledError:
+            self._turn_task.cancel()
+            await writer.close()
+            raise
+        task, self._turn_task = self._turn_task, None
+        if self._cancel_reason is not None or task.cancelled():
+            await writer.close()
+            self.state.spend.merge(llm.take_spend())
+            return CANCELLED
+        error = task.exception()
+        if isinstance(error, BudgetExhausted):
+            await writer.flush()
+            self.state.spend.merge(llm.take_spend())
+            return BUDGET
+        if error is not None:
+            await writer.close()
+            raise error
+        answer = task.result()
+        await writer.flush()
+        spend = llm.take_spend()
+        message = await self._store_answer(number, answer, spend.usage(), spend.cost, spend)
+        self._complete_turn(message)
+        state.turns = number
+        await writer.emit(pb.ConversationEvent(usage=state.spend.usage()))
+        await self.save()
+        return None
+
+    async def _store_answer(
+        self,
+        number: int,
+        answer: TurnAnswer,
+        usage: common_pb2.TokenUsage,
+        cost: float,
+        spend: Any,
+    ) -> persistence_pb2.Message:
+        if not usage.total_tokens:
+            usage = answer.usage
+        metadata = struct_pb2.Struct()
+        metadata.update(
+            {
+                "run": self.state.run_id,
+                "turn": number,
+                "agent": self.state.agent,
+                "model": answer.model,
+                "generation_ms": answer.generation_ms or spend.generation_ms,
+                "cost": cost,
+                "tool_calls": [
+                    json_format.MessageToDict(call.event(), preserving_proto_field_name=True)
+                    for call in answer.tool_calls
+                ],
+                "unavailable": list(answer.unavailable),
+            }
+        )
+        return await self.persistence.create_message(  # type: ignore[no-any-return]
+            self.state.conversation,
+            persistence_pb2.Message(
+                role=common_pb2.ROLE_ASSISTANT,
+                author=self.state.speaker,
+                text=answer.text,
+                citations=answer.citations,
+                usage=usage,
+                metadata=metadata,
+            ),
+            request_id=f"{self.state.run_id}.answer.{number}",
+        )
+
+    async def _history(self, turn: PendingTurn) -> list[generation_pb2.ChatMessage]:
+        history: list[generation_pb2.ChatMessage] = []
+        async for message in self.persistence.list_messages(self.state.conversation):
+            if message.name == turn.message:
+                break
+            role = message.role
+            if role in (common_pb2.ROLE_USER, common_pb2.ROLE_ASSISTANT) and message.text:
+                history.append(generation_pb2.ChatMessage(role=role, content=message.text))
+        return history[-HISTORY_MESSAGES:]
+
+    async def _finish(self, reason: str) -> bool:
+        """Ends the run with `done(reason)`; False when a turn was queued meanwhile (the run
+        goes on)."""
+        self.state.status = reason
+        if reason == CANCELLED:
+            self.state.cancel_reason = self._cancel_reason or ""
+        await self.save()
+        if reason == COMPLETED and (self.state.pending or self._cancel_reason is not None):
+            self.state.status = RUNNING
+            return False
+        writer = events.EventWriter(
+            self.persistence,
+            self.state.conversation,
+            f"{self.state.run_id}.{self.state.epoch}.done",
+            0.0,
+        )
+        spend = self.state.spend
+        done = pb.Done(reason=reason, usage=spend.usage(), turns=self.state.turns, cost=spend.cost)
+        event_id = await writer.emit(pb.ConversationEvent(done=done))
+        self.state.done_event_id = event_id
+        await self.save()
+        await self._close(event_id)
+        return True
+
+    async def _fail(self, error: BaseException) -> None:
+        self.state.status = FAILED
+        await self.save()
+        writer = events.EventWriter(
+            self.persistence,
+            self.state.conversation,
+            f"{self.state.run_id}.{self.state.epoch}.error",
+            0.0,
+        )
+        typed = relayed(error) if isinstance(error, CallistoError) else error
+        event_id = await writer.emit(pb.ConversationEvent(error=status_from_exception(typed)))
+        self.state.done_event_id = event_id
+        await self.save()
+        await self._close(event_id)
+
+    async def _close(self, event_id: int) -> None:
+        with contextlib.suppress(Exception):
+            await self.manager.leases.unindex(self.key)
+            await self.manager.leases.release(self.key)
+        if not self._finished.done():
+            self._finished.set_result(event_id)
+
+    def _fields(self) -> dict[str, str]:
+        return {"run": self.state.run_id, "conversation": self.state.conversation}
+
+
+def _answers(message: persistence_pb2.Message, state: RunState, number: int) -> bool:
+    """Whether a stored message is this run's answer of turn `number`."""
+    if message.role != common_pb2.ROLE_ASSISTANT or not message.HasField("metadata"):
+        return False
+    metadata = json_format.MessageToDict(message.metadata)
+    return metadata.get("run") == state.run_id and int(metadata.get("turn", 0)) == number
+
+
+def _agent_id(name: str) -> str:
+    return name.removeprefix("agents/").split("@", 1)[0]
+
+
+def _busy(conversation: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"{conversation} already has a run in progress; send turns with SubmitInput or Converse"
+    )

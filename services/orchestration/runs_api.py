@@ -1,12 +1,269 @@
 """The run RPCs of OrchestrationService: Converse, RunConversation, StreamConversation,
-SubmitInput, CancelConversation."""
+SubmitInput, CancelConversation. Handlers validate and translate; `runs.RunManager` acts."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from callisto import errors as sdk
+from callisto.api.orchestration.v1 import orchestration_pb2 as pb
 from callisto.api.orchestration.v1 import orchestration_pb2_grpc as pb_grpc
+from callisto.services.common.errors import FailedPrecondition, InvalidArgument
+from callisto.services.common.validation import Violations, parse_name
+from callisto.services.orchestration.budget import MODEL_EXTRAS_METADATA
+from callisto.services.orchestration.relay import Unimplemented, relayed
 from callisto.services.orchestration.runs import RunManager
+
+Context = grpc.aio.ServicerContext[Any, Any]
+AGENT_NAME = re.compile(r"^agents/[a-z0-9][a-z0-9-]{0,62}(@[A-Za-z0-9_-]{1,64})?$")
+PARTICIPANT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+MAX_TITLE = 256
+MAX_TAGS = 32
+MAX_TAG = 128
+MAX_REASON = 1024
+MAX_ITERATIONS = 5
+_LATER_MODES = {
+    pb.CONVERSATION_MODE_SIMULATION: "simulation",
+    pb.CONVERSATION_MODE_WORKFLOW: "workflow",
+}
 
 
 class RunsRpc(pb_grpc.OrchestrationServiceServicer):
     def __init__(self, runs: RunManager) -> None:
         self._runs = runs
+        # Cancels of runs whose RunConversation call the client cancelled, still in flight.
+        self._cancels: set[asyncio.Task[None]] = set()
+
+    async def RunConversation(
+        self, request: pb.RunConversationRequest, context: Context
+    ) -> AsyncIterator[pb.RunConversationResponse]:
+        start = _check_start(request.start, "start", self._runs.settings.max_prompt_chars)
+        conversation, after = await self._begin(start, context)
+        finished = False
+        try:
+            async for event in self._watch(conversation, after):
+                finished = finished or event.WhichOneof("kind") in ("done", "error")
+                yield pb.RunConversationResponse(event=event)
+        finally:
+            # The client cancelling this call cancels the run (not a server shutting down:
+            # its runs resume elsewhere).
+            if not finished and not self._runs.stopping:
+                self._cancel_later(conversation, "the RunConversation call was cancelled")
+
+    async def StreamConversation(
+        self, request: pb.StreamConversationRequest, context: Context
+    ) -> AsyncIterator[pb.StreamConversationResponse]:
+        conversation = _conversation(request.name, "name")
+        if request.after_event_id < 0:
+            raise InvalidArgument.field("after_event_id", "must not be negative")
+        async for event in self._watch(conversation, request.after_event_id):
+            yield pb.StreamConversationResponse(event=event)
+
+    async def Converse(
+        self, request_iterator: AsyncIterator[pb.ConverseRequest], context: Context
+    ) -> AsyncIterator[pb.ConverseResponse]:
+        first = await anext(aiter(request_iterator), None)
+        if first is None:
+            return
+        action = first.WhichOneof("action")
+        if action == "start":
+            start = _check_start(first.start, "start", self._runs.settings.max_prompt_chars)
+            conversation, after = await self._begin(start, context)
+        elif action == "attach":
+            conversation = _conversation(first.attach.conversation, "attach.conversation")
+            after = first.attach.after_event_id
+            if after < 0:
+                raise InvalidArgument.field("attach.after_event_id", "must not be negative")
+        else:
+            raise InvalidArgument.field(
+                "action", "the first message of a Converse stream must be start or attach"
+            )
+        # Events and the answers to later client messages meet in one queue.
+        out: asyncio.Queue[pb.ConversationEvent | BaseException | None] = asyncio.Queue()
+
+        async def relay_events() -> None:
+            try:
+                async for event in self._watch(conversation, after):
+                    out.put_nowait(event)
+                out.put_nowait(None)
+            except Exception as error:
+                out.put_nowait(error)
+
+        async def follow_requests() -> None:
+            try:
+                async for message in request_iterator:
+                    await self._converse_action(conversation, message)
+            except Exception as error:
+                out.put_nowait(error)
+
+        tasks = [asyncio.create_task(relay_events()), asyncio.create_task(follow_requests())]
+        try:
+            while True:
+                item = await out.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield pb.ConverseResponse(event=item)
+        finally:
+            # Closing the stream stops watching; the run goes on.
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    async def SubmitInput(
+        self, request: pb.SubmitInputRequest, context: Context
+    ) -> pb.SubmitInputResponse:
+        conversation = _conversation(request.name, "name")
+        which = request.WhichOneof("input")
+        if which == "approval":
+            raise _no_approvals()
+        if which != "turn":
+            raise InvalidArgument.field("turn", "is required")
+        _check_turn(request.turn, "turn", self._runs.settings.max_prompt_chars)
+        with _relaying():
+            event_id = await self._runs.submit(conversation, request.turn)
+        return pb.SubmitInputResponse(event_id=event_id)
+
+    async def CancelConversation(
+        self, request: pb.CancelConversationRequest, context: Context
+    ) -> pb.CancelConversationResponse:
+        conversation = _conversation(request.name, "name")
+        if len(request.reason) > MAX_REASON:
+            raise InvalidArgument.field("reason", f"must be at most {MAX_REASON} characters")
+        with _relaying():
+            event_id = await self._runs.cancel(conversation, request.reason)
+        return pb.CancelConversationResponse(event_id=event_id)
+
+    # Helpers
+
+    async def _begin(self, start: pb.StartConversation, context: Context) -> tuple[str, int]:
+        metadata = dict(context.invocation_metadata() or ())
+        extras = metadata.get(MODEL_EXTRAS_METADATA, "")
+        with _relaying():
+            return await self._runs.begin(start, str(extras))
+
+    async def _watch(self, conversation: str, after: int) -> AsyncIterator[pb.ConversationEvent]:
+        try:
+            async for event in self._runs.watch(conversation, after):
+                yield event
+        except sdk.CallistoError as error:
+            raise relayed(error) from None
+
+    async def _converse_action(self, conversation: str, message: pb.ConverseRequest) -> None:
+        action = message.WhichOneof("action")
+        limit = self._runs.settings.max_prompt_chars
+        with _relaying():
+            if action == "turn":
+                _check_turn(message.turn, "turn", limit)
+                await self._runs.submit(conversation, message.turn)
+            elif action == "cancel":
+                await self._runs.cancel(conversation, message.cancel.reason[:MAX_REASON])
+            elif action == "approval":
+                raise _no_approvals()
+            else:
+                raise InvalidArgument.field(
+                    "action", "after the first message, send turn, approval or cancel"
+                )
+
+    def _cancel_later(self, conversation: str, reason: str) -> None:
+        async def cancel() -> None:
+            with contextlib.suppress(Exception):
+                await self._runs.cancel(conversation, reason)
+
+        task = asyncio.create_task(cancel())
+        self._cancels.add(task)
+        task.add_done_callback(self._cancels.discard)
+
+
+@contextlib.contextmanager
+def _relaying() -> Any:
+    """Errors of the services a run calls keep their status (NOT_FOUND stays NOT_FOUND)."""
+    try:
+        yield
+    except sdk.CallistoError as error:
+        raise relayed(error) from None
+
+
+def _no_approvals() -> FailedPrecondition:
+    return FailedPrecondition(
+        "assistant runs have no approvals to answer; approvals come with workflows"
+    )
+
+
+def _conversation(name: str, field: str) -> str:
+    parse_name(name, "conversations", field)
+    return name
+
+
+def _check_turn(turn: pb.HumanTurn, field: str, limit: int) -> None:
+    v = Violations()
+    v.check(bool(turn.text.strip()), f"{field}.text", "is required")
+    v.check(len(turn.text) <= limit, f"{field}.text", f"must be at most {limit} characters")
+    if turn.author:
+        v.check(
+            bool(PARTICIPANT_ID.match(turn.author)),
+            f"{field}.author",
+            "must be 1-64 letters, digits, '_', '.', ':' or '-', starting with a letter or digit",
+        )
+    v.raise_if_any()
+
+
+def _check_start(start: pb.StartConversation, field: str, limit: int) -> pb.StartConversation:
+    """The start, validated whole: every bad field is reported at once."""
+    if start.mode in _LATER_MODES:
+        raise Unimplemented(
+            f"{_LATER_MODES[start.mode]} conversations are not available yet; "
+            "use CONVERSATION_MODE_ASSISTANT"
+        )
+    v = Violations()
+    if start.mode not in (pb.CONVERSATION_MODE_UNSPECIFIED, pb.CONVERSATION_MODE_ASSISTANT):
+        v.add(f"{field}.mode", "is not a known conversation mode")
+    if len(start.agents) != 1:
+        v.add(f"{field}.agents", "an assistant conversation takes exactly one agent")
+    for index, agent in enumerate(start.agents):
+        v.check(
+            bool(AGENT_NAME.match(agent)),
+            f"{field}.agents[{index}]",
+            "must look like agents/{agent} or agents/{agent}@{revision}",
+        )
+    v.check(bool(start.prompt.strip()), f"{field}.prompt", "is required")
+    v.check(len(start.prompt) <= limit, f"{field}.prompt", f"must be at most {limit} characters")
+    v.check(
+        0 <= start.max_iterations <= MAX_ITERATIONS,
+        f"{field}.max_iterations",
+        f"must be between 0 (the default, 2) and {MAX_ITERATIONS}",
+    )
+    v.check(
+        start.budget.max_total_tokens >= 0,
+        f"{field}.budget.max_total_tokens",
+        "must not be negative (0 is no limit)",
+    )
+    v.check(len(start.title) <= MAX_TITLE, f"{field}.title", f"at most {MAX_TITLE} characters")
+    v.check(len(start.tags) <= MAX_TAGS, f"{field}.tags", f"at most {MAX_TAGS} tags")
+    for index, tag in enumerate(start.tags):
+        v.check(
+            0 < len(tag.strip()) and len(tag) <= MAX_TAG,
+            f"{field}.tags[{index}]",
+            f"must be 1-{MAX_TAG} characters, not blank",
+        )
+    if start.conversation:
+        try:
+            parse_name(start.conversation, "conversations", f"{field}.conversation")
+        except InvalidArgument as error:
+            for violation in error.violations:
+                v.add(violation.field, violation.description)
+    if start.HasField("plan") and start.plan.steps:
+        v.add(f"{field}.plan", "only workflow conversations take a plan")
+    if start.human_in_the_loop:
+        v.add(f"{field}.human_in_the_loop", "only simulations ask a human every round")
+    v.raise_if_any()
+    return start

@@ -15,17 +15,20 @@ from callisto.services.orchestration.runs import RunManager
 from callisto.services.orchestration.runs_api import RunsRpc
 from callisto.services.orchestration.settings import OrchestrationSettings
 from callisto.services.orchestration.tools.builtin import build_registry
+from callisto.services.orchestration.tools.registry import ToolRegistry
 
 SERVICE_NAME = "callisto.orchestration.v1.OrchestrationService"
 
 
 class OrchestrationServicer(AgentsRpc, RunsRpc):
-    """Both halves of the service in one servicer (each implements its own RPCs)."""
+    """Both halves of the service in one servicer (each implements its own RPCs and keeps
+    its own attributes)."""
 
-    def __init__(self, agents_rpc: AgentsRpc, runs_rpc: RunsRpc) -> None:
-        # The halves keep their own state; the servicer takes it over.
-        self.__dict__.update(agents_rpc.__dict__)
-        self.__dict__.update(runs_rpc.__dict__)
+    def __init__(
+        self, agents: AgentStore, tools: ToolRegistry, backends: Backends, runs: RunManager
+    ) -> None:
+        AgentsRpc.__init__(self, agents, tools, backends)
+        RunsRpc.__init__(self, runs)
 
 
 async def build(runtime: Runtime[OrchestrationSettings]) -> ServiceDefinition:
@@ -34,7 +37,7 @@ async def build(runtime: Runtime[OrchestrationSettings]) -> ServiceDefinition:
     tools = build_registry(settings)
     agents = AgentStore(backends.persistence, tools, settings.default_model)
     runs = RunManager(runtime, backends, agents, tools)
-    servicer = OrchestrationServicer(AgentsRpc(agents, tools, backends), RunsRpc(runs))
+    servicer = OrchestrationServicer(agents, tools, backends, runs)
     await runs.start()
 
     async def persistence_ready() -> bool:

@@ -52,7 +52,9 @@ class OrchestrationSettings(CommonSettings):
         "Seconds between looks for unfinished runs whose lease lapsed.",
     )
     max_prompt_chars: int = setting(
-        "CALLISTO_ORCHESTRATION_MAX_PROMPT_CHARS", 16384, "Longest prompt or human turn, characters."
+        "CALLISTO_ORCHESTRATION_MAX_PROMPT_CHARS",
+        16384,
+        "Longest prompt or human turn, in characters.",
     )
 
     # --- tools ---
