@@ -51,6 +51,9 @@ from callisto.persistence import conversation_name
 from callisto.retry import RetryPolicy
 from callisto.streams import RESUME_POLICY, StreamCall, paged, resume_stream
 
+# What grpc.aio raises on a write to a call that ended (or half-closed, or broke).
+_WRITE_REFUSED = (grpc.RpcError, grpc.aio.UsageError, asyncio.InvalidStateError, RuntimeError)
+
 # Event kinds that end a run.
 TERMINAL_KINDS = frozenset({"done", "error"})
 
@@ -314,7 +317,7 @@ class ConverseSession(_Watched):
         await self.open()
         try:
             await self._call.write(request)
-        except (grpc.RpcError, grpc.aio.UsageError, RuntimeError):
+        except _WRITE_REFUSED:
             return False
         return True
 
@@ -355,7 +358,7 @@ class ConverseSession(_Watched):
         if self._call is not None:
             try:
                 await self._call.done_writing()
-            except (grpc.RpcError, grpc.aio.UsageError, RuntimeError):
+            except _WRITE_REFUSED:
                 pass
             self._call.cancel()
 

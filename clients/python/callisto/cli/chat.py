@@ -174,7 +174,10 @@ async def _watch(session: ConverseSession, printer: EventPrinter) -> bool:
     finally:
         loop.remove_signal_handler(signal.SIGINT)
         for task in cancels:
-            await task
+            try:
+                await task
+            except CallistoError as error:  # the run ended meanwhile: nothing to cancel
+                printer.line(f"(could not cancel: {error.message})")
     return session.error is None
 
 
