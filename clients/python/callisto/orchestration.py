@@ -254,6 +254,7 @@ class ConverseSession(_Watched):
         self._policy = policy
         self._call: Any = None
         self._closed = False
+        self._watch_again = False
 
     @property
     def _stub(self) -> pb_grpc.OrchestrationServiceAsyncStub:
@@ -271,6 +272,8 @@ class ConverseSession(_Watched):
         return self
 
     async def _reattach(self) -> None:
+        if self._call is not None:
+            self._call.cancel()
         self._call = self._new_call()
         await self._call.write(
             pb.ConverseRequest(
@@ -283,6 +286,10 @@ class ConverseSession(_Watched):
     async def events(self) -> AsyncIterator[pb.ConversationEvent]:
         """The run's events up to its terminal one, re-attaching after a dropped stream."""
         await self.open()
+        if self._watch_again:
+            # A turn sent after the last run ended starts a new run: watch from where we were.
+            self._watch_again = False
+            await self._reattach()
         failures = 0
         while not self.finished:
             try:
@@ -295,12 +302,9 @@ class ConverseSession(_Watched):
                     yield event
                     if self.finished:
                         return
-                if self._closed:
-                    return
-                # The service ended the stream without a terminal event: watch again.
-                error = CallistoError(
-                    "the conversation stream ended early", code=grpc.StatusCode.UNAVAILABLE
-                )
+                # Ended cleanly without a terminal event: the service has nothing (more) to
+                # show (no run in that conversation, or attached after its end).
+                return
             except grpc.RpcError as raw:
                 if self._closed:
                     return
@@ -322,7 +326,12 @@ class ConverseSession(_Watched):
         return True
 
     async def send_turn(self, text: str, *, author: str = "") -> None:
-        """Sends a human turn."""
+        """Sends a human turn. After the run ended, the turn starts a new run of the same
+        conversation, and `events()` then shows that run."""
+        if self.finished:
+            await self._owner.submit_turn(self.conversation, text, author=author)
+            self.done, self.error, self._watch_again = None, None, True
+            return
         turn = pb.HumanTurn(text=text, author=author)
         if not await self._send(pb.ConverseRequest(turn=turn)):
             await self._owner.submit_turn(self.conversation, text, author=author)
