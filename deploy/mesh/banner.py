@@ -166,11 +166,13 @@ def _chat_examples(mesh: Mesh) -> str:
     key = mesh.keys[CONFERENCE_TENANT]
     auth = shlex.quote(f"authorization: Bearer {key}")
     agent = f"agents/{CONFERENCE_AGENT}"
+    home = shlex.quote(str(mesh.config.home))
     run = shlex.quote(json.dumps({"start": {"agents": [agent], "prompt": CONFERENCE_QUESTION}}))
     sales = (
         f"""
   # the sales assistant of each sample company answers from its own documents only
-  {callisto} chat --target {gateway} --tenant tessaline-systems --agent {SALES_AGENT} \\
+  {callisto} chat --target {gateway} --home {home} --tenant tessaline-systems \\
+      --agent {SALES_AGENT} \\
       {shlex.quote(SALES_QUESTION)}
 """
         if "tessaline-systems" in mesh.agents
