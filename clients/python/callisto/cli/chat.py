@@ -63,6 +63,7 @@ class EventPrinter:
         self._human_turn = False
         self._streamed = False
         self._citations: list[common_pb2.Citation] = []
+        self._agent_speakers: set[str] = set()
 
     def _write(self, text: str) -> None:
         self.out.write(text)
@@ -87,6 +88,8 @@ class EventPrinter:
 
     def _turn_started(self, started: pb.TurnStarted) -> None:
         self._human_turn = not started.agent
+        if started.agent:
+            self._agent_speakers.add(started.speaker)
         self._streamed = False
         self._citations = []
         if started.restarted:
@@ -128,7 +131,8 @@ class EventPrinter:
         self._citations.append(citation)
 
     def _turn_ended(self, ended: pb.TurnEnded) -> None:
-        if self._human_turn:
+        # A human's turn may be logged with no turn_started of its own.
+        if self._human_turn or ended.speaker not in self._agent_speakers:
             self.line(f"{ended.speaker or 'you'}: {ended.text}")
             return
         if not self._streamed and ended.text:
