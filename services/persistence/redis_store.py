@@ -5,6 +5,8 @@ slot and the Lua scripts below may touch several of them:
 
     callisto:{t:T}:conv:C            hash    conversation fields, `version`, `last_seq`, counters
     callisto:{t:T}:conv:C:msgs       list    messages, "<position> <sequence> <ms> <body json>"
+                                             (the body is rewritten only by feedback; the
+                                             `message.created` entry keeps the original)
     callisto:{t:T}:conv:C:events     stream  the event log, entry id `<sequence>-0`
     callisto:{t:T}:conv:C:req        hash    request ids of messages (`m:<id>`), events (`e:<id>`)
     callisto:{t:T}:convs             zset    conversation ids scored by create time (ms)
@@ -23,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
 from functools import partial
 from typing import Any, TypeVar
 
@@ -64,6 +67,8 @@ T = TypeVar("T")
 # Longest single XREAD BLOCK: bounds how late a follower notices a deletion or a shutdown.
 _FOLLOW_SLICE_SECONDS = 1.0
 _REPLAY_BATCH = 256
+# Compare-and-set rounds of a message update before it gives up as ABORTED.
+_REPLACE_ATTEMPTS = 8
 
 # The finished statuses as a Lua set, from the one Python definition.
 _FINISHED_LUA = ", ".join(f"[{int(status)}] = true" for status in sorted(FINISHED))
@@ -185,6 +190,18 @@ touch_conversation(now)
 return {'OK', record}
 """
 
+# KEYS: conv msgs events req policy   ARGV: index expected_record new_record
+# Compare-and-set of one message record; finished conversations still take feedback.
+_REPLACE_MESSAGE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'NOT_FOUND'} end
+local current = redis.call('LINDEX', KEYS[2], tonumber(ARGV[1]))
+if not current then return {'NO_MESSAGE'} end
+if current ~= ARGV[2] then return {'CHANGED'} end
+redis.call('LSET', KEYS[2], tonumber(ARGV[1]), ARGV[3])
+touch_conversation(now_ms())
+return {'OK'}
+"""
+
 # KEYS: conv msgs events req policy   ARGV: type data request_id
 _CREATE_EVENT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'NOT_FOUND'} end
@@ -298,6 +315,7 @@ class RedisStore:
         self._update_conversation = register(_PRELUDE + _UPDATE_CONVERSATION)
         self._delete_conversation = register(_PRELUDE + _DELETE_CONVERSATION)
         self._create_message = register(_PRELUDE + _CREATE_MESSAGE)
+        self._replace_message = register(_PRELUDE + _REPLACE_MESSAGE)
         self._create_event = register(_PRELUDE + _CREATE_EVENT)
         self._create_session = register(_PRELUDE + _CREATE_SESSION)
         self._update_session = register(_PRELUDE + _UPDATE_SESSION)
@@ -458,8 +476,36 @@ class RedisStore:
         if not exists:
             raise _conversation_not_found(conversation_id)
         if record is None:
-            raise NotFound(f"message {position} of conversation {conversation_id!r} not found")
+            raise _message_not_found(conversation_id, position)
         return _message(record)
+
+    async def update_message(
+        self,
+        tenant: str,
+        conversation_id: str,
+        position: int,
+        change: Callable[[str], str],
+    ) -> StoredMessage:
+        """Rewrites a message's body as `change(body_json)`; position, sequence and time stay.
+
+        Read, change, compare-and-set: a concurrent update makes the script refuse, and the
+        change is applied again over the newer body (the last writer wins, none is lost)."""
+        keys = _Keys(tenant).conversation(conversation_id)
+        for _ in range(_REPLACE_ATTEMPTS):
+            current = await self.get_message(tenant, conversation_id, position)
+            record = _record(replace(current, body_json=change(current.body_json)))
+            reply = await self._write(
+                self._replace_message(keys=keys, args=[position - 1, _record(current), record])
+            )
+            if reply[0] == "NO_MESSAGE":
+                raise _message_not_found(conversation_id, position)
+            if reply[0] != "CHANGED":
+                _check_reply(reply, f"conversation {conversation_id!r}")
+                return _message(record)
+        raise Aborted(
+            f"message {position} of conversation {conversation_id!r} kept changing; retry",
+            reason="CONCURRENT_UPDATE",
+        )
 
     async def list_messages(
         self, tenant: str, conversation_id: str, offset: int, count: int
@@ -789,6 +835,10 @@ def _conversation_not_found(conversation_id: str) -> NotFound:
     return NotFound(f"conversation {conversation_id!r} not found")
 
 
+def _message_not_found(conversation_id: str, position: int) -> NotFound:
+    return NotFound(f"message {position} of conversation {conversation_id!r} not found")
+
+
 def _conversation_args(fields: ConversationFields) -> list[str | int]:
     return [
         fields.title,
@@ -843,6 +893,10 @@ def _conversation(stored: Mapping[Any, Any]) -> Conversation:
 def _message(record: str) -> StoredMessage:
     position, sequence, millis, body = record.split(" ", 3)
     return StoredMessage(int(position), int(sequence), int(millis), body)
+
+
+def _record(stored: StoredMessage) -> str:
+    return f"{stored.position} {stored.event_sequence} {stored.create_ms} {stored.body_json}"
 
 
 def _event(entry: Sequence[Any]) -> StoredEvent:

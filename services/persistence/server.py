@@ -73,6 +73,9 @@ MESSAGE_POSITION = re.compile(r"[0-9]{1,18}")
 RESERVED_EVENT_TYPES = frozenset({"message.created", "conversation.status_changed"})
 CONVERSATION_PATHS = ("title", "participants", "tags", "status", "metadata", "ttl")
 SESSION_PATHS = ("kind", "state", "ttl")
+MESSAGE_PATHS = ("feedback",)
+MAX_FEEDBACK_COMMENT = 4096
+MAX_AUTHOR = 64
 RETENTION_PATHS = ("conversation_ttl", "session_ttl")
 ORDERS = {"": False, "create_time desc": False, "create_time": True, "create_time asc": True}
 RETENTION_NAME = "retentionPolicy"
@@ -238,15 +241,34 @@ class PersistenceServicer(pb_grpc.PersistenceServiceServicer):
     async def GetMessage(
         self, request: pb.GetMessageRequest, context: Context
     ) -> pb.GetMessageResponse:
-        conversation_id, _, position = request.name.rpartition("/messages/")
-        # ASCII digits only: str.isdigit() also accepts "²", which int() then refuses.
-        if not MESSAGE_POSITION.fullmatch(position) or int(position) < 1:
-            raise InvalidArgument.field(
-                "name", "must look like conversations/{conversation}/messages/{position}"
-            )
-        conversation_id = _name(conversation_id, "conversations", "name")
-        stored = await self._store.get_message(current_tenant(), conversation_id, int(position))
+        v = Violations()
+        conversation_id, position = _collect_message_name(v, request.name, "name")
+        v.raise_if_any()
+        stored = await self._store.get_message(current_tenant(), conversation_id, position)
         return pb.GetMessageResponse(message=_message_proto(conversation_id, stored))
+
+    async def UpdateMessage(
+        self, request: pb.UpdateMessageRequest, context: Context
+    ) -> pb.UpdateMessageResponse:
+        v = Violations()
+        v.check(request.HasField("message"), "message", "is required")
+        conversation_id, position = _collect_message_name(v, request.message.name, "message.name")
+        for path in request.update_mask.paths:
+            if path not in MESSAGE_PATHS:
+                v.add("update_mask", f"unknown path {path!r}; only feedback may change")
+        feedback = pb.Feedback()
+        feedback.CopyFrom(request.message.feedback)
+        _check_feedback(v, feedback, "message.feedback", request.message.HasField("feedback"))
+        v.raise_if_any()
+        feedback.update_time.GetCurrentTime()
+
+        def rate(body_json: str) -> str:
+            body = json_format.Parse(body_json, pb.Message())
+            body.feedback.CopyFrom(feedback)
+            return _to_json(body)
+
+        stored = await self._store.update_message(current_tenant(), conversation_id, position, rate)
+        return pb.UpdateMessageResponse(message=_message_proto(conversation_id, stored))
 
     async def ListMessages(
         self, request: pb.ListMessagesRequest, context: Context
@@ -454,6 +476,28 @@ def _name(name: str, collection: str, field: str) -> str:
     resource_id = _collect_name(v, name, collection, field)
     v.raise_if_any()
     return resource_id
+
+
+def _collect_message_name(v: Violations, name: str, field: str) -> tuple[str, int]:
+    """(conversation id, position) of `conversations/{conversation}/messages/{position}`."""
+    conversation, _, position = name.rpartition("/messages/")
+    # ASCII digits only: str.isdigit() also accepts "²", which int() then refuses.
+    if not MESSAGE_POSITION.fullmatch(position) or int(position) < 1:
+        v.add(field, "must look like conversations/{conversation}/messages/{position}")
+        return "", 0
+    return _collect_name(v, conversation, "conversations", field), int(position)
+
+
+def _check_feedback(v: Violations, feedback: pb.Feedback, field: str, present: bool) -> None:
+    if not present:
+        v.add(field, "is required")
+        return
+    if feedback.rating == pb.FEEDBACK_RATING_UNSPECIFIED:
+        v.add(f"{field}.rating", "is required: FEEDBACK_RATING_UP or FEEDBACK_RATING_DOWN")
+    else:
+        _check_enum(v, pb.FeedbackRating, feedback.rating, f"{field}.rating")
+    _check_length(v, feedback.comment, MAX_FEEDBACK_COMMENT, f"{field}.comment")
+    _check_length(v, feedback.author, MAX_AUTHOR, f"{field}.author")
 
 
 def _collect_name(v: Violations, name: str, collection: str, field: str) -> str:

@@ -51,6 +51,10 @@ def seeds(conversation: str, message: str, session: str) -> dict[str, Message]:
             parent=conversation, message=pb.Message(role=2, text="x", metadata={"k": 1})
         ),
         "GetMessage": pb.GetMessageRequest(name=message),
+        "UpdateMessage": pb.UpdateMessageRequest(
+            message=pb.Message(name=message, feedback=pb.Feedback(rating=1, comment="c")),
+            update_mask=field_mask_pb2.FieldMask(paths=["feedback"]),
+        ),
         "ListMessages": pb.ListMessagesRequest(parent=conversation, page_size=2),
         "CreateEvent": pb.CreateEventRequest(
             parent=conversation, event=pb.Event(type="note", data={"k": "v"})

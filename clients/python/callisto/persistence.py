@@ -311,6 +311,32 @@ class PersistenceClient(Facade):
         )
         return response.message
 
+    async def update_message_feedback(
+        self,
+        name: str,
+        rating: pb.FeedbackRating.ValueType,
+        comment: str = "",
+        *,
+        author: str = "",
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> pb.Message:
+        """Sets the rating of message `name` (`conversations/{c}/messages/{position}`); the
+        last rating wins, so a retry writes the same thing."""
+        feedback = pb.Feedback(rating=rating, comment=comment, author=author)
+        response = await self._unary(
+            self.stub.UpdateMessage,
+            pb.UpdateMessageRequest(
+                message=pb.Message(name=name, feedback=feedback),
+                update_mask=field_mask_pb2.FieldMask(paths=["feedback"]),
+            ),
+            idempotent=True,
+            timeout=timeout,
+            metadata=metadata,
+            response_type=pb.UpdateMessageResponse,
+        )
+        return response.message
+
     def list_messages(
         self,
         conversation: str,
