@@ -19,6 +19,8 @@ import callisto
 from callisto.api.common.v1 import common_pb2
 from callisto.api.persistence.v1 import persistence_pb2
 from callisto.mesh.processes import RedisServer, ServiceProcess, free_port
+from callisto.services.common.validation import Violations
+from callisto.services.generation import structured
 from callisto.services.orchestration.backends import Backends
 from callisto.services.orchestration.settings import OrchestrationSettings
 from callisto.services.orchestration.tools.builtin import build_registry
@@ -251,3 +253,21 @@ def test_tool_settings_shape_the_registry_policy() -> None:
     )
     policy = build_registry(settings).policy
     assert (policy.attempts, policy.breaker_failures, policy.retry_base_s) == (4, 2, 1.0)
+
+
+def test_the_model_sees_each_schema_within_the_grammar_subset(registry: ToolRegistry) -> None:
+    specs = registry.specs()
+    offered = [structured.ToolSpec(s.name, s.description, s.model_parameters()) for s in specs]
+    violations = Violations()
+    structured.check_tools(offered, "tools", violations)
+    violations.raise_if_any()
+    # The full schemas keep what the grammar cannot hold the model to (checked on every call).
+    full = Violations()
+    structured.check_tools(
+        [structured.ToolSpec(s.name, "", s.parameters) for s in specs], "t", full
+    )
+    assert full
+    top_k = registry.get("search_documents").model_parameters()["properties"]["top_k"]
+    assert top_k["enum"] == list(range(1, 11)) and "maximum" not in top_k
+    expression = registry.get("calculator").model_parameters()["properties"]["expression"]
+    assert "pattern" not in expression and expression["maxLength"] == 200

@@ -1,7 +1,8 @@
 """The retrieval tools against the real retrieval service: `search_documents` keeps to the
 agent's company, its knowledge tags and its tenant; `search_entities` finds sessions, speakers
 and exhibitors with a citation each; an unreachable retrieval service is a clear outcome after
-three attempts, never an exception."""
+three attempts, never an exception; and what the model is shown of every built-in is accepted by
+the real generation service, whose tool calls then pass validation."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 import pytest_asyncio
+from google.protobuf import json_format, struct_pb2
 from tools_test_support import (
     CORVANE,
     DOCUMENTS,
@@ -23,6 +25,8 @@ from tools_test_support import (
 )
 
 import callisto
+from callisto.api.common.v1 import common_pb2
+from callisto.api.generation.v1 import generation_pb2, generation_pb2_grpc
 from callisto.mesh.processes import RedisServer, ServiceProcess, free_port
 from callisto.services.orchestration.backends import Backends
 from callisto.services.orchestration.settings import OrchestrationSettings
@@ -230,7 +234,7 @@ async def test_search_entities_sees_only_the_callers_tenant(
     [
         ("search_documents", {}, "arguments.query"),
         ("search_documents", {"query": "   "}, "arguments.query"),
-        ("search_documents", {"query": "x" * 501}, "arguments.query"),
+        ("search_documents", {"query": "x" * 257}, "arguments.query"),
         ("search_documents", {"query": "price", "top_k": 11}, "arguments.top_k"),
         ("search_documents", {"query": "price", "top_k": 2.5}, "arguments.top_k"),
         ("search_documents", {"query": "price", "company": "Corvane Data"}, "arguments.company"),
@@ -271,3 +275,38 @@ async def test_an_unreachable_retrieval_service_fails_the_call_after_three_attem
     assert not outcome.ok and outcome.result is None
     assert outcome.attempts == 3
     assert outcome.error.startswith("search_documents unavailable after 3 attempts: unavailable")
+
+
+async def test_every_builtin_offered_to_the_model_yields_calls_that_validate(
+    registry: ToolRegistry, orch_generation: ServiceProcess, tenant_key: Callable[[str], str]
+) -> None:
+    """The real generation service accepts each tool's model schema (its grammar subset), and
+    the call toy_llm makes from it passes the registry's full validation."""
+    offered = [
+        generation_pb2.Tool(
+            name=spec.name,
+            description=spec.description,
+            parameters=json_format.ParseDict(spec.model_parameters(), struct_pb2.Struct()),
+        )
+        for spec in registry.specs()
+    ]
+    async with await callisto.Client.connect(
+        orch_generation.address, api_key=tenant_key(TENANT)
+    ) as client:
+        stub = client.stub(generation_pb2_grpc.GenerationServiceStub)
+        for spec in registry.specs():
+            request = generation_pb2.GenerateRequest(
+                model="models/toy_llm",
+                messages=[
+                    generation_pb2.ChatMessage(role=common_pb2.ROLE_USER, content="290 * 1450")
+                ],
+                tools=offered,
+                tool_choice=generation_pb2.ToolChoice(tool=spec.name),
+            )
+            responses = [response async for response in stub.Generate(request)]
+            terminal = responses[-1]
+            assert terminal.WhichOneof("event") == "result", (spec.name, terminal)
+            (tool_call,) = terminal.result.tool_calls
+            assert tool_call.name == spec.name
+            arguments = json_format.MessageToDict(tool_call.arguments)
+            assert registry.validate(spec.name, arguments) == [], (spec.name, arguments)

@@ -24,6 +24,7 @@ from callisto.services.orchestration.backends import Backends
 from callisto.services.orchestration.tools.breaker import BreakerState, CircuitBreaker
 from callisto.services.orchestration.tools.cache import ResultCache
 from callisto.services.orchestration.tools.errors import ToolInputError, TransientToolError
+from callisto.services.orchestration.tools.model_schema import model_schema
 from callisto.services.orchestration.tools.retries import describe, is_transient, retrying
 from callisto.services.orchestration.tools.validation import (
     bounds_violations,
@@ -130,6 +131,13 @@ class ToolSpec:
     # What else of the context the result depends on (the agent's retrieval scope), so one
     # agent's cached result never answers another's call; part of the cache key.
     cache_scope: Callable[[ToolContext], str] | None = None
+
+    def model_parameters(self) -> dict[str, Any]:
+        """The schema to give the model (a generation request's tools or plan schema): only
+        what the model server's grammar enforces; calls are still validated against
+        `parameters`."""
+        result: dict[str, Any] = model_schema(self.parameters)
+        return result
 
     def proto(self) -> pb.Tool:
         tool = pb.Tool(

@@ -14,7 +14,8 @@ from callisto.services.orchestration.tools.validation import canonical_json
 
 MAX_TOP_K = 10
 DEFAULT_TOP_K = 5
-MAX_QUERY = 500
+# The longest string the model server's grammar bounds (generation's MAX_BOUND).
+MAX_QUERY = 256
 # The attribute the sample ingestion (deploy/mesh/samples.py) tags every document with.
 COMPANY_ATTRIBUTE = "attributes.company"
 # The conference product's kinds of entity (the retrieval service accepts exactly these).
