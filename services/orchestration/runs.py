@@ -137,8 +137,8 @@ class RunManager:
     # What the RPCs do
 
     async def begin(self, start: pb.StartConversation, model_extras: str = "") -> tuple[str, int]:
-        """Starts a run (validated input); returns its conversation and the log position its
-        events follow."""
+        """Starts a run (validated input); returns its conversation and the event id its
+        stream follows (the stored prompt's)."""
         try:
             agent = await self._agents.get(start.agents[0])
         except (NotFound, SdkNotFound):
@@ -194,9 +194,10 @@ class RunManager:
                 raise _busy(conversation.name) from None
             raise
         run = await self._launch(checkpoint, agent, restarted=False)
-        # The prompt is stored before the call returns, so its turn is in the log at once.
+        # The prompt is stored before the call returns; the run's stream starts after it (the
+        # caller knows its prompt; a re-attach from the start reads it as a `turn_ended`).
         await run.store_pending_messages()
-        return conversation.name, conversation.last_sequence
+        return conversation.name, state.pending[0].event_id if state.pending else 0
 
     async def watch(
         self, conversation: str, after_event_id: int
