@@ -14,6 +14,7 @@ import pytest
 import pytest_asyncio
 from google.protobuf import json_format
 from jsonschema.exceptions import SchemaError  # type: ignore[import-untyped]
+from tenacity import RetryCallState
 from tools_test_support import (
     TEXT_PARAMETERS,
     ScriptedHandler,
@@ -38,6 +39,7 @@ from callisto.services.orchestration.tools.registry import (
     ToolSpec,
     TransientToolError,
 )
+from callisto.services.orchestration.tools.retries import retrying
 
 # Async tests run on the session loop (asyncio_default_test_loop_scope in pyproject.toml).
 
@@ -151,8 +153,18 @@ async def test_waits_between_attempts_double_from_the_base_delay(ctx: ToolContex
     assert outcome.attempts == 3
     first_wait, second_wait = starts[1] - starts[0], starts[2] - starts[1]
     # base + up to base/2 of jitter, then 2·base + jitter (upper bounds leave room for a busy CPU).
-    assert 0.2 <= first_wait < 0.2 + 0.1 + 0.15
-    assert 0.4 <= second_wait < 0.4 + 0.1 + 0.15
+    assert 0.2 <= first_wait < 0.2 + 0.1 + 0.3
+    assert 0.4 <= second_wait < 0.4 + 0.1 + 0.3
+
+
+def test_production_waits_are_one_two_then_four_seconds_each_with_jitter() -> None:
+    policy = retrying(attempts=4, base_delay_s=ToolPolicy().retry_base_s)
+    state = RetryCallState(policy, fn=None, args=(), kwargs={})
+    for attempt, base in ((1, 1.0), (2, 2.0), (3, 4.0)):
+        state.attempt_number = attempt
+        waits = [policy.wait(state) for _ in range(50)]
+        assert all(base <= wait <= base + 0.5 for wait in waits), (attempt, waits)
+        assert len(set(waits)) > 1, "no jitter"
 
 
 async def test_each_attempt_is_bounded_by_the_tool_timeout(ctx: ToolContext) -> None:
