@@ -130,10 +130,17 @@ async def search_documents(arguments: dict[str, Any], context: ToolContext) -> T
         for c in citations
     ]
     titles = ", ".join(dict.fromkeys(c.title or c.document_id for c in citations))
-    summary = f"{len(passages)} passages for {query!r}" + (f": {titles}" if titles else "")
+    summary = f"{_count(len(passages), 'passage')} for {query!r}" + (
+        f": {titles}" if titles else ""
+    )
     return ToolResult(
         data={"query": query, "passages": passages}, summary=summary, citations=citations
     )
+
+
+def _count(n: int, noun: str) -> str:
+    plural = "entities" if noun == "entity" else f"{noun}s"
+    return f"{n} {noun if n == 1 else plural}"
 
 
 def _entity_id(entity: retrieval_pb2.Entity) -> str:
@@ -183,7 +190,7 @@ async def search_entities(arguments: dict[str, Any], context: ToolContext) -> To
     )
     entities = [_entity_data(hit) for hit in hits]
     titles = ", ".join(f"{e['type']} {e['title']}" for e in entities)
-    summary = f"{len(entities)} entities for {query!r}" + (f": {titles}" if titles else "")
+    summary = f"{_count(len(entities), 'entity')} for {query!r}" + (f": {titles}" if titles else "")
     return ToolResult(
         data={"query": query, "entities": entities},
         summary=summary,
