@@ -15,6 +15,7 @@ from tools_test_support import (
     CORVANE,
     DOCUMENTS,
     RIVAL,
+    SESSION_ATTRIBUTES,
     TENANT,
     TESSALINE,
     bytes_documents,
@@ -196,13 +197,18 @@ async def test_search_entities_finds_sessions_speakers_and_exhibitors_with_citat
     )
     session = by_id["tools-session-coldchain"]
     assert session["type"] == "session"
-    assert session["attributes"] == {"speakers": "Ada Lindqvist", "room": "B"}
+    assert session["attributes"] == SESSION_ATTRIBUTES
     assert session["facets"]["topic"].startswith("cold-chain monitoring")
     citations = {c.document_id: c for c in outcome.result.citations}
     assert set(citations) == set(by_id)
     cited = citations["tools-speaker-ada"]
     assert cited.title == "Ada Lindqvist"
     assert cited.text and "cold-chain" in cited.text
+    # A session's citation says when, where and who before the matched text, so an answer
+    # citing it can name them.
+    first_line, matched = citations["tools-session-coldchain"].text.split("\n", 1)
+    assert first_line == ("2026-05-13 14:00-14:40; Rhine Hall (Room B); speakers: Ada Lindqvist.")
+    assert "cold-chain monitoring" in matched
 
 
 async def test_search_entities_keeps_to_the_requested_entity_type(

@@ -155,6 +155,16 @@ def bytes_documents(tenant: str) -> list[BytesDocument]:
     ]
 
 
+SESSION_ATTRIBUTES = {
+    "day": "2026-05-13",
+    "start_time": "14:00",
+    "end_time": "14:40",
+    "room_name": "Rhine Hall (Room B)",
+    "speakers": "Ada Lindqvist",
+    "capacity": 300,
+}
+
+
 def conference_entities() -> list[retrieval_pb2.Entity]:
     """A session, its speaker and an exhibitor, all about cold-chain monitoring."""
     return [
@@ -164,7 +174,7 @@ def conference_entities() -> list[retrieval_pb2.Entity]:
             title="Cold-chain monitoring with wireless sensors",
             master="A talk on cold-chain monitoring of vaccines and food with wireless sensors.",
             facets={"topic": "cold-chain monitoring, temperature loggers, logistics"},
-            attributes={"speakers": to_proto("Ada Lindqvist"), "room": to_proto("B")},
+            attributes={key: to_proto(value) for key, value in SESSION_ATTRIBUTES.items()},
         ),
         retrieval_pb2.Entity(
             name="entities/tools-speaker-ada",

@@ -3,6 +3,7 @@ tags) and `search_entities` (sessions, speakers and exhibitors, ranked over thei
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from callisto.api.common.v1 import common_pb2
@@ -147,13 +148,39 @@ def _entity_id(entity: retrieval_pb2.Entity) -> str:
     return entity.name.removeprefix("entities/")
 
 
+def _attribute(entity: retrieval_pb2.Entity, key: str) -> str:
+    value = entity.attributes.get(key)
+    shown = from_proto(value) if value is not None else None
+    return "" if shown is None else str(shown)
+
+
+def facts(entity: retrieval_pb2.Entity) -> str:
+    """The when, where and who of an entity in one line, from its attributes (the names the
+    conference samples use), so an answer citing it can say them: '2026-05-12 09:00-09:45,
+    Maas Auditorium (Room A); speakers: Dr. Elsbeth Marnix.'"""
+    get = functools.partial(_attribute, entity)
+    parts: list[str] = []
+    if entity.entity_type == "session":
+        hours = "-".join(t for t in (get("start_time"), get("end_time")) if t)
+        when = " ".join(t for t in (get("day"), hours) if t)
+        parts = [when, get("room_name") or (get("room") and f"room {get('room')}")]
+        if get("speakers"):
+            parts.append(f"speakers: {get('speakers')}")
+    elif entity.entity_type == "speaker":
+        parts = [get("job_title"), get("organisation")]
+    elif entity.entity_type == "exhibitor":
+        parts = [get("booth") and f"booth {get('booth')}", get("hall")]
+    shown = [p for p in parts if p]
+    return "; ".join(shown) + "." if shown else ""
+
+
 def _evidence(hit: retrieval_pb2.EntityHit) -> tuple[str, str]:
-    """(best matching facet, the text of the best matches) of an entity hit."""
+    """(best matching facet, the entity's facts then the text of its best matches)."""
     matches = list(hit.matches[:MATCHES_SHOWN])
-    if not matches:
-        return "master", hit.entity.master[:MAX_CITATION_TEXT]
-    text = "\n".join(dict.fromkeys(m.text for m in matches))
-    return matches[0].facet, text[:MAX_CITATION_TEXT]
+    section = matches[0].facet if matches else "master"
+    texts = [m.text for m in matches] or [hit.entity.master]
+    text = "\n".join(t for t in dict.fromkeys([facts(hit.entity), *texts]) if t)
+    return section, text[:MAX_CITATION_TEXT]
 
 
 def _entity_data(hit: retrieval_pb2.EntityHit) -> dict[str, Any]:
