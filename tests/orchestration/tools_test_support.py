@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 
 from callisto.api.orchestration.v1 import orchestration_pb2
 from callisto.api.retrieval.v1 import retrieval_pb2
-from callisto.attributes import to_proto
+from callisto.attributes import Scalar, to_proto
 from callisto.ingest.folder import BytesDocument
 from callisto.services.common.auth import ApiKeyStore
 from callisto.services.common.tenancy import bound_tenant
@@ -155,7 +155,7 @@ def bytes_documents(tenant: str) -> list[BytesDocument]:
     ]
 
 
-SESSION_ATTRIBUTES = {
+SESSION_ATTRIBUTES: dict[str, Scalar] = {
     "day": "2026-05-13",
     "start_time": "14:00",
     "end_time": "14:40",
