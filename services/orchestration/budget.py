@@ -25,6 +25,9 @@ DEFAULT_PRICES: dict[str, tuple[float, float]] = {
     "models/llm": (0.10, 0.40),
     "models/toy_llm": (0.01, 0.02),
 }
+# What generation gives a request that leaves max_tokens at 0 (its default setting): a budget
+# caps that too.
+DEFAULT_MAX_TOKENS = 256
 # Tokens a chat template adds around each message, on top of its text.
 _TEMPLATE_TOKENS_PER_MESSAGE = 8
 # Bytes per token assumed when estimating a prompt: fewer than BPE tokenizers average, so the
@@ -169,7 +172,7 @@ class TokenBudget:
                 f"the run's budget of {self.max_total_tokens} tokens has {self.left()} left, "
                 f"less than a call needs"
             )
-        capped = room if max_tokens <= 0 else min(max_tokens, room)
+        capped = min(max_tokens, room) if max_tokens > 0 else room
         self._reserved += prompt_estimate + capped
         return capped
 
@@ -209,6 +212,7 @@ class RunModelCaller:
         tenant: str,
         agent: str,
         model_extras: str = "",
+        default_max_tokens: int = DEFAULT_MAX_TOKENS,
     ) -> None:
         self._generation = generation
         self._prices = prices
@@ -216,6 +220,7 @@ class RunModelCaller:
         self._tenant = tenant
         self._agent = agent
         self._metadata = ((MODEL_EXTRAS_METADATA, model_extras),) if model_extras else None
+        self._default_max_tokens = default_max_tokens
         # What this caller spent since it was made (or since `take_spend`).
         self.spend = Spend()
 
@@ -233,12 +238,18 @@ class RunModelCaller:
         model = _model_name(request.model)
         labels = (self._tenant, model or "default", self._agent)
         estimate = estimate_prompt_tokens(request)
+        wanted = request.parameters.max_tokens
+        if self.budget.limited and wanted <= 0:
+            wanted = self._default_max_tokens
         try:
-            max_tokens = self.budget.reserve(estimate, request.parameters.max_tokens)
+            max_tokens = self.budget.reserve(estimate, wanted)
         except BudgetExhausted:
             MODEL_CALLS.labels(*labels, "budget").inc()
             raise
         reserved = estimate + max_tokens if self.budget.limited else 0
+        # The budget cut this call short of what it asked: running out of tokens is the
+        # budget's end, not the turn's failure.
+        constrained = self.budget.limited and max_tokens < wanted
         sent = generation_pb2.GenerateRequest()
         sent.CopyFrom(request)
         sent.parameters.max_tokens = max_tokens
@@ -262,6 +273,15 @@ class RunModelCaller:
             stream.cancel()
             MODEL_CALLS.labels(*labels, "cancelled").inc()
             raise
+        except CallistoError as error:
+            MODEL_CALLS.labels(*labels, "error").inc()
+            if constrained:
+                # What it spent is unknown: count all it may have, so the budget holds.
+                spent = reserved
+                raise BudgetExhausted(
+                    f"the run's budget ran out during a generation: {error.message}"
+                ) from error
+            raise
         except BaseException:
             MODEL_CALLS.labels(*labels, "error").inc()
             raise
@@ -277,4 +297,8 @@ class RunModelCaller:
         MODEL_TOKENS.labels(*used_labels, "completion").inc(result.usage.completion_tokens)
         MODEL_COST.labels(*used_labels).inc(cost)
         MODEL_CALLS.labels(*used_labels, "ok").inc()
+        if constrained and result.finish_reason == generation_pb2.FINISH_REASON_LENGTH:
+            raise BudgetExhausted(
+                f"the run's budget of {self.budget.max_total_tokens} tokens ran out mid-answer"
+            )
         return result

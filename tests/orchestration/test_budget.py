@@ -87,6 +87,7 @@ def test_budget_reserves_for_calls_in_flight_and_refuses_what_it_cannot_pay() ->
     assert budget.reserve(10, 5) == 5  # asked for less than is left
     unlimited = TokenBudget(0)
     assert unlimited.reserve(10**6, 7) == 7
+    assert unlimited.reserve(10, 0) == 0  # generation's own default applies
 
 
 def test_spend_round_trips_through_json() -> None:
@@ -111,15 +112,20 @@ async def test_max_tokens_is_capped_by_what_the_budget_has_left(
     async def on_text(text: str) -> None:
         pieces.append(text)
 
-    result = await caller.generate(request, on_text=on_text)
-    assert result.finish_reason == generation_pb2.FINISH_REASON_LENGTH
-    assert result.usage.completion_tokens == 6
-    assert result.usage.total_tokens <= budget.max_total_tokens
-    assert "".join(pieces) == result.text
-    assert budget.spent == result.usage.total_tokens
+    # Cut short by the budget, the generation ends the run's spending: BudgetExhausted, with
+    # what it spent accounted and the budget not exceeded.
+    with pytest.raises(BudgetExhausted):
+        await caller.generate(request, on_text=on_text)
+    spend = caller.take_spend()
+    assert spend.completion_tokens == 6 and len("".join(pieces).split()) == 6
+    assert budget.spent == spend.total_tokens <= budget.max_total_tokens
     # What is left cannot pay for the same prompt again.
     with pytest.raises(BudgetExhausted):
         await caller.generate(request)
+    # Within its budget a call keeps what it asked for.
+    roomy = _caller(generation_client, TokenBudget(estimate + 50))
+    result = await roomy.generate(_request("alpha beta gamma delta", max_tokens=5))
+    assert result.usage.completion_tokens == 5
 
 
 @ASYNC
