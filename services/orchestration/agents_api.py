@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
+import grpc
+
+from callisto import errors as sdk
+from callisto.api.orchestration.v1 import orchestration_pb2 as pb
 from callisto.api.orchestration.v1 import orchestration_pb2_grpc as pb_grpc
+from callisto.api.persistence.v1 import persistence_pb2
+from callisto.services.common.errors import InvalidArgument
+from callisto.services.common.validation import Violations
 from callisto.services.orchestration.agents import AgentStore
 from callisto.services.orchestration.backends import Backends
+from callisto.services.orchestration.relay import Unimplemented, relayed
 from callisto.services.orchestration.tools.registry import ToolRegistry
+
+Context = grpc.aio.ServicerContext[Any, Any]
+MESSAGE_NAME = re.compile(r"^conversations/[a-z0-9][a-z0-9-]{0,62}/messages/([0-9]{1,18})$")
+RATINGS = (persistence_pb2.FEEDBACK_RATING_UP, persistence_pb2.FEEDBACK_RATING_DOWN)
+MAX_FEEDBACK_COMMENT = 4096
 
 
 class AgentsRpc(pb_grpc.OrchestrationServiceServicer):
@@ -16,3 +32,81 @@ class AgentsRpc(pb_grpc.OrchestrationServiceServicer):
         self._agents = agents
         self._tools = tools
         self._backends = backends
+
+    async def CreateAgent(
+        self, request: pb.CreateAgentRequest, context: Context
+    ) -> pb.CreateAgentResponse:
+        if not request.HasField("agent"):
+            raise InvalidArgument.field("agent", "is required")
+        created = await self._agents.create(request.agent, request.agent_id)
+        return pb.CreateAgentResponse(agent=created)
+
+    async def GetAgent(self, request: pb.GetAgentRequest, context: Context) -> pb.GetAgentResponse:
+        return pb.GetAgentResponse(agent=await self._agents.get(request.name))
+
+    async def ListAgents(
+        self, request: pb.ListAgentsRequest, context: Context
+    ) -> pb.ListAgentsResponse:
+        agents, token = await self._agents.list_agents(request.page_size, request.page_token)
+        return pb.ListAgentsResponse(agents=agents, next_page_token=token)
+
+    async def UpdateAgent(
+        self, request: pb.UpdateAgentRequest, context: Context
+    ) -> pb.UpdateAgentResponse:
+        if not request.HasField("agent"):
+            raise InvalidArgument.field("agent", "is required")
+        updated = await self._agents.update(request.agent, list(request.update_mask.paths))
+        return pb.UpdateAgentResponse(agent=updated)
+
+    async def ListAgentRevisions(
+        self, request: pb.ListAgentRevisionsRequest, context: Context
+    ) -> pb.ListAgentRevisionsResponse:
+        agents, token = await self._agents.list_revisions(
+            request.name, request.page_size, request.page_token
+        )
+        return pb.ListAgentRevisionsResponse(agents=agents, next_page_token=token)
+
+    async def DeleteAgent(
+        self, request: pb.DeleteAgentRequest, context: Context
+    ) -> pb.DeleteAgentResponse:
+        await self._agents.delete(request.name)
+        return pb.DeleteAgentResponse()
+
+    async def SuggestAgents(
+        self, request: pb.SuggestAgentsRequest, context: Context
+    ) -> pb.SuggestAgentsResponse:
+        raise Unimplemented("SuggestAgents is not available yet")
+
+    async def ListTools(
+        self, request: pb.ListToolsRequest, context: Context
+    ) -> pb.ListToolsResponse:
+        return pb.ListToolsResponse(tools=[spec.proto() for spec in self._tools.specs()])
+
+    async def SubmitFeedback(
+        self, request: pb.SubmitFeedbackRequest, context: Context
+    ) -> pb.SubmitFeedbackResponse:
+        v = Violations()
+        match = MESSAGE_NAME.match(request.name)
+        if not request.name:
+            v.add("name", "is required")
+        elif match is None or int(match.group(1)) < 1:
+            v.add("name", "must look like conversations/{conversation}/messages/{position}")
+        if request.rating == persistence_pb2.FEEDBACK_RATING_UNSPECIFIED:
+            v.add("rating", "is required: FEEDBACK_RATING_UP or FEEDBACK_RATING_DOWN")
+        elif request.rating not in RATINGS:
+            v.add("rating", f"unknown value {request.rating}")
+        v.check(
+            len(request.comment) <= MAX_FEEDBACK_COMMENT,
+            "comment",
+            f"must be at most {MAX_FEEDBACK_COMMENT} characters",
+        )
+        v.raise_if_any()
+        try:
+            # As the caller's tenant (bound for this request): another tenant's message is
+            # NOT_FOUND there.
+            message = await self._backends.persistence.update_message_feedback(
+                request.name, request.rating, request.comment
+            )
+        except sdk.CallistoError as error:
+            raise relayed(error) from None
+        return pb.SubmitFeedbackResponse(message=message)

@@ -511,6 +511,25 @@ class PersistenceClient(Facade):
 
         return paged(fetch, lambda r: r.sessions, lambda r: r.next_page_token)
 
+    async def list_sessions_page(
+        self,
+        *,
+        kind: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> pb.ListSessionsResponse:
+        """One page of sessions, newest first, for callers that hand out page tokens."""
+        return await self._unary(
+            self.stub.ListSessions,
+            pb.ListSessionsRequest(kind=kind, page_size=page_size, page_token=page_token),
+            idempotent=True,
+            timeout=timeout,
+            metadata=metadata,
+            response_type=pb.ListSessionsResponse,
+        )
+
     async def update_session(
         self,
         session: pb.Session,
