@@ -1,11 +1,498 @@
 """The assistant loop (CONVERSATION_MODE_ASSISTANT): understand → plan → execute → reflect →
-respond with numbered, verified citations."""
+respond with numbered, verified citations.
+
+Each step is a small function of the turn's state (`TurnState`); `answer_turn` drives them:
+rounds of plan → execute → reflect until the evidence suffices, the tools run out or
+`max_iterations` is reached, then one streamed answer. The structured steps are
+JSON-Schema-constrained generations (see `prompts`); what must not be left to a small model is
+decided by code: which passages bear on the question (`relevance`), which markers of the answer
+point at a source (`citations`), and the answer when nothing relevant was found or a source was
+unavailable.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2
+
+from callisto.api.common.v1 import common_pb2
+from callisto.api.generation.v1 import generation_pb2
+from callisto.api.orchestration.v1 import orchestration_pb2 as pb
+from callisto.errors import CallistoError
+from callisto.services.orchestration import citations, prompts, relevance
 from callisto.services.orchestration.backends import Backends
-from callisto.services.orchestration.tools.registry import ToolRegistry
+from callisto.services.orchestration.settings import OrchestrationSettings
+from callisto.services.orchestration.tools.registry import (
+    CIRCUIT_OPEN,
+    ToolContext,
+    ToolOutcome,
+    ToolRegistry,
+    ToolSpec,
+)
 from callisto.services.orchestration.turns import ModelCaller, RunSink, TurnAnswer, TurnInput
+
+log = logging.getLogger("callisto.orchestration.assistant")
+
+# Tools whose results are passages to cite; the fallback plan calls the agent's first one.
+RETRIEVAL_TOOLS = ("search_entities", "search_documents")
+MODEL, REPAIRED, FALLBACK = "model", "repaired", "fallback"
+# Characters of the user's words the fallback searches with.
+FALLBACK_QUERY = 300
+# Characters of each passage the reflect step reads (it judges, it does not answer).
+REFLECT_PASSAGE = 160
+
+
+@dataclass(frozen=True)
+class LoopOptions:
+    """The assistant loop's section of `OrchestrationSettings`."""
+
+    default_model: str = "models/llm"
+    max_sources: int = 5
+    passage_chars: int = 360
+    answer_max_tokens: int = 200
+    step_max_tokens: int = 160
+    max_calls: int = 3
+    history_messages: int = 4
+    temperature: float = 0.0
+
+    @classmethod
+    def from_settings(cls, settings: OrchestrationSettings) -> LoopOptions:
+        return cls(
+            default_model=settings.default_model,
+            max_sources=settings.assistant_max_sources,
+            passage_chars=settings.assistant_passage_chars,
+            answer_max_tokens=settings.assistant_answer_max_tokens,
+            step_max_tokens=settings.assistant_step_max_tokens,
+            max_calls=settings.assistant_max_calls,
+            history_messages=settings.assistant_history_messages,
+            temperature=settings.assistant_temperature,
+        )
+
+
+@functools.cache
+def environment_options() -> LoopOptions:
+    """The options of this process's environment (read once)."""
+    return LoopOptions.from_settings(OrchestrationSettings.from_env())
+
+
+@dataclass
+class Understanding:
+    intent: str
+    entities: list[str]
+    needs_knowledge: bool
+
+
+@dataclass
+class PlannedCalls:
+    calls: list[tuple[str, dict[str, Any]]]
+    # MODEL, REPAIRED or FALLBACK.
+    source: str
+
+
+@dataclass
+class TurnState:
+    """One turn's inputs and what its steps gathered so far."""
+
+    turn: TurnInput
+    sink: RunSink
+    llm: ModelCaller
+    tools: ToolRegistry
+    backends: Backends
+    options: LoopOptions
+    # The agent's tools that the registry has, retrieval tools first.
+    specs: list[ToolSpec]
+    outcomes: list[ToolOutcome] = field(default_factory=list)
+    # Every passage retrieved this turn, without repeats, in the order found.
+    passages: list[common_pb2.Citation] = field(default_factory=list)
+    unavailable: list[str] = field(default_factory=list)
+    usage: common_pb2.TokenUsage = field(default_factory=common_pb2.TokenUsage)
+    generation_ms: float = 0.0
+    model: str = ""
+
+    @property
+    def question(self) -> str:
+        return self.turn.user_text.strip()
+
+    @property
+    def model_name(self) -> str:
+        return self.turn.agent.model or self.options.default_model
+
+    def usable(self) -> list[ToolSpec]:
+        """The agent's tools that did not fail this turn (none is tried again after its
+        retries were spent)."""
+        return [spec for spec in self.specs if spec.name not in self.unavailable]
+
+    def has_retrieval(self) -> bool:
+        return any(spec.name in RETRIEVAL_TOOLS for spec in self.specs)
+
+    def history(self) -> list[generation_pb2.ChatMessage]:
+        count = self.options.history_messages
+        return list(self.turn.history[-count:]) if count > 0 else []
+
+    def account(self, result: generation_pb2.GenerationResult) -> None:
+        self.usage.prompt_tokens += result.usage.prompt_tokens
+        self.usage.completion_tokens += result.usage.completion_tokens
+        self.usage.total_tokens += result.usage.total_tokens
+        self.generation_ms += result.duration_ms
+        self.model = result.model or self.model
+
+    def record(self, outcomes: Sequence[ToolOutcome]) -> None:
+        self.outcomes.extend(outcomes)
+        for outcome in outcomes:
+            if outcome.ok and outcome.result is not None:
+                self.passages = citations.unique([*self.passages, *outcome.result.citations])
+            elif is_unavailable(outcome) and outcome.tool not in self.unavailable:
+                self.unavailable.append(outcome.tool)
+
+    def relevant(self) -> list[common_pb2.Citation]:
+        return relevance.relevant(self.question, self.passages)
+
+    def data_results(self) -> list[ToolOutcome]:
+        """Calls that answered with data rather than passages (calculator, time, …), and
+        calls the tool refused (the model may say why)."""
+        return [
+            o
+            for o in self.outcomes
+            if o.tool not in RETRIEVAL_TOOLS and not is_unavailable(o) and (o.ok or o.error)
+        ]
+
+
+def is_unavailable(outcome: ToolOutcome) -> bool:
+    """Whether the call failed for the tool's sake (down, timing out, breaker open) rather than
+    because the tool refused these arguments."""
+    if outcome.ok:
+        return False
+    error = outcome.error
+    return error == CIRCUIT_OPEN or error.startswith(
+        (f"{outcome.tool} unavailable", f"{outcome.tool} failed")
+    )
+
+
+def agent_tools(agent: pb.Agent, tools: ToolRegistry) -> list[ToolSpec]:
+    """The agent's tools the registry knows, retrieval tools first, else in the agent's order."""
+    known = set(tools.names())
+    names = [name for name in dict.fromkeys(agent.tools) if name in known]
+    names.sort(key=lambda name: name not in RETRIEVAL_TOOLS)
+    return [tools.get(name) for name in names]
+
+
+def _struct(value: dict[str, Any]) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    struct.update(json.loads(json.dumps(value)))
+    return struct
+
+
+async def _structured(
+    state: TurnState, name: str, schema: dict[str, Any], messages: list[generation_pb2.ChatMessage]
+) -> Any:
+    """The parsed answer of one schema-constrained generation; None when the call failed (the
+    step then decides without it). BudgetExhausted and cancellation propagate."""
+    options = state.options
+    request = generation_pb2.GenerateRequest(
+        model=state.model_name,
+        messages=messages,
+        parameters=generation_pb2.SamplingParameters(
+            max_tokens=options.step_max_tokens, temperature=options.temperature
+        ),
+        response_format=generation_pb2.ResponseFormat(json_schema=_struct(schema), name=name),
+    )
+    try:
+        result = await state.llm.generate(request)
+    except CallistoError as error:
+        log.warning("assistant %s step failed: %s", name, error)
+        return None
+    state.account(result)
+    if result.HasField("parsed"):
+        return json_format.MessageToDict(result.parsed)
+    try:
+        return json.loads(result.text)
+    except ValueError:
+        return None
+
+
+# --- the steps ----------------------------------------------------------------------------
+
+
+async def understand(state: TurnState) -> Understanding:
+    """Intent, entities and whether answering needs knowledge looked up."""
+    value = await _structured(
+        state,
+        "understand",
+        prompts.UNDERSTAND_SCHEMA,
+        prompts.understand_messages(state.question, state.history()),
+    )
+    if not isinstance(value, dict):
+        # Without an understanding, assume what is safe: look it up when the agent can.
+        return Understanding("", [], needs_knowledge=state.has_retrieval())
+    entities = value.get("entities")
+    return Understanding(
+        intent=str(value.get("intent", ""))[: prompts.MAX_INTENT].strip(),
+        entities=[str(e).strip() for e in entities if str(e).strip()]
+        if isinstance(entities, list)
+        else [],
+        needs_knowledge=value.get("needs_knowledge") != prompts.NO,
+    )
+
+
+def plan_problems(state: TurnState, value: Any, *, min_calls: int) -> list[str]:
+    """What is wrong with a plan the model wrote (empty when it is valid)."""
+    calls = value.get("calls") if isinstance(value, dict) else None
+    if not isinstance(calls, list):
+        return ["the answer has no list of calls"]
+    if len(calls) < min_calls:
+        return [f"it must make at least {min_calls} call"]
+    allowed = {spec.name for spec in state.usable()}
+    problems: list[str] = []
+    for index, call in enumerate(calls):
+        tool = call.get("tool") if isinstance(call, dict) else None
+        arguments = call.get("arguments") if isinstance(call, dict) else None
+        if tool not in allowed:
+            problems.append(f"calls[{index}]: {tool!r} is not one of your tools")
+            continue
+        problems.extend(
+            f"calls[{index}] {tool}: {v.field} {v.description}"
+            for v in state.tools.validate(str(tool), arguments)
+        )
+    return problems
+
+
+def _calls(value: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    return [(str(call["tool"]), dict(call["arguments"])) for call in value["calls"]]
+
+
+def fallback(state: TurnState) -> PlannedCalls:
+    """A retrieval with the user's words, by the agent's first retrieval tool still usable;
+    no call when it has none."""
+    for spec in state.usable():
+        if spec.name in RETRIEVAL_TOOLS:
+            arguments: dict[str, Any] = {"query": state.question[:FALLBACK_QUERY]}
+            if not state.tools.validate(spec.name, arguments):
+                return PlannedCalls([(spec.name, arguments)], FALLBACK)
+    return PlannedCalls([], FALLBACK)
+
+
+async def plan(
+    state: TurnState, understanding: Understanding, earlier: Sequence[str], missing: str
+) -> PlannedCalls:
+    """The round's tool calls: the model's plan, once repaired when invalid, else the
+    fallback."""
+    specs = state.usable()
+    min_calls = 1 if understanding.needs_knowledge else 0
+    schema = prompts.plan_schema(specs, min_calls=min_calls, max_calls=state.options.max_calls)
+    messages = prompts.plan_messages(
+        agent_prompt=state.turn.agent.system_prompt,
+        specs=specs,
+        question=state.question,
+        intent=understanding.intent,
+        entities=understanding.entities,
+        needs_knowledge=understanding.needs_knowledge,
+        earlier=earlier,
+        missing=missing,
+    )
+    value = await _structured(state, "plan", schema, messages)
+    problems = plan_problems(state, value, min_calls=min_calls)
+    if not problems:
+        return PlannedCalls(_calls(value), MODEL)
+    log.info("assistant plan invalid, repairing: %s", "; ".join(problems))
+    repair = [
+        *messages,
+        prompts.assistant(json.dumps(value, ensure_ascii=False)),
+        prompts.repair_message(state.question, problems),
+    ]
+    value = await _structured(state, "plan", schema, repair)
+    problems = plan_problems(state, value, min_calls=min_calls)
+    if not problems:
+        return PlannedCalls(_calls(value), REPAIRED)
+    log.info("assistant repaired plan invalid, falling back: %s", "; ".join(problems))
+    return fallback(state)
+
+
+async def execute(state: TurnState, iteration: int, planned: PlannedCalls) -> list[ToolOutcome]:
+    """Runs the round's calls concurrently; each call's `tool_call` event goes out as it ends."""
+    turn = state.turn
+    emitting = asyncio.Lock()
+
+    async def call(index: int, tool: str, arguments: dict[str, Any]) -> ToolOutcome:
+        context = ToolContext(
+            tenant=turn.tenant,
+            conversation=turn.conversation,
+            agent=turn.agent,
+            backends=state.backends,
+            idempotency_key=f"{turn.conversation}/turns/{turn.turn}/{iteration}.{index}",
+        )
+        call_id = f"{turn.turn}.{iteration}.{index}"
+        outcome = await state.tools.call(tool, arguments, context, call_id=call_id)
+        async with emitting:
+            await state.sink.emit(pb.ConversationEvent(tool_call=outcome.event()))
+        return outcome
+
+    async with asyncio.TaskGroup() as group:
+        tasks = [
+            group.create_task(call(index, tool, arguments))
+            for index, (tool, arguments) in enumerate(planned.calls, start=1)
+        ]
+    outcomes = [task.result() for task in tasks]
+    state.record(outcomes)
+    return outcomes
+
+
+def _evidence_lines(state: TurnState) -> list[str]:
+    lines = [
+        prompts.source_line(c, REFLECT_PASSAGE)
+        for c in citations.number(state.relevant()[: state.options.max_sources])
+    ]
+    lines += [
+        prompts.tool_line(o.tool, o.arguments, o.result.data if o.result else o.error, 200)
+        for o in state.data_results()
+    ]
+    return lines
+
+
+async def reflect(
+    state: TurnState,
+    understanding: Understanding,
+    outcomes: Sequence[ToolOutcome],
+    *,
+    last: bool,
+) -> pb.Reflection:
+    """Whether the evidence so far suffices. Decided by code where it is plain: nothing was
+    planned (nothing to wait for), nothing relevant came back when knowledge is needed (not
+    sufficient), or no round is left (the answer uses what there is); else by the model."""
+    relevant = state.relevant()
+    if not outcomes:
+        return pb.Reflection(sufficient=True)
+    if understanding.needs_knowledge and not relevant and not state.data_results():
+        failed = [o.tool for o in outcomes if is_unavailable(o)]
+        missing = (
+            f"{', '.join(dict.fromkeys(failed))} unavailable"
+            if failed and len(failed) == len(outcomes)
+            else "no relevant passages"
+        )
+        return pb.Reflection(sufficient=False, missing=missing)
+    if last:
+        return pb.Reflection(sufficient=True)
+    value = await _structured(
+        state,
+        "reflect",
+        prompts.REFLECT_SCHEMA,
+        prompts.reflect_messages(state.question, _evidence_lines(state)),
+    )
+    if not isinstance(value, dict) or value.get("sufficient") != prompts.NO:
+        return pb.Reflection(sufficient=True)
+    missing = str(value.get("missing", "")).strip()[: prompts.MAX_MISSING]
+    return pb.Reflection(sufficient=False, missing=missing)
+
+
+def _summary(outcome: ToolOutcome) -> str:
+    called = json.dumps(outcome.arguments, ensure_ascii=False, separators=(",", ":"))
+    if outcome.ok and outcome.result is not None:
+        return f"{outcome.tool} {called}: {outcome.result.summary}"
+    return f"{outcome.tool} {called}: failed ({outcome.error})"
+
+
+class _AnswerStream:
+    """The answer as it streams: markers filtered, each source's `citation` event emitted the
+    first time the answer cites it, before the text that cites it."""
+
+    def __init__(self, state: TurnState, sources: Sequence[common_pb2.Citation]) -> None:
+        self._state = state
+        self.sources = list(sources)
+        self.markers = citations.MarkerFilter(range(1, len(self.sources) + 1))
+        self.parts: list[str] = []
+        self._started = False
+
+    async def feed(self, text: str) -> None:
+        if not self._started:
+            text = text.lstrip()  # a model's answer may open with blank space
+            self._started = bool(text)
+        await self._show(*self.markers.feed(text))
+
+    async def finish(self) -> None:
+        await self._show(*self.markers.finish())
+
+    async def append(self, text: str) -> None:
+        """Text the loop adds after the model's answer (sources line, unavailable note)."""
+        await self.feed(text)
+        await self.finish()
+
+    async def _show(self, text: str, cited: list[int]) -> None:
+        for marker in cited:
+            await self._state.sink.emit(pb.ConversationEvent(citation=self.sources[marker - 1]))
+        if text:
+            self.parts.append(text)
+            await self._state.sink.token(self._state.turn.speaker, text)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    def cited(self) -> list[common_pb2.Citation]:
+        return [self.sources[n - 1] for n in sorted(self.markers.cited)]
+
+
+async def respond(
+    state: TurnState, understanding: Understanding
+) -> tuple[str, list[common_pb2.Citation]]:
+    """The streamed answer, grounded in the relevant passages given as numbered sources; the
+    "found nothing" answer when knowledge was needed and nothing relevant came back."""
+    sources = citations.number(state.relevant()[: state.options.max_sources])
+    data = state.data_results()
+    stream = _AnswerStream(state, sources)
+    if not sources and not data and understanding.needs_knowledge and state.has_retrieval():
+        searched = [
+            spec.name
+            for spec in state.specs
+            if spec.name in RETRIEVAL_TOOLS
+            and spec.name not in state.unavailable
+            and any(o.tool == spec.name and o.ok for o in state.outcomes)
+        ]
+        await stream.append(prompts.nothing_found(searched, state.unavailable))
+        return stream.text, []
+    options = state.options
+    messages = prompts.respond_messages(
+        agent_prompt=state.turn.agent.system_prompt,
+        question=state.question,
+        history=state.history(),
+        sources=[prompts.source_line(c, options.passage_chars) for c in sources],
+        results=[
+            prompts.tool_line(o.tool, o.arguments, o.result.data if o.result else o.error, 400)
+            for o in data
+        ],
+    )
+    request = generation_pb2.GenerateRequest(
+        model=state.model_name,
+        messages=messages,
+        parameters=generation_pb2.SamplingParameters(
+            max_tokens=options.answer_max_tokens, temperature=options.temperature
+        ),
+    )
+    streamed = False
+
+    async def on_text(text: str) -> None:
+        nonlocal streamed
+        streamed = True
+        await stream.feed(text)
+
+    result = await state.llm.generate(request, on_text=on_text)
+    state.account(result)
+    if not streamed and result.text:
+        await stream.feed(result.text)
+    await stream.finish()
+    if sources and not stream.markers.cited:
+        # The model answered from the sources without numbering them: say which they were.
+        await stream.append("\n\nSources: " + ", ".join(f"[{c.marker}]" for c in sources))
+    if not stream.text:
+        await stream.append("I have no answer to that.")
+    if state.unavailable:
+        await stream.append("\n\n" + prompts.unavailable_note(state.unavailable))
+    return stream.text, stream.cited()
 
 
 async def answer_turn(
@@ -14,7 +501,59 @@ async def answer_turn(
     llm: ModelCaller,
     tools: ToolRegistry,
     backends: Backends,
+    *,
+    options: LoopOptions | None = None,
 ) -> TurnAnswer:
     """Answers one human turn, emitting plan, tool_call, reflection, citation and token events
     through `sink`; the caller stores the answer (which emits `turn_ended`)."""
-    raise NotImplementedError
+    state = TurnState(
+        turn=turn,
+        sink=sink,
+        llm=llm,
+        tools=tools,
+        backends=backends,
+        options=options or environment_options(),
+        specs=agent_tools(turn.agent, tools),
+    )
+    understanding = await understand(state)
+    earlier: list[str] = []
+    missing = ""
+    rounds = max(1, turn.max_iterations)
+    for iteration in range(1, rounds + 1):
+        if not state.usable():
+            break
+        planned = await plan(state, understanding, earlier, missing)
+        await sink.emit(
+            pb.ConversationEvent(
+                plan=pb.Plan(
+                    iteration=iteration,
+                    intent=understanding.intent,
+                    entities=understanding.entities,
+                    needs_knowledge=understanding.needs_knowledge,
+                    calls=[
+                        pb.PlannedCall(tool=tool, arguments=_struct(arguments))
+                        for tool, arguments in planned.calls
+                    ],
+                    source=planned.source,
+                )
+            )
+        )
+        outcomes = await execute(state, iteration, planned)
+        last = iteration == rounds or not state.usable()
+        reflection = await reflect(state, understanding, outcomes, last=last)
+        reflection.iteration = iteration
+        await sink.emit(pb.ConversationEvent(reflection=reflection))
+        if reflection.sufficient:
+            break
+        earlier.extend(_summary(o) for o in outcomes)
+        missing = reflection.missing
+    text, cited = await respond(state, understanding)
+    return TurnAnswer(
+        text=text,
+        citations=cited,
+        usage=state.usage,
+        generation_ms=state.generation_ms,
+        model=state.model or state.model_name,
+        tool_calls=state.outcomes,
+        unavailable=list(state.unavailable),
+    )

@@ -89,3 +89,34 @@ class OrchestrationSettings(CommonSettings):
     )
 
     # --- assistant loop ---
+    assistant_max_sources: int = setting(
+        "CALLISTO_ASSISTANT_MAX_SOURCES",
+        5,
+        "Most retrieved passages an answer is given as numbered sources `[1]…[n]`.",
+    )
+    assistant_passage_chars: int = setting(
+        "CALLISTO_ASSISTANT_PASSAGE_CHARS",
+        360,
+        "Characters of each source passage the answering model reads (bounds the prompt).",
+    )
+    assistant_answer_max_tokens: int = setting(
+        "CALLISTO_ASSISTANT_ANSWER_MAX_TOKENS", 200, "Most tokens of a streamed answer."
+    )
+    assistant_step_max_tokens: int = setting(
+        "CALLISTO_ASSISTANT_STEP_MAX_TOKENS",
+        160,
+        "Most tokens of each structured step (understand, plan, reflect).",
+    )
+    assistant_max_calls: int = setting(
+        "CALLISTO_ASSISTANT_MAX_CALLS", 3, "Most tool calls one round's plan may make."
+    )
+    assistant_history_messages: int = setting(
+        "CALLISTO_ASSISTANT_HISTORY_MESSAGES",
+        4,
+        "Earlier messages of the conversation the understand and respond steps read.",
+    )
+    assistant_temperature: float = setting(
+        "CALLISTO_ASSISTANT_TEMPERATURE",
+        0.0,
+        "Sampling temperature of every model call of the loop (0: greedy, reproducible).",
+    )

@@ -1,0 +1,307 @@
+"""The prompts of the assistant loop and the JSON Schemas its structured steps answer in.
+
+The schemas are built so that both models in the mesh follow them: the real one is held to them
+by the model server's grammar, and toy_llm answers with their minimal instance (required
+properties, the first enum value, `minItems` items, the first `oneOf` alternative unless one has
+a `const` that is a word of the last user message). So every yes/no is an enum whose first value
+is "yes", each planned call is a `oneOf` alternative with its tool's name as a `const`, and the
+last user message of a plan is the user's own question. Prompts stay short: the real model is a
+135M-parameter model with a 2048-token window.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from callisto.api.common.v1 import common_pb2
+from callisto.api.generation.v1 import generation_pb2
+from callisto.services.orchestration.tools.registry import ToolSpec
+
+YES, NO = "yes", "no"
+MAX_INTENT = 80
+MAX_ENTITY = 40
+MAX_ENTITIES = 4
+MAX_MISSING = 80
+# Bound on any string or array a planned argument may hold: each unit of a bound is a rule of
+# the grammar, and a query longer than this is not a better query.
+MAX_ARGUMENT_BOUND = 120
+# Keywords the model server's grammar enforces; a tool's other keywords (pattern, minimum, …)
+# are checked after generation by the registry's validation instead.
+GRAMMAR_KEYWORDS = frozenset(
+    {
+        "type",
+        "properties",
+        "required",
+        "additionalProperties",
+        "items",
+        "minItems",
+        "maxItems",
+        "enum",
+        "const",
+        "anyOf",
+        "oneOf",
+        "minLength",
+        "maxLength",
+    }
+)
+_BOUNDED = ("maxLength", "maxItems")
+_LOWER = ("minLength", "minItems")
+
+
+def _chat(role: common_pb2.Role.ValueType, content: str) -> generation_pb2.ChatMessage:
+    return generation_pb2.ChatMessage(role=role, content=content)
+
+
+def system(content: str) -> generation_pb2.ChatMessage:
+    return _chat(common_pb2.ROLE_SYSTEM, content)
+
+
+def user(content: str) -> generation_pb2.ChatMessage:
+    return _chat(common_pb2.ROLE_USER, content)
+
+
+def assistant(content: str) -> generation_pb2.ChatMessage:
+    return _chat(common_pb2.ROLE_ASSISTANT, content)
+
+
+# --- understand ---------------------------------------------------------------------------
+
+UNDERSTAND_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "intent": {"type": "string", "maxLength": MAX_INTENT},
+        "entities": {
+            "type": "array",
+            "items": {"type": "string", "maxLength": MAX_ENTITY},
+            "maxItems": MAX_ENTITIES,
+        },
+        "needs_knowledge": {"enum": [YES, NO]},
+    },
+    # The order the model writes them in: what is asked, about what, then the decision.
+    "required": ["intent", "entities", "needs_knowledge"],
+    "additionalProperties": False,
+}
+
+UNDERSTAND_INSTRUCTIONS = (
+    "Read the user's last message. intent: what the user wants, in a few words. entities: the "
+    "names, products and topics it mentions. needs_knowledge: yes when answering needs facts to "
+    "be looked up (products, prices, policies, sessions, people, events), no for greetings, "
+    "thanks or plain arithmetic."
+)
+
+
+def understand_messages(
+    question: str, history: Sequence[generation_pb2.ChatMessage]
+) -> list[generation_pb2.ChatMessage]:
+    return [system(UNDERSTAND_INSTRUCTIONS), *history, user(question)]
+
+
+# --- plan ---------------------------------------------------------------------------------
+
+
+def grammar_schema(schema: Any) -> Any:
+    """A tool's argument schema reduced to what the grammar enforces, bounds capped; without
+    annotations, which the prompt's tool list says in prose at a fraction of the tokens."""
+    if isinstance(schema, list):
+        return [grammar_schema(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    reduced: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key not in GRAMMAR_KEYWORDS:
+            continue
+        if key == "properties" and isinstance(value, dict):
+            reduced[key] = {name: grammar_schema(sub) for name, sub in value.items()}
+        elif key in ("items", "anyOf", "oneOf") or (
+            key == "additionalProperties" and isinstance(value, dict)
+        ):
+            reduced[key] = grammar_schema(value)
+        else:
+            reduced[key] = value
+    for key in _BOUNDED:
+        if key in reduced:
+            reduced[key] = min(int(reduced[key]), MAX_ARGUMENT_BOUND)
+    for low, high in zip(_LOWER, _BOUNDED, strict=True):
+        if low in reduced:
+            reduced[low] = min(int(reduced[low]), int(reduced.get(high, MAX_ARGUMENT_BOUND)))
+    if reduced.get("type") == "string" and "maxLength" not in reduced and "enum" not in reduced:
+        # An unbounded string lets a small model ramble until max_tokens.
+        reduced["maxLength"] = MAX_ARGUMENT_BOUND
+    return reduced
+
+
+def call_schema(spec: ToolSpec) -> dict[str, Any]:
+    """One planned call of `spec`: its name as a `const`, its arguments' schema."""
+    return {
+        "type": "object",
+        "properties": {"tool": {"const": spec.name}, "arguments": grammar_schema(spec.parameters)},
+        "required": ["tool", "arguments"],
+        "additionalProperties": False,
+    }
+
+
+def plan_schema(specs: Sequence[ToolSpec], *, min_calls: int, max_calls: int) -> dict[str, Any]:
+    """A list of calls among `specs`, between `min_calls` and `max_calls` of them."""
+    alternatives = [call_schema(spec) for spec in specs]
+    item = alternatives[0] if len(alternatives) == 1 else {"oneOf": alternatives}
+    return {
+        "type": "object",
+        "properties": {
+            "calls": {
+                "type": "array",
+                "items": item,
+                "minItems": min(min_calls, max_calls),
+                "maxItems": max_calls,
+            }
+        },
+        "required": ["calls"],
+        "additionalProperties": False,
+    }
+
+
+def plan_messages(
+    *,
+    agent_prompt: str,
+    specs: Sequence[ToolSpec],
+    question: str,
+    intent: str,
+    entities: Sequence[str],
+    needs_knowledge: bool,
+    earlier: Sequence[str],
+    missing: str,
+) -> list[generation_pb2.ChatMessage]:
+    """The planning prompt; its last user message is the question itself (see the module)."""
+    tools = "\n".join(f"- {spec.name}: {spec.description}" for spec in specs)
+    lines = [
+        agent_prompt,
+        "",
+        "Choose the tool calls that gather what the answer needs. Tools:",
+        tools,
+        "Search with the key terms of the question.",
+        f"The user wants: {intent or question}.",
+    ]
+    if entities:
+        lines.append("It is about: " + ", ".join(entities) + ".")
+    if not needs_knowledge:
+        lines.append("It may need no tool at all: then plan no calls.")
+    if earlier:
+        lines.append("Calls made already, and what they found:")
+        lines.extend(f"- {line}" for line in earlier)
+        lines.append(
+            "They were not enough"
+            + (f" ({missing})" if missing else "")
+            + ": plan different calls or other search terms."
+        )
+    return [system("\n".join(lines)), user(question)]
+
+
+def repair_message(question: str, problems: Sequence[str]) -> generation_pb2.ChatMessage:
+    """Tells the model what was wrong with its plan; it repeats the question, so toy_llm's
+    choice of tool stays that of the question."""
+    return user(
+        f"{question}\n\nThat plan is invalid: "
+        + "; ".join(problems)
+        + ". Answer again with a valid plan."
+    )
+
+
+# --- reflect ------------------------------------------------------------------------------
+
+REFLECT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "sufficient": {"enum": [YES, NO]},
+        "missing": {"type": "string", "maxLength": MAX_MISSING},
+    },
+    "required": ["sufficient"],
+    "additionalProperties": False,
+}
+
+REFLECT_INSTRUCTIONS = (
+    "Judge whether the results below are enough to answer the question. sufficient: yes when "
+    "they answer it, no when something the question asks is not in them; then say in missing "
+    "what is not there."
+)
+
+
+def reflect_messages(question: str, results: Sequence[str]) -> list[generation_pb2.ChatMessage]:
+    body = "\n".join(results) or "(none)"
+    return [system(REFLECT_INSTRUCTIONS), user(f"Question: {question}\n\nResults:\n{body}")]
+
+
+# --- respond ------------------------------------------------------------------------------
+
+RESPOND_WITH_SOURCES = (
+    "Answer the question from the numbered sources only, in a few sentences. After each fact "
+    "write the number of its source in brackets, like [1]. Do not add names, times or numbers "
+    "that are not in the sources."
+)
+RESPOND_WITHOUT_SOURCES = "Answer briefly. Do not invent facts."
+
+
+def source_line(citation: common_pb2.Citation, max_chars: int) -> str:
+    """One numbered source as the answering model reads it."""
+    where = f" ({citation.section})" if citation.section else ""
+    text = " ".join(citation.text.split())
+    if len(text) > max_chars:
+        text = text[: max_chars - 1].rstrip() + "…"
+    title = citation.title or citation.document_id
+    return f"[{citation.marker}] {title}{where}: {text}"
+
+
+def tool_line(tool: str, arguments: dict[str, Any], data: Any, max_chars: int) -> str:
+    """The result of a tool that returns data rather than passages."""
+    shown = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    if len(shown) > max_chars:
+        shown = shown[: max_chars - 1] + "…"
+    called = json.dumps(arguments, ensure_ascii=False, separators=(",", ":"))
+    return f"- {tool} {called}: {shown}"
+
+
+def respond_messages(
+    *,
+    agent_prompt: str,
+    question: str,
+    history: Sequence[generation_pb2.ChatMessage],
+    sources: Sequence[str],
+    results: Sequence[str],
+) -> list[generation_pb2.ChatMessage]:
+    """The answering prompt: sources first, the question last (where a small model looks)."""
+    parts = []
+    if sources:
+        parts.append("Sources:\n" + "\n".join(sources))
+    if results:
+        parts.append("Tool results:\n" + "\n".join(results))
+    parts.append(f"Question: {question}")
+    rules = RESPOND_WITH_SOURCES if sources else RESPOND_WITHOUT_SOURCES
+    return [system(f"{agent_prompt}\n\n{rules}"), *history, user("\n\n".join(parts))]
+
+
+# --- deterministic answers ----------------------------------------------------------------
+
+
+def _names(tools: Sequence[str]) -> str:
+    if len(tools) <= 1:
+        return "".join(tools)
+    return ", ".join(tools[:-1]) + " and " + tools[-1]
+
+
+def nothing_found(searched: Sequence[str], unavailable: Sequence[str]) -> str:
+    """The answer when no retrieved passage bears on the question: said, never guessed."""
+    if searched:
+        text = (
+            f"I found nothing about this in what I searched ({_names(searched)}), so I cannot "
+            "answer it without guessing."
+        )
+    else:
+        text = "I could not look this up, so I cannot answer it without guessing."
+    if unavailable:
+        text += " " + unavailable_note(unavailable)
+    return text
+
+
+def unavailable_note(unavailable: Sequence[str]) -> str:
+    verb, it = ("was", "it") if len(unavailable) == 1 else ("were", "them")
+    return f"({_names(unavailable)} {verb} unavailable, so this answer does not use {it}.)"
