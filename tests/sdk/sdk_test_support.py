@@ -96,8 +96,12 @@ class SeveringProxy:
             asyncio.create_task(pump(reader, up_writer, False)),
             asyncio.create_task(pump(up_reader, writer, True)),
         ]
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for task in tasks:
-            task.cancel()
-        for stream in (writer, up_writer):
-            stream.close()
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            pass  # the proxy is stopping
+        finally:
+            for task in tasks:
+                task.cancel()
+            for stream in (writer, up_writer):
+                stream.close()

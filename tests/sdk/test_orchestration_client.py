@@ -46,6 +46,9 @@ class FinishedRun:
 
     run: orchestration.EventStream
     events: list[pb.ConversationEvent]
+    # The conversation's whole log from the start, re-attached directly (the human turn that
+    # opened the run comes before the run's own first event).
+    log: list[pb.ConversationEvent]
 
     @property
     def conversation(self) -> str:
@@ -58,7 +61,9 @@ async def finished_run(orch: callisto.Client) -> FinishedRun:
     agent = await _agent(orch)
     prompt = "tell me about the harbour tour and the opening keynote of the summit"
     run = orch.orchestration.run(assistant_start(agent.name, prompt))
-    return FinishedRun(run, [event async for event in run])
+    events = [event async for event in run]
+    log = [event async for event in orch.orchestration.stream(run.conversation)]
+    return FinishedRun(run, events, log)
 
 
 def _ids(events: list[pb.ConversationEvent]) -> list[int]:
@@ -94,7 +99,7 @@ async def test_agents_are_created_read_listed_revised_and_deleted(orch: callisto
 async def test_an_agent_without_a_display_name_is_invalid_argument(orch: callisto.Client) -> None:
     with pytest.raises(InvalidArgument) as raised:
         await orch.orchestration.create_agent(system_prompt="nameless")
-    assert "agent.display_name" in {v.field for v in raised.value.field_violations}
+    assert "agent.display_name" in raised.value.field_violations
 
 
 async def test_tools_are_listed_with_their_argument_schemas(orch: callisto.Client) -> None:
@@ -132,12 +137,18 @@ async def test_stream_re_attaches_after_an_event_id_with_exactly_what_came_after
     assert replay == [e for e in events if e.event_id > middle]
     whole = await orch.orchestration.stream(finished_run.conversation.split("/")[1]).complete()
     assert whole.last_event_id == events[-1].event_id and whole.done == finished_run.run.done
+    # From the start, the log holds the run's events after what opened it, and nothing else.
+    assert finished_run.log[-len(events) :] == events
+    assert all(e.event_id < events[0].event_id for e in finished_run.log[: -len(events)])
 
 
 async def _proxied_events(
     proxy: SeveringProxy, api_key: str, watch: str, conversation: str
 ) -> tuple[list[pb.ConversationEvent], int]:
-    async with await callisto.Client.connect(proxy.address, api_key=api_key) as client:
+    # Its own subchannel pool: each client opens its own connection through the proxy.
+    async with await callisto.Client.connect(
+        proxy.address, api_key=api_key, options=[("grpc.use_local_subchannel_pool", 1)]
+    ) as client:
         if watch == "stream":
             stream = client.orchestration.stream(conversation)
             return [e async for e in stream], stream.resumes
@@ -152,7 +163,7 @@ async def test_a_stream_cut_mid_way_resumes_from_the_last_event_without_gap_or_d
     finished_run: FinishedRun,
     watch: str,
 ) -> None:
-    events = finished_run.events
+    events = finished_run.log
     proxy = await SeveringProxy(sdk_orchestration.host, sdk_orchestration.port).start()
     try:
         whole, resumes = await _proxied_events(proxy, api_key, watch, finished_run.conversation)
@@ -162,7 +173,7 @@ async def test_a_stream_cut_mid_way_resumes_from_the_last_event_without_gap_or_d
         cut, resumes = await _proxied_events(proxy, api_key, watch, finished_run.conversation)
     finally:
         await proxy.stop()
-    assert proxy.cuts == 1 and resumes >= 1
+    assert proxy.cuts == 1 and resumes >= 1, (proxy.downstream_bytes, proxy.cuts, resumes)
     assert cut == events
 
 
