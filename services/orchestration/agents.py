@@ -15,9 +15,9 @@ import contextlib
 import re
 import unicodedata
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 
@@ -48,6 +48,8 @@ MAX_KNOWLEDGE_TAGS = 32
 MAX_REVISIONS = 1000
 # Rounds of read-merge-write of an unconditional update that lost a race.
 UPDATE_ATTEMPTS = 5
+# Persistence calls one list or delete keeps in flight (revisions are one document each).
+PARALLEL_CALLS = 16
 UPDATABLE = (
     "display_name",
     "role",
@@ -58,6 +60,7 @@ UPDATABLE = (
     "knowledge_tags",
 )
 KEEP_FOREVER = duration_pb2.Duration()
+T = TypeVar("T")
 
 
 def revision_name(agent: pb.Agent) -> str:
@@ -127,10 +130,14 @@ class AgentStore:
         v = Violations()
         agent_id = _collect_plain_name(v, agent.name, "agent.name")
         for path in paths:
-            if path not in UPDATABLE:
+            if path not in UPDATABLE and path != "*":
                 v.add("update_mask", f"unknown path {path!r}; known: {', '.join(UPDATABLE)}")
         v.raise_if_any()
-        chosen = list(dict.fromkeys(paths)) or [p for p in UPDATABLE if _populated(agent, p)]
+        if "*" in paths:
+            # AIP-134 full replacement: every updatable field, as `agent` has it.
+            chosen = list(UPDATABLE)
+        else:
+            chosen = list(dict.fromkeys(paths)) or [p for p in UPDATABLE if _populated(agent, p)]
         for attempt in range(UPDATE_ATTEMPTS):
             head = await self._head(agent_id)
             if agent.etag and agent.etag != head.etag:
@@ -190,7 +197,7 @@ class AgentStore:
         older = min(older, len(head.revisions))
         start = len(head.revisions) - older
         ids = head.revisions[start : start + page_size]
-        found = await asyncio.gather(*(self._revision_or_none(agent_id, r) for r in ids))
+        found = await _bounded(self._revision_or_none(agent_id, r) for r in ids)
         agents = []
         for agent in found:
             if agent is not None:
@@ -302,7 +309,7 @@ class AgentStore:
                 await self._persistence.delete_session(_revision_id(revision))
 
         try:
-            await asyncio.gather(*(drop(r) for r in revisions))
+            await _bounded(drop(r) for r in revisions)
         except sdk.CallistoError as error:
             raise relayed(error) from None
 
@@ -351,6 +358,17 @@ class AgentStore:
                 "must be 1-128 letters, digits, '_', '.', ':', '/' or '-', starting with a "
                 "letter or digit",
             )
+
+
+async def _bounded(calls: Iterable[Awaitable[T]]) -> list[T]:
+    """The results of `calls` in order, at most `PARALLEL_CALLS` in flight at once."""
+    gate = asyncio.Semaphore(PARALLEL_CALLS)
+
+    async def gated(call: Awaitable[T]) -> T:
+        async with gate:
+            return await call
+
+    return list(await asyncio.gather(*(gated(c) for c in calls)))
 
 
 def parse_agent_name(name: str, field: str) -> tuple[str, str | None]:

@@ -204,6 +204,21 @@ async def test_an_update_without_a_mask_writes_the_fields_it_sets(orch_stub: Stu
     )
 
 
+async def test_a_wildcard_mask_replaces_every_field(orch_stub: Stub) -> None:
+    first = await create(orch_stub, sample(model="models/llm"))
+    replaced = await update(
+        orch_stub, pb.Agent(name=first.name, display_name="Replaced", system_prompt="p"), ("*",)
+    )
+    assert (replaced.display_name, replaced.system_prompt, replaced.model) == (
+        "Replaced",
+        "p",
+        "models/toy_llm",
+    )
+    assert (replaced.role, replaced.company, list(replaced.tools)) == ("", "", [])
+    assert list(replaced.knowledge_tags) == []
+    assert replaced.create_time == first.create_time
+
+
 async def test_clearing_the_model_by_mask_restores_the_default(orch_stub: Stub) -> None:
     first = await create(orch_stub, sample(model="models/llm"))
     assert first.model == "models/llm"
