@@ -7,7 +7,8 @@ arguments take a name (`conversations/c1`) or a bare id (`c1`); sessions likewis
 - Reads (`get_*`, `list_*`, `export_conversation`, `get_retention_policy`) are retried on
   UNAVAILABLE / RetryInfo. `create_conversation`, `create_message` and `append_events` send a
   `request_id` (a fresh UUID per call unless you pass one) that the service deduplicates for
-  24 h, so they are retried too without ever writing twice. Updates and deletes (etag
+  24 h, so they are retried too without ever writing twice. `update_message_feedback` sets an
+  absolute rating (the last one wins), so it is retried as well. Updates and deletes (etag
   compare-and-set) and `create_session` (no request id in the contract) are never retried.
 - `list_conversations`, `list_messages`, `list_events`, `list_sessions` are async iterators over
   every item, following `next_page_token`; `page_size` is the size of each page fetched.
