@@ -120,12 +120,16 @@ def _records(path: Path, tag: str) -> list[dict[str, Any]]:
     return [record for record in records if record.get("tag") == tag]
 
 
-async def toy_event(path: Path, tag: str, within_s: float = 15) -> dict[str, Any]:
-    """toy_llm's record of the (last) request tagged `tag`, once it finished."""
+async def toy_event(
+    path: Path, tag: str, finish_reason: str = "", within_s: float = 15
+) -> dict[str, Any]:
+    """toy_llm's record of a finished request tagged `tag` (the first that ended with
+    `finish_reason`, when given: a run makes several tagged generations)."""
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
         tagged = await asyncio.to_thread(_records, path, tag)
-        if tagged:
-            return tagged[-1]
+        matching = [r for r in tagged if r["finish_reason"] == finish_reason or not finish_reason]
+        if matching:
+            return matching[0]
         await asyncio.sleep(0.05)
-    raise AssertionError(f"toy_llm recorded no request tagged {tag}")
+    raise AssertionError(f"toy_llm recorded no request tagged {tag} ending {finish_reason!r}")
