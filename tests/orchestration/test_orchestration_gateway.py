@@ -9,7 +9,7 @@ import asyncio
 import json
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import pytest
 import callisto
 from callisto.api.orchestration.v1 import orchestration_pb2 as pb
 from callisto.mesh.gateway import EnvoyGateway
+from callisto.mesh.processes import ServiceProcess
 from callisto.orchestration import assistant_start
 
 SERVICE = "callisto.orchestration.v1.OrchestrationService"
@@ -44,6 +45,14 @@ def _run_body(agent: str, prompt: str) -> dict[str, Any]:
 def _kind(event: dict[str, Any]) -> str:
     (kind,) = [k for k in event if k not in ("eventId", "conversation", "createTime")]
     return kind
+
+
+def _camel(event: dict[str, Any]) -> dict[str, Any]:
+    def camel(name: str) -> str:
+        head, *rest = name.split("_")
+        return head + "".join(part.title() for part in rest)
+
+    return {camel(key): value for key, value in event.items()}
 
 
 def _check_run(events: list[dict[str, Any]]) -> None:
@@ -108,8 +117,12 @@ async def test_a_run_streams_over_http_as_server_sent_events_and_re_attaches(
         again = await _sse(client, "GET", url, params={"afterEventId": middle})
         later = [e for e in events if int(e["eventId"]) > middle]
         assert [frame["event"] for frame in again] == later
-        lines = await _ndjson(client, "GET", url, params={"afterEventId": 0})
-        assert [line["event"] for line in lines] == events
+        # From the start: the human turn that opened the run, then the run's events.
+        log = [line["event"] for line in await _ndjson(client, "GET", url)]
+        assert log[-len(events) :] == events
+        opening = log[: -len(events)]
+        assert [_kind(e) for e in opening] == ["turnEnded"]
+        assert opening[0]["turnEnded"]["text"] == "hello over SSE"
 
 
 async def test_a_run_streams_over_http_as_newline_delimited_json(
@@ -134,9 +147,9 @@ async def test_agents_over_http_json_and_errors_as_status_bodies(
             json={"displayName": "HTTP agent", "systemPrompt": "Be brief."},
         )
         assert created.status_code == 200, created.text
-        assert created.json()["name"] == f"agents/{agent_id}"
+        assert created.json()["agent"]["name"] == f"agents/{agent_id}"
         got = await client.get(f"/v1/agents/{agent_id}")
-        assert got.status_code == 200 and got.json()["displayName"] == "HTTP agent"
+        assert got.status_code == 200 and got.json()["agent"]["displayName"] == "HTTP agent"
         tools = await client.get("/v1/tools")
         assert "search_documents" in {tool["name"] for tool in tools.json()["tools"]}
         missing = await client.get(f"/v1/agents/{_id('missing')}")
@@ -166,10 +179,29 @@ def _json_objects(text: str) -> list[Any]:
         objects.append(value)
 
 
+@pytest.fixture(scope="module")
+def reflecting_gateway(
+    mesh_gateway: EnvoyGateway,
+    orchestration: ServiceProcess,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[EnvoyGateway]:
+    """The mesh gateway's routes, with reflection answered by orchestration (which reflects
+    every service of the mesh, as persistence does in `callisto up`; the session's persistence
+    process reflects only itself)."""
+    gateway = EnvoyGateway.on_free_ports(
+        dict(mesh_gateway.spec.upstreams),
+        tmp_path_factory.mktemp("reflecting-gateway"),
+        reflection_service=SERVICE,
+    )
+    gateway.start()
+    yield gateway
+    gateway.stop()
+
+
 async def test_grpcurl_lists_describes_and_runs_the_service_by_reflection(
-    mesh_gateway: EnvoyGateway, api_key: str
+    reflecting_gateway: EnvoyGateway, mesh_gateway: EnvoyGateway, api_key: str
 ) -> None:
-    target = mesh_gateway.grpc_target
+    target = reflecting_gateway.grpc_target
     assert SERVICE in (await _grpcurl("-plaintext", target, "list")).split()
     described = await _grpcurl("-plaintext", target, "describe", SERVICE)
     for rpc in ("rpc Converse", "rpc RunConversation", "rpc StreamConversation", "rpc ListTools"):
@@ -180,7 +212,8 @@ async def test_grpcurl_lists_describes_and_runs_the_service_by_reflection(
     agent = await _agent(mesh_gateway, api_key)
     body = json.dumps(_run_body(agent, "hello over grpcurl"))
     out = await _grpcurl("-plaintext", "-H", auth, "-d", body, target, f"{SERVICE}/RunConversation")
-    _check_run([message["event"] for message in _json_objects(out)])
+    # grpcurl prints the proto field names (event_id, turn_started).
+    _check_run([_camel(message["event"]) for message in _json_objects(out)])
 
 
 async def test_converse_streams_both_ways_through_envoy(
