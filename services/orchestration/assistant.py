@@ -45,6 +45,8 @@ RETRIEVAL_TOOLS = ("search_entities", "search_documents")
 MODEL, REPAIRED, FALLBACK = "model", "repaired", "fallback"
 # Characters of the user's words the fallback searches with.
 FALLBACK_QUERY = 300
+# Where a small model starts writing a prompt of its own instead of answering.
+ANSWER_STOPS = ("\nQuestion:", "\nSources:")
 # Characters of each passage the reflect step reads (it judges, it does not answer).
 REFLECT_PASSAGE = 160
 
@@ -56,11 +58,13 @@ class LoopOptions:
     default_model: str = "models/llm"
     max_sources: int = 5
     passage_chars: int = 360
-    answer_max_tokens: int = 200
+    answer_max_tokens: int = 160
     step_max_tokens: int = 160
-    max_calls: int = 3
+    max_calls: int = 2
     history_messages: int = 4
     temperature: float = 0.0
+    answer_temperature: float = 0.3
+    answer_seed: int = 1
 
     @classmethod
     def from_settings(cls, settings: OrchestrationSettings) -> LoopOptions:
@@ -73,6 +77,8 @@ class LoopOptions:
             max_calls=settings.assistant_max_calls,
             history_messages=settings.assistant_history_messages,
             temperature=settings.assistant_temperature,
+            answer_temperature=settings.assistant_answer_temperature,
+            answer_seed=settings.assistant_answer_seed,
         )
 
 
@@ -256,11 +262,21 @@ def plan_problems(state: TurnState, value: Any, *, min_calls: int) -> list[str]:
         if tool not in allowed:
             problems.append(f"calls[{index}]: {tool!r} is not one of your tools")
             continue
-        problems.extend(
-            f"calls[{index}] {tool}: {v.field} {v.description}"
-            for v in state.tools.validate(str(tool), arguments)
-        )
+        violations = state.tools.validate(str(tool), arguments)
+        problems.extend(f"calls[{index}] {tool}: {v.field} {v.description}" for v in violations)
+        if not violations and tool in RETRIEVAL_TOOLS and not grounded(state, arguments):
+            problems.append(
+                f"calls[{index}] {tool}: arguments.query must use the key words of the question"
+            )
     return problems
+
+
+def grounded(state: TurnState, arguments: Any) -> bool:
+    """Whether a search looks for what was asked: its query shares a term with the question
+    (a small model otherwise searches for its instructions' words)."""
+    query = arguments.get("query") if isinstance(arguments, dict) else None
+    wanted = relevance.terms(state.question)
+    return not wanted or bool(relevance.terms(str(query or "")) & wanted)
 
 
 def _calls(value: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -287,7 +303,6 @@ async def plan(
     min_calls = 1 if understanding.needs_knowledge else 0
     schema = prompts.plan_schema(specs, min_calls=min_calls, max_calls=state.options.max_calls)
     messages = prompts.plan_messages(
-        agent_prompt=state.turn.agent.system_prompt,
         specs=specs,
         question=state.question,
         intent=understanding.intent,
@@ -377,6 +392,9 @@ async def reflect(
         )
         return pb.Reflection(sufficient=False, missing=missing)
     if last:
+        return pb.Reflection(sufficient=True)
+    if relevant and relevance.covers(state.question, relevant):
+        # Every term of the question is in a relevant passage: nothing obvious is missing.
         return pb.Reflection(sufficient=True)
     value = await _structured(
         state,
@@ -470,7 +488,11 @@ async def respond(
         model=state.model_name,
         messages=messages,
         parameters=generation_pb2.SamplingParameters(
-            max_tokens=options.answer_max_tokens, temperature=options.temperature
+            max_tokens=options.answer_max_tokens,
+            temperature=options.answer_temperature,
+            seed=options.answer_seed,
+            # A small model goes on to invent the next question.
+            stop=list(ANSWER_STOPS),
         ),
     )
     streamed = False
@@ -485,8 +507,9 @@ async def respond(
     if not streamed and result.text:
         await stream.feed(result.text)
     await stream.finish()
-    if sources and not stream.markers.cited:
-        # The model answered from the sources without numbering them: say which they were.
+    if len(stream.markers.cited) < len(sources):
+        # The answer was written from every source given; list them where the model did not
+        # number them all (a small model often cites none).
         await stream.append("\n\nSources: " + ", ".join(f"[{c.marker}]" for c in sources))
     if not stream.text:
         await stream.append("I have no answer to that.")

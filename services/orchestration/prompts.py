@@ -88,7 +88,8 @@ UNDERSTAND_INSTRUCTIONS = (
     "Read the user's last message. intent: what the user wants, in a few words. entities: the "
     "names, products and topics it mentions. needs_knowledge: yes when answering needs facts to "
     "be looked up (products, prices, policies, sessions, people, events), no for greetings, "
-    "thanks or plain arithmetic."
+    'thanks or plain arithmetic. For example, for "What does the X200 cost?" answer '
+    '{"intent": "price of the X200", "entities": ["X200"], "needs_knowledge": "yes"}.'
 )
 
 
@@ -163,7 +164,6 @@ def plan_schema(specs: Sequence[ToolSpec], *, min_calls: int, max_calls: int) ->
 
 def plan_messages(
     *,
-    agent_prompt: str,
     specs: Sequence[ToolSpec],
     question: str,
     intent: str,
@@ -175,13 +175,17 @@ def plan_messages(
     """The planning prompt; its last user message is the question itself (see the module)."""
     tools = "\n".join(f"- {spec.name}: {spec.description}" for spec in specs)
     lines = [
-        agent_prompt,
-        "",
         "Choose the tool calls that gather what the answer needs. Tools:",
         tools,
-        "Search with the key terms of the question.",
-        f"The user wants: {intent or question}.",
+        "Search with the key words of the question.",
     ]
+    searches = [spec.name for spec in specs if "query" in spec.parameters.get("properties", {})]
+    if searches:
+        # A small model follows an example far better than a rule.
+        example = {"calls": [{"tool": searches[0], "arguments": {"query": question[:100]}}]}
+        lines.append("For example: " + json.dumps(example, ensure_ascii=False))
+    if intent:
+        lines.append(f"The user wants: {intent}.")
     if entities:
         lines.append("It is about: " + ", ".join(entities) + ".")
     if not needs_knowledge:

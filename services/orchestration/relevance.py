@@ -76,3 +76,11 @@ def relevant(question: str, citations: Sequence[common_pb2.Citation]) -> list[co
     kept = [j for j in judged if len(j.matched) >= floor]
     kept.sort(key=lambda j: -len(j.matched))  # stable: equal matches keep the search's order
     return [j.citation for j in kept]
+
+
+def covers(question: str, passages: Sequence[common_pb2.Citation]) -> bool:
+    """Whether every distinctive term of the question is in one of the passages."""
+    found: set[str] = set()
+    for citation in passages:
+        found |= _passage_terms(citation)
+    return terms(question) <= found

@@ -100,7 +100,7 @@ class OrchestrationSettings(CommonSettings):
         "Characters of each source passage the answering model reads (bounds the prompt).",
     )
     assistant_answer_max_tokens: int = setting(
-        "CALLISTO_ASSISTANT_ANSWER_MAX_TOKENS", 200, "Most tokens of a streamed answer."
+        "CALLISTO_ASSISTANT_ANSWER_MAX_TOKENS", 160, "Most tokens of a streamed answer."
     )
     assistant_step_max_tokens: int = setting(
         "CALLISTO_ASSISTANT_STEP_MAX_TOKENS",
@@ -108,7 +108,7 @@ class OrchestrationSettings(CommonSettings):
         "Most tokens of each structured step (understand, plan, reflect).",
     )
     assistant_max_calls: int = setting(
-        "CALLISTO_ASSISTANT_MAX_CALLS", 3, "Most tool calls one round's plan may make."
+        "CALLISTO_ASSISTANT_MAX_CALLS", 2, "Most tool calls one round's plan may make."
     )
     assistant_history_messages: int = setting(
         "CALLISTO_ASSISTANT_HISTORY_MESSAGES",
@@ -118,5 +118,15 @@ class OrchestrationSettings(CommonSettings):
     assistant_temperature: float = setting(
         "CALLISTO_ASSISTANT_TEMPERATURE",
         0.0,
-        "Sampling temperature of every model call of the loop (0: greedy, reproducible).",
+        "Sampling temperature of the structured steps (0: greedy, reproducible).",
+    )
+    assistant_answer_temperature: float = setting(
+        "CALLISTO_ASSISTANT_ANSWER_TEMPERATURE",
+        0.3,
+        "Sampling temperature of the streamed answer (greedy decoding makes a small model loop).",
+    )
+    assistant_answer_seed: int = setting(
+        "CALLISTO_ASSISTANT_ANSWER_SEED",
+        1,
+        "Sampling seed of the streamed answer, so the same prompt gets the same answer.",
     )

@@ -145,13 +145,9 @@ async def test_a_question_is_planned_searched_judged_and_answered_with_its_cited
     assert arguments(call) == {"query": COLD_CHAIN}
     (reflection,) = sink.reflections()
     assert (reflection.iteration, reflection.sufficient) == (1, True)
-    # understand, plan, reflect, then the answer: one model call each.
-    assert [c.request.response_format.name for c in llm.calls] == [
-        "understand",
-        "plan",
-        "reflect",
-        "",
-    ]
+    # Every term of the question is in a relevant passage: judged sufficient without a model
+    # call. understand, plan, then the answer.
+    assert [c.request.response_format.name for c in llm.calls] == ["understand", "plan", ""]
 
     # Every marker of the answer is a citation of a retrieved passage, and every citation is cited.
     cited = {c.marker for c in answer.citations}
@@ -174,6 +170,20 @@ async def test_a_question_is_planned_searched_judged_and_answered_with_its_cited
     assert answer.model == "models/toy_llm"
     assert answer.usage.total_tokens == sum(c.result.usage.total_tokens for c in llm.calls)
     assert answer.generation_ms > 0
+
+
+async def test_evidence_that_leaves_terms_of_the_question_uncovered_is_judged_by_the_model(
+    backends: Backends, conference: str
+) -> None:
+    question = "Which cold-chain monitoring sessions serve vegan lunch?"
+    answer, sink, llm = await ask(backends, conference, question)
+
+    (reflect,) = llm.named("reflect")
+    judged = reflect.request.messages[-1].content
+    assert judged.startswith(f"Question: {question}") and "[1] Cold-Chain Visibility" in judged
+    # toy_llm's verdict is the schema's first enum value: sufficient, so one round.
+    assert [(r.iteration, r.sufficient) for r in sink.reflections()] == [(1, True)]
+    assert len(sink.plans()) == 1 and answer.citations
 
 
 async def test_markers_pointing_at_no_source_are_removed_from_the_text_and_the_tokens(
