@@ -111,7 +111,9 @@ async def test_chat_streams_the_answer_with_its_tool_calls_and_numbered_sources(
     assert replay.code == 0, replay.err
     events = replay.events()
     kinds = [_kind(event) for event in events]
-    assert kinds[0] == "turnStarted" and kinds[-1] == "done"
+    # The log opens with the question (the human's turn), then the run's events.
+    assert kinds[:2] == ["turnEnded", "turnStarted"] and kinds[-1] == "done"
+    assert events[0]["turnEnded"]["text"] == QUESTION
     answer = [e["turnEnded"] for e in events if _kind(e) == "turnEnded"][-1]
     assert answer["text"] and answer["text"].split()[0] in asked.out
     lines = asked.out.splitlines()
@@ -157,10 +159,10 @@ async def test_interactive_chat_asks_each_question_in_one_conversation(
     assert _conversation(session.out).startswith("conversations/")
 
 
-async def test_an_unknown_agent_is_reported_as_not_found(chat_mesh: ChatMesh) -> None:
+async def test_an_unknown_agent_is_reported_with_the_services_reason(chat_mesh: ChatMesh) -> None:
     failed = await chat_mesh.chat("--agent", f"agents/missing-{uuid.uuid4().hex[:6]}", "hello")
-    assert failed.code == 2
-    assert "chat failed" in failed.err and "not found" in failed.err.lower()
+    assert failed.code == 2 and not failed.out
+    assert failed.err.startswith("chat failed: INVALID_ARGUMENT") and "no such agent" in failed.err
 
 
 async def test_chat_without_a_key_says_how_to_give_one(chat_mesh: ChatMesh) -> None:

@@ -36,7 +36,10 @@ def _arguments(arguments: Any) -> str:
 
 
 def _short(value: Any, limit: int = 60) -> str:
-    text = json.dumps(value, ensure_ascii=False)
+    return _clip(json.dumps(value, ensure_ascii=False), limit)
+
+
+def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -110,7 +113,7 @@ class EventPrinter:
             attempts = f" after {call.attempts} attempts" if call.attempts > 1 else ""
             outcome = f"✗ failed{attempts}: {call.error}"
         else:
-            outcome = f"→ {call.result}"
+            outcome = f"→ {_clip(call.result, 160)}"
         self.line(f"  · {call.tool}({_arguments(call.arguments)}) {outcome} ({took})")
 
     def _reflection(self, reflection: pb.Reflection) -> None:
