@@ -55,7 +55,14 @@ from typing import Any
 
 from google.protobuf import json_format, struct_pb2
 from orchestration_mesh import BenchMesh, Served, rss_mib
-from orchestration_runs import AnsweredTurn, Watch, log_gaps, token_lags
+from orchestration_runs import (
+    AnsweredTurn,
+    Sequence_,
+    Watch,
+    line_up,
+    log_gaps,
+    token_lags,
+)
 from orchestration_tap import GenerationTap, Pacing, TappedCall
 
 import callisto
@@ -135,6 +142,8 @@ class TurnSample:
     retrieval: Served
     turn: AnsweredTurn
     conversation: str
+    # Persistence calls made up to `done` (not part of "inside": the run's own bookkeeping).
+    persistence: Served
 
     @property
     def inside_ms(self) -> float:
@@ -222,6 +231,8 @@ class Bench:
             if self.args.llm_questions > 0:
                 sections.append(("(e) SmolLM2", self.llm))
             for name, section in sections:
+                if name[1] not in self.args.only:
+                    continue
                 started = time.monotonic()
                 say(f"{name} …")
                 try:
@@ -243,13 +254,17 @@ class Bench:
         self, client: callisto.Client, agent: str, prompt: str, conversation: str = ""
     ) -> TurnSample:
         timeout = self.args.turn_timeout
+        persistence = self.mesh.persistence_metrics
         generation0, retrieval0 = await self._reads()
+        persistence0 = await persistence.read(settled=True)
         started = time.perf_counter()
         async with Watch.start(client, agent, prompt, conversation=conversation) as watch:
             turn = await watch.answer(timeout)
             done = await watch.terminal(timeout)
             name = watch.conversation
         generation1, retrieval1 = await self._reads()
+        # Settled would wait out the stream the Converse watch keeps open on the log.
+        persistence1 = await persistence.read()
         return TurnSample(
             wall_ms=(turn.ended.at - started) * 1000,
             to_done_ms=(done.at - started) * 1000,
@@ -257,6 +272,7 @@ class Bench:
             retrieval=retrieval1.minus(retrieval0),
             turn=turn,
             conversation=name,
+            persistence=persistence1.minus(persistence0),
         )
 
     async def direct_turn(self, like: TurnSample, prompt: str) -> DirectSample:
@@ -314,12 +330,15 @@ class Bench:
         direct_first: list[DirectSample] = []
         direct_follow: list[DirectSample] = []
         for i in range(args.warmup + args.turns):
-            opened = await self.orchestrated_turn(self.orch, self.toy_agent, QUESTION)
+            # A question of its own each time, as users ask: the tool cache would otherwise
+            # answer every search after the first.
+            question, follow_up = f"{QUESTION} ({i})", f"{FOLLOW_UP} ({i})"
+            opened = await self.orchestrated_turn(self.orch, self.toy_agent, question)
             again = await self.orchestrated_turn(
-                self.orch, self.toy_agent, FOLLOW_UP, conversation=opened.conversation
+                self.orch, self.toy_agent, follow_up, conversation=opened.conversation
             )
-            base_first = await self.direct_turn(opened, QUESTION)
-            base_follow = await self.direct_turn(again, FOLLOW_UP)
+            base_first = await self.direct_turn(opened, question)
+            base_follow = await self.direct_turn(again, follow_up)
             if i >= args.warmup:
                 first.append(opened)
                 follow.append(again)
@@ -356,6 +375,16 @@ class Bench:
                 f"direct calls {ms(direct_walls)}",
                 ms(walls),
                 ratio(p50(walls), p50(direct_walls)),
+                "(info)",
+                "",
+            )
+            calls = [sum(s.persistence.calls.values()) for s in samples]
+            serving = [s.persistence.total_ms for s in samples]
+            self.row(
+                f"(a)   persistence calls per turn (to done, streams left out), {label}",
+                "",
+                f"p50 {p50(calls):.0f} calls, {p50(serving):.1f} ms serving",
+                "",
                 "(info)",
                 "",
             )
@@ -412,12 +441,22 @@ class Bench:
             finished.append(outcome)
         limit = asyncio.Semaphore(16)
 
-        async def check(watch: Watch) -> bool:
+        async def check(watch: Watch) -> Sequence_:
             async with limit:
                 ids = [s.event.event_id for s in watch.seen]
-                return (await log_gaps(self.gateway, watch.conversation, ids)).gap_free
+                return await log_gaps(self.gateway, watch.conversation, ids)
 
-        gap_free = sum(await asyncio.gather(*(check(w) for w, _ in finished)))
+        sequences = await asyncio.gather(*(check(w) for w, _ in finished))
+        gap_free = sum(s.gap_free for s in sequences)
+        not_echoed = {len(s.before_first) for s in sequences}
+        self.results.notes.append(
+            f"(d) each client's events were compared with the conversation's log from its first "
+            f"event on; before it, the log holds {sorted(not_echoed)} run event(s) per "
+            "conversation that Converse does not send (the prompt's own message.created)."
+        )
+        broken = [s for s in sequences if not s.gap_free]
+        if broken:
+            self.results.notes.append(f"(d) first broken sequence: {broken[0]}")
         latencies = [latency for _, latency in finished]
         # The same calls, as many at once, straight to the services.
         like = self.turn_samples[-1] if self.turn_samples else None
@@ -491,6 +530,8 @@ class Bench:
         unmatched = 0
         base_lags: list[float] = []
         base_first: list[float] = []
+        to_log: list[float] = []
+        from_log: list[float] = []
         timeout = args.turn_timeout + args.lag_tokens * args.token_delay_ms / 1000
         try:
             for i in range(args.warmup + args.lag_turns):
@@ -502,7 +543,12 @@ class Bench:
                 call = self._answer_call("".join(text for _, text in received))
                 if call is None:
                     raise RuntimeError("the tap saw no generation the answer came from")
-                sample, lost = token_lags(call.deltas, received)
+                pairs, lost = line_up(call.deltas, received)
+                sample = [(received[k][0] - at) * 1000 for at, k in pairs]
+                # When the log stamped each token event (persistence's wall clock, moved
+                # onto perf_counter): the lag before it is the run's, after it delivery's.
+                offset = time.time() - time.perf_counter()
+                logged = [s.event.create_time.ToNanoseconds() / 1e9 - offset for s in turn.tokens]
                 self.tap.clear()
                 generation = self.tapped.generation.generate(
                     QUESTION, model=TOY_MODEL, max_tokens=args.lag_tokens
@@ -514,6 +560,8 @@ class Bench:
                 base, _ = token_lags(self.tap.calls[-1].deltas, got)
                 if i >= args.warmup:
                     lags += sample
+                    to_log += [(logged[k] - at) * 1000 for at, k in pairs]
+                    from_log += [(received[k][0] - logged[k]) * 1000 for _, k in pairs]
                     unmatched += lost
                     first_lags += sample[:1]
                     base_lags += base
@@ -529,6 +577,14 @@ class Bench:
             ratio(p99(lags), p99(base_lags)) + " p99",
             "<= 25 ms p99",
             verdict(p99(lags) <= 25),
+        )
+        self.row(
+            "(b)   of which: generation -> appended to the log / log -> client",
+            "",
+            f"{ms(to_log)} / {ms(from_log)}",
+            "",
+            "(info)",
+            "",
         )
         self.row(
             "(b)   first token of the answer only",
@@ -699,6 +755,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--turn-timeout", type=float, default=120.0, help="seconds per turn")
     parser.add_argument("--concurrent-timeout", type=float, default=300.0)
     parser.add_argument("--keep", type=Path, help="keep logs and data in this folder")
+    parser.add_argument(
+        "--only", default="abcde", help="sections to run, by letter (e.g. `bc`) [abcde]"
+    )
     args = parser.parse_args()
     quick = args.quick
     defaults = {
@@ -712,7 +771,7 @@ def parse_args() -> argparse.Namespace:
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    if args.skip_llm or (quick and not args.llm):
+    if args.skip_llm or (quick and not args.llm) or "e" not in args.only:
         args.llm_questions = 0
     return args
 

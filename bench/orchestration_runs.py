@@ -202,9 +202,12 @@ class Sequence_:
     delivered: int
     duplicates: int = 0
     out_of_order: int = 0
-    # Run events in the log the client never got, and ids it got that the log lacks.
+    # Run events of the log after the client's first event that it never got (gaps), ids it
+    # got that the log lacks, and run events logged before its first one (the run's own
+    # prompt, which Converse does not echo).
     missing: list[int] = field(default_factory=list)
     unknown: list[int] = field(default_factory=list)
+    before_first: list[int] = field(default_factory=list)
 
     @property
     def gap_free(self) -> bool:
@@ -213,11 +216,11 @@ class Sequence_:
 
 async def log_gaps(client: callisto.Client, conversation: str, ids: Sequence[int]) -> Sequence_:
     """Compares the event ids a client received with the run events of the conversation's log
-    (read from persistence), up to the last id the client got."""
+    (read from persistence), between the first and the last id the client got."""
     result = Sequence_(conversation, len(ids))
     result.duplicates = len(ids) - len(set(ids))
     result.out_of_order = sum(1 for a, b in itertools.pairwise(ids) if b <= a)
-    last = max(ids, default=0)
+    first, last = min(ids, default=0), max(ids, default=0)
     logged = []
     async for entry in client.persistence.list_events(conversation):
         if entry.sequence > last:
@@ -225,7 +228,8 @@ async def log_gaps(client: callisto.Client, conversation: str, ids: Sequence[int
         if entry.type.startswith(RUN_EVENT_PREFIX) or entry.type == MESSAGE_CREATED:
             logged.append(entry.sequence)
     got = set(ids)
-    result.missing = [i for i in logged if i not in got]
+    result.before_first = [i for i in logged if i < first]
+    result.missing = [i for i in logged if i >= first and i not in got]
     result.unknown = sorted(got - set(logged))
     return result
 
@@ -233,33 +237,44 @@ async def log_gaps(client: callisto.Client, conversation: str, ids: Sequence[int
 # --- token lag ----------------------------------------------------------------------------
 
 
-def token_lags(
+def line_up(
     produced: Sequence[tuple[float, str]], received: Sequence[tuple[float, str]]
-) -> tuple[list[float], int]:
-    """Milliseconds from each produced delta (its time, text) to the arrival of the received
-    piece that completes it, with pieces lined up by text (the run may drop citation markers
-    or coalesce); returns (lags, produced deltas that could not be lined up)."""
+) -> tuple[list[tuple[float, int]], int]:
+    """Each produced delta (its time, text) with the index of the received piece that shows
+    its last visible character, the pieces lined up by text (a run may drop citation markers,
+    and it coalesces); returns ((produced time, received index) pairs, deltas unmatched)."""
     produced_text = "".join(text for _, text in produced)
     received_text = "".join(text for _, text in received)
-    # Character offset in received_text -> arrival of the piece that holds it.
-    arrival: list[float] = []
-    for at, text in received:
-        arrival.extend([at] * len(text))
+    # Character offset in received_text -> index of the piece that holds it.
+    holder: list[int] = []
+    for index, (_, text) in enumerate(received):
+        holder.extend([index] * len(text))
     matcher = difflib.SequenceMatcher(None, produced_text, received_text, autojunk=False)
     blocks = matcher.get_matching_blocks()
-    lags: list[float] = []
+    pairs: list[tuple[float, int]] = []
     unmatched = 0
     end = 0
     for at, text in produced:
         end += len(text)
         if not text.strip():
             continue
-        last = end - 1
+        # A token is seen once its last visible character is (the run may hold trailing
+        # whitespace back until it knows no dropped marker follows).
+        last = end - 1 - (len(text) - len(text.rstrip()))
         target = next(
             (b.b + (last - b.a) for b in blocks if b.size and b.a <= last < b.a + b.size), None
         )
         if target is None:
             unmatched += 1
             continue
-        lags.append((arrival[target] - at) * 1000)
-    return lags, unmatched
+        pairs.append((at, holder[target]))
+    return pairs, unmatched
+
+
+def token_lags(
+    produced: Sequence[tuple[float, str]], received: Sequence[tuple[float, str]]
+) -> tuple[list[float], int]:
+    """Milliseconds from each produced delta to the arrival of the received piece that
+    completes it; returns (lags, deltas left unmatched)."""
+    pairs, unmatched = line_up(produced, received)
+    return [(received[index][0] - at) * 1000 for at, index in pairs], unmatched
