@@ -12,7 +12,8 @@ CHECK = """
 import sys
 import callisto, callisto.client, callisto.sync, callisto.errors, callisto.streams
 import callisto.persistence, callisto.retrieval, callisto.generation, callisto.ingest
-import callisto.cli.main
+import callisto.orchestration
+import callisto.cli.main, callisto.cli.chat
 server = sorted(m for m in sys.modules if m.split(".")[:2] in
                 (["callisto", "services"], ["callisto", "gateway"], ["callisto", "mesh"]))
 print(",".join(server))
@@ -29,7 +30,7 @@ def test_client_cli_tenant_option_needs_the_server_side(tmp_path: Path) -> None:
     # A fresh interpreter: in this one the full command line may have installed its key minter.
     (tmp_path / "a.txt").write_text("hello")
     done = subprocess.run(
-        [sys.executable, "-m", "callisto.cli.main", str(tmp_path), "--tenant", "acme"],
+        [sys.executable, "-m", "callisto.cli.main", "ingest", str(tmp_path), "--tenant", "acme"],
         capture_output=True,
         text=True,
         timeout=60,
