@@ -144,6 +144,13 @@ class TurnSample:
     conversation: str
     # Persistence calls made up to `done` (not part of "inside": the run's own bookkeeping).
     persistence: Served
+    # perf_counter() when the question was sent.
+    started: float
+
+    @property
+    def first_token_ms(self) -> float | None:
+        at = self.turn.first_token_at
+        return None if at is None else (at - self.started) * 1000
 
     @property
     def inside_ms(self) -> float:
@@ -273,6 +280,7 @@ class Bench:
             turn=turn,
             conversation=name,
             persistence=persistence1.minus(persistence0),
+            started=started,
         )
 
     async def direct_turn(self, like: TurnSample, prompt: str) -> DirectSample:
@@ -436,8 +444,19 @@ class Bench:
                 continue
             watch, _ = outcome
             reason = watch.session.done.reason if watch.session.done else "?"
-            if reason != "completed":
-                errors.append(f"done({reason})")
+            agents = {
+                s.event.turn_started.speaker
+                for s in watch.seen
+                if s.kind == "turn_started" and s.event.turn_started.agent
+            }
+            answered = any(
+                s.kind == "turn_ended"
+                and s.event.turn_ended.speaker in agents
+                and s.event.turn_ended.text
+                for s in watch.seen
+            )
+            if reason != "completed" or not answered:
+                errors.append(f"done({reason})" if answered else "no answer")
             finished.append(outcome)
         limit = asyncio.Semaphore(16)
 
@@ -673,9 +692,8 @@ class Bench:
                 say(f"  warm-up answer: {sample.wall_ms / 1000:.1f} s")
                 continue
             samples.append(sample)
-            at = sample.turn.first_token_at
-            if at is not None:
-                first_tokens.append((at - sample.turn.events[0].at) * 1000)
+            if sample.first_token_ms is not None:
+                first_tokens.append(sample.first_token_ms / 1000)
         walls = [s.wall_ms / 1000 for s in samples]
         inside = [s.generation.total_ms / 1000 for s in samples]
         self.row(
@@ -685,6 +703,14 @@ class Bench:
             ratio(p50(walls), p50(inside)),
             "< 10 s p50",
             verdict(p50(walls) < 10),
+        )
+        self.row(
+            "(e)   question sent -> first answer token",
+            "",
+            f"p50 {p50(first_tokens):.1f} s",
+            "",
+            "(info)",
+            "",
         )
         last = samples[-1]
         titles = [c.title for c in last.turn.turn_ended.citations]
