@@ -7,6 +7,7 @@ blocking client."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -232,3 +233,39 @@ async def test_the_blocking_client_lists_tools_and_iterates_a_run(
     tools, kinds = await asyncio.to_thread(blocking)
     assert "calculator" in tools
     assert kinds[0] == "turn_started" and kinds[-1] == "done"
+
+
+def _slow(delay_ms: int) -> tuple[tuple[str, str], ...]:
+    """Call metadata that makes each toy_llm token of the run take `delay_ms`."""
+    return (("x-callisto-model-extras", json.dumps({"delay_ms": delay_ms})),)
+
+
+async def test_a_cancel_sent_on_the_converse_stream_ends_the_run_cancelled(
+    orch: callisto.Client,
+) -> None:
+    agent = await _agent(orch)
+    start = assistant_start(agent.name, "describe every session of both days in detail")
+    async with orch.orchestration.converse(start=start, metadata=_slow(200)) as session:
+        kinds = []
+        async for event in session.events():
+            kinds.append(event.WhichOneof("kind"))
+            if kinds[-1] == "token" and kinds.count("token") == 1:
+                await session.cancel("enough")
+    assert kinds[-1] == "done" and "turn_ended" not in kinds
+    assert session.done is not None and session.done.reason == "cancelled"
+
+
+async def test_a_turn_sent_after_the_run_ended_is_watched_on_the_same_session(
+    orch: callisto.Client,
+) -> None:
+    agent = await _agent(orch)
+    async with orch.orchestration.converse(start=assistant_start(agent.name, "hello")) as session:
+        first = [event async for event in session.events()]
+        assert session.done is not None
+        await session.send_turn("and one more thing")
+        second = [event async for event in session.events()]
+    assert second and second[0].event_id > first[-1].event_id
+    assert second[-1].WhichOneof("kind") == "done" and session.done.reason == "completed"
+    assert {e.conversation for e in first + second} == {session.conversation}
+    asked = [e.turn_ended.text for e in second if e.WhichOneof("kind") == "turn_ended"]
+    assert "and one more thing" in asked  # the human turn, then the answer to it

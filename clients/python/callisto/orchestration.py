@@ -12,8 +12,10 @@ name (`agents/a1`, `agents/a1@rev`) or a bare id (`a1`); conversations likewise
   `ConversationEvent`s up to the terminal `done` or `error` event (yielded, then the iteration
   ends). If the stream drops after the first event it re-attaches by itself from the last event
   id (StreamConversation): no gap, no duplicate. Stopping the iteration early cancels the call,
-  and a cancelled RunConversation cancels its run (the contract); watch with `stream()` or
-  `converse()` to leave a run going.
+  and a cancelled RunConversation cancels its run (the contract); the service cannot tell a
+  dropped connection from a cancel, so after a drop the re-attached events end in
+  `done(cancelled)`. Watch with `converse()` (or `stream()`) for a run that must outlive its
+  connection.
 - `stream(conversation, after_event_id=0)` (StreamConversation) re-attaches to a run's events
   after an id, resuming itself after a dropped connection or a restarted service.
 - `converse(start=... | attach=...)` opens a `Converse` session: `events()` iterates the events
