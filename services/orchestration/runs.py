@@ -203,13 +203,13 @@ class RunManager:
         self, conversation: str, after_event_id: int
     ) -> AsyncIterator[pb.ConversationEvent]:
         """The run's events after `after_event_id`, up to its terminal one."""
-        await self._backends.persistence.get_conversation(conversation)
+        found = await self._backends.persistence.get_conversation(conversation)
         checkpoint = await self.store.load(conversation)
         if checkpoint is None:
             return
         state = checkpoint.state
-        if state.finished and state.done_event_id and after_event_id >= state.done_event_id:
-            return
+        if state.finished and after_event_id >= (state.done_event_id or found.last_sequence):
+            return  # nothing of the run is left to deliver
         async for event in events.watch(self._backends.persistence, conversation, after_event_id):
             yield event
 
@@ -584,13 +584,12 @@ class Run:
             reset_tenant(token)
 
     async def _run(self) -> None:
+        if self._restarted and await self._resume_from_log():
+            return  # its terminal event was written before the takeover
         if self.state.finished:
             # Taken over after its status was written but before its `done` was.
             await self._finish(self.state.status)
             return
-        if self._restarted:
-            if await self._resume_from_log():
-                return
         if self.agent is None:
             self.agent = await self.manager.agents.get(self.state.agent)
         await self.store_pending_messages()
@@ -621,6 +620,7 @@ class Run:
             if events.is_terminal(event):
                 self.state.status = event.done.reason if event.HasField("done") else FAILED
                 self.state.done_event_id = int(event.event_id)
+                await self.save()
                 await self._close(int(event.event_id))
                 return True
             if entry.type == events.MESSAGE_CREATED and _answers(entry.message, self.state, number):
