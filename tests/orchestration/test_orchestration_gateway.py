@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -227,3 +228,37 @@ async def test_converse_streams_both_ways_through_envoy(
     assert events[0].WhichOneof("kind") == "turn_started"
     assert session.done is not None and session.done.reason == "completed"
     assert isinstance(events[-1], pb.ConversationEvent) and events[-1].WhichOneof("kind") == "done"
+
+
+@pytest.fixture(scope="module")
+def short_timeout_gateway(
+    mesh_gateway: EnvoyGateway, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[EnvoyGateway]:
+    """The mesh gateway's routes with a one-second unary timeout."""
+    gateway = EnvoyGateway.on_free_ports(
+        dict(mesh_gateway.spec.upstreams),
+        tmp_path_factory.mktemp("short-timeout-gateway"),
+        unary_timeout_s=1.0,
+    )
+    gateway.start()
+    yield gateway
+    gateway.stop()
+
+
+async def test_a_run_longer_than_the_unary_timeout_is_not_cut(
+    short_timeout_gateway: EnvoyGateway, mesh_gateway: EnvoyGateway, api_key: str
+) -> None:
+    agent = await _agent(mesh_gateway, api_key)
+    # Every toy_llm token takes 60 ms: the run lasts well past the one-second unary bound.
+    slow = {"x-callisto-model-extras": json.dumps({"delay_ms": 60})}
+    started = time.monotonic()
+    async with httpx.AsyncClient(
+        base_url=short_timeout_gateway.http_url,
+        headers={"authorization": f"Bearer {api_key}", **slow},
+        timeout=httpx.Timeout(120, connect=5),
+    ) as client:
+        frames = await _sse(
+            client, "POST", "/v1/conversations:run", json=_run_body(agent, "a slow answer please")
+        )
+    assert time.monotonic() - started > 2.0
+    _check_run([frame["event"] for frame in frames])
