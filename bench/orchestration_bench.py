@@ -31,7 +31,8 @@ speakers and exhibitors) into tenant `conference-demo`, creates the conference a
 Why Prometheus for (a): the generation and retrieval services time every call they serve
 whatever the caller, so the figure does not rest on the orchestration's own accounting; the
 events' `turn_ended.generation_ms` and `tool_call.duration_ms` are printed next to it as a
-cross-check (they include the hops to those services and tool retries).
+cross-check. Searches a plan runs concurrently are summed, so if anything the overhead is
+understated.
 
     .venv/bin/python bench/orchestration_bench.py [--quick] [--skip-llm]
 """
