@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sys
 import uuid
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from callisto.api.orchestration.v1 import orchestration_pb2 as pb
 from callisto.deploy import samples_dir
 from callisto.mesh.gateway import EnvoyGateway
 from callisto.mesh.samples import conference_agent, ensure_agent, entity_messages
+from callisto.orchestration import assistant_start
 
 CALLISTO = str(Path(sys.executable).parent / "callisto")
 QUESTION = "Which sessions talk about cold-chain monitoring, and who speaks?"
@@ -194,3 +196,31 @@ async def test_sample_agents_are_created_once_and_revised_only_when_changed(
         assert revised.system_prompt == changed.system_prompt
         revisions = [a async for a in client.orchestration.list_agent_revisions(agent_id)]
         assert len(revisions) == 2
+
+
+async def test_ctrl_c_cancels_the_run_being_watched(chat_mesh: ChatMesh) -> None:
+    # A slow run (every toy_llm token takes 200 ms), started and left going by the SDK.
+    slow = (("x-callisto-model-extras", json.dumps({"delay_ms": 200})),)
+    start = assistant_start(chat_mesh.agent, "describe every session of both days in detail")
+    async with await callisto.Client.connect(
+        chat_mesh.gateway.grpc_target, api_key=chat_mesh.key
+    ) as client:
+        async with client.orchestration.converse(start=start, metadata=slow) as session:
+            async for _ in session.events():
+                break
+    process = await asyncio.create_subprocess_exec(
+        CALLISTO, "chat", "--target", chat_mesh.gateway.grpc_target, "--api-key", chat_mesh.key,
+        "--attach", session.conversation,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "CALLISTO_HOME": str(chat_mesh.home)},
+    )  # fmt: skip
+    assert process.stdout is not None
+    shown = []
+    async with asyncio.timeout(120):
+        while not any(line.startswith("  ·") for line in shown):
+            shown.append((await process.stdout.readline()).decode())
+        process.send_signal(signal.SIGINT)
+        rest, err = await process.communicate()
+    out = "".join(shown) + rest.decode()
+    assert process.returncode == 0, err.decode()
+    assert "(cancelling…)" in out and "(done: cancelled" in out
