@@ -364,6 +364,15 @@ class Bench:
             f"{sample.answer_tokens} tokens; turn to `done` p50 "
             f"{p50([s.to_done_ms for s in first]):.1f} ms."
         )
+        by_method = {
+            method.rsplit("/", 1)[-1]: round(count)
+            for method, count in sorted(sample.persistence.calls.items(), key=lambda kv: -kv[1])
+            if round(count)
+        }
+        self.results.notes.append(
+            f"(a) persistence calls of that turn by method: {by_method} "
+            f"({sample.persistence.total_ms:.1f} ms serving)."
+        )
         for label, samples, direct in (
             ("new conversation", first, direct_first),
             ("follow-up turn", follow, direct_follow),
