@@ -288,6 +288,10 @@ class RunManager:
     async def _continue(self, previous: Checkpoint, pending: PendingTurn) -> bool:
         """A new run of a finished one's agent for a turn sent after it ended."""
         old = previous.state
+        ending = self._runs.get(RunKey(old.tenant, old.conversation))
+        if ending is not None and ending.task is not None and not ending.task.done():
+            # The last run is writing its `done`: let it close (and give up its lease) first.
+            await asyncio.wait({ending.task})
         run_id = uuid.uuid4().hex
         state = RunState(
             run_id=run_id,

@@ -228,3 +228,19 @@ async def test_the_stored_answer_carries_citations_usage_cost_model_and_agent_re
     assert [m.role for m in messages] == [common_pb2.ROLE_USER, common_pb2.ROLE_ASSISTANT]
     usage_events = [e.usage for e in events if kind(e) == "usage"]
     assert usage_events and usage_events[-1] == events[-1].done.usage
+
+
+async def test_token_events_are_coalesced_into_a_few_per_answer(
+    orch_stub: pb_grpc.OrchestrationServiceAsyncStub, agent: str
+) -> None:
+    # 2 ms per token: an answer of many tokens, gathered 25 ms at a time after the first.
+    call = orch_stub.RunConversation(
+        pb.RunConversationRequest(start=start(agent, "coalesce these tokens")), metadata=slow(2)
+    )
+    events = await read_until(call)
+    tokens = [e.token.text for e in events if kind(e) == "token"]
+    words = len("".join(tokens).split())
+    assert words >= 50, words
+    assert 1 < len(tokens) <= words // 4, (len(tokens), words)
+    # The first piece went out alone, at once.
+    assert len(tokens[0].split()) == 1
