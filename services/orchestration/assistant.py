@@ -28,6 +28,7 @@ from callisto.api.orchestration.v1 import orchestration_pb2 as pb
 from callisto.errors import CallistoError
 from callisto.services.orchestration import citations, prompts, relevance
 from callisto.services.orchestration.backends import Backends
+from callisto.services.orchestration.citations import source_key
 from callisto.services.orchestration.settings import OrchestrationSettings
 from callisto.services.orchestration.tools.registry import (
     CIRCUIT_OPEN,
@@ -56,8 +57,8 @@ class LoopOptions:
     """The assistant loop's section of `OrchestrationSettings`."""
 
     default_model: str = "models/llm"
-    max_sources: int = 5
-    passage_chars: int = 360
+    max_sources: int = 4
+    passage_chars: int = 160
     answer_max_tokens: int = 160
     step_max_tokens: int = 160
     max_calls: int = 2
@@ -65,6 +66,7 @@ class LoopOptions:
     temperature: float = 0.0
     answer_temperature: float = 0.3
     answer_seed: int = 1
+    answer_persona: bool = False
 
     @classmethod
     def from_settings(cls, settings: OrchestrationSettings) -> LoopOptions:
@@ -79,6 +81,7 @@ class LoopOptions:
             temperature=settings.assistant_temperature,
             answer_temperature=settings.assistant_answer_temperature,
             answer_seed=settings.assistant_answer_seed,
+            answer_persona=settings.assistant_answer_persona,
         )
 
 
@@ -157,6 +160,23 @@ class TurnState:
             elif is_unavailable(outcome) and outcome.tool not in self.unavailable:
                 self.unavailable.append(outcome.tool)
 
+    def entity_descriptions(self) -> dict[tuple[str, str, str, str], tuple[str, str]]:
+        """(kind, description) of each entity search_entities found, by its passage: the
+        result's entities and citations come from the same hits, in the same order."""
+        described: dict[tuple[str, str, str, str], tuple[str, str]] = {}
+        for outcome in self.outcomes:
+            if outcome.tool != "search_entities" or outcome.result is None:
+                continue
+            data = outcome.result.data
+            entities = data.get("entities") if isinstance(data, dict) else None
+            if not isinstance(entities, list) or len(entities) != len(outcome.result.citations):
+                continue
+            for entity, citation in zip(entities, outcome.result.citations, strict=True):
+                if isinstance(entity, dict) and entity.get("description"):
+                    kind = str(entity.get("type") or citation.section)
+                    described[source_key(citation)] = (kind, str(entity["description"]))
+        return described
+
     def relevant(self) -> list[common_pb2.Citation]:
         return relevance.relevant(self.question, self.passages)
 
@@ -197,9 +217,10 @@ def _struct(value: dict[str, Any]) -> struct_pb2.Struct:
 
 async def _structured(
     state: TurnState, name: str, schema: dict[str, Any], messages: list[generation_pb2.ChatMessage]
-) -> Any:
-    """The parsed answer of one schema-constrained generation; None when the call failed (the
-    step then decides without it). BudgetExhausted and cancellation propagate."""
+) -> tuple[Any, str]:
+    """(parsed answer, the model's text) of one schema-constrained generation; (None, "") when
+    the call failed (the step then decides without it). BudgetExhausted and cancellation
+    propagate."""
     options = state.options
     request = generation_pb2.GenerateRequest(
         model=state.model_name,
@@ -213,14 +234,15 @@ async def _structured(
         result = await state.llm.generate(request)
     except CallistoError as error:
         log.warning("assistant %s step failed: %s", name, error)
-        return None
+        return None, ""
     state.account(result)
+    text = result.text.strip()
     if result.HasField("parsed"):
-        return json_format.MessageToDict(result.parsed)
+        return json_format.MessageToDict(result.parsed), text
     try:
-        return json.loads(result.text)
+        return json.loads(text), text
     except ValueError:
-        return None
+        return None, text
 
 
 # --- the steps ----------------------------------------------------------------------------
@@ -228,7 +250,7 @@ async def _structured(
 
 async def understand(state: TurnState) -> Understanding:
     """Intent, entities and whether answering needs knowledge looked up."""
-    value = await _structured(
+    value, _ = await _structured(
         state,
         "understand",
         prompts.UNDERSTAND_SCHEMA,
@@ -311,17 +333,17 @@ async def plan(
         earlier=earlier,
         missing=missing,
     )
-    value = await _structured(state, "plan", schema, messages)
+    value, written = await _structured(state, "plan", schema, messages)
     problems = plan_problems(state, value, min_calls=min_calls)
     if not problems:
         return PlannedCalls(_calls(value), MODEL)
     log.info("assistant plan invalid, repairing: %s", "; ".join(problems))
     repair = [
         *messages,
-        prompts.assistant(json.dumps(value, ensure_ascii=False)),
+        prompts.assistant(written or json.dumps(value, ensure_ascii=False)),
         prompts.repair_message(state.question, problems),
     ]
-    value = await _structured(state, "plan", schema, repair)
+    value, _ = await _structured(state, "plan", schema, repair)
     problems = plan_problems(state, value, min_calls=min_calls)
     if not problems:
         return PlannedCalls(_calls(value), REPAIRED)
@@ -396,7 +418,7 @@ async def reflect(
     if relevant and relevance.covers(state.question, relevant):
         # Every term of the question is in a relevant passage: nothing obvious is missing.
         return pb.Reflection(sufficient=True)
-    value = await _structured(
+    value, _ = await _structured(
         state,
         "reflect",
         prompts.REFLECT_SCHEMA,
@@ -424,12 +446,8 @@ class _AnswerStream:
         self.sources = list(sources)
         self.markers = citations.MarkerFilter(range(1, len(self.sources) + 1))
         self.parts: list[str] = []
-        self._started = False
 
     async def feed(self, text: str) -> None:
-        if not self._started:
-            text = text.lstrip()  # a model's answer may open with blank space
-            self._started = bool(text)
         await self._show(*self.markers.feed(text))
 
     async def finish(self) -> None:
@@ -443,6 +461,8 @@ class _AnswerStream:
     async def _show(self, text: str, cited: list[int]) -> None:
         for marker in cited:
             await self._state.sink.emit(pb.ConversationEvent(citation=self.sources[marker - 1]))
+        if not self.parts:
+            text = text.lstrip()  # an answer may open with blank space or a dropped marker
         if text:
             self.parts.append(text)
             await self._state.sink.token(self._state.turn.speaker, text)
@@ -474,11 +494,18 @@ async def respond(
         await stream.append(prompts.nothing_found(searched, state.unavailable))
         return stream.text, []
     options = state.options
+    agent = state.turn.agent
+    described = state.entity_descriptions()
     messages = prompts.respond_messages(
-        agent_prompt=state.turn.agent.system_prompt,
+        persona=agent.system_prompt
+        if options.answer_persona
+        else prompts.persona(agent.role, agent.company),
         question=state.question,
         history=state.history(),
-        sources=[prompts.source_line(c, options.passage_chars) for c in sources],
+        sources=[
+            prompts.source_line(c, options.passage_chars, described=described.get(source_key(c)))
+            for c in sources
+        ],
         results=[
             prompts.tool_line(o.tool, o.arguments, o.result.data if o.result else o.error, 400)
             for o in data

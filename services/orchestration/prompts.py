@@ -20,9 +20,9 @@ from callisto.api.generation.v1 import generation_pb2
 from callisto.services.orchestration.tools.registry import ToolSpec
 
 YES, NO = "yes", "no"
-MAX_INTENT = 80
+MAX_INTENT = 60
 MAX_ENTITY = 40
-MAX_ENTITIES = 4
+MAX_ENTITIES = 3
 MAX_MISSING = 80
 # Bound on any string or array a planned argument may hold: each unit of a bound is a rule of
 # the grammar, and a query longer than this is not a better query.
@@ -237,18 +237,27 @@ def reflect_messages(question: str, results: Sequence[str]) -> list[generation_p
 
 # --- respond ------------------------------------------------------------------------------
 
-RESPOND_WITH_SOURCES = (
-    "Answer the question from the numbered sources only, in a few sentences. After each fact "
-    "write the number of its source in brackets, like [1]. Do not add names, times or numbers "
-    "that are not in the sources."
-)
+# Short on purpose: the small CPU model follows one plain sentence and copies any example.
+RESPOND_WITH_SOURCES = "Answer in two or three sentences from the sources, citing them like [1]."
 RESPOND_WITHOUT_SOURCES = "Answer briefly. Do not invent facts."
 
 
-def source_line(citation: common_pb2.Citation, max_chars: int) -> str:
-    """One numbered source as the answering model reads it."""
+def persona(agent_role: str, company: str) -> str:
+    """Who answers, in one line (the agent's system prompt when the settings say so)."""
+    role = agent_role or "assistant"
+    return f"You are the {role}" + (f" of {company}." if company else ".")
+
+
+def source_line(
+    citation: common_pb2.Citation, max_chars: int, *, described: tuple[str, str] | None = None
+) -> str:
+    """One numbered source as the answering model reads it; `described` is (kind, text) of an
+    entity, whose description reads better than the facet that matched."""
     where = f" ({citation.section})" if citation.section else ""
-    text = " ".join(citation.text.split())
+    text = citation.text
+    if described is not None:
+        where, text = f" ({described[0]})", described[1]
+    text = " ".join(text.split())
     if len(text) > max_chars:
         text = text[: max_chars - 1].rstrip() + "…"
     title = citation.title or citation.document_id
@@ -266,7 +275,7 @@ def tool_line(tool: str, arguments: dict[str, Any], data: Any, max_chars: int) -
 
 def respond_messages(
     *,
-    agent_prompt: str,
+    persona: str,
     question: str,
     history: Sequence[generation_pb2.ChatMessage],
     sources: Sequence[str],
@@ -280,7 +289,7 @@ def respond_messages(
         parts.append("Tool results:\n" + "\n".join(results))
     parts.append(f"Question: {question}")
     rules = RESPOND_WITH_SOURCES if sources else RESPOND_WITHOUT_SOURCES
-    return [system(f"{agent_prompt}\n\n{rules}"), *history, user("\n\n".join(parts))]
+    return [system(f"{persona} {rules}"), *history, user("\n\n".join(parts))]
 
 
 # --- deterministic answers ----------------------------------------------------------------

@@ -91,13 +91,14 @@ class OrchestrationSettings(CommonSettings):
     # --- assistant loop ---
     assistant_max_sources: int = setting(
         "CALLISTO_ASSISTANT_MAX_SOURCES",
-        5,
+        4,
         "Most retrieved passages an answer is given as numbered sources `[1]…[n]`.",
     )
     assistant_passage_chars: int = setting(
         "CALLISTO_ASSISTANT_PASSAGE_CHARS",
-        360,
-        "Characters of each source passage the answering model reads (bounds the prompt).",
+        160,
+        "Characters of each source passage the answering model reads: the small CPU model "
+        "answers from a few short passages and loops on long ones.",
     )
     assistant_answer_max_tokens: int = setting(
         "CALLISTO_ASSISTANT_ANSWER_MAX_TOKENS", 160, "Most tokens of a streamed answer."
@@ -124,6 +125,12 @@ class OrchestrationSettings(CommonSettings):
         "CALLISTO_ASSISTANT_ANSWER_TEMPERATURE",
         0.3,
         "Sampling temperature of the streamed answer (greedy decoding makes a small model loop).",
+    )
+    assistant_answer_persona: bool = setting(
+        "CALLISTO_ASSISTANT_ANSWER_PERSONA",
+        False,
+        "Give the answering model the agent's whole system prompt; off, it gets one line of "
+        "role (the small CPU model follows a short instruction far better than a long one).",
     )
     assistant_answer_seed: int = setting(
         "CALLISTO_ASSISTANT_ANSWER_SEED",
