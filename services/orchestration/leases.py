@@ -58,6 +58,11 @@ class Leases:
             return True
         return await self.renew(run)
 
+    async def take(self, run: RunKey) -> None:
+        """Takes the lease whoever held it: for a run this owner just claimed by
+        compare-and-set, whose previous holder can only be closing a finished run."""
+        await self._redis.set(run.lease(), self.owner, px=self._ttl_ms)
+
     async def renew(self, run: RunKey) -> bool:
         return bool(await self._redis.eval(_RENEW, 1, run.lease(), self.owner, self._ttl_ms))
 

@@ -324,7 +324,9 @@ class RunManager:
         cancel_reason: str | None = None,
     ) -> Run:
         key = RunKey(checkpoint.state.tenant, checkpoint.state.conversation)
-        await self.leases.acquire(key)
+        # The checkpoint names this process as the owner (written by compare-and-set), so
+        # the lease is this process's whoever held it before.
+        await self.leases.take(key)
         await self.leases.index(key)
         run = Run(self, key, checkpoint, agent, restarted=restarted, cancel_reason=cancel_reason)
         self._runs[key] = run
