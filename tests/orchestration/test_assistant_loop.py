@@ -34,6 +34,7 @@ from callisto.services.common.tenancy import bind_tenant, reset_tenant
 from callisto.services.orchestration import prompts
 from callisto.services.orchestration.assistant import LoopOptions, answer_turn
 from callisto.services.orchestration.backends import Backends
+from callisto.services.orchestration.budget import PriceTable, RunModelCaller, TokenBudget
 from callisto.services.orchestration.citations import MARKER, source_key
 from callisto.services.orchestration.settings import OrchestrationSettings
 from callisto.services.orchestration.tools.builtin import build_registry
@@ -44,7 +45,7 @@ from callisto.services.orchestration.tools.registry import (
     ToolResult,
     ToolSpec,
 )
-from callisto.services.orchestration.turns import TurnAnswer, TurnInput
+from callisto.services.orchestration.turns import BudgetExhausted, TurnAnswer, TurnInput
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -335,3 +336,31 @@ async def test_an_unavailable_source_does_not_fail_the_turn_and_is_named_in_the_
     assert (reflection.sufficient, reflection.missing) == (False, "search_entities unavailable")
     assert "search_entities was unavailable" in answer.text
     assert answer.text == sink.streamed() and answer.citations == []
+
+
+async def test_an_exhausted_budget_ends_the_turn_rather_than_being_answered_around(
+    backends: Backends, conference: str
+) -> None:
+    agent = conference_agent(ENTITY_TOOLS)
+    turn = TurnInput(
+        tenant=conference,
+        conversation="conversations/assistant-test",
+        agent=agent,
+        speaker="assistant-test",
+        turn=1,
+        user_text=COLD_CHAIN,
+    )
+    sink = RecordingSink()
+    # Room for the first structured call, not for the rest of the turn.
+    budget = TokenBudget(700)
+    llm = RunModelCaller(
+        backends.generation, PriceTable.parse(""), budget, tenant=conference, agent=agent.name
+    )
+    token = bind_tenant(conference)
+    try:
+        with pytest.raises(BudgetExhausted):
+            await answer_turn(turn, sink, llm, registry(), backends, options=OPTIONS)
+    finally:
+        reset_tenant(token)
+    assert 0 < budget.spent <= 700
+    assert "token" not in sink.kinds()
