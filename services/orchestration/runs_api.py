@@ -166,7 +166,10 @@ class RunsRpc(pb_grpc.OrchestrationServiceServicer):
                 _check_turn(message.turn, "turn", limit)
                 await self._runs.submit(conversation, message.turn)
             elif action == "cancel":
-                await self._runs.cancel(conversation, message.cancel.reason[:MAX_REASON])
+                # A cancel that crosses the run's own end changes nothing: the stream still
+                # delivers that end.
+                with contextlib.suppress(FailedPrecondition):
+                    await self._runs.cancel(conversation, message.cancel.reason[:MAX_REASON])
             elif action == "approval":
                 raise _no_approvals()
             else:
