@@ -43,7 +43,9 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _source(citation: common_pb2.Citation) -> str:
+def _source(citation: common_pb2.Citation, *, quote: bool = False) -> str:
+    """`title (page, section) — where`, and the passage's opening words when `quote` (to
+    tell apart passages of one document)."""
     where = citation.source_uri or citation.document_id or citation.chunk_id
     details = []
     if citation.page:
@@ -52,7 +54,10 @@ def _source(citation: common_pb2.Citation) -> str:
         details.append(citation.section)
     extra = f" ({', '.join(details)})" if details else ""
     title = citation.title or where
-    return f"[{citation.marker}] {title}{extra}" + (f" — {where}" if where != title else "")
+    line = f"{title}{extra}" + (f" — {where}" if where and where != title else "")
+    if quote and citation.text:
+        line += f': "{_clip(" ".join(citation.text.split()), 70)}"'
+    return line
 
 
 class EventPrinter:
@@ -144,8 +149,11 @@ class EventPrinter:
         if citations:
             self.line("")
             self.line("Sources:")
+            plain = [_source(c) for c in citations]
             for citation in sorted(citations, key=lambda c: c.marker):
-                self.line(f"  {_source(citation)}")
+                # Several passages of one document read the same: quote each.
+                repeated = plain.count(_source(citation)) > 1
+                self.line(f"  [{citation.marker}] {_source(citation, quote=repeated)}")
         self.line("")
 
     def _awaiting_input(self, waiting: pb.AwaitingInput) -> None:
