@@ -162,6 +162,12 @@ def plan_schema(specs: Sequence[ToolSpec], *, min_calls: int, max_calls: int) ->
     }
 
 
+def first_sentence(text: str) -> str:
+    """A description's first sentence: what the tool does, in the fewest tokens."""
+    head, dot, _ = text.partition(". ")
+    return head + "." if dot else text
+
+
 def plan_messages(
     *,
     specs: Sequence[ToolSpec],
@@ -173,7 +179,7 @@ def plan_messages(
     missing: str,
 ) -> list[generation_pb2.ChatMessage]:
     """The planning prompt; its last user message is the question itself (see the module)."""
-    tools = "\n".join(f"- {spec.name}: {spec.description}" for spec in specs)
+    tools = "\n".join(f"- {spec.name}: {first_sentence(spec.description)}" for spec in specs)
     lines = [
         "Choose the tool calls that gather what the answer needs. Tools:",
         tools,
