@@ -151,6 +151,8 @@ def mesh_gateway(
             ORCHESTRATION_SERVICE: ("127.0.0.1", orchestration.port),
         },
         tmp_path_factory.mktemp("orch-gateway"),
+        # The orchestration process reflects the whole mesh (CALLISTO_REFLECT_MESH).
+        reflection_service=ORCHESTRATION_SERVICE,
     )
     gateway.start()
     yield gateway
