@@ -186,7 +186,9 @@ class TurnState:
         return [
             o
             for o in self.outcomes
-            if o.tool not in RETRIEVAL_TOOLS and not is_unavailable(o) and (o.ok or o.error)
+            if o.tool not in RETRIEVAL_TOOLS
+            and not is_unavailable(o)
+            and not (o.result is not None and o.result.citations)
         ]
 
 
@@ -250,6 +252,9 @@ async def _structured(
 
 async def understand(state: TurnState) -> Understanding:
     """Intent, entities and whether answering needs knowledge looked up."""
+    if not state.specs:
+        # Nothing could be looked up or called: no plan depends on it.
+        return Understanding("", [], needs_knowledge=False)
     value, _ = await _structured(
         state,
         "understand",

@@ -364,3 +364,35 @@ async def test_an_exhausted_budget_ends_the_turn_rather_than_being_answered_arou
         reset_tenant(token)
     assert 0 < budget.spent <= 700
     assert "token" not in sink.kinds()
+
+
+async def test_a_tool_that_returns_data_feeds_the_answer_without_sources(
+    backends: Backends, conference: str
+) -> None:
+    # toy_llm plans the tool the question names: current_time, whose arguments are optional.
+    answer, sink, llm = await ask(
+        backends,
+        conference,
+        "What is the current_time now?",
+        agent_tools=("search_entities", "current_time"),
+    )
+
+    (plan,) = sink.plans()
+    assert [(c.tool, arguments(c)) for c in plan.calls] == [("current_time", {})]
+    (outcome,) = answer.tool_calls
+    assert outcome.ok and outcome.result is not None
+    (respond,) = llm.answers()
+    assert "Tool results:\n- current_time {}:" in respond.request.messages[-1].content
+    # toy_llm's answer repeats the prompt's words, the tool's result among them.
+    assert outcome.result.data["iso"] in answer.text
+    assert answer.citations == [] and "Sources:" not in answer.text
+
+
+async def test_an_agent_without_tools_answers_at_once(backends: Backends, conference: str) -> None:
+    answer, sink, llm = await ask(backends, conference, "Hello there", agent_tools=())
+
+    assert set(sink.kinds()) == {"token"}
+    assert [c.request.response_format.name for c in llm.calls] == [""]
+    # toy_llm repeats the answering prompt's last message: the question alone, no sources.
+    assert answer.text == sink.streamed() and answer.text.startswith("Question: Hello there")
+    assert answer.tool_calls == [] and answer.citations == []
