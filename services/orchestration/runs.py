@@ -203,15 +203,28 @@ class RunManager:
         self, conversation: str, after_event_id: int
     ) -> AsyncIterator[pb.ConversationEvent]:
         """The run's events after `after_event_id`, up to its terminal one."""
-        found = await self._backends.persistence.get_conversation(conversation)
+        await self._backends.persistence.get_conversation(conversation)
         checkpoint = await self.store.load(conversation)
         if checkpoint is None:
             return
         state = checkpoint.state
-        if state.finished and after_event_id >= (state.done_event_id or found.last_sequence):
+        end = state.done_event_id
+        if state.finished and not end:
+            # Its `done` is being written, or was and a takeover has yet to record it.
+            end = await self._terminal_in_log(conversation, state.start_after)
+        if end and after_event_id >= end:
             return  # nothing of the run is left to deliver
         async for event in events.watch(self._backends.persistence, conversation, after_event_id):
             yield event
+
+    async def _terminal_in_log(self, conversation: str, after: int) -> int:
+        async for entry in self._backends.persistence.list_events(
+            conversation, after_sequence=after
+        ):
+            event = events.from_log(entry, conversation)
+            if event is not None and events.is_terminal(event):
+                return int(event.event_id)
+        return 0
 
     async def submit(self, conversation: str, turn: pb.HumanTurn) -> int:
         """Stores a human turn and queues it on the conversation's run (starting a new run
