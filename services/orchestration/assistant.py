@@ -124,10 +124,18 @@ class TurnState:
     usage: common_pb2.TokenUsage = field(default_factory=common_pb2.TokenUsage)
     generation_ms: float = 0.0
     model: str = ""
+    # Entities the understand step found (see `topic`).
+    entities: list[str] = field(default_factory=list)
 
     @property
     def question(self) -> str:
         return self.turn.user_text.strip()
+
+    @property
+    def topic(self) -> str:
+        """What passages must be about: the question, and the entities understood from it and
+        the conversation (a follow-up such as "who speaks there?" names none itself)."""
+        return " ".join([self.question, *self.entities])
 
     @property
     def model_name(self) -> str:
@@ -178,7 +186,7 @@ class TurnState:
         return described
 
     def relevant(self) -> list[common_pb2.Citation]:
-        return relevance.relevant(self.question, self.passages)
+        return relevance.relevant(self.topic, self.passages)
 
     def data_results(self) -> list[ToolOutcome]:
         """Calls that answered with data rather than passages (calculator, time, …), and
@@ -302,7 +310,7 @@ def grounded(state: TurnState, arguments: Any) -> bool:
     """Whether a search looks for what was asked: its query shares a term with the question
     (a small model otherwise searches for its instructions' words)."""
     query = arguments.get("query") if isinstance(arguments, dict) else None
-    wanted = relevance.terms(state.question)
+    wanted = relevance.terms(state.topic)
     return not wanted or bool(relevance.terms(str(query or "")) & wanted)
 
 
@@ -571,6 +579,7 @@ async def answer_turn(
         specs=agent_tools(turn.agent, tools),
     )
     understanding = await understand(state)
+    state.entities = understanding.entities
     earlier: list[str] = []
     missing = ""
     rounds = max(1, turn.max_iterations)
