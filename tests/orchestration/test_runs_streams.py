@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 
+import grpc
 import httpx
 import pytest
 import pytest_asyncio
@@ -244,3 +245,27 @@ async def test_token_events_are_coalesced_into_a_few_per_answer(
     assert 1 < len(tokens) <= words // 4, (len(tokens), words)
     # The first piece went out alone, at once.
     assert len(tokens[0].split()) == 1
+
+
+async def test_a_turn_whose_generation_fails_ends_the_run_with_an_error_event(
+    orch_stub: pb_grpc.OrchestrationServiceAsyncStub, agent: str
+) -> None:
+    fails = (("x-callisto-model-extras", json.dumps({"fail_after": 2})),)
+    events = await read_until(
+        orch_stub.RunConversation(
+            pb.RunConversationRequest(start=start(agent, "fail on me")), metadata=fails
+        )
+    )
+    assert kind(events[-1]) == "error"
+    assert events[-1].error.code == grpc.StatusCode.INTERNAL.value[0]
+    assert "toy_llm failed" in events[-1].error.message
+    assert "turn_ended" not in kinds(events)
+    # The conversation goes on: a new start continues it (without the failing extras).
+    again = await read_until(
+        orch_stub.RunConversation(
+            pb.RunConversationRequest(
+                start=start(agent, "try again", conversation=events[0].conversation)
+            )
+        )
+    )
+    assert kind(again[-1]) == "done" and again[-1].done.reason == "completed"
