@@ -46,6 +46,8 @@ RETRIEVAL_TOOLS = ("search_entities", "search_documents")
 MODEL, REPAIRED, FALLBACK = "model", "repaired", "fallback"
 # Characters of the user's words the fallback searches with.
 FALLBACK_QUERY = 300
+# The kinds of entity search_entities returns, as terms (see TurnState.generic).
+ENTITY_KIND_TERMS = frozenset(relevance.terms("sessions speakers speaks exhibitors"))
 # Where a small model starts writing a prompt of its own instead of answering.
 ANSWER_STOPS = ("\nQuestion:", "\nSources:")
 # Characters of each passage the reflect step reads (it judges, it does not answer).
@@ -186,7 +188,31 @@ class TurnState:
         return described
 
     def relevant(self) -> list[common_pb2.Citation]:
-        return relevance.relevant(self.topic, self.passages)
+        return relevance.relevant(
+            self.topic, self.passages, text_of=self.readable(), generic=self.generic()
+        )
+
+    def covered(self, passages: Sequence[common_pb2.Citation]) -> bool:
+        return relevance.covers(
+            self.question, passages, text_of=self.readable(), generic=self.generic()
+        )
+
+    def readable(self) -> relevance.TextOf:
+        """A passage as the answering model reads it (an entity by its description)."""
+        described = self.entity_descriptions()
+
+        def text_of(citation: common_pb2.Citation) -> str:
+            entity = described.get(source_key(citation))
+            if entity is None:
+                return relevance.passage_text(citation)
+            return f"{citation.title} {entity[1]}"
+
+        return text_of
+
+    def generic(self) -> frozenset[str]:
+        """Over the conference programme, "sessions" and "speakers" say what is asked for."""
+        searched = any(o.tool == "search_entities" and o.ok for o in self.outcomes)
+        return ENTITY_KIND_TERMS if searched else frozenset()
 
     def data_results(self) -> list[ToolOutcome]:
         """Calls that answered with data rather than passages (calculator, time, …), and
@@ -428,7 +454,7 @@ async def reflect(
         return pb.Reflection(sufficient=False, missing=missing)
     if last:
         return pb.Reflection(sufficient=True)
-    if relevant and relevance.covers(state.question, relevant):
+    if relevant and state.covered(relevant):
         # Every term of the question is in a relevant passage: nothing obvious is missing.
         return pb.Reflection(sufficient=True)
     value, _ = await _structured(

@@ -76,8 +76,11 @@ class MarkerFilter:
         return self._take()
 
     def finish(self) -> tuple[str, list[int]]:
-        """What was held back, resolved now that the answer is complete; trailing whitespace
-        is not part of the answer."""
+        """What was held back, resolved now that the answer is complete: a marker cut off by
+        the end of the answer (`[7`) is dropped; trailing whitespace is not part of it."""
+        if _PARTIAL.fullmatch(self._pending):
+            self._pending = ""
+            self._dropped = True
         self._scan(final=True)
         self._space = ""
         return self._take()

@@ -6,15 +6,17 @@ relevant when it shares a distinctive term with the question: words of three let
 outside a list of function and question words, compared on their first five letters (so
 "sessions" meets "session" and "monitoring" meets "monitors"). A term found in every one of
 three or more passages (such as "session" over a conference programme) does not distinguish
-any of them and is ignored when the question has other terms. Passages are then kept when they
-match at least half as many terms as the best one, best first.
+any of them and is ignored when the question has other terms. Words that name the kind of thing
+asked for ("sessions", "speakers") may be declared generic: they say what to look for, not
+about what. Passages are then kept when they match at least half as many terms as the best
+one, best first.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from callisto.api.common.v1 import common_pb2
@@ -54,16 +56,33 @@ class Judged:
     matched: frozenset[str]
 
 
-def _passage_terms(citation: common_pb2.Citation) -> set[str]:
-    return terms(f"{citation.title} {citation.section} {citation.text}")
+# The text a passage is judged by: what the answering model will read of it.
+TextOf = Callable[[common_pb2.Citation], str]
 
 
-def relevant(question: str, citations: Sequence[common_pb2.Citation]) -> list[common_pb2.Citation]:
-    """The passages that bear on `question`, most matching first (ties keep search order)."""
+def passage_text(citation: common_pb2.Citation) -> str:
+    return f"{citation.title} {citation.section} {citation.text}"
+
+
+def _wanted(question: str, generic: Collection[str]) -> set[str]:
+    """The question's terms, less `generic` ones (words naming the kind of thing asked for,
+    such as "sessions") unless nothing else is asked."""
     wanted = terms(question)
+    return wanted - set(generic) or wanted
+
+
+def relevant(
+    question: str,
+    citations: Sequence[common_pb2.Citation],
+    *,
+    text_of: TextOf = passage_text,
+    generic: Collection[str] = (),
+) -> list[common_pb2.Citation]:
+    """The passages that bear on `question`, most matching first (ties keep search order)."""
+    wanted = _wanted(question, generic)
     if not wanted or not citations:
         return []
-    passages = [_passage_terms(c) for c in citations]
+    passages = [terms(text_of(c)) for c in citations]
     if len(passages) >= 3:
         everywhere = set.intersection(*passages) & wanted
         if wanted - everywhere:
@@ -78,9 +97,15 @@ def relevant(question: str, citations: Sequence[common_pb2.Citation]) -> list[co
     return [j.citation for j in kept]
 
 
-def covers(question: str, passages: Sequence[common_pb2.Citation]) -> bool:
+def covers(
+    question: str,
+    passages: Sequence[common_pb2.Citation],
+    *,
+    text_of: TextOf = passage_text,
+    generic: Collection[str] = (),
+) -> bool:
     """Whether every distinctive term of the question is in one of the passages."""
     found: set[str] = set()
     for citation in passages:
-        found |= _passage_terms(citation)
-    return terms(question) <= found
+        found |= terms(text_of(citation))
+    return _wanted(question, generic) <= found

@@ -15,7 +15,7 @@ from callisto.services.orchestration.relevance import covers, relevant
 from callisto.services.orchestration.settings import OrchestrationSettings
 from callisto.services.orchestration.tools.builtin import build_registry
 
-ANSWER = "Cold chain [1] is covered [9], by Wiktor [2, 7]. See [x] and arr[3; [0]. Done [1][2]"
+ANSWER = "Cold chain [1] is covered [9], by Wiktor [2, 7]. See [x] and arr[3; [0]. Done [1][2] [3"
 FILTERED = "Cold chain [1] is covered, by Wiktor [2]. See [x] and arr[3;. Done [1][2]"
 
 
@@ -54,10 +54,13 @@ def test_text_from_a_bracket_is_held_back_until_the_marker_resolves() -> None:
     assert markers.finish() == ("", [])
 
 
-def test_a_bracket_left_open_at_the_end_is_text() -> None:
+def test_a_marker_cut_off_by_the_end_of_the_answer_is_dropped() -> None:
     markers = MarkerFilter({1})
-    assert markers.feed("up to [12") == ("up to", [])
-    assert markers.finish() == (" [12", [])
+    assert markers.feed("up to [1") == ("up to", [])
+    assert markers.finish() == ("", [])
+    markers = MarkerFilter({1})
+    assert markers.feed("see [x") == ("see [x", [])
+    assert markers.finish() == ("", [])
 
 
 def citation(document: str, text: str, title: str = "") -> common_pb2.Citation:
