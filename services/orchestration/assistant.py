@@ -66,7 +66,7 @@ class LoopOptions:
     max_calls: int = 2
     history_messages: int = 4
     temperature: float = 0.0
-    answer_temperature: float = 0.3
+    answer_temperature: float = 0.0
     answer_seed: int = 1
     answer_persona: bool = False
 

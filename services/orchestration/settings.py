@@ -123,8 +123,9 @@ class OrchestrationSettings(CommonSettings):
     )
     assistant_answer_temperature: float = setting(
         "CALLISTO_ASSISTANT_ANSWER_TEMPERATURE",
-        0.3,
-        "Sampling temperature of the streamed answer (greedy decoding makes a small model loop).",
+        0.0,
+        "Sampling temperature of the streamed answer (0: greedy; over a few short sources the "
+        "small CPU model then keeps to them best).",
     )
     assistant_answer_persona: bool = setting(
         "CALLISTO_ASSISTANT_ANSWER_PERSONA",
