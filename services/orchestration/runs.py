@@ -14,13 +14,9 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from typing import Any
-
-from google.protobuf import json_format, struct_pb2
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from callisto.api.common.v1 import common_pb2
-from callisto.api.generation.v1 import generation_pb2
 from callisto.api.orchestration.v1 import orchestration_pb2 as pb
 from callisto.api.persistence.v1 import persistence_pb2
 from callisto.errors import Aborted, CallistoError
@@ -31,22 +27,16 @@ from callisto.services.common.errors import (
     InvalidArgument,
     NotFound,
     Unavailable,
-    status_from_exception,
 )
 from callisto.services.common.server import Runtime
 from callisto.services.common.tenancy import bind_tenant, current_tenant, reset_tenant
 from callisto.services.orchestration import assistant, events
 from callisto.services.orchestration.agents import AgentStore, revision_name
 from callisto.services.orchestration.backends import Backends
-from callisto.services.orchestration.budget import PriceTable, RunModelCaller, TokenBudget
+from callisto.services.orchestration.budget import PriceTable
 from callisto.services.orchestration.leases import CANCELS, Leases, RunKey, parse_cancel
-from callisto.services.orchestration.relay import relayed
+from callisto.services.orchestration.run_loop import CAS_ATTEMPTS, AnswerTurn, Run, RunContext
 from callisto.services.orchestration.run_state import (
-    BUDGET,
-    CANCELLED,
-    COMPLETED,
-    FAILED,
-    RUNNING,
     Checkpoint,
     PendingTurn,
     RunState,
@@ -54,29 +44,12 @@ from callisto.services.orchestration.run_state import (
 )
 from callisto.services.orchestration.settings import OrchestrationSettings
 from callisto.services.orchestration.tools.registry import ToolRegistry
-from callisto.services.orchestration.turns import (
-    BudgetExhausted,
-    ModelCaller,
-    RunSink,
-    TurnAnswer,
-    TurnInput,
-)
 
 log = logging.getLogger("callisto.orchestration.runs")
 
-AnswerTurn = Callable[
-    [TurnInput, RunSink, ModelCaller, ToolRegistry, Backends], Coroutine[Any, Any, TurnAnswer]
-]
 HUMAN = "user"
-# Earlier messages a turn sees as history.
-HISTORY_MESSAGES = 20
 # How long a cancel waits for another replica to end the run before taking it over.
 REMOTE_CANCEL_WAIT_S = 2.0
-_CAS_ATTEMPTS = 8
-
-
-class LostOwnership(Exception):
-    """Another process took the run over: this one stops without writing anything more."""
 
 
 class RunManager:
@@ -102,6 +75,16 @@ class RunManager:
         self.leases = Leases(runtime.auth_redis, self.owner, settings.run_lease_s)
         self.store = RunStore(backends.persistence)
         self.prices = PriceTable.parse(settings.model_prices)
+        self._context = RunContext(
+            settings=settings,
+            backends=backends,
+            agents=agents,
+            tools=tools,
+            answer=answer,
+            store=self.store,
+            prices=self.prices,
+            leases=self.leases,
+        )
         self._runs: dict[RunKey, Run] = {}
         self._background: list[asyncio.Task[None]] = []
 
@@ -250,7 +233,7 @@ class RunManager:
             request_id=f"submit.{message.event_sequence}",
         )
         key = RunKey(current_tenant(), conversation)
-        for _ in range(_CAS_ATTEMPTS):
+        for _ in range(CAS_ATTEMPTS):
             local = self._runs.get(key)
             if local is not None and await local.enqueue(pending):
                 return int(message.event_sequence)
@@ -341,7 +324,9 @@ class RunManager:
         # the lease is this process's whoever held it before.
         await self.leases.take(key)
         await self.leases.index(key)
-        run = Run(self, key, checkpoint, agent, restarted=restarted, cancel_reason=cancel_reason)
+        run = Run(
+            self._context, key, checkpoint, agent, restarted=restarted, cancel_reason=cancel_reason
+        )
         self._runs[key] = run
         run.task = asyncio.create_task(run.main())
         run.task.add_done_callback(lambda _: self._forget(key, run))
@@ -440,409 +425,6 @@ class RunManager:
     def stopping(self) -> bool:
         """Whether the process is shutting down (its streams end; its runs go on elsewhere)."""
         return self._runtime.stopping.is_set()
-
-    # What a Run uses
-
-    @property
-    def backends(self) -> Backends:
-        return self._backends
-
-    @property
-    def tools(self) -> ToolRegistry:
-        return self._tools
-
-    @property
-    def agents(self) -> AgentStore:
-        return self._agents
-
-    @property
-    def answer(self) -> AnswerTurn:
-        return self._answer
-
-
-class Run:
-    """One run owned by this process: a task answering its pending turns."""
-
-    def __init__(
-        self,
-        manager: RunManager,
-        key: RunKey,
-        checkpoint: Checkpoint,
-        agent: pb.Agent | None,
-        *,
-        restarted: bool,
-        cancel_reason: str | None,
-    ) -> None:
-        self.manager = manager
-        self.key = key
-        self.checkpoint = checkpoint
-        self.agent = agent
-        self.task: asyncio.Task[None] | None = None
-        self._restarted = restarted
-        self._cancel_reason = cancel_reason
-        self._turn_task: asyncio.Task[TurnAnswer] | None = None
-        self._finished: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._save_lock = asyncio.Lock()
-        self._abandoned = False
-        # Event id of the human message of the last turn answered here: queued turns at or
-        # before it are done, whatever an older checkpoint still lists.
-        self._last_answered = 0
-
-    @property
-    def state(self) -> RunState:
-        return self.checkpoint.state
-
-    @property
-    def persistence(self) -> Any:
-        return self.manager.backends.persistence
-
-    # Called from RPCs and upkeep
-
-    def request_cancel(self, reason: str) -> None:
-        if self._cancel_reason is None:
-            self._cancel_reason = reason or "cancelled"
-        if self._turn_task is not None and not self._turn_task.done():
-            self._turn_task.cancel()
-
-    async def cancel(self, reason: str) -> int:
-        self.request_cancel(reason)
-        return await self.wait_finished()
-
-    async def wait_finished(self) -> int:
-        return await asyncio.shield(self._finished)
-
-    async def abandon(self) -> None:
-        """Stops the run without a word in the log (shutdown, or a lost lease)."""
-        self._abandoned = True
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.task
-
-    async def enqueue(self, turn: PendingTurn) -> bool:
-        """Queues a turn on this running run; False when it is finishing or gone."""
-        if self.state.finished or self._abandoned or self.task is None or self.task.done():
-            return False
-        self.state.pending.append(turn)
-        try:
-            await self.save()
-        except LostOwnership:
-            return False
-        return True
-
-    async def store_pending_messages(self) -> None:
-        """Stores the human messages of queued turns that are not stored yet (the prompt)."""
-        changed = False
-        for turn in self.state.pending:
-            if turn.event_id:
-                continue
-            message = await self.persistence.create_message(
-                self.state.conversation,
-                persistence_pb2.Message(
-                    role=common_pb2.ROLE_USER, author=turn.author, text=turn.text
-                ),
-                request_id=turn.request_id,
-            )
-            turn.event_id = int(message.event_sequence)
-            turn.message = message.name
-            changed = True
-        if changed:
-            await self.save()
-
-    async def save(self) -> None:
-        """Checkpoints the state; when a writer queued a turn in between, its turns and cancel
-        are merged in and the write is tried again."""
-        async with self._save_lock:
-            for _ in range(_CAS_ATTEMPTS):
-                try:
-                    await self.manager.store.save(self.checkpoint)
-                    return
-                except Aborted:
-                    remote = await self.manager.store.load(self.state.conversation)
-                    if (
-                        remote is None
-                        or remote.state.run_id != self.state.run_id
-                        or remote.state.owner != self.state.owner
-                    ):
-                        raise LostOwnership() from None
-                    self._merge(remote.state)
-                    self.checkpoint.etag = remote.etag
-            raise Unavailable("the run's checkpoint kept changing", retry_after=0.2)
-
-    def _merge(self, remote: RunState) -> None:
-        known = {turn.request_id for turn in self.state.pending}
-        answered = self._last_answered
-        for turn in remote.pending:
-            if turn.request_id not in known and turn.event_id > answered:
-                self.state.pending.append(turn)
-        self.state.pending.sort(key=lambda turn: turn.event_id or -1)
-        if remote.cancel_requested and self._cancel_reason is None:
-            self.request_cancel(remote.cancel_reason)
-
-    # The run itself
-
-    async def main(self) -> None:
-        token = bind_tenant(self.state.tenant)
-        try:
-            await self._run()
-        except LostOwnership:
-            log.warning("another process took the run over", extra={"fields": self._fields()})
-        except asyncio.CancelledError:
-            if not self._abandoned:
-                raise
-        except Exception as error:
-            log.error("run failed", exc_info=error, extra={"fields": self._fields()})
-            with contextlib.suppress(Exception):
-                await self._fail(error)
-        finally:
-            if not self._finished.done():
-                self._finished.set_exception(
-                    Unavailable("the run stopped on this process; it resumes elsewhere")
-                )
-                self._finished.exception()  # retrieved: nobody may be waiting
-            reset_tenant(token)
-
-    async def _run(self) -> None:
-        if self._restarted and await self._resume_from_log():
-            return  # its terminal event was written before the takeover
-        if self.state.finished:
-            # Taken over after its status was written but before its `done` was.
-            await self._finish(self.state.status)
-            return
-        if self.agent is None:
-            self.agent = await self.manager.agents.get(self.state.agent)
-        await self.store_pending_messages()
-        while True:
-            if self._cancel_reason is not None:
-                await self._finish(CANCELLED)
-                return
-            if not self.state.pending:
-                if await self._finish(COMPLETED):
-                    return
-                continue
-            reason = await self._turn(self.state.pending[0])
-            if reason is not None:
-                await self._finish(reason)
-                return
-
-    async def _resume_from_log(self) -> bool:
-        """What the log says happened after the last checkpoint: a `done` ends the run as it
-        said; an answer stored for the interrupted turn completes that turn. True when the
-        run is over."""
-        number = self.state.turns + 1
-        async for entry in self.persistence.list_events(
-            self.state.conversation, after_sequence=self.state.start_after
-        ):
-            event = events.from_log(entry, self.state.conversation)
-            if event is None:
-                continue
-            if events.is_terminal(event):
-                self.state.status = event.done.reason if event.HasField("done") else FAILED
-                self.state.done_event_id = int(event.event_id)
-                await self.save()
-                await self._close(int(event.event_id))
-                return True
-            if entry.type == events.MESSAGE_CREATED and _answers(entry.message, self.state, number):
-                self._complete_turn(entry.message)
-                self.state.turns = number
-                number += 1
-        if self.state.turn_started_event == 0:
-            self._restarted = False
-        return False
-
-    def _complete_turn(self, message: persistence_pb2.Message) -> None:
-        metadata = json_format.MessageToDict(message.metadata)
-        if self.state.pending:
-            self._last_answered = max(self._last_answered, self.state.pending[0].event_id)
-            self.state.pending.pop(0)
-        self.state.turn_started_event = 0
-        spend_cost = float(metadata.get("cost", 0.0))
-        self.state.spend.add(
-            str(metadata.get("model", "")),
-            message.usage,
-            spend_cost,
-            float(metadata.get("generation_ms", 0.0)),
-        )
-
-    async def _turn(self, turn: PendingTurn) -> str | None:
-        """Answers one human turn; the done reason when the run must end instead."""
-        state = self.state
-        assert self.agent is not None
-        number = state.turns + 1
-        restarted, self._restarted = self._restarted and state.turn_started_event != 0, False
-        prefix = f"{state.run_id}.{state.epoch}.{number}"
-        writer = events.EventWriter(
-            self.persistence,
-            state.conversation,
-            prefix,
-            self.manager.settings.token_coalesce_ms / 1000,
-        )
-        started = await writer.emit(
-            pb.ConversationEvent(
-                turn_started=pb.TurnStarted(
-                    speaker=state.speaker, turn=number, agent=state.agent, restarted=restarted
-                )
-            )
-        )
-        state.turn_started_event = started
-        await self.save()
-        llm = RunModelCaller(
-            self.manager.backends.generation,
-            self.manager.prices,
-            TokenBudget(state.max_total_tokens, state.spend.total_tokens),
-            tenant=state.tenant,
-            agent=self.agent.name,
-            model_extras=state.model_extras,
-        )
-        turn_input = TurnInput(
-            tenant=state.tenant,
-            conversation=state.conversation,
-            agent=self.agent,
-            speaker=state.speaker,
-            turn=number,
-            user_text=turn.text,
-            history=await self._history(turn),
-            max_iterations=state.max_iterations,
-        )
-        if self._cancel_reason is not None:
-            return CANCELLED
-        self._turn_task = asyncio.create_task(
-            self.manager.answer(turn_input, writer, llm, self.manager.tools, self.manager.backends)
-        )
-        try:
-            await asyncio.wait({self._turn_task})
-        except asyncio.CancelledError:
-            self._turn_task.cancel()
-            await writer.close()
-            raise
-        task, self._turn_task = self._turn_task, None
-        if self._cancel_reason is not None or task.cancelled():
-            await writer.close()
-            self.state.spend.merge(llm.take_spend())
-            return CANCELLED
-        error = task.exception()
-        if isinstance(error, BudgetExhausted):
-            await writer.flush()
-            self.state.spend.merge(llm.take_spend())
-            return BUDGET
-        if error is not None:
-            await writer.close()
-            raise error
-        answer = task.result()
-        await writer.flush()
-        spend = llm.take_spend()
-        message = await self._store_answer(number, answer, spend.usage(), spend.cost, spend)
-        self._complete_turn(message)
-        state.turns = number
-        await writer.emit(pb.ConversationEvent(usage=state.spend.usage()))
-        await self.save()
-        return None
-
-    async def _store_answer(
-        self,
-        number: int,
-        answer: TurnAnswer,
-        usage: common_pb2.TokenUsage,
-        cost: float,
-        spend: Any,
-    ) -> persistence_pb2.Message:
-        if not usage.total_tokens:
-            usage = answer.usage
-        metadata = struct_pb2.Struct()
-        metadata.update(
-            {
-                "run": self.state.run_id,
-                "turn": number,
-                "agent": self.state.agent,
-                "model": answer.model,
-                "generation_ms": answer.generation_ms or spend.generation_ms,
-                "cost": cost,
-                "tool_calls": [
-                    json_format.MessageToDict(call.event(), preserving_proto_field_name=True)
-                    for call in answer.tool_calls
-                ],
-                "unavailable": list(answer.unavailable),
-            }
-        )
-        return await self.persistence.create_message(  # type: ignore[no-any-return]
-            self.state.conversation,
-            persistence_pb2.Message(
-                role=common_pb2.ROLE_ASSISTANT,
-                author=self.state.speaker,
-                text=answer.text,
-                citations=answer.citations,
-                usage=usage,
-                metadata=metadata,
-            ),
-            request_id=f"{self.state.run_id}.answer.{number}",
-        )
-
-    async def _history(self, turn: PendingTurn) -> list[generation_pb2.ChatMessage]:
-        history: list[generation_pb2.ChatMessage] = []
-        async for message in self.persistence.list_messages(self.state.conversation):
-            if message.name == turn.message:
-                break
-            role = message.role
-            if role in (common_pb2.ROLE_USER, common_pb2.ROLE_ASSISTANT) and message.text:
-                history.append(generation_pb2.ChatMessage(role=role, content=message.text))
-        return history[-HISTORY_MESSAGES:]
-
-    async def _finish(self, reason: str) -> bool:
-        """Ends the run with `done(reason)`; False when a turn was queued meanwhile (the run
-        goes on)."""
-        self.state.status = reason
-        if reason == CANCELLED:
-            self.state.cancel_reason = self._cancel_reason or ""
-        await self.save()
-        if reason == COMPLETED and (self.state.pending or self._cancel_reason is not None):
-            self.state.status = RUNNING
-            return False
-        writer = events.EventWriter(
-            self.persistence,
-            self.state.conversation,
-            f"{self.state.run_id}.{self.state.epoch}.done",
-            0.0,
-        )
-        spend = self.state.spend
-        done = pb.Done(reason=reason, usage=spend.usage(), turns=self.state.turns, cost=spend.cost)
-        event_id = await writer.emit(pb.ConversationEvent(done=done))
-        self.state.done_event_id = event_id
-        await self.save()
-        await self._close(event_id)
-        return True
-
-    async def _fail(self, error: BaseException) -> None:
-        self.state.status = FAILED
-        await self.save()
-        writer = events.EventWriter(
-            self.persistence,
-            self.state.conversation,
-            f"{self.state.run_id}.{self.state.epoch}.error",
-            0.0,
-        )
-        typed = relayed(error) if isinstance(error, CallistoError) else error
-        event_id = await writer.emit(pb.ConversationEvent(error=status_from_exception(typed)))
-        self.state.done_event_id = event_id
-        await self.save()
-        await self._close(event_id)
-
-    async def _close(self, event_id: int) -> None:
-        with contextlib.suppress(Exception):
-            await self.manager.leases.unindex(self.key)
-            await self.manager.leases.release(self.key)
-        if not self._finished.done():
-            self._finished.set_result(event_id)
-
-    def _fields(self) -> dict[str, str]:
-        return {"run": self.state.run_id, "conversation": self.state.conversation}
-
-
-def _answers(message: persistence_pb2.Message, state: RunState, number: int) -> bool:
-    """Whether a stored message is this run's answer of turn `number`."""
-    if message.role != common_pb2.ROLE_ASSISTANT or not message.HasField("metadata"):
-        return False
-    metadata = json_format.MessageToDict(message.metadata)
-    return metadata.get("run") == state.run_id and int(metadata.get("turn", 0)) == number
 
 
 def _agent_id(name: str) -> str:
