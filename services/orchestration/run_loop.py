@@ -29,7 +29,7 @@ from callisto.services.common.tenancy import bind_tenant, reset_tenant
 from callisto.services.orchestration import events
 from callisto.services.orchestration.agents import AgentStore
 from callisto.services.orchestration.backends import Backends
-from callisto.services.orchestration.budget import PriceTable, RunModelCaller, TokenBudget
+from callisto.services.orchestration.budget import PriceTable, RunModelCaller, Spend, TokenBudget
 from callisto.services.orchestration.leases import Leases, RunKey
 from callisto.services.orchestration.relay import relayed
 from callisto.services.orchestration.run_state import (
@@ -272,17 +272,21 @@ class Run:
             self._restarted = False
         return False
 
-    def _complete_turn(self, message: persistence_pb2.Message) -> None:
-        metadata = json_format.MessageToDict(message.metadata)
+    def _complete_turn(self, message: persistence_pb2.Message, spend: Spend | None = None) -> None:
+        """The turn of the first pending human message is answered by `message`; what it
+        spent is `spend` (or, for an answer found in the log, what its message says)."""
         if self.state.pending:
             self._last_answered = max(self._last_answered, self.state.pending[0].event_id)
             self.state.pending.pop(0)
         self.state.turn_started_event = 0
-        spend_cost = float(metadata.get("cost", 0.0))
+        if spend is not None:
+            self.state.spend.merge(spend)
+            return
+        metadata = json_format.MessageToDict(message.metadata)
         self.state.spend.add(
             str(metadata.get("model", "")),
             message.usage,
-            spend_cost,
+            float(metadata.get("cost", 0.0)),
             float(metadata.get("generation_ms", 0.0)),
         )
 
@@ -353,8 +357,8 @@ class Run:
         answer = task.result()
         await writer.flush()
         spend = llm.take_spend()
-        message = await self._store_answer(number, answer, spend.usage(), spend.cost, spend)
-        self._complete_turn(message)
+        message = await self._store_answer(number, answer, spend)
+        self._complete_turn(message, spend)
         state.turns = number
         await writer.emit(pb.ConversationEvent(usage=state.spend.usage()))
         await self.save()
@@ -364,12 +368,10 @@ class Run:
         self,
         number: int,
         answer: TurnAnswer,
-        usage: common_pb2.TokenUsage,
-        cost: float,
-        spend: Any,
+        spend: Spend,
     ) -> persistence_pb2.Message:
-        if not usage.total_tokens:
-            usage = answer.usage
+        # What the run's model caller counted; the answer's own figure if it made no call.
+        usage = spend.usage() if spend.total_tokens else answer.usage
         metadata = struct_pb2.Struct()
         metadata.update(
             {
@@ -378,7 +380,7 @@ class Run:
                 "agent": self.state.agent,
                 "model": answer.model,
                 "generation_ms": answer.generation_ms or spend.generation_ms,
-                "cost": cost,
+                "cost": spend.cost,
                 "tool_calls": [
                     json_format.MessageToDict(call.event(), preserving_proto_field_name=True)
                     for call in answer.tool_calls
