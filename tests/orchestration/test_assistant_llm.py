@@ -85,7 +85,12 @@ async def test_the_real_model_answers_the_cold_chain_question_citing_its_session
     print(f"\nreal-model turn: {wall_s:.1f} s, {len(llm.calls)} model calls")
     for call in llm.calls:
         name = call.request.response_format.name or "answer"
-        print(f"  {name}: {call.result.duration_ms:.0f} ms {call.result.text[:300]!r}")
+        usage = call.result.usage
+        print(
+            f"  {name}: {call.result.duration_ms:.0f} ms, {usage.prompt_tokens} + "
+            f"{usage.completion_tokens} tokens, ttft {call.result.ttft_ms:.0f} ms: "
+            f"{call.result.text[:300]!r}"
+        )
     print(f"answer prompt: {llm.answers()[-1].request.messages[-1].content!r}")
     print(f"answer: {answer.text!r}")
 
