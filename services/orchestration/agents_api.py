@@ -8,10 +8,11 @@ from typing import Any
 import grpc
 
 from callisto import errors as sdk
+from callisto.api.common.v1 import common_pb2
 from callisto.api.orchestration.v1 import orchestration_pb2 as pb
 from callisto.api.orchestration.v1 import orchestration_pb2_grpc as pb_grpc
 from callisto.api.persistence.v1 import persistence_pb2
-from callisto.services.common.errors import InvalidArgument
+from callisto.services.common.errors import FailedPrecondition, InvalidArgument
 from callisto.services.common.validation import Violations
 from callisto.services.orchestration.agents import AgentStore
 from callisto.services.orchestration.backends import Backends
@@ -101,10 +102,19 @@ class AgentsRpc(pb_grpc.OrchestrationServiceServicer):
             f"must be at most {MAX_FEEDBACK_COMMENT} characters",
         )
         v.raise_if_any()
+        persistence = self._backends.persistence
         try:
             # As the caller's tenant (bound for this request): another tenant's message is
-            # NOT_FOUND there.
-            message = await self._backends.persistence.update_message_feedback(
+            # NOT_FOUND there. Only answers are rated (a message's role never changes).
+            found = await persistence.get_message(request.name)
+        except sdk.CallistoError as error:
+            raise relayed(error) from None
+        if found.role != common_pb2.ROLE_ASSISTANT:
+            raise FailedPrecondition(
+                f"{request.name} is not an answer of the assistant; only answers are rated"
+            )
+        try:
+            message = await persistence.update_message_feedback(
                 request.name, request.rating, request.comment
             )
         except sdk.CallistoError as error:
