@@ -210,17 +210,14 @@ class RunManager:
         return 0
 
     async def submit(self, conversation: str, turn: pb.HumanTurn) -> int:
-        """Stores a human turn and queues it on the conversation's run (starting a new run
-        with the same agent when the last one finished); returns its event id."""
+        """Stores a human turn and queues it on the conversation's run; with no run going,
+        starts one with the last run's agent (or, for a conversation that never had a run,
+        its agent participant's). Returns the turn's event id."""
         persistence = self._backends.persistence
-        await persistence.get_conversation(conversation)
+        found = await persistence.get_conversation(conversation)
         checkpoint = await self.store.load(conversation)
-        if checkpoint is None:
-            raise FailedPrecondition(
-                f"{conversation} has no run to send turns to; start one with RunConversation "
-                "or Converse"
-            )
-        author = turn.author or checkpoint.state.human
+        agent = None if checkpoint is not None else await self._participant_agent(found)
+        author = turn.author or (checkpoint.state.human if checkpoint else HUMAN)
         message = await persistence.create_message(
             conversation,
             persistence_pb2.Message(role=common_pb2.ROLE_USER, author=author, text=turn.text),
@@ -238,7 +235,11 @@ class RunManager:
             if local is not None and await local.enqueue(pending):
                 return int(message.event_sequence)
             checkpoint = await self.store.load(conversation)
-            assert checkpoint is not None
+            if checkpoint is None:
+                assert agent is not None
+                if await self._first_run(conversation, agent, pending):
+                    return int(message.event_sequence)
+                continue
             if checkpoint.state.finished:
                 if await self._continue(checkpoint, pending):
                     return int(message.event_sequence)
@@ -280,6 +281,42 @@ class RunManager:
         return await run.wait_finished()
 
     # Internals
+
+    async def _participant_agent(self, conversation: persistence_pb2.Conversation) -> pb.Agent:
+        """The agent a conversation without runs names among its participants."""
+        for participant in conversation.participants:
+            if participant.kind == persistence_pb2.PARTICIPANT_KIND_AGENT:
+                with contextlib.suppress(NotFound, SdkNotFound, InvalidArgument):
+                    return await self._agents.get(f"agents/{participant.id}")
+        raise FailedPrecondition(
+            f"{conversation.name} has no run and no agent among its participants to answer; "
+            "start a run with RunConversation or Converse"
+        )
+
+    async def _first_run(self, conversation: str, agent: pb.Agent, pending: PendingTurn) -> bool:
+        """The first run of a conversation, for a turn sent to it; False if another began."""
+        state = RunState(
+            run_id=uuid.uuid4().hex,
+            tenant=current_tenant(),
+            conversation=conversation,
+            mode=pb.CONVERSATION_MODE_ASSISTANT,
+            agent=revision_name(agent),
+            speaker=_agent_id(agent.name),
+            human=pending.author,
+            max_iterations=2,
+            max_total_tokens=0,
+            pending=[pending],
+            start_after=pending.event_id - 1,
+            owner=self.owner,
+        )
+        try:
+            checkpoint = await self.store.claim(state, None)
+        except CallistoError as error:
+            if error.code.name in ("ALREADY_EXISTS", "ABORTED"):
+                return False
+            raise
+        await self._launch(checkpoint, agent, restarted=False)
+        return True
 
     async def _continue(self, previous: Checkpoint, pending: PendingTurn) -> bool:
         """A new run of a finished one's agent for a turn sent after it ended."""

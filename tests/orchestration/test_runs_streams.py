@@ -30,6 +30,7 @@ import callisto
 from callisto.api.common.v1 import common_pb2
 from callisto.api.orchestration.v1 import orchestration_pb2 as pb
 from callisto.api.orchestration.v1 import orchestration_pb2_grpc as pb_grpc
+from callisto.api.persistence.v1 import persistence_pb2
 from callisto.mesh.gateway import EnvoyGateway
 from callisto.mesh.processes import ServiceProcess
 
@@ -269,3 +270,30 @@ async def test_a_turn_whose_generation_fails_ends_the_run_with_an_error_event(
         )
     )
     assert kind(again[-1]) == "done" and again[-1].done.reason == "completed"
+
+
+async def test_a_turn_sent_to_a_conversation_without_runs_starts_its_agent_participants_run(
+    orch_stub: pb_grpc.OrchestrationServiceAsyncStub,
+    persistence_of_acme: callisto.Client,
+    agent: str,
+) -> None:
+    participant = persistence_pb2.Participant(
+        id=agent.removeprefix("agents/"), kind=persistence_pb2.PARTICIPANT_KIND_AGENT
+    )
+    with_agent = await persistence_of_acme.persistence.create_conversation(
+        persistence_pb2.Conversation(title="made elsewhere", participants=[participant])
+    )
+    submitted = await orch_stub.SubmitInput(
+        pb.SubmitInputRequest(name=with_agent.name, turn=pb.HumanTurn(text="anyone there"))
+    )
+    events = await watch(orch_stub, with_agent.name, submitted.event_id)
+    assert kind(events[0]) == "turn_started" and events[0].turn_started.agent.startswith(agent)
+    assert kind(events[-1]) == "done" and events[-1].done.reason == "completed"
+    nobody = await persistence_of_acme.persistence.create_conversation(title="no agent")
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await orch_stub.SubmitInput(
+            pb.SubmitInputRequest(name=nobody.name, turn=pb.HumanTurn(text="hello?"))
+        )
+    assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    # Nothing was stored for the refused turn.
+    assert [m async for m in persistence_of_acme.persistence.list_messages(nobody.name)] == []
