@@ -6,6 +6,7 @@ from typing import Any
 
 from callisto.services.common.config import CommonSettings, settings_table
 from callisto.services.generation.settings import GenerationSettings
+from callisto.services.orchestration.settings import OrchestrationSettings
 from callisto.services.persistence.settings import PersistenceSettings
 from callisto.services.retrieval.settings import RetrievalSettings
 
@@ -14,6 +15,7 @@ SECTIONS: dict[str, list[type[Any]]] = {
     "persistence": [PersistenceSettings],
     "generation": [GenerationSettings],
     "retrieval": [RetrievalSettings],
+    "orchestration": [OrchestrationSettings],
 }
 
 
