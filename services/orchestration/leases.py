@@ -11,13 +11,20 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 PREFIX = "callisto:orchestration"
-INDEX = f"{PREFIX}:runs"
+# Hash of the unfinished runs: `tenant|conversation` -> id of the run going on there.
+INDEX = f"{PREFIX}:unfinished"
 CANCELS = f"{PREFIX}:cancels"
 
 # Renews (or releases) a lease only while this owner holds it.
 _RENEW = (
     "if redis.call('get', KEYS[1]) == ARGV[1] then "
     "return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
+)
+# Forgets a run only while the index still names that run (not a newer one of the same
+# conversation).
+_UNINDEX = (
+    "if redis.call('hget', KEYS[1], ARGV[1]) == ARGV[2] then "
+    "return redis.call('hdel', KEYS[1], ARGV[1]) else return 0 end"
 )
 _RELEASE = (
     "if redis.call('get', KEYS[1]) == ARGV[1] then "
@@ -85,14 +92,18 @@ class Leases:
 
     # The index of unfinished runs.
 
-    async def index(self, run: RunKey) -> None:
-        await self._redis.sadd(INDEX, run.member())
+    async def index(self, run: RunKey, run_id: str) -> None:
+        await self._redis.hset(INDEX, run.member(), run_id)
 
-    async def unindex(self, run: RunKey) -> None:
-        await self._redis.srem(INDEX, run.member())
+    async def unindex(self, run: RunKey, run_id: str) -> None:
+        await self._redis.eval(_UNINDEX, 1, INDEX, run.member(), run_id)
+
+    async def forget(self, run: RunKey) -> None:
+        """Drops a conversation from the index whatever run it names (one with no state)."""
+        await self._redis.hdel(INDEX, run.member())
 
     async def unfinished(self) -> list[RunKey]:
-        members = await self._redis.smembers(INDEX)
+        members = await self._redis.hkeys(INDEX)
         keys = []
         for member in members:
             text = member.decode() if isinstance(member, bytes) else str(member)

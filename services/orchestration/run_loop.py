@@ -452,7 +452,7 @@ class Run:
 
     async def _close(self, event_id: int) -> None:
         with contextlib.suppress(Exception):
-            await self.context.leases.unindex(self.key)
+            await self.context.leases.unindex(self.key, self.state.run_id)
             await self.context.leases.release(self.key)
         if not self._finished.done():
             self._finished.set_result(event_id)

@@ -360,7 +360,7 @@ class RunManager:
         # The checkpoint names this process as the owner (written by compare-and-set), so
         # the lease is this process's whoever held it before.
         await self.leases.take(key)
-        await self.leases.index(key)
+        await self.leases.index(key, checkpoint.state.run_id)
         run = Run(
             self._context, key, checkpoint, agent, restarted=restarted, cancel_reason=cancel_reason
         )
@@ -421,12 +421,12 @@ class RunManager:
     async def _take_over_one(self, key: RunKey) -> None:
         checkpoint = await self.store.load(key.conversation)
         if checkpoint is None:
-            await self.leases.unindex(key)
+            await self.leases.forget(key)
             await self.leases.release(key)
             return
         state = checkpoint.state
         if state.finished and state.done_event_id:
-            await self.leases.unindex(key)
+            await self.leases.unindex(key, state.run_id)
             await self.leases.release(key)
             return
         state.owner = self.owner

@@ -56,7 +56,7 @@ async def test_cancel_conversation_ends_the_run_with_done_cancelled_and_stops_tr
     call.cancel()
     assert kind(rest[-1]) == "done" and rest[-1].done.reason == "cancelled"
     assert rest[-1].event_id == cancelled.event_id
-    assert elapsed < 1.0, f"cancel took {elapsed:.3f} s"
+    assert elapsed < 0.5, f"cancel took {elapsed:.3f} s"  # about 20 ms when the CPU is free
     record = await toy_event(toy_events_path, tag, "cancelled")
     assert record["cancel_seen_at"] is not None
     # A finished run cannot be cancelled again.
