@@ -58,7 +58,8 @@ def from_log(event: persistence_pb2.Event, conversation: str) -> pb.Conversation
         return None
     result.event_id = event.sequence
     result.conversation = conversation
-    result.create_time.CopyFrom(event.create_time)
+    if event.HasField("create_time"):
+        result.create_time.CopyFrom(event.create_time)
     return result
 
 
@@ -66,16 +67,19 @@ def turn_ended(message: persistence_pb2.Message) -> pb.TurnEnded:
     """A stored message as the `turn_ended` of its speaker (cost and generation time come from
     the metadata the run stored with an answer)."""
     metadata = json_format.MessageToDict(message.metadata) if message.HasField("metadata") else {}
-    return pb.TurnEnded(
+    turn = pb.TurnEnded(
         speaker=message.author,
         text=message.text,
-        sentiment=message.sentiment,
-        usage=message.usage,
         message=message.name,
         cost=float(metadata.get("cost", 0.0)),
         generation_ms=float(metadata.get("generation_ms", 0.0)),
         citations=message.citations,
     )
+    if message.HasField("sentiment"):
+        turn.sentiment.CopyFrom(message.sentiment)
+    if message.HasField("usage"):
+        turn.usage.CopyFrom(message.usage)
+    return turn
 
 
 def is_terminal(event: pb.ConversationEvent) -> bool:
