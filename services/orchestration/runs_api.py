@@ -149,7 +149,8 @@ class RunsRpc(pb_grpc.OrchestrationServiceServicer):
         metadata = dict(context.invocation_metadata() or ())
         extras = metadata.get(MODEL_EXTRAS_METADATA, "")
         with _relaying():
-            return await self._runs.begin(start, str(extras))
+            # Shielded: a caller gone mid-start must not leave a claimed run that nobody runs.
+            return await asyncio.shield(self._runs.begin(start, str(extras)))
 
     async def _watch(self, conversation: str, after: int) -> AsyncIterator[pb.ConversationEvent]:
         try:
