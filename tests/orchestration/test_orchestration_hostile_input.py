@@ -9,6 +9,7 @@ and tenant acme's agent and conversation are byte-for-byte intact and invisible 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
@@ -77,8 +78,11 @@ def assistant(agent: str, prompt: str, **fields: Any) -> pb.StartConversation:
     )
 
 
-def seeds(agent: str, runner: str, conversation: str, message: str) -> dict[str, Message]:
-    """A valid request per RPC, aimed at the given resources, for the barrage to mutate."""
+def seeds(
+    agent: str, runner: str, conversation: str, message: str, watched: str
+) -> dict[str, Message]:
+    """A valid request per RPC, aimed at the given resources, for the barrage to mutate: the
+    runs start with `runner`, StreamConversation watches `watched`."""
     turn = pb.HumanTurn(text="and then?", author="u1")
     return {
         "CreateAgent": pb.CreateAgentRequest(
@@ -111,7 +115,7 @@ def seeds(agent: str, runner: str, conversation: str, message: str) -> dict[str,
         "RunConversation": pb.RunConversationRequest(
             start=assistant(runner, "what is the plan?", title="t", tags=["a"], max_iterations=1)
         ),
-        "StreamConversation": pb.StreamConversationRequest(name=conversation, after_event_id=0),
+        "StreamConversation": pb.StreamConversationRequest(name=watched, after_event_id=0),
         "ConverseStart": pb.ConverseRequest(start=assistant(runner, "hello", max_iterations=1)),
     }
 
@@ -122,12 +126,12 @@ class Caller:
 
     who: str
     metadata: Metadata
-    # The tenant whose data the caller may legitimately change (None: none).
-    tenant: str | None
     targets: dict[str, Message]
-    # Names the hostile values are drawn from (unary RPCs; run streams).
+    # Names the hostile values are drawn from: of the unary RPCs and run starts, and of what
+    # streams and attaches watch (finished conversations none of the barrage runs again, so
+    # every watch ends).
     names: list[str]
-    stream_names: list[str]
+    watch_names: list[str]
     replies: list[bytes] = field(default_factory=list)
     # How each RPC answered (method, status code name), to see what the barrage reached.
     outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
@@ -281,8 +285,14 @@ def hostile_extras(source: Hostile, metadata: Metadata) -> Metadata:
 
 
 def hostile_start(source: Hostile, seed: pb.RunConversationRequest) -> pb.StartConversation:
-    """Mostly a valid start with a field or two made hostile; sometimes hostile through."""
+    """Mostly a valid start with a field or two made hostile (or continuing one of the
+    caller's targets); sometimes hostile through."""
     roll = source.rng.random()
+    if roll < 0.1 and source.names:
+        start = pb.StartConversation()
+        start.CopyFrom(seed.start)
+        start.conversation = source.choice(source.names)
+        return start
     if roll < 0.25:
         request = source.request(pb.RunConversationRequest(), huge=1)
     elif roll < 0.55:
@@ -298,10 +308,11 @@ def hostile_start(source: Hostile, seed: pb.RunConversationRequest) -> pb.StartC
 
 
 def hostile_converse(
-    source: Hostile, seed: pb.ConverseRequest, conversations: Sequence[str]
+    source: Hostile, seed: pb.ConverseRequest, watching: Hostile
 ) -> list[pb.ConverseRequest]:
     """A malformed Converse stream: turns before any start, two starts, attaches to strangers'
-    conversations, cancels of nothing, approvals without workflows, empty messages."""
+    conversations (drawn by `watching`), cancels of nothing, approvals without workflows,
+    empty messages."""
     requests: list[pb.ConverseRequest] = []
     for _ in range(source.rng.randrange(0, 5)):
         roll = source.rng.random()
@@ -310,10 +321,8 @@ def hostile_converse(
             assert isinstance(mutated, pb.ConverseRequest)
             requests.append(mutated)
         elif roll < 0.45:
-            after = source.rng.choice((0, 0, 1, 3, -1, 2**62, -(2**63)))
-            attach = pb.AttachConversation(
-                conversation=source.choice(conversations), after_event_id=after
-            )
+            after = watching.rng.choice((0, 0, 1, 3, -1, 2**62, -(2**63)))
+            attach = pb.AttachConversation(conversation=watching.name(), after_event_id=after)
             requests.append(pb.ConverseRequest(attach=attach))
         elif roll < 0.6:
             turn = source.request(pb.HumanTurn(), huge=1)
@@ -355,7 +364,7 @@ async def barrage(
     sources = {
         caller.who: (
             Hostile(seed, COLLECTIONS, caller.names),
-            Hostile(100 + seed, COLLECTIONS, caller.stream_names),
+            Hostile(100 + seed, COLLECTIONS, caller.watch_names),
         )
         for seed, caller in enumerate(callers)
     }
@@ -371,7 +380,7 @@ async def barrage(
                 else:
                     request = source.request(type(caller.targets[method])(), huge=huge)
                 calls.append(call_unary(stub, method, request, caller))
-            start = hostile_start(streams, caller.targets["RunConversation"])  # type: ignore[arg-type]
+            start = hostile_start(source, caller.targets["RunConversation"])  # type: ignore[arg-type]
             calls.append(
                 run_conversation(
                     stub,
@@ -388,9 +397,9 @@ async def barrage(
                 )
             )
             requests = hostile_converse(
-                streams,
+                source,
                 caller.targets["ConverseStart"],  # type: ignore[arg-type]
-                caller.stream_names or ["conversations/none"],
+                streams,
             )
             calls.append(
                 asyncio.to_thread(
@@ -415,9 +424,15 @@ async def channel(orchestration: ServiceProcess) -> AsyncIterator[grpc.aio.Chann
 
 
 @pytest.fixture(scope="session")
-def blocking_stub(orchestration: ServiceProcess) -> Iterator[pb_grpc.OrchestrationServiceStub]:
+def plain_blocking(orchestration: ServiceProcess) -> Iterator[grpc.Channel]:
+    """A blocking channel for the Converse streams (see hostile_support.stream_requests)."""
     with grpc.insecure_channel(orchestration.address) as opened:
-        yield pb_grpc.OrchestrationServiceStub(opened)
+        yield opened
+
+
+@pytest.fixture(scope="session")
+def blocking_stub(plain_blocking: grpc.Channel) -> pb_grpc.OrchestrationServiceStub:
+    return pb_grpc.OrchestrationServiceStub(plain_blocking)
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
@@ -539,29 +554,21 @@ async def test_hostile_requests_get_client_errors_and_leave_acme_intact(
     theirs = theirs_run[0].conversation
     before = await acme_snapshot(stub, persistence_raw, acme, precious)
 
-    at_acme = seeds(precious.agent, precious.agent, precious.conversation, precious.message)
+    # Globex runs its own agent, into acme's conversation when a start names it.
+    at_acme = seeds(
+        precious.agent, theirs_agent, precious.conversation, precious.message, precious.conversation
+    )
+    mine = seeds(scratch, runner, scratch_conversation, scratch_message, watched)
     acme_names = [scratch, scratch_conversation, scratch_message, theirs_agent, theirs]
     strangers = [precious.agent, precious.conversation, precious.message]
     callers = [
+        Caller("acme", acme, mine, acme_names, [watched, theirs, _answer(theirs_run)]),
+        Caller("globex", globex, at_acme, strangers, strangers),
         Caller(
-            "acme",
-            acme,
-            "acme",
-            seeds(scratch, runner, scratch_conversation, scratch_message),
-            acme_names,
-            [watched, theirs, _answer(theirs_run)],
+            "globex-forging-acme", (*globex, (ON_BEHALF_OF, "acme")), at_acme, strangers, strangers
         ),
-        Caller("globex", globex, "globex", at_acme, strangers, strangers),
-        Caller(
-            "globex-forging-acme",
-            (*globex, (ON_BEHALF_OF, "acme")),
-            "globex",
-            at_acme,
-            strangers,
-            strangers,
-        ),
-        Caller("anonymous", auth_metadata("cal_nope"), None, at_acme, strangers, strangers),
-        Caller("none", (), None, at_acme, strangers, strangers),
+        Caller("anonymous", auth_metadata("cal_nope"), at_acme, strangers, strangers),
+        Caller("none", (), at_acme, strangers, strangers),
     ]
     loop = asyncio.get_running_loop()
     began = loop.time()
@@ -655,6 +662,7 @@ def _converse(
 
 async def test_malformed_converse_streams_get_one_clear_answer(
     channel: grpc.aio.Channel,
+    plain_blocking: grpc.Channel,
     blocking_stub: pb_grpc.OrchestrationServiceStub,
     precious: Precious,
     api_key: str,
@@ -702,11 +710,10 @@ async def test_malformed_converse_streams_get_one_clear_answer(
         ("a huge turn", [start, huge_turn], acme, _INVALID, "turn.text"),
     ]
     for what, requests, metadata, code, violation in expected:
+        if requests[0].HasField("start"):
+            # Slow tokens, so the bad second message is read long before the run could end.
+            metadata = (*metadata, (EXTRAS, json.dumps({"delay_ms": 50})))
         events, error = await asyncio.to_thread(_converse, blocking_stub, requests, metadata)
-        if error is None and requests[0].HasField("start") and code == _INVALID:
-            # The run may end before the bad second message is read: then it ends normally.
-            check_events(events, None, what, True)
-            continue
         assert error is not None, f"{what}: accepted, {[e.WhichOneof('kind') for e in events]}"
         assert error.code() == code, f"{what}: {error.code()} {error.details()}"  # type: ignore[attr-defined]
         check_rpc_error(error, what)
@@ -719,6 +726,14 @@ async def test_malformed_converse_streams_get_one_clear_answer(
         if error is not None:
             check_error(error, "Converse(deep)", "Converse", requests[0])
         check_events(events, error, "Converse(deep or empty)", False)
+    # An undecodable message after a valid start: a client error, after any events of the run.
+    raw = [start.SerializeToString(), b"\x0f"]
+    call = plain_blocking.stream_stream(f"/{SERVICE.full_name}/Converse")
+    replies, error = await asyncio.to_thread(stream_requests, call, raw, acme, STREAM_S)
+    events = [pb.ConverseResponse.FromString(reply).event for reply in replies]  # type: ignore[arg-type]
+    if error is not None:
+        check_rpc_error(error, "Converse(start, undecodable)")
+    check_events(events, error, "Converse(start, undecodable)", error is None)
     # A cancel of a finished run changes nothing: the attach replays the run to its end.
     events, error = await asyncio.to_thread(
         _converse,
@@ -857,6 +872,11 @@ async def test_forged_page_tokens_are_refused(
     await check_forged_page_tokens(
         stub, "ListAgentRevisions", of_revisions, revisions.next_page_token, acme
     )
+    # A token of one listing is not a token of the other.
+    crossed = pb.ListAgentsRequest(page_size=1, page_token=revisions.next_page_token)
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await stub.ListAgents(crossed, metadata=acme)
+    assert error.value.code() == _INVALID and "page_token" in _violations(error.value)
     # Acme's genuine tokens mean nothing to globex.
     for method, request, token in (
         ("ListAgents", listing, agents.next_page_token),
@@ -933,10 +953,40 @@ async def test_concurrent_turns_starts_and_cancels_on_one_conversation(
         ),
     ]
     await asyncio.gather(*calls)
-    print("crossfire", sorted(outcomes.items()))
+    assert outcomes["SubmitInput OK"] >= 1, outcomes
     # Whatever ran, the conversation's last run ends, once.
     call = stub.StreamConversation(
         pb.StreamConversationRequest(name=conversation), metadata=acme, timeout=STREAM_S
     )
     events = [response.event async for response in call]
     assert events and events[-1].WhichOneof("kind") in ("done", "error")
+
+
+async def test_the_longest_valid_prompt_of_any_characters_runs_to_its_end(
+    channel: grpc.aio.Channel, api_key: str
+) -> None:
+    stub = pb_grpc.OrchestrationServiceStub(channel)
+    acme = auth_metadata(api_key)
+    tooled = await _agent(stub, acme, "hostile-long", "long", TOOLS)
+    plain = await _agent(stub, acme, "hostile-long-plain", "long plain")
+    # A prompt the service accepts is one its runs can answer: refused up front, or answered
+    # (today an agent without tools fails its run when the prompt overflows the model's
+    # context window, with an error naming `messages`, a field the client never sent).
+    longest = 16384  # CALLISTO_ORCHESTRATION_MAX_PROMPT_CHARS's default
+    failures = []
+    # Words of a few characters, as a model's tokens are (toy_llm answers with the prompt's
+    # words: one giant word would make giant tokens no model makes).
+    words = ("xy ", "é\t", "😀\n", "\x00 ", '" ', "\\\\ ")
+    for agent, word in itertools.product((plain, tooled), words):
+        text = word * (longest // len(word))
+        start = assistant(agent, text, max_iterations=1)
+        call = stub.RunConversation(
+            pb.RunConversationRequest(start=start), metadata=acme, timeout=STREAM_S
+        )
+        events = [response.event async for response in call]
+        check_events(events, None, f"a prompt of {len(text)} chars of {word!r}", True)
+        last = events[-1]
+        if last.WhichOneof("kind") != "done":
+            kinds = [event.WhichOneof("kind") for event in events]
+            failures.append(f"{agent} {word!r}: {last.error.message[:160]} after {kinds}")
+    assert not failures, "\n".join(failures)
