@@ -23,35 +23,17 @@ from typing import Any
 from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 from jsonschema.exceptions import SchemaError  # type: ignore[import-untyped]
 
+from callisto.services.common.grammar import ANNOTATIONS, MAX_BOUND
+from callisto.services.common.grammar import GRAMMAR_KEYWORDS as CONSTRAINTS
 from callisto.services.common.validation import Violations
 
 MAX_SCHEMA_BYTES = 16 * 1024
 MAX_SCHEMA_DEPTH = 8
 MAX_TOOLS = 32
 MAX_TOOL_DESCRIPTION = 1024
-# Bounds unroll into grammar rules (maxLength 40 is 40 nested optionals): past a few thousand
-# llama.cpp refuses the grammar, and building a large one costs seconds per request.
-MAX_BOUND = 256
 BOUNDS = (("minLength", "maxLength"), ("minItems", "maxItems"))
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 TYPES = {"object", "array", "string", "number", "integer", "boolean", "null"}
-# Keywords the grammar enforces, and annotations that constrain nothing.
-CONSTRAINTS = {
-    "type",
-    "properties",
-    "required",
-    "additionalProperties",
-    "items",
-    "minItems",
-    "maxItems",
-    "enum",
-    "const",
-    "anyOf",
-    "oneOf",
-    "minLength",
-    "maxLength",
-}
-ANNOTATIONS = {"title", "description", "default", "examples", "$schema", "$comment"}
 # A subschema must say what it admits: the grammar converter has no rule for "anything".
 SHAPING = {"type", "enum", "const", "anyOf", "oneOf"}
 NO_ARGUMENTS: dict[str, Any] = {"type": "object", "properties": {}, "additionalProperties": False}

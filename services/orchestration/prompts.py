@@ -11,12 +11,14 @@ last user message of a plan is the user's own question. Prompts stay short: the 
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from typing import Any
 
 from callisto.api.common.v1 import common_pb2
 from callisto.api.generation.v1 import generation_pb2
+from callisto.services.common.grammar import grammar_schema
 from callisto.services.orchestration.tools.registry import ToolSpec
 
 YES, NO = "yes", "no"
@@ -27,27 +29,6 @@ MAX_MISSING = 80
 # Bound on any string or array a planned argument may hold: each unit of a bound is a rule of
 # the grammar, and a query longer than this is not a better query.
 MAX_ARGUMENT_BOUND = 120
-# Keywords the model server's grammar enforces; a tool's other keywords (pattern, minimum, …)
-# are checked after generation by the registry's validation instead.
-GRAMMAR_KEYWORDS = frozenset(
-    {
-        "type",
-        "properties",
-        "required",
-        "additionalProperties",
-        "items",
-        "minItems",
-        "maxItems",
-        "enum",
-        "const",
-        "anyOf",
-        "oneOf",
-        "minLength",
-        "maxLength",
-    }
-)
-_BOUNDED = ("maxLength", "maxItems")
-_LOWER = ("minLength", "minItems")
 
 
 def _chat(role: common_pb2.Role.ValueType, content: str) -> generation_pb2.ChatMessage:
@@ -102,42 +83,18 @@ def understand_messages(
 # --- plan ---------------------------------------------------------------------------------
 
 
-def grammar_schema(schema: Any) -> Any:
-    """A tool's argument schema reduced to what the grammar enforces, bounds capped; without
-    annotations, which the prompt's tool list says in prose at a fraction of the tokens."""
-    if isinstance(schema, list):
-        return [grammar_schema(item) for item in schema]
-    if not isinstance(schema, dict):
-        return schema
-    reduced: dict[str, Any] = {}
-    for key, value in schema.items():
-        if key not in GRAMMAR_KEYWORDS:
-            continue
-        if key == "properties" and isinstance(value, dict):
-            reduced[key] = {name: grammar_schema(sub) for name, sub in value.items()}
-        elif key in ("items", "anyOf", "oneOf") or (
-            key == "additionalProperties" and isinstance(value, dict)
-        ):
-            reduced[key] = grammar_schema(value)
-        else:
-            reduced[key] = value
-    for key in _BOUNDED:
-        if key in reduced:
-            reduced[key] = min(int(reduced[key]), MAX_ARGUMENT_BOUND)
-    for low, high in zip(_LOWER, _BOUNDED, strict=True):
-        if low in reduced:
-            reduced[low] = min(int(reduced[low]), int(reduced.get(high, MAX_ARGUMENT_BOUND)))
-    if reduced.get("type") == "string" and "maxLength" not in reduced and "enum" not in reduced:
-        # An unbounded string lets a small model ramble until max_tokens.
-        reduced["maxLength"] = MAX_ARGUMENT_BOUND
-    return reduced
+# A tool's argument schema as the plan shows it: what the grammar enforces, bounds capped,
+# without annotations (the prompt's tool list says them in prose at a fraction of the tokens).
+argument_schema = functools.partial(
+    grammar_schema, annotations=False, bound=MAX_ARGUMENT_BOUND, bound_strings=True
+)
 
 
 def call_schema(spec: ToolSpec) -> dict[str, Any]:
     """One planned call of `spec`: its name as a `const`, its arguments' schema."""
     return {
         "type": "object",
-        "properties": {"tool": {"const": spec.name}, "arguments": grammar_schema(spec.parameters)},
+        "properties": {"tool": {"const": spec.name}, "arguments": argument_schema(spec.parameters)},
         "required": ["tool", "arguments"],
         "additionalProperties": False,
     }

@@ -113,6 +113,6 @@ def test_the_step_schemas_are_ones_the_model_server_enforces() -> None:
 
 def test_planned_arguments_keep_only_what_the_grammar_enforces() -> None:
     calculator = build_registry(OrchestrationSettings()).get("calculator")
-    expression = prompts.grammar_schema(calculator.parameters)["properties"]["expression"]
+    expression = prompts.argument_schema(calculator.parameters)["properties"]["expression"]
     # The pattern is left to the registry's validation after generation (hence repairs).
     assert expression == {"type": "string", "minLength": 1, "maxLength": 120}

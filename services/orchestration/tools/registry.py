@@ -19,12 +19,12 @@ from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 from callisto.api.common.v1 import common_pb2
 from callisto.api.orchestration.v1 import orchestration_pb2 as pb
 from callisto.services.common.errors import FieldViolation
+from callisto.services.common.grammar import grammar_schema
 from callisto.services.common.tenancy import bind_tenant, reset_tenant
 from callisto.services.orchestration.backends import Backends
 from callisto.services.orchestration.tools.breaker import BreakerState, CircuitBreaker
 from callisto.services.orchestration.tools.cache import ResultCache
 from callisto.services.orchestration.tools.errors import ToolInputError, TransientToolError
-from callisto.services.orchestration.tools.model_schema import model_schema
 from callisto.services.orchestration.tools.retries import describe, is_transient, retrying
 from callisto.services.orchestration.tools.validation import (
     bounds_violations,
@@ -136,7 +136,7 @@ class ToolSpec:
         """The schema to give the model (a generation request's tools or plan schema): only
         what the model server's grammar enforces; calls are still validated against
         `parameters`."""
-        result: dict[str, Any] = model_schema(self.parameters)
+        result: dict[str, Any] = grammar_schema(self.parameters)
         return result
 
     def proto(self) -> pb.Tool:
