@@ -104,6 +104,10 @@ async def watch(
         await subscription.aclose()
 
 
+# Most characters of answer text in one `token` event.
+MAX_TOKEN_EVENT_CHARS = 16384
+
+
 class EventWriter:
     """The `RunSink` of a run: appends its events in order, each with a request id made of the
     run, its attempt and a counter, so a retried append is stored once. Token text is
@@ -125,6 +129,7 @@ class EventWriter:
         self._lock = asyncio.Lock()
         self._speaker = ""
         self._pending: list[str] = []
+        self._pending_chars = 0
         self._eager = True
         self._timer: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
@@ -141,16 +146,18 @@ class EventWriter:
     async def token(self, speaker: str, text: str) -> None:
         if self._failure is not None:
             raise self._failure
-        if not text:
-            return
         if self._pending and speaker != self._speaker:
             await self.flush()
         self._speaker = speaker
-        self._pending.append(text)
-        if self._eager:
-            self._eager = False
-            await self.flush()
-        elif self._timer is None:
+        # One token event holds at most MAX_TOKEN_EVENT_CHARS, so even JSON-escaped control
+        # characters stay far below the log's per-event size limit.
+        for start in range(0, len(text), MAX_TOKEN_EVENT_CHARS):
+            self._pending.append(text[start : start + MAX_TOKEN_EVENT_CHARS])
+            self._pending_chars += len(self._pending[-1])
+            if self._eager or self._pending_chars >= MAX_TOKEN_EVENT_CHARS:
+                self._eager = False
+                await self.flush()
+        if self._pending and self._timer is None:
             self._timer = asyncio.create_task(self._flush_later())
 
     async def flush(self) -> None:
@@ -165,7 +172,7 @@ class EventWriter:
         async with self._lock:
             if not self._pending:
                 return
-            text, self._pending = "".join(self._pending), []
+            text, self._pending, self._pending_chars = "".join(self._pending), [], 0
             await self._append(
                 pb.ConversationEvent(token=pb.TokenChunk(speaker=self._speaker, text=text))
             )
@@ -175,7 +182,7 @@ class EventWriter:
         timer, self._timer = self._timer, None
         if timer is not None:
             timer.cancel()
-        self._pending = []
+        self._pending, self._pending_chars = [], 0
 
     async def _flush_later(self) -> None:
         await asyncio.sleep(self._coalesce_s)
@@ -184,7 +191,7 @@ class EventWriter:
             async with self._lock:
                 if not self._pending:
                     return
-                text, self._pending = "".join(self._pending), []
+                text, self._pending, self._pending_chars = "".join(self._pending), [], 0
                 await self._append(
                     pb.ConversationEvent(token=pb.TokenChunk(speaker=self._speaker, text=text))
                 )

@@ -183,10 +183,18 @@ class RunManager:
         return conversation.name, state.pending[0].event_id if state.pending else 0
 
     async def watch(
-        self, conversation: str, after_event_id: int
+        self, conversation: str, after_event_id: int, *, field: str = "after_event_id"
     ) -> AsyncIterator[pb.ConversationEvent]:
-        """The run's events after `after_event_id`, up to its terminal one."""
-        await self._backends.persistence.get_conversation(conversation)
+        """The run's events after `after_event_id`, up to its terminal one. A position past the
+        end of the log is INVALID_ARGUMENT on `field`: no event could ever come after it, so
+        such a watch would otherwise wait for nothing."""
+        found = await self._backends.persistence.get_conversation(conversation)
+        if after_event_id > found.last_sequence:
+            raise InvalidArgument.field(
+                field,
+                f"is past the end of the conversation's log (its last event is "
+                f"{found.last_sequence})",
+            )
         checkpoint = await self.store.load(conversation)
         if checkpoint is None:
             return

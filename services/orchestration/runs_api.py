@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -89,7 +90,7 @@ class RunsRpc(pb_grpc.OrchestrationServiceServicer):
 
         async def relay_events() -> None:
             try:
-                async for event in self._watch(conversation, after):
+                async for event in self._watch(conversation, after, "attach.after_event_id"):
                     out.put_nowait(event)
                 out.put_nowait(None)
             except Exception as error:
@@ -146,15 +147,19 @@ class RunsRpc(pb_grpc.OrchestrationServiceServicer):
     # Helpers
 
     async def _begin(self, start: pb.StartConversation, context: Context) -> tuple[str, int]:
-        metadata = dict(context.invocation_metadata() or ())
-        extras = metadata.get(MODEL_EXTRAS_METADATA, "")
+        extras = ""
+        if self._runs.settings.forward_model_extras:
+            metadata = dict(context.invocation_metadata() or ())
+            extras = _model_extras(metadata.get(MODEL_EXTRAS_METADATA, ""))
         with _relaying():
             # Shielded: a caller gone mid-start must not leave a claimed run that nobody runs.
             return await asyncio.shield(self._runs.begin(start, str(extras)))
 
-    async def _watch(self, conversation: str, after: int) -> AsyncIterator[pb.ConversationEvent]:
+    async def _watch(
+        self, conversation: str, after: int, field: str = "after_event_id"
+    ) -> AsyncIterator[pb.ConversationEvent]:
         try:
-            async for event in self._runs.watch(conversation, after):
+            async for event in self._runs.watch(conversation, after, field=field):
                 yield event
         except sdk.CallistoError as error:
             raise relayed(error) from None
@@ -271,3 +276,24 @@ def _check_start(start: pb.StartConversation, field: str, limit: int) -> pb.Star
         v.add(f"{field}.human_in_the_loop", "only simulations ask a human every round")
     v.raise_if_any()
     return start
+
+
+MAX_MODEL_EXTRAS_BYTES = 4096
+
+
+def _model_extras(raw: Any) -> str:
+    """The run's model extras as sent, refused before anything is stored unless they are a
+    small JSON object."""
+    if not raw:
+        return ""
+    text = raw if isinstance(raw, str) else ""
+    try:
+        valid = len(text.encode()) <= MAX_MODEL_EXTRAS_BYTES and isinstance(json.loads(text), dict)
+    except ValueError:
+        valid = False
+    if not valid:
+        raise InvalidArgument.field(
+            MODEL_EXTRAS_METADATA,
+            f"must be a JSON object of at most {MAX_MODEL_EXTRAS_BYTES} bytes",
+        )
+    return text

@@ -56,6 +56,12 @@ class OrchestrationSettings(CommonSettings):
         16384,
         "Longest prompt or human turn, in characters.",
     )
+    forward_model_extras: bool = setting(
+        "CALLISTO_ORCHESTRATION_FORWARD_MODEL_EXTRAS",
+        False,
+        "Pass a run's `x-callisto-model-extras` call metadata (a JSON object of toy-model "
+        "options, for tests and benchmarks) on to its generations; off ignores it.",
+    )
 
     # --- tools ---
     tool_attempts: int = setting(

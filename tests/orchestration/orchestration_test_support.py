@@ -50,6 +50,8 @@ def orchestration_env(
         "CALLISTO_GENERATION_TARGET": generation,
         "CALLISTO_RETRIEVAL_TARGET": retrieval,
         "CALLISTO_ORCHESTRATION_DEFAULT_MODEL": "models/toy_llm",
+        # Tests steer toy_llm (delays, failures) through a run's model extras.
+        "CALLISTO_ORCHESTRATION_FORWARD_MODEL_EXTRAS": "true",
         "CALLISTO_REFLECT_MESH": "true",
     }
 
