@@ -2,7 +2,8 @@
 respond with numbered, verified citations.
 
 Each step is a small function of the turn's state (`TurnState`); `answer_turn` drives them:
-rounds of plan → execute → reflect until the evidence suffices, the tools run out or
+rounds of plan → execute → reflect (the first round understands and plans in one generation, see
+`understand_and_plan`) until the evidence suffices, the tools run out or
 `max_iterations` is reached, then one streamed answer. The structured steps are
 JSON-Schema-constrained generations (see `prompts`); what must not be left to a small model is
 decided by code: which passages bear on the question (`relevance`), which markers of the answer
@@ -284,19 +285,10 @@ async def _structured(
 # --- the steps ----------------------------------------------------------------------------
 
 
-async def understand(state: TurnState) -> Understanding:
-    """Intent, entities and whether answering needs knowledge looked up."""
-    if not state.specs:
-        # Nothing could be looked up or called: no plan depends on it.
-        return Understanding("", [], needs_knowledge=False)
-    value, _ = await _structured(
-        state,
-        "understand",
-        prompts.UNDERSTAND_SCHEMA,
-        prompts.understand_messages(state.question, state.history()),
-    )
+def understood(state: TurnState, value: Any) -> Understanding:
+    """The understanding a first-round answer carries (a safe one when it carries none: look it
+    up when the agent can)."""
     if not isinstance(value, dict):
-        # Without an understanding, assume what is safe: look it up when the agent can.
         return Understanding("", [], needs_knowledge=state.has_retrieval())
     entities = value.get("entities")
     return Understanding(
@@ -355,11 +347,67 @@ def fallback(state: TurnState) -> PlannedCalls:
     return PlannedCalls([], FALLBACK)
 
 
+async def _planned(
+    state: TurnState,
+    schema: dict[str, Any],
+    messages: list[generation_pb2.ChatMessage],
+    *,
+    min_calls: int,
+    first_round: bool = False,
+) -> tuple[PlannedCalls, Any]:
+    """The model's plan, once repaired when invalid, else the fallback; with the answer the
+    plan came from (None when the model gave none that parsed)."""
+    value, written = await _structured(state, "plan", schema, messages)
+    problems = _problems(state, value, min_calls=min_calls, first_round=first_round)
+    if not problems:
+        return PlannedCalls(_calls(value), MODEL), value
+    log.info("assistant plan invalid, repairing: %s", "; ".join(problems))
+    repair = [
+        *messages,
+        prompts.assistant(written or json.dumps(value, ensure_ascii=False)),
+        prompts.repair_message(state.question, problems),
+    ]
+    repaired, _ = await _structured(state, "plan", schema, repair)
+    problems = _problems(state, repaired, min_calls=min_calls, first_round=first_round)
+    if not problems:
+        return PlannedCalls(_calls(repaired), REPAIRED), repaired
+    log.info("assistant repaired plan invalid, falling back: %s", "; ".join(problems))
+    return fallback(state), value if isinstance(value, dict) else repaired
+
+
+def _problems(state: TurnState, value: Any, *, min_calls: int, first_round: bool) -> list[str]:
+    if first_round:
+        # A search is grounded in the entities understood too (a follow-up names none itself).
+        state.entities = understood(state, value).entities
+    if first_round and isinstance(value, dict) and value.get("needs_knowledge") == prompts.NO:
+        # Nothing to look up: the schema's required call is kept only when it is no search.
+        calls = value.get("calls")
+        if isinstance(calls, list):
+            value["calls"] = [
+                c for c in calls if not (isinstance(c, dict) and c.get("tool") in RETRIEVAL_TOOLS)
+            ]
+        min_calls = 0
+    return plan_problems(state, value, min_calls=min_calls)
+
+
+async def understand_and_plan(state: TurnState) -> tuple[Understanding, PlannedCalls]:
+    """The first round's understand and plan steps, as ONE constrained generation: its schema
+    has the understanding's fields (intent, entities, needs_knowledge) before the calls, so the
+    model states what it understood and then plans from it. Both steps of the issue happen, for
+    one prompt evaluation instead of two (the small CPU model spends most of a step reading its
+    prompt); the `plan` event carries both."""
+    specs = state.usable()
+    schema = prompts.route_schema(specs, max_calls=state.options.max_calls)
+    messages = prompts.route_messages(specs=specs, question=state.question, history=state.history())
+    planned, value = await _planned(state, schema, messages, min_calls=1, first_round=True)
+    return understood(state, value), planned
+
+
 async def plan(
     state: TurnState, understanding: Understanding, earlier: Sequence[str], missing: str
 ) -> PlannedCalls:
-    """The round's tool calls: the model's plan, once repaired when invalid, else the
-    fallback."""
+    """A later round's tool calls, from what the first understood and what earlier rounds
+    found: the model's plan, once repaired when invalid, else the fallback."""
     specs = state.usable()
     min_calls = 1 if understanding.needs_knowledge else 0
     schema = prompts.plan_schema(specs, min_calls=min_calls, max_calls=state.options.max_calls)
@@ -372,22 +420,8 @@ async def plan(
         earlier=earlier,
         missing=missing,
     )
-    value, written = await _structured(state, "plan", schema, messages)
-    problems = plan_problems(state, value, min_calls=min_calls)
-    if not problems:
-        return PlannedCalls(_calls(value), MODEL)
-    log.info("assistant plan invalid, repairing: %s", "; ".join(problems))
-    repair = [
-        *messages,
-        prompts.assistant(written or json.dumps(value, ensure_ascii=False)),
-        prompts.repair_message(state.question, problems),
-    ]
-    value, _ = await _structured(state, "plan", schema, repair)
-    problems = plan_problems(state, value, min_calls=min_calls)
-    if not problems:
-        return PlannedCalls(_calls(value), REPAIRED)
-    log.info("assistant repaired plan invalid, falling back: %s", "; ".join(problems))
-    return fallback(state)
+    planned, _ = await _planned(state, schema, messages, min_calls=min_calls)
+    return planned
 
 
 async def execute(state: TurnState, iteration: int, planned: PlannedCalls) -> list[ToolOutcome]:
@@ -604,15 +638,19 @@ async def answer_turn(
         options=options or environment_options(),
         specs=agent_tools(turn.agent, tools),
     )
-    understanding = await understand(state)
-    state.entities = understanding.entities
+    # Without tools nothing could be looked up or called: no plan depends on an understanding.
+    understanding = Understanding("", [], needs_knowledge=False)
     earlier: list[str] = []
     missing = ""
     rounds = max(1, turn.max_iterations)
     for iteration in range(1, rounds + 1):
         if not state.usable():
             break
-        planned = await plan(state, understanding, earlier, missing)
+        if iteration == 1:
+            understanding, planned = await understand_and_plan(state)
+            state.entities = understanding.entities
+        else:
+            planned = await plan(state, understanding, earlier, missing)
         await sink.emit(
             pb.ConversationEvent(
                 plan=pb.Plan(

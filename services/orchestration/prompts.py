@@ -60,25 +60,11 @@ UNDERSTAND_SCHEMA: dict[str, Any] = {
         },
         "needs_knowledge": {"enum": [YES, NO]},
     },
-    # The order the model writes them in: what is asked, about what, then the decision.
+    # The order the model writes them in: what is asked, about what, then the decision (the
+    # first round's answer, `route_schema`, puts its calls after them).
     "required": ["intent", "entities", "needs_knowledge"],
     "additionalProperties": False,
 }
-
-UNDERSTAND_INSTRUCTIONS = (
-    "Read the user's last message. intent: what the user wants, in a few words. entities: the "
-    "names, products and topics it mentions. needs_knowledge: yes when answering needs facts to "
-    "be looked up (products, prices, policies, sessions, people, events), no for greetings, "
-    'thanks or plain arithmetic. For example, for "What does the X200 cost?" answer '
-    '{"intent": "price of the X200", "entities": ["X200"], "needs_knowledge": "yes"}.'
-)
-
-
-def understand_messages(
-    question: str, history: Sequence[generation_pb2.ChatMessage]
-) -> list[generation_pb2.ChatMessage]:
-    return [system(UNDERSTAND_INSTRUCTIONS), *history, user(question)]
-
 
 # --- plan ---------------------------------------------------------------------------------
 
@@ -90,11 +76,31 @@ argument_schema = functools.partial(
 )
 
 
+def planned_arguments(parameters: dict[str, Any]) -> dict[str, Any]:
+    """A tool's arguments as a plan may set them: optional numbers (top_k, …) are left to the
+    tool's defaults, since a small model picks them no better and each costs prompt tokens (the
+    schema is part of the prompt) and grammar rules."""
+    schema: dict[str, Any] = argument_schema(parameters)
+    required = set(schema.get("required") or [])
+    properties = schema.get("properties")
+    if isinstance(properties, dict):
+        schema["properties"] = {
+            name: value
+            for name, value in properties.items()
+            if name in required
+            or not (isinstance(value, dict) and value.get("type") in ("integer", "number"))
+        }
+    return schema
+
+
 def call_schema(spec: ToolSpec) -> dict[str, Any]:
     """One planned call of `spec`: its name as a `const`, its arguments' schema."""
     return {
         "type": "object",
-        "properties": {"tool": {"const": spec.name}, "arguments": argument_schema(spec.parameters)},
+        "properties": {
+            "tool": {"const": spec.name},
+            "arguments": planned_arguments(spec.parameters),
+        },
         "required": ["tool", "arguments"],
         "additionalProperties": False,
     }
@@ -162,6 +168,52 @@ def plan_messages(
             + ": plan different calls or other search terms."
         )
     return [system("\n".join(lines)), user(question)]
+
+
+def route_schema(specs: Sequence[ToolSpec], *, max_calls: int) -> dict[str, Any]:
+    """The first round's answer: the understanding's fields first (what is asked, about what,
+    whether it needs a look-up), then at least one call among `specs` (a greeting's look-up is
+    dropped by the loop when needs_knowledge is no)."""
+    calls = plan_schema(specs, min_calls=1, max_calls=max_calls)["properties"]["calls"]
+    return {
+        "type": "object",
+        "properties": {**UNDERSTAND_SCHEMA["properties"], "calls": calls},
+        "required": [*UNDERSTAND_SCHEMA["required"], "calls"],
+        "additionalProperties": False,
+    }
+
+
+def route_messages(
+    *,
+    specs: Sequence[ToolSpec],
+    question: str,
+    history: Sequence[generation_pb2.ChatMessage],
+) -> list[generation_pb2.ChatMessage]:
+    """The prompt of the first round's understand-and-plan generation; the history lets a
+    follow-up's entities be understood, the last user message is the question (see the
+    module)."""
+    tools = "\n".join(f"- {spec.name}: {first_sentence(spec.description)}" for spec in specs)
+    lines = [
+        "Read the user's last message, then choose the tool calls that gather what the answer "
+        "needs. intent: what the user wants, in a few words. entities: the names and topics it "
+        "mentions. needs_knowledge: yes when facts must be looked up, no for greetings, thanks "
+        "or plain arithmetic. Tools:",
+        tools,
+        "Search with the key words of the question.",
+    ]
+    searches = [spec.name for spec in specs if "query" in spec.parameters.get("properties", {})]
+    if searches:
+        # A small model follows an example far better than a rule, and copies it: a made-up
+        # intent or entity in it would be copied into every plan (and its search), so the
+        # example's understanding is plain and its search is the question's words.
+        example = {
+            "intent": "answer the question",
+            "entities": [],
+            "needs_knowledge": YES,
+            "calls": [{"tool": searches[0], "arguments": {"query": question[:100]}}],
+        }
+        lines.append("For example: " + json.dumps(example, ensure_ascii=False))
+    return [system("\n".join(lines)), *history, user(question)]
 
 
 def repair_message(question: str, problems: Sequence[str]) -> generation_pb2.ChatMessage:

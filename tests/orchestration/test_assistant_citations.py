@@ -101,7 +101,7 @@ def test_coverage_asks_for_every_distinctive_term() -> None:
 def test_the_step_schemas_are_ones_the_model_server_enforces() -> None:
     specs = build_registry(OrchestrationSettings()).specs()
     schemas = {
-        "understand": prompts.UNDERSTAND_SCHEMA,
+        "route": prompts.route_schema(specs, max_calls=3),
         "reflect": prompts.REFLECT_SCHEMA,
         "plan": prompts.plan_schema(specs, min_calls=1, max_calls=3),
     }

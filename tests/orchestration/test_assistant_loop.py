@@ -28,13 +28,20 @@ from assistant_test_support import (
     service_key,
 )
 from google.protobuf import json_format
+from google.protobuf.struct_pb2 import Struct
 
+from callisto.api.generation.v1 import generation_pb2
 from callisto.mesh.processes import RedisServer, ServiceProcess, free_port
 from callisto.services.common.tenancy import bind_tenant, reset_tenant
 from callisto.services.orchestration import prompts
-from callisto.services.orchestration.assistant import LoopOptions, answer_turn
+from callisto.services.orchestration.assistant import LoopOptions, agent_tools, answer_turn
 from callisto.services.orchestration.backends import Backends
-from callisto.services.orchestration.budget import PriceTable, RunModelCaller, TokenBudget
+from callisto.services.orchestration.budget import (
+    PriceTable,
+    RunModelCaller,
+    TokenBudget,
+    estimate_prompt_tokens,
+)
 from callisto.services.orchestration.citations import MARKER, source_key
 from callisto.services.orchestration.settings import OrchestrationSettings
 from callisto.services.orchestration.tools.builtin import build_registry
@@ -147,8 +154,8 @@ async def test_a_question_is_planned_searched_judged_and_answered_with_its_cited
     (reflection,) = sink.reflections()
     assert (reflection.iteration, reflection.sufficient) == (1, True)
     # Every term of the question is in a relevant passage: judged sufficient without a model
-    # call. understand, plan, then the answer.
-    assert [c.request.response_format.name for c in llm.calls] == ["understand", "plan", ""]
+    # call. One generation understands and plans, then the answer.
+    assert [c.request.response_format.name for c in llm.calls] == ["plan", ""]
 
     # Every marker of the answer is a citation of a retrieved passage, and every citation is cited.
     cited = {c.marker for c in answer.citations}
@@ -351,8 +358,20 @@ async def test_an_exhausted_budget_ends_the_turn_rather_than_being_answered_arou
         user_text=COLD_CHAIN,
     )
     sink = RecordingSink()
-    # Room for the first structured call, not for the rest of the turn.
-    budget = TokenBudget(700)
+    # Room for the first structured call (understand and plan), with a few tokens to answer in,
+    # not for another: the turn stops at its repair.
+    specs = agent_tools(agent, registry())
+    first = generation_pb2.GenerateRequest(
+        messages=prompts.route_messages(specs=specs, question=COLD_CHAIN, history=[]),
+        response_format=generation_pb2.ResponseFormat(
+            json_schema=json_format.ParseDict(
+                prompts.route_schema(specs, max_calls=OPTIONS.max_calls), Struct()
+            ),
+            name="plan",
+        ),
+    )
+    room = estimate_prompt_tokens(first) + 8
+    budget = TokenBudget(room)
     llm = RunModelCaller(
         backends.generation, PriceTable.parse(""), budget, tenant=conference, agent=agent.name
     )
@@ -362,7 +381,7 @@ async def test_an_exhausted_budget_ends_the_turn_rather_than_being_answered_arou
             await answer_turn(turn, sink, llm, registry(), backends, options=OPTIONS)
     finally:
         reset_tenant(token)
-    assert 0 < budget.spent <= 700
+    assert 0 < budget.spent <= room
     assert "token" not in sink.kinds()
 
 
