@@ -17,6 +17,7 @@ import asyncio
 import functools
 import json
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,6 +64,7 @@ class LoopOptions:
     max_sources: int = 4
     passage_chars: int = 160
     answer_max_tokens: int = 160
+    brief_max_tokens: int = 48
     step_max_tokens: int = 160
     max_calls: int = 2
     history_messages: int = 4
@@ -78,6 +80,7 @@ class LoopOptions:
             max_sources=settings.assistant_max_sources,
             passage_chars=settings.assistant_passage_chars,
             answer_max_tokens=settings.assistant_answer_max_tokens,
+            brief_max_tokens=settings.assistant_brief_max_tokens,
             step_max_tokens=settings.assistant_step_max_tokens,
             max_calls=settings.assistant_max_calls,
             history_messages=settings.assistant_history_messages,
@@ -171,10 +174,10 @@ class TurnState:
             elif is_unavailable(outcome) and outcome.tool not in self.unavailable:
                 self.unavailable.append(outcome.tool)
 
-    def entity_descriptions(self) -> dict[tuple[str, str, str, str], tuple[str, str]]:
-        """(kind, description) of each entity search_entities found, by its passage: the
-        result's entities and citations come from the same hits, in the same order."""
-        described: dict[tuple[str, str, str, str], tuple[str, str]] = {}
+    def entities_found(self) -> dict[tuple[str, str, str, str], dict[str, Any]]:
+        """The data of each entity search_entities found, by its passage: the result's
+        entities and citations come from the same hits, in the same order."""
+        found: dict[tuple[str, str, str, str], dict[str, Any]] = {}
         for outcome in self.outcomes:
             if outcome.tool != "search_entities" or outcome.result is None:
                 continue
@@ -183,10 +186,20 @@ class TurnState:
             if not isinstance(entities, list) or len(entities) != len(outcome.result.citations):
                 continue
             for entity, citation in zip(entities, outcome.result.citations, strict=True):
-                if isinstance(entity, dict) and entity.get("description"):
-                    kind = str(entity.get("type") or citation.section)
-                    described[source_key(citation)] = (kind, str(entity["description"]))
-        return described
+                if isinstance(entity, dict):
+                    found[source_key(citation)] = {
+                        **entity,
+                        "type": str(entity.get("type") or citation.section),
+                    }
+        return found
+
+    def entity_descriptions(self) -> dict[tuple[str, str, str, str], tuple[str, str]]:
+        """(kind, description) of each entity found that has a description, by its passage."""
+        return {
+            key: (str(entity["type"]), str(entity["description"]))
+            for key, entity in self.entities_found().items()
+            if entity.get("description")
+        }
 
     def relevant(self) -> list[common_pb2.Citation]:
         return relevance.relevant(
@@ -548,6 +561,69 @@ class _AnswerStream:
         return [self.sources[n - 1] for n in sorted(self.markers.cited)]
 
 
+class Heading:
+    """Drops a copy of `heading` (and its "(kind):") that opens a text, as the text streams."""
+
+    _KIND = re.compile(r"\s*(\([^()]*\))?\s*:?\s*")
+
+    def __init__(self, heading: str) -> None:
+        self._heading = heading
+        self._held = ""
+        self._decided = not heading
+
+    def feed(self, text: str) -> str:
+        if self._decided:
+            return text
+        self._held += text
+        opening = self._held.lstrip()
+        if opening.startswith(self._heading):
+            rest = opening[len(self._heading) :]
+            kind = self._KIND.match(rest)
+            if kind is None or kind.end() == len(rest) or ("(" in rest and ")" not in rest):
+                return ""  # the "(kind):" may still be coming
+            return self._release(rest[kind.end() :])
+        if self._heading.startswith(opening):
+            return ""
+        return self._release(self._held)
+
+    def finish(self) -> str:
+        """What is still held: a heading cut short is kept (it was the whole answer)."""
+        if self._decided:
+            return ""
+        opening = self._held.lstrip()
+        if opening.startswith(self._heading):
+            return self._release("")
+        return self._release(self._held)
+
+    def _release(self, text: str) -> str:
+        self._decided, self._held = True, ""
+        return text
+
+
+async def _list_entities(
+    stream: _AnswerStream, found: dict[tuple[str, str, str, str], dict[str, Any]]
+) -> bool:
+    """Streams one line per source that is an entity (in the sources' order); whether any."""
+    entities = [(c, found[source_key(c)]) for c in stream.sources if source_key(c) in found]
+    if not entities:
+        return False
+    markers = {c.title: c.marker for c, _ in entities}
+    lines = []
+    for citation, entity in entities:
+        attributes = entity.get("attributes")
+        lines.append(
+            prompts.fact_line(
+                citation.marker,
+                citation.title,
+                str(entity["type"]),
+                attributes if isinstance(attributes, dict) else {},
+                markers=markers,
+            )
+        )
+    await stream.append("\n".join(lines))
+    return True
+
+
 async def respond(
     state: TurnState, understanding: Understanding
 ) -> tuple[str, list[common_pb2.Citation]]:
@@ -569,6 +645,9 @@ async def respond(
     options = state.options
     agent = state.turn.agent
     described = state.entity_descriptions()
+    # Entities are listed by code, their facts as stored (a small model otherwise renames
+    # them); the model then adds a sentence, which takes it a fraction of a free answer's time.
+    listed = await _list_entities(stream, state.entities_found())
     messages = prompts.respond_messages(
         persona=agent.system_prompt
         if options.answer_persona
@@ -577,18 +656,19 @@ async def respond(
         history=state.history(),
         sources=[
             prompts.source_line(c, options.passage_chars, described=described.get(source_key(c)))
-            for c in sources
+            for c in (sources[:1] if listed else sources)
         ],
         results=[
             prompts.tool_line(o.tool, o.arguments, o.result.data if o.result else o.error, 400)
             for o in data
         ],
+        brief=listed,
     )
     request = generation_pb2.GenerateRequest(
         model=state.model_name,
         messages=messages,
         parameters=generation_pb2.SamplingParameters(
-            max_tokens=options.answer_max_tokens,
+            max_tokens=options.brief_max_tokens if listed else options.answer_max_tokens,
             temperature=options.answer_temperature,
             seed=options.answer_seed,
             # A small model goes on to invent the next question.
@@ -596,16 +676,29 @@ async def respond(
         ),
     )
     streamed = False
+    # The listed answer's sentence: the model tends to open it with the source's heading,
+    # which the list already shows; held back while it may still be that heading.
+    heading = Heading(f"[{sources[0].marker}] {sources[0].title}" if listed else "")
 
     async def on_text(text: str) -> None:
         nonlocal streamed
+        if listed:
+            text = heading.feed(text)
+            if not streamed:
+                # A paragraph after the list (none when the model writes nothing).
+                text = text.lstrip()
+                if not text:
+                    return
+                text = "\n\n" + text
         streamed = True
         await stream.feed(text)
 
     result = await state.llm.generate(request, on_text=on_text)
     state.account(result)
     if not streamed and result.text:
-        await stream.feed(result.text)
+        await on_text(result.text)
+    if listed:
+        await on_text(heading.finish())
     await stream.finish()
     if len(stream.markers.cited) < len(sources):
         # The answer was written from every source given; list them where the model did not

@@ -295,16 +295,62 @@ def respond_messages(
     history: Sequence[generation_pb2.ChatMessage],
     sources: Sequence[str],
     results: Sequence[str],
+    brief: bool = False,
 ) -> list[generation_pb2.ChatMessage]:
-    """The answering prompt: sources first, the question last (where a small model looks)."""
+    """The answering prompt: sources first, the question last (where a small model looks);
+    `brief` when the loop has listed the sources and the model adds one sentence."""
     parts = []
-    if sources:
+    if brief and sources:
+        # The sentence is about the best source; the others are listed already.
+        parts.append("Source:\n" + sources[0])
+    elif sources:
         parts.append("Sources:\n" + "\n".join(sources))
     if results:
         parts.append("Tool results:\n" + "\n".join(results))
     parts.append(f"Question: {question}")
     rules = RESPOND_WITH_SOURCES if sources else RESPOND_WITHOUT_SOURCES
+    if brief:
+        rules = RESPOND_BRIEFLY
     return [system(f"{persona} {rules}"), *history, user("\n\n".join(parts))]
+
+
+# The answer over entities: code lists them in a fixed shape, the model adds one sentence.
+# Measured on the conference question: over the best source alone the small model says what it
+# is about; over all of them, or asked to answer, it makes up a conference.
+RESPOND_BRIEFLY = "Say in one sentence what the source is about, citing it like [1]."
+
+
+def _attribute(attributes: dict[str, Any], key: str) -> str:
+    value = attributes.get(key)
+    return "" if value is None or value == "" else str(value)
+
+
+def fact_line(
+    marker: int,
+    title: str,
+    kind: str,
+    attributes: dict[str, Any],
+    *,
+    markers: dict[str, int],
+) -> str:
+    """One retrieved entity as the answer lists it, from its stored attributes (the names the
+    conference samples use): a session's day, time, room and speakers, a speaker's role, an
+    exhibitor's booth; a name that is a source of its own carries that source's marker."""
+    get = functools.partial(_attribute, attributes)
+    facts: list[str] = []
+    if kind == "session":
+        hours = "-".join(t for t in (get("start_time"), get("end_time")) if t)
+        facts = [" ".join(t for t in (get("day"), hours) if t), get("room_name") or get("room")]
+        names = [n.strip() for n in get("speakers").split(",") if n.strip()]
+        if names:
+            shown = [f"{n} [{markers[n]}]" if n in markers else n for n in names]
+            facts.append("speakers: " + ", ".join(shown))
+    elif kind == "speaker":
+        facts = [get("job_title"), get("organisation")]
+    elif kind == "exhibitor":
+        facts = [get("booth") and f"booth {get('booth')}", get("hall")]
+    said = "; ".join(f for f in facts if f)
+    return f"{title} [{marker}] ({kind})" + (f": {said}." if said else ".")
 
 
 # --- deterministic answers ----------------------------------------------------------------

@@ -109,6 +109,11 @@ class OrchestrationSettings(CommonSettings):
     assistant_answer_max_tokens: int = setting(
         "CALLISTO_ASSISTANT_ANSWER_MAX_TOKENS", 160, "Most tokens of a streamed answer."
     )
+    assistant_brief_max_tokens: int = setting(
+        "CALLISTO_ASSISTANT_BRIEF_MAX_TOKENS",
+        48,
+        "Most tokens of the sentence the model adds to an answer that lists entities.",
+    )
     assistant_step_max_tokens: int = setting(
         "CALLISTO_ASSISTANT_STEP_MAX_TOKENS",
         160,

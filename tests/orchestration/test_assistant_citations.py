@@ -10,6 +10,7 @@ from callisto.api.common.v1 import common_pb2
 from callisto.services.common.validation import Violations
 from callisto.services.generation.structured import check_schema
 from callisto.services.orchestration import prompts
+from callisto.services.orchestration.assistant import Heading
 from callisto.services.orchestration.citations import MarkerFilter, number, strip_markers, unique
 from callisto.services.orchestration.relevance import covers, relevant
 from callisto.services.orchestration.settings import OrchestrationSettings
@@ -116,3 +117,17 @@ def test_planned_arguments_keep_only_what_the_grammar_enforces() -> None:
     expression = prompts.argument_schema(calculator.parameters)["properties"]["expression"]
     # The pattern is left to the registry's validation after generation (hence repairs).
     assert expression == {"type": "string", "minLength": 1, "maxLength": 120}
+
+
+def heading_dropped(chunks: list[str]) -> str:
+    heading = Heading("[1] Cold-Chain Visibility")
+    return "".join(heading.feed(chunk) for chunk in chunks) + heading.finish()
+
+
+def test_a_sentence_opening_with_its_sources_heading_streams_without_it() -> None:
+    copied = ["[1] Cold", "-Chain Visibility (sess", "ion): The talk", " covers loggers."]
+    assert heading_dropped(copied) == "The talk covers loggers."
+    assert heading_dropped(["The talk [1]", " covers loggers."]) == "The talk [1] covers loggers."
+    assert heading_dropped(["[2] Other"]) == "[2] Other"
+    # A heading cut short by the end of the answer was all the model said: it is kept.
+    assert heading_dropped(["[1] Cold"]) == "[1] Cold"

@@ -17,6 +17,7 @@ import pytest_asyncio
 from assistant_test_support import (
     COLD_CHAIN,
     COLD_CHAIN_SESSION,
+    COLD_CHAIN_SPEAKER,
     CONFERENCE_TENANT,
     RecordingCaller,
     RecordingSink,
@@ -156,6 +157,23 @@ async def test_a_question_is_planned_searched_judged_and_answered_with_its_cited
     # Every term of the question is in a relevant passage: judged sufficient without a model
     # call. One generation understands and plans, then the answer.
     assert [c.request.response_format.name for c in llm.calls] == ["plan", ""]
+
+    # Code lists the entities found with their stored facts and markers (the session's speaker
+    # carries the marker of the speaker's own source); the model adds one sentence about the
+    # best source, read alone, in fewer tokens.
+    session, speaker = answer.citations[0], answer.citations[1]
+    assert (session.document_id, speaker.document_id) == (COLD_CHAIN_SESSION, COLD_CHAIN_SPEAKER)
+    assert answer.text.startswith(
+        "Cold-Chain Visibility: From Data Loggers to Decisions [1] (session): 2026-05-13 "
+        "10:15-11:00; Room D; speakers: Wiktor Zabłocki [2].\nWiktor Zabłocki [2] (speaker): "
+        "Supply Chain Data Lead; Pellucid Pharma Logistics.\n"
+    )
+    (respond,) = llm.answers()
+    assert respond.request.messages[-1].content.startswith(
+        "Source:\n[1] Cold-Chain Visibility: From Data Loggers to Decisions (session): "
+    )
+    assert "[2]" not in respond.request.messages[-1].content
+    assert respond.request.parameters.max_tokens == OPTIONS.brief_max_tokens
 
     # Every marker of the answer is a citation of a retrieved passage, and every citation is cited.
     cited = {c.marker for c in answer.citations}
