@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -125,10 +126,14 @@ def plan_schema(specs: Sequence[ToolSpec], *, min_calls: int, max_calls: int) ->
     }
 
 
+_ASIDE = re.compile(r"\s*\([^()]*\)")
+
+
 def first_sentence(text: str) -> str:
-    """A description's first sentence: what the tool does, in the fewest tokens."""
+    """A description's first sentence without its asides in parentheses: what the tool does,
+    in the fewest tokens (the plan's prompt is read in full by a CPU model each turn)."""
     head, dot, _ = text.partition(". ")
-    return head + "." if dot else text
+    return _ASIDE.sub("", head + "." if dot else text)
 
 
 def plan_messages(
@@ -194,10 +199,8 @@ def route_messages(
     module)."""
     tools = "\n".join(f"- {spec.name}: {first_sentence(spec.description)}" for spec in specs)
     lines = [
-        "Read the user's last message, then choose the tool calls that gather what the answer "
-        "needs. intent: what the user wants, in a few words. entities: the names and topics it "
-        "mentions. needs_knowledge: yes when facts must be looked up, no for greetings, thanks "
-        "or plain arithmetic. Tools:",
+        "Understand the user's last message and choose the tool calls its answer needs. "
+        "needs_knowledge: no only for greetings, thanks or arithmetic. Tools:",
         tools,
         "Search with the key words of the question.",
     ]
