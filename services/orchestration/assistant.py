@@ -68,6 +68,7 @@ class LoopOptions:
     step_max_tokens: int = 160
     max_calls: int = 2
     history_messages: int = 4
+    question_chars: int = 1500
     temperature: float = 0.0
     answer_temperature: float = 0.0
     answer_seed: int = 1
@@ -84,6 +85,7 @@ class LoopOptions:
             step_max_tokens=settings.assistant_step_max_tokens,
             max_calls=settings.assistant_max_calls,
             history_messages=settings.assistant_history_messages,
+            question_chars=settings.assistant_question_chars,
             temperature=settings.assistant_temperature,
             answer_temperature=settings.assistant_answer_temperature,
             answer_seed=settings.assistant_answer_seed,
@@ -135,7 +137,9 @@ class TurnState:
 
     @property
     def question(self) -> str:
-        return self.turn.user_text.strip()
+        """The human turn as the prompts carry it: cut to `question_chars`, so a long but valid
+        turn still fits the model's context with the sources around it."""
+        return _cut(self.turn.user_text.strip(), self.options.question_chars)
 
     @property
     def topic(self) -> str:
@@ -157,7 +161,13 @@ class TurnState:
 
     def history(self) -> list[generation_pb2.ChatMessage]:
         count = self.options.history_messages
-        return list(self.turn.history[-count:]) if count > 0 else []
+        recent: list[generation_pb2.ChatMessage] = []
+        for earlier in self.turn.history[-count:] if count > 0 else []:
+            message = generation_pb2.ChatMessage()
+            message.CopyFrom(earlier)
+            message.content = _cut(message.content, self.options.question_chars)
+            recent.append(message)
+        return recent
 
     def account(self, result: generation_pb2.GenerationResult) -> None:
         self.usage.prompt_tokens += result.usage.prompt_tokens
@@ -778,3 +788,12 @@ async def answer_turn(
         tool_calls=state.outcomes,
         unavailable=list(state.unavailable),
     )
+
+
+def _cut(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` characters, at a space when one is near the end."""
+    if len(text) <= limit:
+        return text
+    cut = text[:limit]
+    space = cut.rfind(" ")
+    return cut[:space] if space > limit * 3 // 4 else cut

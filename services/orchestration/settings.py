@@ -127,6 +127,12 @@ class OrchestrationSettings(CommonSettings):
         4,
         "Earlier messages of the conversation the understand and respond steps read.",
     )
+    assistant_question_chars: int = setting(
+        "CALLISTO_ASSISTANT_QUESTION_CHARS",
+        1500,
+        "Most characters of a human turn (and of each earlier message) the prompts carry; the "
+        "rest is cut so a long turn still fits the model's context.",
+    )
     assistant_temperature: float = setting(
         "CALLISTO_ASSISTANT_TEMPERATURE",
         0.0,
