@@ -568,16 +568,19 @@ class Bench:
                 async with Watch.start(self.tapped, self.toy_agent, QUESTION) as watch:
                     turn = await watch.answer(timeout)
                     await watch.terminal(timeout)
-                received = [(s.at, s.event.token.text) for s in turn.tokens]
-                call = self._answer_call("".join(text for _, text in received))
+                call = self._answer_call("".join(s.event.token.text for s in turn.tokens))
                 if call is None:
                     raise RuntimeError("the tap saw no generation the answer came from")
+                # Text streamed before the answer's generation began is the loop's own (an
+                # entity listing ahead of the model's sentence): it cannot come from it.
+                tokens = [s for s in turn.tokens if s.at >= call.started]
+                received = [(s.at, s.event.token.text) for s in tokens]
                 pairs, lost = line_up(call.deltas, received)
                 sample = [(received[k][0] - at) * 1000 for at, k in pairs]
                 # When the log stamped each token event (persistence's wall clock, moved
                 # onto perf_counter): the lag before it is the run's, after it delivery's.
                 offset = time.time() - time.perf_counter()
-                logged = [s.event.create_time.ToNanoseconds() / 1e9 - offset for s in turn.tokens]
+                logged = [s.event.create_time.ToNanoseconds() / 1e9 - offset for s in tokens]
                 self.tap.clear()
                 generation = self.tapped.generation.generate(
                     QUESTION, model=TOY_MODEL, max_tokens=args.lag_tokens

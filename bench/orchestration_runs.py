@@ -10,7 +10,6 @@ conversation's event log in persistence.
 from __future__ import annotations
 
 import asyncio
-import difflib
 import itertools
 import time
 from collections.abc import Callable, Sequence
@@ -241,33 +240,36 @@ def line_up(
     produced: Sequence[tuple[float, str]], received: Sequence[tuple[float, str]]
 ) -> tuple[list[tuple[float, int]], int]:
     """Each produced delta (its time, text) with the index of the received piece that shows
-    its last visible character, the pieces lined up by text (a run may drop citation markers,
-    and it coalesces); returns ((produced time, received index) pairs, deltas unmatched)."""
-    produced_text = "".join(text for _, text in produced)
+    its last visible character; returns ((produced time, received index) pairs, deltas with
+    no counterpart).
+
+    Deltas are found in order in the received text, each no earlier than the previous one and
+    only in pieces that arrived after it was produced: the run coalesces, may drop a citation
+    marker, and may stream text of its own (toy_llm's words repeat the prompt, so text alone
+    could match a listing the loop streamed before the model spoke).
+    """
     received_text = "".join(text for _, text in received)
-    # Character offset in received_text -> index of the piece that holds it.
-    holder: list[int] = []
+    holder: list[int] = []  # character offset -> index of the piece holding it
     for index, (_, text) in enumerate(received):
         holder.extend([index] * len(text))
-    matcher = difflib.SequenceMatcher(None, produced_text, received_text, autojunk=False)
-    blocks = matcher.get_matching_blocks()
     pairs: list[tuple[float, int]] = []
     unmatched = 0
-    end = 0
+    position = 0
     for at, text in produced:
-        end += len(text)
-        if not text.strip():
+        visible = text.strip()
+        if not visible:
             continue
-        # A token is seen once its last visible character is (the run may hold trailing
-        # whitespace back until it knows no dropped marker follows).
-        last = end - 1 - (len(text) - len(text.rstrip()))
-        target = next(
-            (b.b + (last - b.a) for b in blocks if b.size and b.a <= last < b.a + b.size), None
-        )
-        if target is None:
+        start = position
+        while start < len(holder) and received[holder[start]][0] < at:
+            start += 1
+        found = received_text.find(visible, start)
+        # A dropped token must not send the search far ahead onto a later repetition.
+        if found < 0 or found - start > 4 * len(text) + 32:
             unmatched += 1
             continue
-        pairs.append((at, holder[target]))
+        last = found + len(visible) - 1
+        pairs.append((at, holder[last]))
+        position = last + 1
     return pairs, unmatched
 
 
