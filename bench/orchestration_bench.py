@@ -9,8 +9,8 @@ speakers and exhibitors) into tenant `conference-demo`, creates the conference a
   (a) overhead of an assistant turn: wall time to the answer's `turn_ended` minus the time
       generation and retrieval spent serving the turn's calls (their Prometheus
       `callisto_rpc_duration_seconds`, read before and after each turn; turns run one at a
-      time). Baseline: the same number of generations (structured, then the streamed answer
-      of the same length) and the same searches the turn's tool calls made, called directly.
+      time). Baseline: the same number of generations (structured, then a streamed answer of
+      the turn's completion tokens) and the same searches its tool calls made, called directly.
       Target <= 15 ms p50.
   (b) token lag: from the moment generation hands a token on (seen by a tap in front of the
       generation service, bench/orchestration_tap.py) to its arrival at a Converse client
@@ -180,7 +180,10 @@ class TurnSample:
 
     @property
     def answer_tokens(self) -> int:
-        return max(1, len(self.turn.turn_ended.text.split()))
+        """Tokens the turn's generations completed (its text may hold the loop's own, such as
+        an entity listing, which costs no generation)."""
+        usage = self.turn.turn_ended.usage.completion_tokens
+        return max(1, usage or len(self.turn.turn_ended.text.split()))
 
 
 @dataclass
@@ -361,7 +364,7 @@ class Bench:
             f"{sum(sample.retrieval.count(m) for m in ('Search', 'SearchEntities'))} "
             f"search(es) ({sample.retrieval.total_ms:.1f} ms serving); tool calls: "
             f"{[c.tool for c in sample.turn.tool_calls] or 'none'}; answer "
-            f"{sample.answer_tokens} tokens; turn to `done` p50 "
+            f"{sample.answer_tokens} completion tokens; turn to `done` p50 "
             f"{p50([s.to_done_ms for s in first]):.1f} ms."
         )
         by_method = {
