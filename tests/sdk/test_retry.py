@@ -4,6 +4,7 @@ the server cannot deduplicate are never retried; deadlines bound the whole call.
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import AsyncIterator
 
@@ -123,11 +124,19 @@ async def test_deadline_bounds_all_attempts(sdk: callisto.Client, restartable: R
 async def test_default_deadline_applies_to_calls_without_their_own(
     restartable: Restartable,
 ) -> None:
-    async with await callisto.Client.connect(
-        restartable.service.address,
-        api_key=restartable.api_key,
-        default_timeout=0.000001,
-        retry_policy=RetryPolicy(max_attempts=1),
-    ) as hasty:
-        with pytest.raises(errors.DeadlineExceeded):
-            await hasty.persistence.get_conversation("conversations/any")
+    # A frozen service cannot answer, so only the client's default deadline can end the call
+    # (a tiny deadline alone races a fast local answer).
+    restartable.service.send_signal(signal.SIGSTOP)
+    try:
+        async with await callisto.Client.connect(
+            restartable.service.address,
+            api_key=restartable.api_key,
+            default_timeout=0.3,
+            retry_policy=RetryPolicy(max_attempts=1),
+        ) as hasty:
+            started = time.monotonic()
+            with pytest.raises(errors.DeadlineExceeded):
+                await hasty.persistence.get_conversation("conversations/any")
+            assert time.monotonic() - started < 5
+    finally:
+        restartable.service.send_signal(signal.SIGCONT)
