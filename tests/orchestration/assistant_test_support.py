@@ -7,19 +7,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from redis.asyncio import Redis
-
 import callisto
 from callisto.api.common.v1 import common_pb2
 from callisto.api.generation.v1 import generation_pb2
 from callisto.api.orchestration.v1 import orchestration_pb2 as pb
 from callisto.deploy import samples_dir
 from callisto.mesh.samples import entity_messages
-from callisto.services.common.auth import ApiKeyStore
 from callisto.services.orchestration.backends import Backends
 from callisto.services.orchestration.budget import PriceTable, RunModelCaller, TokenBudget
 from callisto.services.orchestration.citations import source_key
-from callisto.services.orchestration.settings import OrchestrationSettings
 from callisto.services.orchestration.turns import OnText, TurnAnswer
 
 CONFERENCE_TENANT = "assistant-conference"
@@ -27,24 +23,6 @@ COLD_CHAIN = "Which sessions talk about cold-chain monitoring, and who speaks?"
 # The session and the speaker of the sample programme that answer COLD_CHAIN.
 COLD_CHAIN_SESSION = "session-019"
 COLD_CHAIN_SPEAKER = "speaker-009"
-
-
-async def service_key(redis_url: str) -> str:
-    """A fresh key of the `orchestration` service principal."""
-    redis = Redis.from_url(redis_url)
-    try:
-        return await ApiKeyStore(redis).create_service("orchestration")
-    finally:
-        await redis.aclose()
-
-
-async def connect_backends(
-    key: str, *, persistence: str, generation: str, retrieval: str
-) -> Backends:
-    settings = OrchestrationSettings(
-        persistence_target=persistence, generation_target=generation, retrieval_target=retrieval
-    )
-    return await Backends.connect(settings, key)
 
 
 async def ingest_conference(retrieval: str, tenant_key: str) -> int:

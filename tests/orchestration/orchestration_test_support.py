@@ -6,7 +6,11 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from callisto.services.common.auth import create_api_key
+from redis.asyncio import Redis
+
+from callisto.services.common.auth import ApiKeyStore, create_api_key
+from callisto.services.orchestration.backends import Backends
+from callisto.services.orchestration.settings import OrchestrationSettings
 
 ORCHESTRATION_SERVICE = "callisto.orchestration.v1.OrchestrationService"
 PERSISTENCE_SERVICE = "callisto.persistence.v1.PersistenceService"
@@ -62,3 +66,21 @@ def new_key(redis_url: str, tenant: str) -> str:
         return pool.submit(
             asyncio.run, create_api_key(redis_url, tenant, label="orchestration tests")
         ).result()
+
+
+async def service_key(redis_url: str) -> str:
+    """A fresh key of the `orchestration` service principal."""
+    redis = Redis.from_url(redis_url)
+    try:
+        return await ApiKeyStore(redis).create_service("orchestration")
+    finally:
+        await redis.aclose()
+
+
+async def connect_backends(
+    key: str, *, persistence: str, generation: str, retrieval: str
+) -> Backends:
+    settings = OrchestrationSettings(
+        persistence_target=persistence, generation_target=generation, retrieval_target=retrieval
+    )
+    return await Backends.connect(settings, key)

@@ -16,12 +16,11 @@ from assistant_test_support import (
     CONFERENCE_TENANT,
     RecordingCaller,
     RecordingSink,
-    connect_backends,
     ingest_conference,
     model_caller,
     retrieved,
-    service_key,
 )
+from orchestration_test_support import connect_backends, service_key
 
 from callisto.mesh.processes import RedisServer, ServiceProcess
 from callisto.mesh.samples import conference_agent

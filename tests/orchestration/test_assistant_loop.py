@@ -22,14 +22,13 @@ from assistant_test_support import (
     RecordingCaller,
     RecordingSink,
     conference_agent,
-    connect_backends,
     ingest_conference,
     model_caller,
     retrieved,
-    service_key,
 )
 from google.protobuf import json_format
 from google.protobuf.struct_pb2 import Struct
+from orchestration_test_support import connect_backends, service_key
 
 from callisto.api.generation.v1 import generation_pb2
 from callisto.mesh.processes import RedisServer, ServiceProcess, free_port

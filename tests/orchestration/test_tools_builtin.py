@@ -13,7 +13,8 @@ import pytest
 import pytest_asyncio
 from google.protobuf import json_format
 from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
-from tools_test_support import RIVAL, TENANT, connect_backends, context, service_key
+from orchestration_test_support import connect_backends, service_key
+from tools_test_support import RIVAL, TENANT, context
 
 import callisto
 from callisto.api.common.v1 import common_pb2

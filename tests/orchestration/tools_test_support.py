@@ -8,16 +8,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
-
 from callisto.api.orchestration.v1 import orchestration_pb2
 from callisto.api.retrieval.v1 import retrieval_pb2
 from callisto.attributes import Scalar, to_proto
 from callisto.ingest.folder import BytesDocument
-from callisto.services.common.auth import ApiKeyStore
 from callisto.services.common.tenancy import bound_tenant
 from callisto.services.orchestration.backends import Backends
-from callisto.services.orchestration.settings import OrchestrationSettings
 from callisto.services.orchestration.tools.registry import ToolContext, ToolResult
 
 # Schema of the tools the tests register: one string argument.
@@ -27,24 +23,6 @@ TEXT_PARAMETERS: dict[str, Any] = {
     "required": ["text"],
     "additionalProperties": False,
 }
-
-
-async def service_key(redis_url: str) -> str:
-    """A fresh key of the `orchestration` service principal."""
-    redis = Redis.from_url(redis_url)
-    try:
-        return await ApiKeyStore(redis).create_service("orchestration")
-    finally:
-        await redis.aclose()
-
-
-async def connect_backends(
-    key: str, *, persistence: str, generation: str, retrieval: str
-) -> Backends:
-    settings = OrchestrationSettings(
-        persistence_target=persistence, generation_target=generation, retrieval_target=retrieval
-    )
-    return await Backends.connect(settings, key)
 
 
 def context(
