@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import difflib
 import json
 import os
@@ -433,44 +434,33 @@ class Bench:
                 peak = max(peak, rss_mib(pid))
                 await asyncio.sleep(0.1)
 
-        async def conversation(i: int) -> tuple[Watch, float]:
+        async def conversation(i: int) -> tuple[Watch, float, str]:
+            """The watch, ms to the terminal event, and what went wrong ("" when nothing)."""
             started = time.perf_counter()
             prompt = f"{QUESTION} ({i})"
             async with Watch.start(self.gateway, self.toy_agent, prompt) as watch:
-                done = await watch.terminal(args.concurrent_timeout)
-            return watch, (done.at - started) * 1000
+                try:
+                    done = await watch.terminal(args.concurrent_timeout)
+                except Exception as error:  # counted, and its events still checked
+                    return watch, (time.perf_counter() - started) * 1000, str(error)[:120]
+            return watch, (done.at - started) * 1000, _answer_problem(watch)
 
+        n = args.concurrent
+        codes_before = await self.mesh.persistence_metrics.codes()
         sampler = asyncio.create_task(sample_rss())
         started = time.perf_counter()
-        outcomes = await asyncio.gather(
-            *(conversation(i) for i in range(args.concurrent)), return_exceptions=True
-        )
+        outcomes = await asyncio.gather(*(conversation(i) for i in range(args.concurrent)))
         wall = time.perf_counter() - started
         sampling = False
         await sampler
         rss_after = rss_mib(pid)
-        errors: list[str] = []
-        finished: list[tuple[Watch, float]] = []
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                errors.append(f"{type(outcome).__name__}: {outcome}")
-                continue
-            watch, _ = outcome
-            reason = watch.session.done.reason if watch.session.done else "?"
-            agents = {
-                s.event.turn_started.speaker
-                for s in watch.seen
-                if s.kind == "turn_started" and s.event.turn_started.agent
-            }
-            answered = any(
-                s.kind == "turn_ended"
-                and s.event.turn_ended.speaker in agents
-                and s.event.turn_ended.text
-                for s in watch.seen
-            )
-            if reason != "completed" or not answered:
-                errors.append(f"done({reason})" if answered else "no answer")
-            finished.append(outcome)
+        codes = {
+            k: round(v - codes_before.get(k, 0.0))
+            for k, v in (await self.mesh.persistence_metrics.codes()).items()
+            if k[1] != "OK" and round(v - codes_before.get(k, 0.0))
+        }
+        errors = [problem for _, _, problem in outcomes if problem]
+        finished = [(watch, latency) for watch, latency, problem in outcomes if not problem]
         limit = asyncio.Semaphore(16)
 
         async def check(watch: Watch) -> Sequence_:
@@ -478,14 +468,24 @@ class Bench:
                 ids = [s.event.event_id for s in watch.seen]
                 return await log_gaps(self.gateway, watch.conversation, ids)
 
-        sequences = await asyncio.gather(*(check(w) for w, _ in finished))
+        # A conversation that failed before its first event has no sequence to check.
+        sequences = await asyncio.gather(*(check(w) for w, _, _ in outcomes if w.seen))
+        eventless = n - len(sequences)
         gap_free = sum(s.gap_free for s in sequences)
         not_echoed = {len(s.before_first) for s in sequences}
         self.results.notes.append(
-            f"(d) each client's events were compared with the conversation's log from its first "
-            f"event on; before it, the log holds {sorted(not_echoed)} run event(s) per "
-            "conversation that Converse does not send (the prompt's own message.created)."
+            f"(d) each client's events (up to its terminal `done` or `error`) were compared with "
+            f"the conversation's log from its first event on; before it, the log holds "
+            f"{sorted(not_echoed)} run event(s) per conversation that Converse does not send "
+            "(the prompt's own message.created)."
         )
+        if errors:
+            kinds = collections.Counter(errors).most_common()
+            refused = {f"{m.rsplit('/', 1)[-1]} {c}": n for (m, c), n in codes.items()}
+            self.results.notes.append(
+                f"(d) errors by kind: {kinds}; persistence's answers other than OK, by method "
+                f"and status: {refused}."
+            )
         broken = [s for s in sequences if not s.gap_free]
         if broken:
             self.results.notes.append(f"(d) first broken sequence: {broken[0]}")
@@ -504,11 +504,15 @@ class Bench:
                 )
             )
             direct_wall = time.perf_counter() - started
-        n = args.concurrent
         self.row(
             f"(d) {n} concurrent conversations: errors",
             "",
-            f"{len(errors)}" + (f" (first: {errors[0][:80]})" if errors else ""),
+            f"{len(errors)}"
+            + (
+                f" (most: {collections.Counter(errors).most_common(1)[0][0][:70]})"
+                if errors
+                else ""
+            ),
             "",
             "0",
             verdict(not errors),
@@ -516,7 +520,7 @@ class Bench:
         self.row(
             "(d)   event sequences gap-free (vs the log in persistence)",
             "",
-            f"{gap_free} / {n}",
+            f"{gap_free} / {n}" + (f" ({eventless} failed before any event)" if eventless else ""),
             "",
             f"{n} / {n}",
             verdict(gap_free == n),
@@ -735,6 +739,27 @@ class Bench:
             f"{[(c.tool, json_format.MessageToDict(c.arguments)) for c in last.turn.tool_calls]}"
             f"): {last.turn.turn_ended.text[:400]!r}; cited: {titles}"
         )
+
+
+def most_common(values: Sequence[str]) -> str:
+    return collections.Counter(values).most_common(1)[0][0]
+
+
+def _answer_problem(watch: Watch) -> str:
+    """Why a finished conversation does not count as answered ("" when it does)."""
+    reason = watch.session.done.reason if watch.session.done else "?"
+    agents = {
+        s.event.turn_started.speaker
+        for s in watch.seen
+        if s.kind == "turn_started" and s.event.turn_started.agent
+    }
+    answered = any(
+        s.kind == "turn_ended" and s.event.turn_ended.speaker in agents and s.event.turn_ended.text
+        for s in watch.seen
+    )
+    if not answered:
+        return "no answer"
+    return "" if reason == "completed" else f"done({reason})"
 
 
 def _toy_produced(path: Path, tags: Sequence[str]) -> dict[str, int]:

@@ -94,6 +94,22 @@ class ServiceMetrics:
                     in_flight += sample.value
         return Served(seconds, calls, in_flight)
 
+    def _codes(self) -> dict[tuple[str, str], float]:
+        with urllib.request.urlopen(self.url, timeout=5) as response:
+            text = response.read().decode()
+        codes: dict[tuple[str, str], float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "callisto_rpc_requests_total":
+                    method = sample.labels.get("method", "")
+                    if self.service in method:
+                        codes[(method, sample.labels.get("code", ""))] = sample.value
+        return codes
+
+    async def codes(self) -> dict[tuple[str, str], float]:
+        """Calls answered so far, by (method, status code)."""
+        return await asyncio.to_thread(self._codes)
+
     async def read(self, settled: bool = False) -> Served:
         """A reading; with `settled`, once no call of the service is in flight (a stream's time
         is recorded when its status is sent, just after its last message)."""
