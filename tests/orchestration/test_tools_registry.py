@@ -14,12 +14,12 @@ import pytest
 import pytest_asyncio
 from google.protobuf import json_format
 from jsonschema.exceptions import SchemaError  # type: ignore[import-untyped]
+from orchestration_test_support import connect_backends
 from tenacity import RetryCallState
 from tools_test_support import (
     TEXT_PARAMETERS,
     ScriptedHandler,
     always_failing,
-    connect_backends,
     context,
 )
 

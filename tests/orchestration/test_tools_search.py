@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 import pytest_asyncio
 from google.protobuf import json_format, struct_pb2
+from orchestration_test_support import connect_backends, service_key
 from tools_test_support import (
     CORVANE,
     DOCUMENTS,
@@ -20,9 +21,7 @@ from tools_test_support import (
     TESSALINE,
     bytes_documents,
     conference_entities,
-    connect_backends,
     context,
-    service_key,
 )
 
 import callisto
