@@ -4,6 +4,7 @@ set of backends, tools and runs."""
 from __future__ import annotations
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from callisto.api.orchestration.v1 import orchestration_pb2_grpc as pb_grpc
 from callisto.services.common.health import DependencyCheck
@@ -58,8 +59,6 @@ async def build(runtime: Runtime[OrchestrationSettings]) -> ServiceDefinition:
 
 
 async def _serving(channel: grpc.aio.Channel) -> bool:
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
     try:
         reply = await health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(service=""), timeout=1.0
