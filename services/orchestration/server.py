@@ -1,5 +1,5 @@
-"""OrchestrationService: the agent RPCs (`agents_api`) and the run RPCs (`runs_api`) over one
-set of backends, tools and runs."""
+"""OrchestrationService: the agent RPCs (`agents_api`), the run RPCs (`runs_api`) and the
+conversation read-outs (`exports_api`) over one set of backends, tools and runs."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from callisto.services.common.server import Runtime, ServiceDefinition
 from callisto.services.orchestration.agents import AgentStore
 from callisto.services.orchestration.agents_api import AgentsRpc
 from callisto.services.orchestration.backends import Backends
+from callisto.services.orchestration.exports_api import ExportsRpc
 from callisto.services.orchestration.runs import RunManager
 from callisto.services.orchestration.runs_api import RunsRpc
 from callisto.services.orchestration.settings import OrchestrationSettings
@@ -21,15 +22,16 @@ from callisto.services.orchestration.tools.registry import ToolRegistry
 SERVICE_NAME = "callisto.orchestration.v1.OrchestrationService"
 
 
-class OrchestrationServicer(AgentsRpc, RunsRpc):
-    """Both halves of the service in one servicer (each implements its own RPCs and keeps
-    its own attributes)."""
+class OrchestrationServicer(AgentsRpc, RunsRpc, ExportsRpc):
+    """The parts of the service in one servicer (each implements its own RPCs and keeps its
+    own attributes)."""
 
     def __init__(
         self, agents: AgentStore, tools: ToolRegistry, backends: Backends, runs: RunManager
     ) -> None:
         AgentsRpc.__init__(self, agents, tools, backends)
         RunsRpc.__init__(self, runs)
+        ExportsRpc.__init__(self, backends)
 
 
 async def build(runtime: Runtime[OrchestrationSettings]) -> ServiceDefinition:

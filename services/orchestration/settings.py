@@ -155,3 +155,59 @@ class OrchestrationSettings(CommonSettings):
         1,
         "Sampling seed of the streamed answer, so the same prompt gets the same answer.",
     )
+
+    # --- simulations ---
+    simulation_turn_max_tokens: int = setting(
+        "CALLISTO_SIMULATION_TURN_MAX_TOKENS",
+        160,
+        "Most completion tokens of one agent turn when the run does not say "
+        "(`simulation.max_turn_tokens`).",
+    )
+    simulation_temperature: float = setting(
+        "CALLISTO_SIMULATION_TEMPERATURE",
+        0.7,
+        "Sampling temperature of agent turns (a conversation needs some variety).",
+    )
+    simulation_history_turns: int = setting(
+        "CALLISTO_SIMULATION_HISTORY_TURNS",
+        8,
+        "Latest turns of the conversation each agent turn reads.",
+    )
+    simulation_turn_chars: int = setting(
+        "CALLISTO_SIMULATION_TURN_CHARS",
+        600,
+        "Most characters of each earlier turn (and of the scenario) a turn's prompt carries.",
+    )
+    simulation_sources: int = setting(
+        "CALLISTO_SIMULATION_SOURCES",
+        3,
+        "Passages of its own company's documents an agent with `search_documents` reads per "
+        "turn.",
+    )
+    simulation_human_timeout_s: float = setting(
+        "CALLISTO_SIMULATION_HUMAN_TIMEOUT_S",
+        300.0,
+        "How long a simulation waits for a human turn when the run does not say.",
+    )
+    simulation_max_concurrent_turns: int = setting(
+        "CALLISTO_SIMULATION_MAX_CONCURRENT_TURNS",
+        64,
+        "Agent turns this process generates at once; more wait their turn.",
+    )
+
+    # --- agent suggestion ---
+    suggest_max_tokens: int = setting(
+        "CALLISTO_SUGGEST_MAX_TOKENS",
+        900,
+        "Most tokens of one SuggestAgents generation (all the agents with their prompts).",
+    )
+    suggest_retries: int = setting(
+        "CALLISTO_SUGGEST_RETRIES",
+        2,
+        "Further model attempts after an unusable suggestion, before the role-based template.",
+    )
+    suggest_temperature: float = setting(
+        "CALLISTO_SUGGEST_TEMPERATURE",
+        0.2,
+        "Sampling temperature of agent suggestion.",
+    )

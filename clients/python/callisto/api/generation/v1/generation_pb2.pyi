@@ -715,3 +715,59 @@ class ListModelsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListModelsResponse: _TypeAlias = ListModelsResponse  # noqa: Y015
+
+@_typing.final
+class AnalyzeSentimentRequest(_message.Message):
+    """Request of AnalyzeSentiment."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXTS_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """Model to use: `models/{model}`; `models/sentiment` when empty."""
+    @_builtins.property
+    def texts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The texts to score (1–64, each at most 16384 characters, 262144 in all)."""
+
+    def __init__(
+        self,
+        *,
+        texts: _abc.Iterable[_builtins.str] | None = ...,
+        model: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "texts", b"texts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AnalyzeSentimentRequest: _TypeAlias = AnalyzeSentimentRequest  # noqa: Y015
+
+@_typing.final
+class AnalyzeSentimentResponse(_message.Message):
+    """Response of AnalyzeSentiment."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SENTIMENTS_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The model that scored them: `models/{model}`."""
+    @_builtins.property
+    def sentiments(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Sentiment]:
+        """One sentiment per text, in the request's order."""
+
+    def __init__(
+        self,
+        *,
+        sentiments: _abc.Iterable[_common_pb2.Sentiment] | None = ...,
+        model: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "sentiments", b"sentiments"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AnalyzeSentimentResponse: _TypeAlias = AnalyzeSentimentResponse  # noqa: Y015

@@ -50,6 +50,11 @@ class GenerationServiceStub:
                 request_serializer=callisto_dot_generation_dot_v1_dot_generation__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=callisto_dot_generation_dot_v1_dot_generation__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.AnalyzeSentiment = channel.unary_unary(
+                '/callisto.generation.v1.GenerationService/AnalyzeSentiment',
+                request_serializer=callisto_dot_generation_dot_v1_dot_generation__pb2.AnalyzeSentimentRequest.SerializeToString,
+                response_deserializer=callisto_dot_generation_dot_v1_dot_generation__pb2.AnalyzeSentimentResponse.FromString,
+                _registered_method=True)
 
 
 class GenerationServiceServicer:
@@ -79,6 +84,14 @@ class GenerationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AnalyzeSentiment(self, request, context):
+        """Scores the sentiment of a batch of texts (the `sentiment` model in Triton): a label and a
+        score in [-1, 1] per text, in the order given.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GenerationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -96,6 +109,11 @@ def add_GenerationServiceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=callisto_dot_generation_dot_v1_dot_generation__pb2.ListModelsRequest.FromString,
                     response_serializer=callisto_dot_generation_dot_v1_dot_generation__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'AnalyzeSentiment': grpc.unary_unary_rpc_method_handler(
+                    servicer.AnalyzeSentiment,
+                    request_deserializer=callisto_dot_generation_dot_v1_dot_generation__pb2.AnalyzeSentimentRequest.FromString,
+                    response_serializer=callisto_dot_generation_dot_v1_dot_generation__pb2.AnalyzeSentimentResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -180,6 +198,33 @@ class GenerationService:
             '/callisto.generation.v1.GenerationService/ListModels',
             callisto_dot_generation_dot_v1_dot_generation__pb2.ListModelsRequest.SerializeToString,
             callisto_dot_generation_dot_v1_dot_generation__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AnalyzeSentiment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callisto.generation.v1.GenerationService/AnalyzeSentiment',
+            callisto_dot_generation_dot_v1_dot_generation__pb2.AnalyzeSentimentRequest.SerializeToString,
+            callisto_dot_generation_dot_v1_dot_generation__pb2.AnalyzeSentimentResponse.FromString,
             options,
             channel_credentials,
             insecure,

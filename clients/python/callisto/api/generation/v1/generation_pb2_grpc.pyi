@@ -43,6 +43,10 @@ class GenerationServiceStub:
     """
     ListModels: _grpc.UnaryUnaryMultiCallable[_generation_pb2.ListModelsRequest, _generation_pb2.ListModelsResponse]
     """Lists the models Triton serves and whether each is ready."""
+    AnalyzeSentiment: _grpc.UnaryUnaryMultiCallable[_generation_pb2.AnalyzeSentimentRequest, _generation_pb2.AnalyzeSentimentResponse]
+    """Scores the sentiment of a batch of texts (the `sentiment` model in Triton): a label and a
+    score in [-1, 1] per text, in the order given.
+    """
 
 @_typing.type_check_only
 class GenerationServiceAsyncStub(GenerationServiceStub):
@@ -59,6 +63,10 @@ class GenerationServiceAsyncStub(GenerationServiceStub):
     """
     ListModels: _aio.UnaryUnaryMultiCallable[_generation_pb2.ListModelsRequest, _generation_pb2.ListModelsResponse]  # type: ignore[assignment]
     """Lists the models Triton serves and whether each is ready."""
+    AnalyzeSentiment: _aio.UnaryUnaryMultiCallable[_generation_pb2.AnalyzeSentimentRequest, _generation_pb2.AnalyzeSentimentResponse]  # type: ignore[assignment]
+    """Scores the sentiment of a batch of texts (the `sentiment` model in Triton): a label and a
+    score in [-1, 1] per text, in the order given.
+    """
 
 class GenerationServiceServicer(metaclass=_abc_1.ABCMeta):
     """Streams tokens from language models served by Triton Inference Server."""
@@ -90,5 +98,15 @@ class GenerationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_generation_pb2.ListModelsResponse, _abc.Awaitable[_generation_pb2.ListModelsResponse]]:
         """Lists the models Triton serves and whether each is ready."""
+
+    @_abc_1.abstractmethod
+    def AnalyzeSentiment(
+        self,
+        request: _generation_pb2.AnalyzeSentimentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_generation_pb2.AnalyzeSentimentResponse, _abc.Awaitable[_generation_pb2.AnalyzeSentimentResponse]]:
+        """Scores the sentiment of a batch of texts (the `sentiment` model in Triton): a label and a
+        score in [-1, 1] per text, in the order given.
+        """
 
 def add_GenerationServiceServicer_to_server(servicer: GenerationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

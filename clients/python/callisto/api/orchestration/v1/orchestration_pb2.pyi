@@ -26,6 +26,58 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _SpeakerSelection:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SpeakerSelectionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SpeakerSelection.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SPEAKER_SELECTION_UNSPECIFIED: _SpeakerSelection.ValueType  # 0
+    """Not set: round robin."""
+    SPEAKER_SELECTION_ROUND_ROBIN: _SpeakerSelection.ValueType  # 1
+    """Each agent in the order given, then the human (when there is one)."""
+    SPEAKER_SELECTION_MODEL: _SpeakerSelection.ValueType  # 2
+    """The model picks the next speaker among the others after every turn (round robin when its
+    answer is unusable).
+    """
+
+class SpeakerSelection(_SpeakerSelection, metaclass=_SpeakerSelectionEnumTypeWrapper):
+    """Who speaks next in a simulation."""
+
+SPEAKER_SELECTION_UNSPECIFIED: SpeakerSelection.ValueType  # 0
+"""Not set: round robin."""
+SPEAKER_SELECTION_ROUND_ROBIN: SpeakerSelection.ValueType  # 1
+"""Each agent in the order given, then the human (when there is one)."""
+SPEAKER_SELECTION_MODEL: SpeakerSelection.ValueType  # 2
+"""The model picks the next speaker among the others after every turn (round robin when its
+answer is unusable).
+"""
+Global___SpeakerSelection: _TypeAlias = SpeakerSelection  # noqa: Y015
+
+class _HumanTimeoutAction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _HumanTimeoutActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_HumanTimeoutAction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    HUMAN_TIMEOUT_ACTION_UNSPECIFIED: _HumanTimeoutAction.ValueType  # 0
+    """Not set: skip the turn."""
+    HUMAN_TIMEOUT_ACTION_SKIP: _HumanTimeoutAction.ValueType  # 1
+    """Skip the human's turn; the agents go on."""
+    HUMAN_TIMEOUT_ACTION_END: _HumanTimeoutAction.ValueType  # 2
+    """End the conversation with `done(human_timeout)`."""
+
+class HumanTimeoutAction(_HumanTimeoutAction, metaclass=_HumanTimeoutActionEnumTypeWrapper):
+    """What a simulation does when the human does not take a turn in time."""
+
+HUMAN_TIMEOUT_ACTION_UNSPECIFIED: HumanTimeoutAction.ValueType  # 0
+"""Not set: skip the turn."""
+HUMAN_TIMEOUT_ACTION_SKIP: HumanTimeoutAction.ValueType  # 1
+"""Skip the human's turn; the agents go on."""
+HUMAN_TIMEOUT_ACTION_END: HumanTimeoutAction.ValueType  # 2
+"""End the conversation with `done(human_timeout)`."""
+Global___HumanTimeoutAction: _TypeAlias = HumanTimeoutAction  # noqa: Y015
+
 class _ConversationMode:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -81,6 +133,34 @@ APPROVAL_DECISION_REJECT: ApprovalDecision.ValueType  # 2
 APPROVAL_DECISION_MODIFY: ApprovalDecision.ValueType  # 3
 """Replace the step's result with `modified_output`."""
 Global___ApprovalDecision: _TypeAlias = ApprovalDecision  # noqa: Y015
+
+class _ExportFormat:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ExportFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExportFormat.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EXPORT_FORMAT_UNSPECIFIED: _ExportFormat.ValueType  # 0
+    """Not set: Markdown."""
+    EXPORT_FORMAT_MARKDOWN: _ExportFormat.ValueType  # 1
+    """`text/markdown`."""
+    EXPORT_FORMAT_PDF: _ExportFormat.ValueType  # 2
+    """`application/pdf`."""
+    EXPORT_FORMAT_JSON: _ExportFormat.ValueType  # 3
+    """`application/json`: the conversation, its messages and its metrics."""
+
+class ExportFormat(_ExportFormat, metaclass=_ExportFormatEnumTypeWrapper):
+    """Format of a downloaded conversation."""
+
+EXPORT_FORMAT_UNSPECIFIED: ExportFormat.ValueType  # 0
+"""Not set: Markdown."""
+EXPORT_FORMAT_MARKDOWN: ExportFormat.ValueType  # 1
+"""`text/markdown`."""
+EXPORT_FORMAT_PDF: ExportFormat.ValueType  # 2
+"""`application/pdf`."""
+EXPORT_FORMAT_JSON: ExportFormat.ValueType  # 3
+"""`application/json`: the conversation, its messages and its metrics."""
+Global___ExportFormat: _TypeAlias = ExportFormat  # noqa: Y015
 
 @_typing.final
 class Agent(_message.Message):
@@ -558,19 +638,25 @@ class SuggestAgentsRequest(_message.Message):
 
     SCENARIO_FIELD_NUMBER: _builtins.int
     AGENT_COUNT_FIELD_NUMBER: _builtins.int
+    PARTICIPATE_FIELD_NUMBER: _builtins.int
     scenario: _builtins.str
     """The scenario in plain words."""
     agent_count: _builtins.int
     """How many agents to suggest (2–5); 3 when zero."""
+    participate: _builtins.bool
+    """The user takes part: the response adds a human participant for the buying company, and
+    the agents are the other parties.
+    """
     def __init__(
         self,
         *,
         scenario: _builtins.str = ...,
         agent_count: _builtins.int = ...,
+        participate: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_count", b"agent_count", "scenario", b"scenario"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_count", b"agent_count", "participate", b"participate", "scenario", b"scenario"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -583,22 +669,115 @@ class SuggestAgentsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     AGENTS_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    HUMAN_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    """Which path produced them: "model" (the first answer was valid), "repaired" (fixed up from
+    an incomplete answer), "retried" (a later attempt was valid) or "fallback" (a role-based
+    template, after the model's answers stayed unusable).
+    """
+    attempts: _builtins.int
+    """Model calls made (0 for a fallback made without the model)."""
     @_builtins.property
     def agents(self) -> _containers.RepeatedCompositeFieldContainer[Global___Agent]:
-        """The suggested agents (not yet created)."""
+        """The suggested agents (not yet created: create them, or start a run with them inline)."""
+
+    @_builtins.property
+    def human(self) -> Global___HumanParticipant:
+        """The human participant, when `participate` was asked."""
 
     def __init__(
         self,
         *,
         agents: _abc.Iterable[Global___Agent] | None = ...,
+        source: _builtins.str = ...,
+        human: Global___HumanParticipant | None = ...,
+        attempts: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["human", b"human"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "attempts", b"attempts", "human", b"human", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SuggestAgentsResponse: _TypeAlias = SuggestAgentsResponse  # noqa: Y015
+
+@_typing.final
+class HumanParticipant(_message.Message):
+    """The human taking part in a simulation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    COMPANY_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Participant id; "user" when empty."""
+    display_name: _builtins.str
+    """Name shown in the conversation."""
+    role: _builtins.str
+    """Role the human plays ("procurement lead")."""
+    company: _builtins.str
+    """Company the human represents."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        display_name: _builtins.str = ...,
+        role: _builtins.str = ...,
+        company: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["company", b"company", "display_name", b"display_name", "id", b"id", "role", b"role"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HumanParticipant: _TypeAlias = HumanParticipant  # noqa: Y015
+
+@_typing.final
+class SimulationOptions(_message.Message):
+    """How a simulation runs (CONVERSATION_MODE_SIMULATION)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPEAKER_SELECTION_FIELD_NUMBER: _builtins.int
+    HUMAN_FIELD_NUMBER: _builtins.int
+    HUMAN_TURN_TIMEOUT_FIELD_NUMBER: _builtins.int
+    ON_HUMAN_TIMEOUT_FIELD_NUMBER: _builtins.int
+    MAX_TURN_TOKENS_FIELD_NUMBER: _builtins.int
+    speaker_selection: Global___SpeakerSelection.ValueType
+    """Who speaks next."""
+    on_human_timeout: Global___HumanTimeoutAction.ValueType
+    """What happens when that wait times out."""
+    max_turn_tokens: _builtins.int
+    """Most completion tokens of one agent turn (16–1024); 160 when zero."""
+    @_builtins.property
+    def human(self) -> Global___HumanParticipant:
+        """The human participant, when `human_in_the_loop` is set; id "user" when unset."""
+
+    @_builtins.property
+    def human_turn_timeout(self) -> _duration_pb2.Duration:
+        """How long the run waits for a human turn; 300 s when unset (at most 7 days)."""
+
+    def __init__(
+        self,
+        *,
+        speaker_selection: Global___SpeakerSelection.ValueType = ...,
+        human: Global___HumanParticipant | None = ...,
+        human_turn_timeout: _duration_pb2.Duration | None = ...,
+        on_human_timeout: Global___HumanTimeoutAction.ValueType = ...,
+        max_turn_tokens: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["human", b"human", "human_turn_timeout", b"human_turn_timeout"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["human", b"human", "human_turn_timeout", b"human_turn_timeout", "max_turn_tokens", b"max_turn_tokens", "on_human_timeout", b"on_human_timeout", "speaker_selection", b"speaker_selection"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SimulationOptions: _TypeAlias = SimulationOptions  # noqa: Y015
 
 @_typing.final
 class TerminationPolicy(_message.Message):
@@ -610,10 +789,13 @@ class TerminationPolicy(_message.Message):
     STOP_KEYWORDS_FIELD_NUMBER: _builtins.int
     MIN_SENTIMENT_FIELD_NUMBER: _builtins.int
     TIMEOUT_FIELD_NUMBER: _builtins.int
+    MAX_SENTIMENT_FIELD_NUMBER: _builtins.int
     max_turns: _builtins.int
     """Stop after this many agent turns; 10 when zero."""
     min_sentiment: _builtins.float
     """Stop when the sentiment of a turn falls below this score (-1..1); unset disables it."""
+    max_sentiment: _builtins.float
+    """Stop when a turn's sentiment is at or above this score (-1..1); unset disables it."""
     @_builtins.property
     def stop_keywords(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Stop when a turn contains any of these keywords."""
@@ -629,13 +811,19 @@ class TerminationPolicy(_message.Message):
         stop_keywords: _abc.Iterable[_builtins.str] | None = ...,
         min_sentiment: _builtins.float | None = ...,
         timeout: _duration_pb2.Duration | None = ...,
+        max_sentiment: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_min_sentiment", b"_min_sentiment", "min_sentiment", b"min_sentiment", "timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_sentiment", b"_max_sentiment", "_min_sentiment", b"_min_sentiment", "max_sentiment", b"max_sentiment", "min_sentiment", b"min_sentiment", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_min_sentiment", b"_min_sentiment", "max_turns", b"max_turns", "min_sentiment", b"min_sentiment", "stop_keywords", b"stop_keywords", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_sentiment", b"_max_sentiment", "_min_sentiment", b"_min_sentiment", "max_sentiment", b"max_sentiment", "max_turns", b"max_turns", "min_sentiment", b"min_sentiment", "stop_keywords", b"stop_keywords", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_sentiment: _TypeAlias = _typing.Literal["max_sentiment"]  # noqa: Y015
+    _WhichOneofArgType__max_sentiment: _TypeAlias = _typing.Literal["_max_sentiment", b"_max_sentiment"]  # noqa: Y015
     _WhichOneofReturnType__min_sentiment: _TypeAlias = _typing.Literal["min_sentiment"]  # noqa: Y015
     _WhichOneofArgType__min_sentiment: _TypeAlias = _typing.Literal["_min_sentiment", b"_min_sentiment"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_sentiment) -> _WhichOneofReturnType__max_sentiment | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__min_sentiment) -> _WhichOneofReturnType__min_sentiment | None: ...
 
 Global___TerminationPolicy: _TypeAlias = TerminationPolicy  # noqa: Y015
@@ -753,6 +941,8 @@ class StartConversation(_message.Message):
     HUMAN_IN_THE_LOOP_FIELD_NUMBER: _builtins.int
     TAGS_FIELD_NUMBER: _builtins.int
     MAX_ITERATIONS_FIELD_NUMBER: _builtins.int
+    INLINE_AGENTS_FIELD_NUMBER: _builtins.int
+    SIMULATION_FIELD_NUMBER: _builtins.int
     conversation: _builtins.str
     """Run an existing conversation (`conversations/{conversation}`); a new one when empty."""
     title: _builtins.str
@@ -760,14 +950,16 @@ class StartConversation(_message.Message):
     mode: Global___ConversationMode.ValueType
     """How it runs."""
     prompt: _builtins.str
-    """Opening message or task."""
+    """Assistant: the opening message. Simulation: the scenario every agent is told. Workflow:
+    the task.
+    """
     human_in_the_loop: _builtins.bool
     """Include a human participant who is asked for a turn every round."""
     max_iterations: _builtins.int
     """Assistant mode: most plan/execute rounds per turn (1–5); 2 when zero."""
     @_builtins.property
     def agents(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Agents taking part: `agents/{agent}`."""
+        """Agents taking part: `agents/{agent}` (or `agents/{agent}@{revision}`)."""
 
     @_builtins.property
     def termination(self) -> Global___TerminationPolicy:
@@ -785,6 +977,16 @@ class StartConversation(_message.Message):
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Tags of the conversation."""
 
+    @_builtins.property
+    def inline_agents(self) -> _containers.RepeatedCompositeFieldContainer[Global___Agent]:
+        """Simulation: agents taking part that are not stored (as SuggestAgents returns them; `name`
+        empty), after those of `agents`. They are kept with the conversation.
+        """
+
+    @_builtins.property
+    def simulation(self) -> Global___SimulationOptions:
+        """Simulation: how it runs."""
+
     def __init__(
         self,
         *,
@@ -799,10 +1001,12 @@ class StartConversation(_message.Message):
         human_in_the_loop: _builtins.bool = ...,
         tags: _abc.Iterable[_builtins.str] | None = ...,
         max_iterations: _builtins.int = ...,
+        inline_agents: _abc.Iterable[Global___Agent] | None = ...,
+        simulation: Global___SimulationOptions | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "plan", b"plan", "termination", b"termination"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "plan", b"plan", "simulation", b"simulation", "termination", b"termination"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "budget", b"budget", "conversation", b"conversation", "human_in_the_loop", b"human_in_the_loop", "max_iterations", b"max_iterations", "mode", b"mode", "plan", b"plan", "prompt", b"prompt", "tags", b"tags", "termination", b"termination", "title", b"title"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "budget", b"budget", "conversation", b"conversation", "human_in_the_loop", b"human_in_the_loop", "inline_agents", b"inline_agents", "max_iterations", b"max_iterations", "mode", b"mode", "plan", b"plan", "prompt", b"prompt", "simulation", b"simulation", "tags", b"tags", "termination", b"termination", "title", b"title"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -842,19 +1046,25 @@ class HumanTurn(_message.Message):
 
     TEXT_FIELD_NUMBER: _builtins.int
     AUTHOR_FIELD_NUMBER: _builtins.int
+    END_CONVERSATION_FIELD_NUMBER: _builtins.int
     text: _builtins.str
-    """The text."""
+    """The text; may be empty only when `end_conversation` is set."""
     author: _builtins.str
     """Participant id of the human."""
+    end_conversation: _builtins.bool
+    """Simulation: the human ends the conversation (after this turn, if it has text), and the run
+    ends with `done(human_ended)`.
+    """
     def __init__(
         self,
         *,
         text: _builtins.str = ...,
         author: _builtins.str = ...,
+        end_conversation: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["author", b"author", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["author", b"author", "end_conversation", b"end_conversation", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -980,6 +1190,7 @@ class TurnStarted(_message.Message):
     TURN_FIELD_NUMBER: _builtins.int
     AGENT_FIELD_NUMBER: _builtins.int
     RESTARTED_FIELD_NUMBER: _builtins.int
+    HUMAN_FIELD_NUMBER: _builtins.int
     speaker: _builtins.str
     """Participant id of the speaker."""
     turn: _builtins.int
@@ -990,6 +1201,8 @@ class TurnStarted(_message.Message):
     """True when the turn starts over after the run was taken over (a process restart): the
     earlier, unfinished attempt's tokens and tool calls of this turn are superseded.
     """
+    human: _builtins.bool
+    """The speaker is the human participant."""
     def __init__(
         self,
         *,
@@ -997,10 +1210,11 @@ class TurnStarted(_message.Message):
         turn: _builtins.int = ...,
         agent: _builtins.str = ...,
         restarted: _builtins.bool = ...,
+        human: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "restarted", b"restarted", "speaker", b"speaker", "turn", b"turn"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "human", b"human", "restarted", b"restarted", "speaker", b"speaker", "turn", b"turn"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1020,6 +1234,9 @@ class TurnEnded(_message.Message):
     COST_FIELD_NUMBER: _builtins.int
     GENERATION_MS_FIELD_NUMBER: _builtins.int
     CITATIONS_FIELD_NUMBER: _builtins.int
+    TURN_FIELD_NUMBER: _builtins.int
+    HUMAN_FIELD_NUMBER: _builtins.int
+    KEYWORD_HITS_FIELD_NUMBER: _builtins.int
     speaker: _builtins.str
     """Participant id of the speaker."""
     text: _builtins.str
@@ -1030,6 +1247,10 @@ class TurnEnded(_message.Message):
     """Cost of the turn in the price table's currency (USD by default)."""
     generation_ms: _builtins.float
     """Time spent inside generation for the turn, in milliseconds."""
+    turn: _builtins.int
+    """1-based turn number."""
+    human: _builtins.bool
+    """The speaker is the human participant."""
     @_builtins.property
     def sentiment(self) -> _common_pb2.Sentiment:
         """Sentiment of the turn."""
@@ -1042,6 +1263,10 @@ class TurnEnded(_message.Message):
     def citations(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Citation]:
         """Sources the turn cites, each with its `marker`."""
 
+    @_builtins.property
+    def keyword_hits(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Stop keywords the turn contains."""
+
     def __init__(
         self,
         *,
@@ -1053,10 +1278,13 @@ class TurnEnded(_message.Message):
         cost: _builtins.float = ...,
         generation_ms: _builtins.float = ...,
         citations: _abc.Iterable[_common_pb2.Citation] | None = ...,
+        turn: _builtins.int = ...,
+        human: _builtins.bool = ...,
+        keyword_hits: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sentiment", b"sentiment", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["citations", b"citations", "cost", b"cost", "generation_ms", b"generation_ms", "message", b"message", "sentiment", b"sentiment", "speaker", b"speaker", "text", b"text", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["citations", b"citations", "cost", b"cost", "generation_ms", b"generation_ms", "human", b"human", "keyword_hits", b"keyword_hits", "message", b"message", "sentiment", b"sentiment", "speaker", b"speaker", "text", b"text", "turn", b"turn", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1259,6 +1487,8 @@ class AwaitingInput(_message.Message):
     PROMPT_FIELD_NUMBER: _builtins.int
     PROPOSED_OUTPUT_FIELD_NUMBER: _builtins.int
     DEADLINE_FIELD_NUMBER: _builtins.int
+    SPEAKER_FIELD_NUMBER: _builtins.int
+    TURN_FIELD_NUMBER: _builtins.int
     approval_id: _builtins.str
     """Id to quote in the answer, for approvals."""
     step_id: _builtins.str
@@ -1267,6 +1497,10 @@ class AwaitingInput(_message.Message):
     """What the human is asked."""
     proposed_output: _builtins.str
     """Output proposed for approval."""
+    speaker: _builtins.str
+    """Participant id of the human whose turn it is, for simulations."""
+    turn: _builtins.int
+    """1-based number of the turn asked for, for simulations."""
     @_builtins.property
     def deadline(self) -> _timestamp_pb2.Timestamp:
         """When the wait times out; unset waits forever."""
@@ -1279,10 +1513,12 @@ class AwaitingInput(_message.Message):
         prompt: _builtins.str = ...,
         proposed_output: _builtins.str = ...,
         deadline: _timestamp_pb2.Timestamp | None = ...,
+        speaker: _builtins.str = ...,
+        turn: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval_id", b"approval_id", "deadline", b"deadline", "prompt", b"prompt", "proposed_output", b"proposed_output", "step_id", b"step_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval_id", b"approval_id", "deadline", b"deadline", "prompt", b"prompt", "proposed_output", b"proposed_output", "speaker", b"speaker", "step_id", b"step_id", "turn", b"turn"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1332,8 +1568,11 @@ class Done(_message.Message):
     USAGE_FIELD_NUMBER: _builtins.int
     TURNS_FIELD_NUMBER: _builtins.int
     COST_FIELD_NUMBER: _builtins.int
+    METRICS_FIELD_NUMBER: _builtins.int
     reason: _builtins.str
-    """Why it ended: "completed", "max_turns", "keyword", "sentiment", "cancelled", "budget"."""
+    """Why it ended: "completed", "cancelled", "budget", and for simulations "max_turns",
+    "keyword", "sentiment", "timeout", "human_ended", "human_timeout".
+    """
     turns: _builtins.int
     """Number of turns taken."""
     cost: _builtins.float
@@ -1342,6 +1581,10 @@ class Done(_message.Message):
     def usage(self) -> _common_pb2.TokenUsage:
         """Tokens spent by the whole run."""
 
+    @_builtins.property
+    def metrics(self) -> Global___ConversationMetrics:
+        """The conversation's figures at the end, for simulations (what GetConversationMetrics says)."""
+
     def __init__(
         self,
         *,
@@ -1349,14 +1592,203 @@ class Done(_message.Message):
         usage: _common_pb2.TokenUsage | None = ...,
         turns: _builtins.int = ...,
         cost: _builtins.float = ...,
+        metrics: Global___ConversationMetrics | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["metrics", b"metrics", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "reason", b"reason", "turns", b"turns", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "metrics", b"metrics", "reason", b"reason", "turns", b"turns", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Done: _TypeAlias = Done  # noqa: Y015
+
+@_typing.final
+class TurnMetrics(_message.Message):
+    """One turn's figures."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TURN_FIELD_NUMBER: _builtins.int
+    SPEAKER_FIELD_NUMBER: _builtins.int
+    HUMAN_FIELD_NUMBER: _builtins.int
+    SENTIMENT_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    GENERATION_MS_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    PASSAGES_FIELD_NUMBER: _builtins.int
+    turn: _builtins.int
+    """1-based turn number."""
+    speaker: _builtins.str
+    """Participant id of the speaker."""
+    human: _builtins.bool
+    """The speaker is the human participant."""
+    generation_ms: _builtins.float
+    """Time spent inside generation, in milliseconds."""
+    message: _builtins.str
+    """The stored message: `conversations/{c}/messages/{m}`."""
+    passages: _builtins.int
+    """Passages the turn retrieved."""
+    @_builtins.property
+    def sentiment(self) -> _common_pb2.Sentiment:
+        """Sentiment of the turn."""
+
+    @_builtins.property
+    def usage(self) -> _common_pb2.TokenUsage:
+        """Tokens the turn spent."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the turn was stored."""
+
+    def __init__(
+        self,
+        *,
+        turn: _builtins.int = ...,
+        speaker: _builtins.str = ...,
+        human: _builtins.bool = ...,
+        sentiment: _common_pb2.Sentiment | None = ...,
+        usage: _common_pb2.TokenUsage | None = ...,
+        generation_ms: _builtins.float = ...,
+        message: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        passages: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "sentiment", b"sentiment", "usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "generation_ms", b"generation_ms", "human", b"human", "message", b"message", "passages", b"passages", "sentiment", b"sentiment", "speaker", b"speaker", "turn", b"turn", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TurnMetrics: _TypeAlias = TurnMetrics  # noqa: Y015
+
+@_typing.final
+class KeywordHit(_message.Message):
+    """A stop keyword found in a turn."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEYWORD_FIELD_NUMBER: _builtins.int
+    TURN_FIELD_NUMBER: _builtins.int
+    SPEAKER_FIELD_NUMBER: _builtins.int
+    keyword: _builtins.str
+    """The keyword, as configured."""
+    turn: _builtins.int
+    """1-based turn number."""
+    speaker: _builtins.str
+    """Participant id of the speaker."""
+    def __init__(
+        self,
+        *,
+        keyword: _builtins.str = ...,
+        turn: _builtins.int = ...,
+        speaker: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keyword", b"keyword", "speaker", b"speaker", "turn", b"turn"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KeywordHit: _TypeAlias = KeywordHit  # noqa: Y015
+
+@_typing.final
+class ConversationMetrics(_message.Message):
+    """A conversation's figures, computed from its stored messages."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_FIELD_NUMBER: _builtins.int
+    TURNS_FIELD_NUMBER: _builtins.int
+    AGENT_TURNS_FIELD_NUMBER: _builtins.int
+    HUMAN_TURNS_FIELD_NUMBER: _builtins.int
+    MEAN_SENTIMENT_FIELD_NUMBER: _builtins.int
+    MIN_SENTIMENT_FIELD_NUMBER: _builtins.int
+    LAST_SENTIMENT_FIELD_NUMBER: _builtins.int
+    SENTIMENT_SLOPE_FIELD_NUMBER: _builtins.int
+    SENTIMENT_TREND_FIELD_NUMBER: _builtins.int
+    TURN_METRICS_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
+    KEYWORD_HITS_FIELD_NUMBER: _builtins.int
+    RETRIEVAL_TURNS_FIELD_NUMBER: _builtins.int
+    PASSAGES_RETRIEVED_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    GENERATION_MS_FIELD_NUMBER: _builtins.int
+    DURATION_FIELD_NUMBER: _builtins.int
+    conversation: _builtins.str
+    """The conversation: `conversations/{conversation}`."""
+    turns: _builtins.int
+    """Turns taken, agents' and the human's."""
+    agent_turns: _builtins.int
+    """Turns taken by agents."""
+    human_turns: _builtins.int
+    """Turns taken by the human."""
+    mean_sentiment: _builtins.float
+    """Mean sentiment score over the turns (0 with no turn)."""
+    min_sentiment: _builtins.float
+    """Lowest sentiment score of a turn."""
+    last_sentiment: _builtins.float
+    """Sentiment score of the last turn."""
+    sentiment_slope: _builtins.float
+    """Least-squares slope of the sentiment score per turn."""
+    sentiment_trend: _builtins.str
+    """"rising", "falling" or "flat" (a slope within ±0.02 per turn), "" with under two turns."""
+    cost: _builtins.float
+    """Cost of all turns in the price table's currency."""
+    retrieval_turns: _builtins.int
+    """Turns that retrieved passages."""
+    passages_retrieved: _builtins.int
+    """Passages retrieved over all turns."""
+    outcome: _builtins.str
+    """Why the conversation ended (`done.reason`); empty while it runs."""
+    generation_ms: _builtins.float
+    """Time spent inside generation over all turns, in milliseconds."""
+    @_builtins.property
+    def turn_metrics(self) -> _containers.RepeatedCompositeFieldContainer[Global___TurnMetrics]:
+        """Every turn, in order."""
+
+    @_builtins.property
+    def usage(self) -> _common_pb2.TokenUsage:
+        """Tokens spent by all turns."""
+
+    @_builtins.property
+    def keyword_hits(self) -> _containers.RepeatedCompositeFieldContainer[Global___KeywordHit]:
+        """Stop keywords found, in turn order."""
+
+    @_builtins.property
+    def duration(self) -> _duration_pb2.Duration:
+        """From the first turn's start to the last turn's end."""
+
+    def __init__(
+        self,
+        *,
+        conversation: _builtins.str = ...,
+        turns: _builtins.int = ...,
+        agent_turns: _builtins.int = ...,
+        human_turns: _builtins.int = ...,
+        mean_sentiment: _builtins.float = ...,
+        min_sentiment: _builtins.float = ...,
+        last_sentiment: _builtins.float = ...,
+        sentiment_slope: _builtins.float = ...,
+        sentiment_trend: _builtins.str = ...,
+        turn_metrics: _abc.Iterable[Global___TurnMetrics] | None = ...,
+        usage: _common_pb2.TokenUsage | None = ...,
+        cost: _builtins.float = ...,
+        keyword_hits: _abc.Iterable[Global___KeywordHit] | None = ...,
+        retrieval_turns: _builtins.int = ...,
+        passages_retrieved: _builtins.int = ...,
+        outcome: _builtins.str = ...,
+        generation_ms: _builtins.float = ...,
+        duration: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_turns", b"agent_turns", "conversation", b"conversation", "cost", b"cost", "duration", b"duration", "generation_ms", b"generation_ms", "human_turns", b"human_turns", "keyword_hits", b"keyword_hits", "last_sentiment", b"last_sentiment", "mean_sentiment", b"mean_sentiment", "min_sentiment", b"min_sentiment", "outcome", b"outcome", "passages_retrieved", b"passages_retrieved", "retrieval_turns", b"retrieval_turns", "sentiment_slope", b"sentiment_slope", "sentiment_trend", b"sentiment_trend", "turn_metrics", b"turn_metrics", "turns", b"turns", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConversationMetrics: _TypeAlias = ConversationMetrics  # noqa: Y015
 
 @_typing.final
 class ConversationEvent(_message.Message):
@@ -1643,6 +2075,78 @@ class SubmitInputResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SubmitInputResponse: _TypeAlias = SubmitInputResponse  # noqa: Y015
+
+@_typing.final
+class GetConversationMetricsRequest(_message.Message):
+    """Request of GetConversationMetrics."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The conversation: `conversations/{conversation}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetConversationMetricsRequest: _TypeAlias = GetConversationMetricsRequest  # noqa: Y015
+
+@_typing.final
+class GetConversationMetricsResponse(_message.Message):
+    """Response of GetConversationMetrics."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METRICS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def metrics(self) -> Global___ConversationMetrics:
+        """The figures."""
+
+    def __init__(
+        self,
+        *,
+        metrics: Global___ConversationMetrics | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["metrics", b"metrics"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["metrics", b"metrics"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetConversationMetricsResponse: _TypeAlias = GetConversationMetricsResponse  # noqa: Y015
+
+@_typing.final
+class DownloadConversationRequest(_message.Message):
+    """Request of DownloadConversation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The conversation: `conversations/{conversation}`."""
+    format: Global___ExportFormat.ValueType
+    """The format; Markdown when unset."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        format: Global___ExportFormat.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DownloadConversationRequest: _TypeAlias = DownloadConversationRequest  # noqa: Y015
 
 @_typing.final
 class SubmitFeedbackRequest(_message.Message):

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from callisto.api.orchestration.v1 import orchestration_pb2 as callisto_dot_orchestration_dot_v1_dot_orchestration__pb2
+from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -101,6 +102,16 @@ class OrchestrationServiceStub:
                 '/callisto.orchestration.v1.OrchestrationService/CancelConversation',
                 request_serializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.CancelConversationRequest.SerializeToString,
                 response_deserializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.CancelConversationResponse.FromString,
+                _registered_method=True)
+        self.GetConversationMetrics = channel.unary_unary(
+                '/callisto.orchestration.v1.OrchestrationService/GetConversationMetrics',
+                request_serializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.GetConversationMetricsRequest.SerializeToString,
+                response_deserializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.GetConversationMetricsResponse.FromString,
+                _registered_method=True)
+        self.DownloadConversation = channel.unary_unary(
+                '/callisto.orchestration.v1.OrchestrationService/DownloadConversation',
+                request_serializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.DownloadConversationRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
                 _registered_method=True)
         self.SubmitFeedback = channel.unary_unary(
                 '/callisto.orchestration.v1.OrchestrationService/SubmitFeedback',
@@ -207,6 +218,24 @@ class OrchestrationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetConversationMetrics(self, request, context):
+        """Figures of a conversation (turns, sentiment and its trend, tokens, cost, keyword hits,
+        retrieval use, outcome), computed from its stored messages: live and replayed alike.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DownloadConversation(self, request, context):
+        """Renders a conversation as a document to download: Markdown or PDF (agents with their
+        companies, roles and prompts, every turn with speaker, sentiment and time, the metrics),
+        or JSON.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SubmitFeedback(self, request, context):
         """Rates an answer (thumbs up or down, with a comment); stored with the message.
         """
@@ -281,6 +310,16 @@ def add_OrchestrationServiceServicer_to_server(servicer, server):
                     servicer.CancelConversation,
                     request_deserializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.CancelConversationRequest.FromString,
                     response_serializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.CancelConversationResponse.SerializeToString,
+            ),
+            'GetConversationMetrics': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConversationMetrics,
+                    request_deserializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.GetConversationMetricsRequest.FromString,
+                    response_serializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.GetConversationMetricsResponse.SerializeToString,
+            ),
+            'DownloadConversation': grpc.unary_unary_rpc_method_handler(
+                    servicer.DownloadConversation,
+                    request_deserializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.DownloadConversationRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             ),
             'SubmitFeedback': grpc.unary_unary_rpc_method_handler(
                     servicer.SubmitFeedback,
@@ -642,6 +681,60 @@ class OrchestrationService:
             '/callisto.orchestration.v1.OrchestrationService/CancelConversation',
             callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.CancelConversationRequest.SerializeToString,
             callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.CancelConversationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetConversationMetrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callisto.orchestration.v1.OrchestrationService/GetConversationMetrics',
+            callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.GetConversationMetricsRequest.SerializeToString,
+            callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.GetConversationMetricsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadConversation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callisto.orchestration.v1.OrchestrationService/DownloadConversation',
+            callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.DownloadConversationRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
             options,
             channel_credentials,
             insecure,

@@ -5,6 +5,7 @@ isort:skip_file
 
 from callisto.api.orchestration.v1 import orchestration_pb2 as _orchestration_pb2
 from collections import abc as _abc
+from google.api import httpbody_pb2 as _httpbody_pb2
 from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc
@@ -64,6 +65,16 @@ class OrchestrationServiceStub:
     """Sends a human turn, or answers a pending approval, in a running conversation."""
     CancelConversation: _grpc.UnaryUnaryMultiCallable[_orchestration_pb2.CancelConversationRequest, _orchestration_pb2.CancelConversationResponse]
     """Stops a running conversation within 2 seconds."""
+    GetConversationMetrics: _grpc.UnaryUnaryMultiCallable[_orchestration_pb2.GetConversationMetricsRequest, _orchestration_pb2.GetConversationMetricsResponse]
+    """Figures of a conversation (turns, sentiment and its trend, tokens, cost, keyword hits,
+    retrieval use, outcome), computed from its stored messages: live and replayed alike.
+    """
+    DownloadConversation: _grpc.UnaryUnaryMultiCallable[_orchestration_pb2.DownloadConversationRequest, _httpbody_pb2.HttpBody]
+    """Renders a conversation as a document to download: Markdown or PDF (agents with their
+    companies, roles and prompts, every turn with speaker, sentiment and time, the metrics),
+    or JSON.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
     SubmitFeedback: _grpc.UnaryUnaryMultiCallable[_orchestration_pb2.SubmitFeedbackRequest, _orchestration_pb2.SubmitFeedbackResponse]
     """Rates an answer (thumbs up or down, with a comment); stored with the message."""
 
@@ -103,6 +114,16 @@ class OrchestrationServiceAsyncStub(OrchestrationServiceStub):
     """Sends a human turn, or answers a pending approval, in a running conversation."""
     CancelConversation: _aio.UnaryUnaryMultiCallable[_orchestration_pb2.CancelConversationRequest, _orchestration_pb2.CancelConversationResponse]  # type: ignore[assignment]
     """Stops a running conversation within 2 seconds."""
+    GetConversationMetrics: _aio.UnaryUnaryMultiCallable[_orchestration_pb2.GetConversationMetricsRequest, _orchestration_pb2.GetConversationMetricsResponse]  # type: ignore[assignment]
+    """Figures of a conversation (turns, sentiment and its trend, tokens, cost, keyword hits,
+    retrieval use, outcome), computed from its stored messages: live and replayed alike.
+    """
+    DownloadConversation: _aio.UnaryUnaryMultiCallable[_orchestration_pb2.DownloadConversationRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """Renders a conversation as a document to download: Markdown or PDF (agents with their
+    companies, roles and prompts, every turn with speaker, sentiment and time, the metrics),
+    or JSON.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
     SubmitFeedback: _aio.UnaryUnaryMultiCallable[_orchestration_pb2.SubmitFeedbackRequest, _orchestration_pb2.SubmitFeedbackResponse]  # type: ignore[assignment]
     """Rates an answer (thumbs up or down, with a comment); stored with the message."""
 
@@ -217,6 +238,28 @@ class OrchestrationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_orchestration_pb2.CancelConversationResponse, _abc.Awaitable[_orchestration_pb2.CancelConversationResponse]]:
         """Stops a running conversation within 2 seconds."""
+
+    @_abc_1.abstractmethod
+    def GetConversationMetrics(
+        self,
+        request: _orchestration_pb2.GetConversationMetricsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestration_pb2.GetConversationMetricsResponse, _abc.Awaitable[_orchestration_pb2.GetConversationMetricsResponse]]:
+        """Figures of a conversation (turns, sentiment and its trend, tokens, cost, keyword hits,
+        retrieval use, outcome), computed from its stored messages: live and replayed alike.
+        """
+
+    @_abc_1.abstractmethod
+    def DownloadConversation(
+        self,
+        request: _orchestration_pb2.DownloadConversationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """Renders a conversation as a document to download: Markdown or PDF (agents with their
+        companies, roles and prompts, every turn with speaker, sentiment and time, the metrics),
+        or JSON.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
 
     @_abc_1.abstractmethod
     def SubmitFeedback(
