@@ -181,8 +181,7 @@ class OrchestrationSettings(CommonSettings):
     simulation_sources: int = setting(
         "CALLISTO_SIMULATION_SOURCES",
         3,
-        "Passages of its own company's documents an agent with `search_documents` reads per "
-        "turn.",
+        "Passages of its own company's documents an agent with `search_documents` reads per turn.",
     )
     simulation_human_timeout_s: float = setting(
         "CALLISTO_SIMULATION_HUMAN_TIMEOUT_S",
