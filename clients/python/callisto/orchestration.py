@@ -21,8 +21,13 @@ name (`agents/a1`, `agents/a1@rev`) or a bare id (`a1`); conversations likewise
 - `converse(start=... | attach=...)` opens a `Converse` session: `events()` iterates the events
   (re-attaching from the last event id when the stream drops), `send_turn(text)`,
   `approve(...)`, `cancel(reason)` act on the run, `close()` stops watching (the run goes on).
-- `submit_turn`, `submit_approval`, `cancel` (CancelConversation) and `submit_feedback` are
-  unary calls on a conversation by name.
+- `submit_turn` (with `end_conversation` a simulation's human ends it), `submit_approval`,
+  `cancel` (CancelConversation) and `submit_feedback` are unary calls on a conversation by name.
+- Simulations: `suggest_agents(scenario, participate=...)` gives agents to run inline;
+  `simulation_start(scenario, agents=..., inline_agents=..., ...)` builds the `start` that
+  `run()` or `converse()` takes.
+- Read-outs: `get_conversation_metrics` (turns, sentiment trend, tokens, keyword hits, outcome)
+  and `download_conversation` (Markdown, PDF or JSON as a `google.api.HttpBody`).
 
 Every stream object keeps what it saw: `conversation`, `last_event_id`, `resumes`, `text` (the
 tokens of the latest turn; a turn restarted after a take-over starts over), `citations`,
@@ -36,10 +41,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from datetime import timedelta
 from types import TracebackType
 from typing import Any, TypeAlias
 
 import grpc
+from google.api import httpbody_pb2
 from google.protobuf import field_mask_pb2
 from google.rpc import status_pb2
 
@@ -90,6 +97,57 @@ def assistant_start(
         tags=list(tags),
         max_iterations=max_iterations,
         budget=pb.Budget(max_total_tokens=max_total_tokens),
+    )
+
+
+def simulation_start(
+    scenario: str,
+    *,
+    agents: Sequence[str] = (),
+    inline_agents: Sequence[pb.Agent] = (),
+    max_turns: int = 0,
+    stop_keywords: Sequence[str] = (),
+    min_sentiment: float | None = None,
+    timeout_s: float | None = None,
+    max_total_tokens: int = 0,
+    human: pb.HumanParticipant | None = None,
+    human_turn_timeout_s: float | None = None,
+    end_on_human_timeout: bool = False,
+    speaker_selection: pb.SpeakerSelection.ValueType = pb.SPEAKER_SELECTION_UNSPECIFIED,
+    max_turn_tokens: int = 0,
+    title: str = "",
+    tags: Sequence[str] = (),
+) -> pb.StartConversation:
+    """A `StartConversation` of a simulation: the stored `agents` and the `inline_agents` (as
+    SuggestAgents returns them) take turns over `scenario`; with `human`, a person takes a turn
+    every round."""
+    termination = pb.TerminationPolicy(max_turns=max_turns, stop_keywords=list(stop_keywords))
+    if min_sentiment is not None:
+        termination.min_sentiment = min_sentiment
+    if timeout_s is not None:
+        termination.timeout.FromTimedelta(timedelta(seconds=timeout_s))
+    options = pb.SimulationOptions(
+        speaker_selection=speaker_selection,
+        on_human_timeout=(
+            pb.HUMAN_TIMEOUT_ACTION_END if end_on_human_timeout else pb.HUMAN_TIMEOUT_ACTION_SKIP
+        ),
+        max_turn_tokens=max_turn_tokens,
+    )
+    if human is not None:
+        options.human.CopyFrom(human)
+    if human_turn_timeout_s is not None:
+        options.human_turn_timeout.FromTimedelta(timedelta(seconds=human_turn_timeout_s))
+    return pb.StartConversation(
+        title=title,
+        mode=pb.CONVERSATION_MODE_SIMULATION,
+        agents=[agent_name(agent) for agent in agents],
+        inline_agents=list(inline_agents),
+        prompt=scenario,
+        termination=termination,
+        budget=pb.Budget(max_total_tokens=max_total_tokens),
+        human_in_the_loop=human is not None,
+        simulation=options,
+        tags=list(tags),
     )
 
 
@@ -546,19 +604,22 @@ class OrchestrationClient(Facade):
         scenario: str,
         *,
         agent_count: int = 0,
+        participate: bool = False,
         timeout: float | None = None,
         metadata: Metadata | None = None,
-    ) -> list[pb.Agent]:
-        """Two to five agents suggested for a scenario (not created)."""
-        response = await self._unary(
+    ) -> pb.SuggestAgentsResponse:
+        """Two to five agents suggested for a scenario (not created), with the path that made
+        them (`source`) and, with `participate`, the human participant."""
+        return await self._unary(
             self.stub.SuggestAgents,
-            pb.SuggestAgentsRequest(scenario=scenario, agent_count=agent_count),
+            pb.SuggestAgentsRequest(
+                scenario=scenario, agent_count=agent_count, participate=participate
+            ),
             idempotent=True,
             timeout=timeout,
             metadata=metadata,
             response_type=pb.SuggestAgentsResponse,
         )
-        return list(response.agents)
 
     # Runs
 
@@ -637,12 +698,15 @@ class OrchestrationClient(Facade):
         text: str,
         *,
         author: str = "",
+        end_conversation: bool = False,
         timeout: float | None = None,
         metadata: Metadata | None = None,
     ) -> int:
-        """Sends a human turn to a running conversation; returns the id of its event."""
+        """Sends a human turn to a running conversation; returns the id of its event. With
+        `end_conversation`, a simulation ends after it (`text` may then be empty)."""
         request = pb.SubmitInputRequest(
-            name=conversation_name(conversation), turn=pb.HumanTurn(text=text, author=author)
+            name=conversation_name(conversation),
+            turn=pb.HumanTurn(text=text, author=author, end_conversation=end_conversation),
         )
         return await self._submit(request, timeout, metadata)
 
@@ -711,3 +775,43 @@ class OrchestrationClient(Facade):
             response_type=pb.SubmitFeedbackResponse,
         )
         return response.message
+
+    # Read-outs of stored conversations
+
+    async def get_conversation_metrics(
+        self,
+        conversation: str,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> pb.ConversationMetrics:
+        """A conversation's figures: turns, sentiment and its trend, tokens, cost, keyword hits,
+        retrieval use, outcome (the same live and replayed)."""
+        response = await self._unary(
+            self.stub.GetConversationMetrics,
+            pb.GetConversationMetricsRequest(name=conversation_name(conversation)),
+            idempotent=True,
+            timeout=timeout,
+            metadata=metadata,
+            response_type=pb.GetConversationMetricsResponse,
+        )
+        return response.metrics
+
+    async def download_conversation(
+        self,
+        conversation: str,
+        format: pb.ExportFormat.ValueType = pb.EXPORT_FORMAT_MARKDOWN,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> httpbody_pb2.HttpBody:
+        """A conversation rendered as a document: `content_type` and `data` (Markdown, PDF or
+        JSON)."""
+        return await self._unary(
+            self.stub.DownloadConversation,
+            pb.DownloadConversationRequest(name=conversation_name(conversation), format=format),
+            idempotent=True,
+            timeout=timeout,
+            metadata=metadata,
+            response_type=httpbody_pb2.HttpBody,
+        )
