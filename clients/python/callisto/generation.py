@@ -13,6 +13,7 @@ Messages are the `callisto.api.generation.v1.generation_pb2` ones.
   `await g.cancel()` (or `chat.cancel(id)`) stops it mid-stream: its result then has
   `FINISH_REASON_CANCELLED`. Several generations may run at once on one session.
 - `list_models()` → `list[Model]`.
+- `analyze_sentiment(texts)` → one `common_pb2.Sentiment` (label, score in [-1, 1]) per text.
 
 `prompt_or_messages` is a user prompt string or a sequence of `ChatMessage`s; `system=` adds a
 system message in front of a string prompt. `model` is `models/{name}` or a bare name; empty
@@ -347,3 +348,23 @@ class GenerationClient(Facade):
             response_type=pb.ListModelsResponse,
         )
         return list(response.models)
+
+    async def analyze_sentiment(
+        self,
+        texts: Sequence[str],
+        *,
+        model: str = "",
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> list[common_pb2.Sentiment]:
+        """The sentiment of each text, in order (the `sentiment` model unless `model` names
+        another)."""
+        response = await self._unary(
+            self.stub.AnalyzeSentiment,
+            pb.AnalyzeSentimentRequest(texts=list(texts), model=model),
+            idempotent=True,
+            timeout=timeout,
+            metadata=metadata,
+            response_type=pb.AnalyzeSentimentResponse,
+        )
+        return list(response.sentiments)
