@@ -37,7 +37,7 @@ GENERATION_SERVICE = "callisto.generation.v1.GenerationService"
 RETRIEVAL_SERVICE = "callisto.retrieval.v1.RetrievalService"
 ORCHESTRATION_SERVICE = "callisto.orchestration.v1.OrchestrationService"
 # Models the embedded mesh serves from deploy/triton (toy_llm is for tests and benchmarks).
-MESH_MODELS = ["llm", "embedder"]
+MESH_MODELS = ["llm", "embedder", "sentiment"]
 DEMO_TENANT = "demo"
 SAMPLE_TENANTS = ("tessaline-systems", "corvane-data", "marrowick-motors", "conference-demo")
 
