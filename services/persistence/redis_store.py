@@ -23,14 +23,16 @@ read the clock with TIME so every replica and AOF replay agrees on it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from functools import partial
 from typing import Any, TypeVar
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -69,6 +71,13 @@ _FOLLOW_SLICE_SECONDS = 1.0
 _REPLAY_BATCH = 256
 # Compare-and-set rounds of a message update before it gives up as ABORTED.
 _REPLACE_ATTEMPTS = 8
+# Connections of one process for ordinary commands. Redis runs one command at a time, so more
+# would not serve more; calls beyond them queue for a free one, for at most the wait below.
+_CONNECTIONS = 128
+_CONNECTION_WAIT_SECONDS = 5.0
+# Connections for the followers' blocking XREADs: one per live subscriber (each holds its
+# connection for at most a slice). Beyond them a follower polls its log once a slice instead.
+_FOLLOW_CONNECTIONS = 1024
 
 # The finished statuses as a Lua set, from the one Python definition.
 _FINISHED_LUA = ", ".join(f"[{int(status)}] = true" for status in sorted(FINISHED))
@@ -287,9 +296,46 @@ class _Keys:
 _LOST = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
+class PoolExhausted(Exception):
+    """Every connection of a pool stayed busy for the whole wait; nothing was sent to Redis."""
+
+
+class _QueuedPool(BlockingConnectionPool):
+    """A bounded pool whose callers wait their turn for a connection.
+
+    redis-py's default pool refuses a caller outright once `max_connections` (100) are in use,
+    with a ConnectionError that reads like a lost Redis. Here a caller queues; one that waited
+    `wait_seconds` in vain gets PoolExhausted, which says the command was never sent.
+    """
+
+    def __init__(self, *, wait_seconds: float, **kwargs: Any) -> None:
+        super().__init__(timeout=None, **kwargs)
+        self.wait_seconds = wait_seconds
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> AbstractConnection:
+        waiting = asyncio.timeout(self.wait_seconds)
+        try:
+            async with waiting:
+                connection: AbstractConnection = await super().get_connection(  # type: ignore[no-untyped-call]
+                    *args, **kwargs
+                )
+                return connection
+        except TimeoutError as error:
+            if waiting.expired():
+                raise PoolExhausted(
+                    f"all {self.max_connections} Redis connections stayed busy for "
+                    f"{self.wait_seconds:g} s"
+                ) from error
+            raise
+
+
 def _unavailable(what: str = "") -> Unavailable:
     suffix = f", {what}" if what else ""
     return Unavailable(f"storage is unavailable{suffix}", retry_after=1.0)
+
+
+def _busy() -> Unavailable:
+    return Unavailable("storage is busy, nothing was written or read", retry_after=0.2)
 
 
 class RedisStore:
@@ -303,11 +349,25 @@ class RedisStore:
             "socket_connect_timeout": 2.0,
             "retry": Retry(NoBackoff(), 0),
         }
-        self._redis: Redis = Redis.from_url(url, socket_timeout=5.0, **options)
+        self._redis: Redis = Redis.from_pool(
+            _QueuedPool.from_url(
+                url,
+                max_connections=_CONNECTIONS,
+                wait_seconds=_CONNECTION_WAIT_SECONDS,
+                socket_timeout=5.0,
+                **options,
+            )
+        )
         # Blocking XREADs hold their connection for a while; their own pool keeps them from
-        # starving ordinary calls.
-        self._blocking: Redis = Redis.from_url(
-            url, socket_timeout=_FOLLOW_SLICE_SECONDS + 5.0, **options
+        # starving ordinary calls. A follower waits at most one slice for a connection.
+        self._blocking: Redis = Redis.from_pool(
+            _QueuedPool.from_url(
+                url,
+                max_connections=_FOLLOW_CONNECTIONS,
+                wait_seconds=_FOLLOW_SLICE_SECONDS,
+                socket_timeout=_FOLLOW_SLICE_SECONDS + 5.0,
+                **options,
+            )
         )
         self._request_id_ttl = request_id_ttl_seconds
         register = self._redis.register_script
@@ -329,6 +389,8 @@ class RedisStore:
         """Runs one write, never replayed: a lost reply might hide an applied script."""
         try:
             return await call
+        except PoolExhausted as error:  # busy, not lost: the pooled connections are fine
+            raise _busy() from error
         except _LOST as error:
             await self._forget_connections()
             raise _unavailable() from error
@@ -337,10 +399,14 @@ class RedisStore:
         """Runs one read, once more on a fresh connection if the pooled one was dead."""
         try:
             return await call()
+        except PoolExhausted as error:
+            raise _busy() from error
         except _LOST:
             await self._forget_connections()
         try:
             return await call()
+        except PoolExhausted as error:
+            raise _busy() from error
         except _LOST as error:
             raise _unavailable() from error
 
@@ -627,11 +693,21 @@ class RedisStore:
                 # Only a wake-up call: the XRANGE above reads whatever arrived.
                 streams: dict[Any, Any] = {events: f"{delivered}-0"}
                 block_ms = max(1, int(block * 1000))
-                await self._read(partial(self._blocking.xread, streams, count=1, block=block_ms))
+                await self._wake(streams, block_ms)
         except Unavailable as error:
             if stopping.is_set():  # the shutdown notice already names the resume point
                 raise
             raise _unavailable(f"resume from sequence {delivered}") from error
+
+    async def _wake(self, streams: dict[Any, Any], block_ms: int) -> None:
+        """Waits up to `block_ms` for an entry after the given ids (or a slice for a free
+        follow connection: then the caller's next XRANGE polls instead)."""
+
+        async def wake() -> None:
+            with contextlib.suppress(PoolExhausted):
+                await self._blocking.xread(streams, count=1, block=block_ms)
+
+        await self._read(wake)
 
     # Sessions
 
