@@ -59,6 +59,7 @@ from callisto.services.generation.triton import (
     GenerationSpec,
     ModelFailed,
     ModelRejected,
+    SentimentScore,
     TritonBackend,
     TritonDeadline,
     TritonUnavailable,
@@ -74,6 +75,15 @@ EXTRAS_METADATA = "x-callisto-model-extras"
 MAX_STOP_SEQUENCES = 4
 MAX_STOP_LENGTH = 64
 MAX_MESSAGES = 512
+# AnalyzeSentiment bounds (the contract in generation.proto).
+MAX_SENTIMENT_TEXTS = 64
+MAX_SENTIMENT_TEXT_CHARS = 16384
+MAX_SENTIMENT_TOTAL_CHARS = 262144
+SENTIMENT_LABELS = {
+    "negative": common_pb2.SENTIMENT_LABEL_NEGATIVE,
+    "neutral": common_pb2.SENTIMENT_LABEL_NEUTRAL,
+    "positive": common_pb2.SENTIMENT_LABEL_POSITIVE,
+}
 RETRY_AFTER_S = 1.0
 ROLES = {
     common_pb2.ROLE_SYSTEM: "system",
@@ -388,6 +398,18 @@ def _with_instruction(turns: list[ChatTurn], structure: Structure) -> list[ChatT
     if turns and turns[0].role == "system":
         return [ChatTurn("system", f"{turns[0].content}\n\n{instruction}"), *turns[1:]]
     return [ChatTurn("system", instruction), *turns]
+
+
+def _sentiment(score: SentimentScore) -> common_pb2.Sentiment:
+    label = SENTIMENT_LABELS.get(score.label)
+    if label is None or not math.isfinite(score.score) or not -1.0 <= score.score <= 1.0:
+        raise Internal(
+            f"the sentiment model answered {score.label!r} {score.score}; expected negative, "
+            "neutral or positive and a score in [-1, 1]",
+            reason="MODEL_OUTPUT_INVALID",
+        )
+    # FP32 from the model: rounded so 0.7906 reads as 0.7906, not 0.790600001811981.
+    return common_pb2.Sentiment(label=label, score=round(score.score, 6))
 
 
 def _delta(delta: Delta) -> generation_pb2.TokenDelta:
@@ -729,6 +751,78 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
             for task in list(state.tasks):
                 task.cancel()
             await asyncio.gather(reader, stop_watch, *list(state.tasks), return_exceptions=True)
+
+    async def AnalyzeSentiment(
+        self,
+        request: generation_pb2.AnalyzeSentimentRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> generation_pb2.AnalyzeSentimentResponse:
+        model_name = request.model or self._settings.sentiment_model
+        texts = list(request.texts)
+        violations = Violations()
+        match = MODEL_NAME.match(model_name)
+        if match is None:
+            violations.add("model", "must look like models/{model}, e.g. models/sentiment")
+        if not texts:
+            violations.add("texts", "is required: at least one text")
+        elif len(texts) > MAX_SENTIMENT_TEXTS:
+            violations.add("texts", f"must hold at most {MAX_SENTIMENT_TEXTS} texts")
+        total = 0
+        for index, text in enumerate(texts[:MAX_SENTIMENT_TEXTS]):
+            total += len(text)
+            if len(text) > MAX_SENTIMENT_TEXT_CHARS:
+                violations.add(
+                    f"texts[{index}]", f"must be at most {MAX_SENTIMENT_TEXT_CHARS} characters"
+                )
+            elif "\x00" in text:
+                violations.add(f"texts[{index}]", "must be text: it holds a NUL character")
+        if total > MAX_SENTIMENT_TOTAL_CHARS:
+            violations.add(
+                "texts", f"must hold at most {MAX_SENTIMENT_TOTAL_CHARS} characters in all"
+            )
+        violations.raise_if_any()
+        assert match is not None
+        model = match.group(1)
+        if self._runtime.stopping.is_set():
+            raise Unavailable(
+                "the generation service is shutting down",
+                retry_after=RETRY_AFTER_S,
+                reason="SHUTTING_DOWN",
+            )
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            raise DeadlineExceeded("the deadline expired before the texts were scored")
+        info = await self._model_info(model)
+        if not info.ready:
+            raise Unavailable(
+                f"model {model_name} is not loaded in Triton",
+                retry_after=RETRY_AFTER_S,
+                reason="MODEL_NOT_READY",
+            )
+        if info.decoupled:
+            raise InvalidArgument.field(
+                "model", f"{model_name} is a streaming model, not a sentiment model"
+            )
+        # What is left of the caller's deadline after the catalog look-up bounds the call.
+        remaining = context.time_remaining()
+        timeout = self._settings.sentiment_timeout_seconds if remaining is None else remaining
+        if timeout <= 0:
+            raise DeadlineExceeded("the deadline expired before the texts were scored")
+        try:
+            scores = await self._backend.sentiment(model, texts, deadline_s=float(timeout))
+        except ModelRejected as error:
+            raise InvalidArgument.field(
+                "model", f"{model_name} does not take sentiment requests: {error}"
+            ) from error
+        except TritonDeadline as error:
+            raise DeadlineExceeded(
+                "the deadline expired while the model was scoring the texts"
+            ) from error
+        except Exception as error:
+            raise _as_error(error) from error
+        return generation_pb2.AnalyzeSentimentResponse(
+            sentiments=[_sentiment(score) for score in scores], model=f"models/{model}"
+        )
 
     async def ListModels(
         self,

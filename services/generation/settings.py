@@ -43,6 +43,16 @@ class GenerationSettings(CommonSettings):
         600.0,
         "Bound on a generation whose caller set no deadline.",
     )
+    sentiment_model: str = setting(
+        "CALLISTO_GENERATION_SENTIMENT_MODEL",
+        "models/sentiment",
+        "Model AnalyzeSentiment uses when a request names none.",
+    )
+    sentiment_timeout_seconds: float = setting(
+        "CALLISTO_GENERATION_SENTIMENT_TIMEOUT_SECONDS",
+        30.0,
+        "Bound on an AnalyzeSentiment call whose caller set no deadline.",
+    )
     model_extras: bool = setting(
         "CALLISTO_GENERATION_MODEL_EXTRAS",
         False,

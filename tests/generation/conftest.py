@@ -1,5 +1,6 @@
-"""One real tritonserver (toy_llm, plus the real llm when an `llm` test is selected), the real
-generation service in front of it, and a real Envoy gateway in front of that: once per session."""
+"""One real tritonserver (toy_llm and sentiment, plus the real llm when an `llm` test is
+selected), the real generation service in front of it, and a real Envoy gateway in front of that:
+once per session."""
 
 from __future__ import annotations
 

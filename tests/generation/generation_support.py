@@ -28,7 +28,9 @@ def start_triton(workdir: Path, events: Path, with_llm: bool) -> TritonServer:
     environment = ensure_triton_environment(with_llm=with_llm, with_embedder=False)
     server = TritonServer(environment, log_path=workdir / "tritonserver.log")
     env = {**MODEL_ENV, "CALLISTO_TOY_LLM_EVENTS": str(events)}
-    server.start(default_model_repository(), ["toy_llm", *(["llm"] if with_llm else [])], env)
+    server.start(
+        default_model_repository(), ["toy_llm", "sentiment", *(["llm"] if with_llm else [])], env
+    )
     return server
 
 
