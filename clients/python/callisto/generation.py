@@ -361,7 +361,7 @@ class GenerationClient(Facade):
         another)."""
         response = await self._unary(
             self.stub.AnalyzeSentiment,
-            pb.AnalyzeSentimentRequest(texts=list(texts), model=model),
+            pb.AnalyzeSentimentRequest(texts=list(texts), model=model_name(model)),
             idempotent=True,
             timeout=timeout,
             metadata=metadata,
