@@ -9,7 +9,11 @@ arguments take a name (`conversations/c1`) or a bare id (`c1`); sessions likewis
   `request_id` (a fresh UUID per call unless you pass one) that the service deduplicates for
   24 h, so they are retried too without ever writing twice. `update_message_feedback` sets an
   absolute rating (the last one wins), so it is retried as well. Updates and deletes (etag
-  compare-and-set) and `create_session` (no request id in the contract) are never retried.
+  compare-and-set) and `create_session` (no request id in the contract) are not retried, except
+  `update_conversation` / `update_session` with an etag and `retry=True`: a compare-and-set
+  never applies twice, but a retry after a lost reply answers `Aborted` although the first
+  attempt was applied, so that is for callers that reload and merge on `Aborted` anyway (a
+  run's checkpoint).
 - `list_conversations`, `list_messages`, `list_events`, `list_sessions` are async iterators over
   every item, following `next_page_token`; `page_size` is the size of each page fetched.
 - `subscribe_events(conversation, after_sequence=0)` yields `Event`s of the log, live, resuming
@@ -224,14 +228,16 @@ class PersistenceClient(Facade):
         conversation: pb.Conversation,
         update_mask: Sequence[str] | None = None,
         *,
+        retry: bool = False,
         timeout: float | None = None,
         metadata: Metadata | None = None,
     ) -> pb.Conversation:
-        """Updates `update_mask` fields (set fields when None); with `etag`, only if unchanged."""
+        """Updates `update_mask` fields (set fields when None); with `etag`, only if unchanged.
+        With an etag and `retry`, UNAVAILABLE is retried (see the module's notes)."""
         response = await self._unary(
             self.stub.UpdateConversation,
             pb.UpdateConversationRequest(conversation=conversation, update_mask=_mask(update_mask)),
-            idempotent=False,
+            idempotent=retry and bool(conversation.etag),
             timeout=timeout,
             metadata=metadata,
             response_type=pb.UpdateConversationResponse,
@@ -536,14 +542,16 @@ class PersistenceClient(Facade):
         session: pb.Session,
         update_mask: Sequence[str] | None = None,
         *,
+        retry: bool = False,
         timeout: float | None = None,
         metadata: Metadata | None = None,
     ) -> pb.Session:
-        """Writes the session; with its `etag`, only over that exact version (else Aborted)."""
+        """Writes the session; with its `etag`, only over that exact version (else Aborted).
+        With an etag and `retry`, UNAVAILABLE is retried (see the module's notes)."""
         response = await self._unary(
             self.stub.UpdateSession,
             pb.UpdateSessionRequest(session=session, update_mask=_mask(update_mask)),
-            idempotent=False,
+            idempotent=retry and bool(session.etag),
             timeout=timeout,
             metadata=metadata,
             response_type=pb.UpdateSessionResponse,
