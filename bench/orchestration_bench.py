@@ -45,22 +45,22 @@ import collections
 import difflib
 import json
 import os
-import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2
 from orchestration_mesh import BenchMesh, Served, rss_mib
+from orchestration_report import Results, ms, p50, p99, ratio, say, table, verdict
 from orchestration_runs import (
     AnsweredTurn,
     Sequence_,
     Watch,
+    chat_cancel_ms,
     line_up,
     log_gaps,
     token_lags,
@@ -89,49 +89,6 @@ BASELINE_SCHEMA: dict[str, Any] = {
     "required": ["intent", "needs_knowledge"],
 }
 SEARCH_TOOLS = ("search_documents", "search_entities")
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
-
-
-def p50(values: Sequence[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
-def p99(values: Sequence[float]) -> float:
-    return percentile(values, 99) if values else float("nan")
-
-
-def ms(values: Sequence[float]) -> str:
-    if not values:
-        return "n/a"
-    return f"p50 {p50(values):.1f} / p99 {p99(values):.1f} ms"
-
-
-Row = tuple[str, str, str, str, str, str]
-
-
-def table(title: str, rows: Sequence[Row]) -> str:
-    header: Row = ("what", "baseline (same run)", "measured", "ratio", "target", "met")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    out = [title, "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
-    out.append("  ".join("-" * w for w in widths))
-    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(out)
-
-
-def ratio(value: float, base: float) -> str:
-    return f"{value / base:.2f}x" if base > 0 else "n/a"
-
-
-def verdict(ok: bool | None) -> str:
-    return "n/a" if ok is None else ("met" if ok else "MISSED")
-
-
-def say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -197,12 +154,6 @@ class DirectSample:
         return self.wall_ms - self.inside_ms
 
 
-@dataclass
-class Results:
-    rows: list[Row] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-
 class Bench:
     def __init__(self, mesh: BenchMesh, tap: GenerationTap, args: argparse.Namespace) -> None:
         self.mesh = mesh
@@ -214,9 +165,7 @@ class Bench:
         self.turn_samples: list[TurnSample] = []
 
     def row(self, *cells: str) -> None:
-        assert len(cells) == 6
-        self.results.rows.append((cells[0], cells[1], cells[2], cells[3], cells[4], cells[5]))
-        say("  " + " | ".join(cells))
+        self.results.row(*cells)
 
     async def run(self) -> None:
         key = self.mesh.key
@@ -661,19 +610,11 @@ class Bench:
                     latencies.append((done.at - asked) * 1000)
                     reasons.append(done.event.done.reason)
                     tags += [c.tag for c in self.tap.calls if c.plain and c.tag]
-                async with self.tapped.generation.chat() as chat:
-                    generation = await chat.start(
-                        QUESTION, model=TOY_MODEL, max_tokens=args.cancel_tokens
-                    )
-                    items = generation.__aiter__()
-                    while not isinstance(await items.__anext__(), generation_pb2.TokenDelta):
-                        pass
-                    asked = time.perf_counter()
-                    await generation.cancel()
-                    async for _ in items:
-                        pass
-                    if i >= args.warmup:
-                        base.append((time.perf_counter() - asked) * 1000)
+                cancelled_ms = await chat_cancel_ms(
+                    self.tapped, QUESTION, TOY_MODEL, args.cancel_tokens
+                )
+                if i >= args.warmup:
+                    base.append(cancelled_ms)
         finally:
             self.tap.pacing = None
         cancelled = sum(r == "cancelled" for r in reasons)

@@ -1,8 +1,8 @@
-"""The mesh the orchestration benchmark runs against, started on free ports.
+"""The mesh the orchestration and simulation benchmarks run against, started on free ports.
 
-Real Redis, one tritonserver (toy_llm and the embedder, plus the real `llm` when asked), the
-persistence, generation and retrieval services, two orchestration processes and two Envoy
-gateways:
+Real Redis, one tritonserver (toy_llm and the embedder, plus the real `llm` and the `sentiment`
+model when asked), the persistence, generation and retrieval services, two orchestration
+processes and two Envoy gateways:
 
 - `orchestration` calls the generation service directly; Envoy `gateway` fronts it with the
   other three services (the deployed shape).
@@ -125,17 +125,26 @@ class ServiceMetrics:
 class BenchMesh:
     """Starts everything from the main thread (children die with it) and stops it at exit."""
 
-    def __init__(self, workdir: Path, stack: ExitStack, *, with_llm: bool) -> None:
+    def __init__(
+        self, workdir: Path, stack: ExitStack, *, with_llm: bool, with_sentiment: bool = False
+    ) -> None:
         self.workdir = workdir
         self.stack = stack
         self.with_llm = with_llm
         self.redis = RedisServer(workdir / "redis")
         self.redis.start()
         stack.callback(self.redis.stop)
-        environment = ensure_triton_environment(with_llm=with_llm, with_embedder=True)
+        environment = ensure_triton_environment(
+            with_llm=with_llm, with_embedder=True, with_sentiment=with_sentiment
+        )
         self.triton = TritonServer(environment, log_path=workdir / "tritonserver.log")
         self.toy_events = workdir / "toy_events.jsonl"
-        models = ["toy_llm", "embedder", *(["llm"] if with_llm else [])]
+        models = [
+            "toy_llm",
+            "embedder",
+            *(["sentiment"] if with_sentiment else []),
+            *(["llm"] if with_llm else []),
+        ]
         self.triton.start(
             default_model_repository(),
             models,

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 import callisto
+from callisto.api.generation.v1 import generation_pb2
 from callisto.api.orchestration.v1 import orchestration_pb2 as pb
 from callisto.orchestration import ConverseSession, assistant_start
 
@@ -54,6 +55,11 @@ class Watch:
         self._reader: asyncio.Task[None] | None = None
 
     @classmethod
+    def of(cls, client: callisto.Client, start: pb.StartConversation) -> Watch:
+        """A watch of the run `start` begins (any mode: an assistant turn, a simulation)."""
+        return cls(client.orchestration.converse(start=start))
+
+    @classmethod
     def start(
         cls,
         client: callisto.Client,
@@ -70,7 +76,7 @@ class Watch:
             title=prompt[:80],
             max_iterations=max_iterations,
         )
-        return cls(client.orchestration.converse(start=start))
+        return cls.of(client, start)
 
     async def __aenter__(self) -> Watch:
         self.opened_at = time.perf_counter()
@@ -188,6 +194,23 @@ class AnsweredTurn:
     @property
     def tool_ms(self) -> float:
         return sum(call.duration_ms for call in self.tool_calls)
+
+
+async def chat_cancel_ms(
+    client: callisto.Client, prompt: str, model: str, max_tokens: int
+) -> float:
+    """Milliseconds from cancelling a generation on a Chat stream, once its first token came,
+    to the end of its results: the cancel baseline of a run's cancel."""
+    async with client.generation.chat() as chat:
+        generation = await chat.start(prompt, model=model, max_tokens=max_tokens)
+        items = generation.__aiter__()
+        while not isinstance(await items.__anext__(), generation_pb2.TokenDelta):
+            pass
+        asked = time.perf_counter()
+        await generation.cancel()
+        async for _ in items:
+            pass
+        return (time.perf_counter() - asked) * 1000
 
 
 # --- event sequences ----------------------------------------------------------------------

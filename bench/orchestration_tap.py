@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +41,8 @@ class TappedCall:
     deltas: list[tuple[float, str]] = field(default_factory=list)
     ended: float = 0.0
     tag: str = ""
+    # The prompt's messages, joined by newlines (to tell which run a generation served).
+    prompt: str = ""
 
     @property
     def text(self) -> str:
@@ -137,7 +139,9 @@ class GenerationTap:
             self._cap(request.parameters)
             request_bytes = request.SerializeToString()
         tag, metadata = self._metadata(context, plain)
-        call_record = TappedCall("Generate", time.perf_counter(), plain, tag=tag)
+        call_record = TappedCall(
+            "Generate", time.perf_counter(), plain, tag=tag, prompt=_prompt(request.messages)
+        )
         self.calls.append(call_record)
         upstream = self._channel.unary_stream(f"/{SERVICE}/Generate", None, None)(
             request_bytes, metadata=metadata, timeout=context.time_remaining()
@@ -173,7 +177,9 @@ class GenerationTap:
                     if plain:
                         self._cap(start.parameters)
                         raw = message.SerializeToString()
-                    record = TappedCall("Chat", time.perf_counter(), plain, tag=tag)
+                    record = TappedCall(
+                        "Chat", time.perf_counter(), plain, tag=tag, prompt=_prompt(start.messages)
+                    )
                     records[start.generation_id] = record
                     self.calls.append(record)
                 yield raw
@@ -209,6 +215,10 @@ class GenerationTap:
             await _abort_like(context, error)
             raise
         return reply
+
+
+def _prompt(messages: Sequence[pb.ChatMessage]) -> str:
+    return "\n".join(message.content for message in messages)
 
 
 async def _abort_like(
