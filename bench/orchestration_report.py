@@ -44,7 +44,8 @@ def table(title: str, rows: Sequence[Row]) -> str:
 
 
 def ratio(value: float, base: float) -> str:
-    return f"{value / base:.2f}x" if base > 0 else "n/a"
+    # NaN (no samples) compares false both ways.
+    return f"{value / base:.2f}x" if base > 0 and value == value else "n/a"
 
 
 def verdict(ok: bool | None) -> str:
