@@ -39,7 +39,13 @@ ORCHESTRATION_SERVICE = "callisto.orchestration.v1.OrchestrationService"
 # Models the embedded mesh serves from deploy/triton (toy_llm is for tests and benchmarks).
 MESH_MODELS = ["llm", "embedder", "sentiment"]
 DEMO_TENANT = "demo"
-SAMPLE_TENANTS = ("tessaline-systems", "corvane-data", "marrowick-motors", "conference-demo")
+SAMPLE_TENANTS = (
+    "tessaline-systems",
+    "corvane-data",
+    "marrowick-motors",
+    "sales-simulation",
+    "conference-demo",
+)
 
 
 @dataclass

@@ -1,10 +1,13 @@
 """Ingest the bundled `samples/` and create the sample agents, idempotently: a second run
 changes nothing.
 
-Each company folder goes into its own tenant (documents tagged from its `tenant.json`), the
-conference entities into `conference-demo` through `BatchUpsertEntities`. Document ids, titles
-and source URIs derive only from the sample files, and the service skips documents whose bytes
-and metadata are unchanged and re-embeds only entity records whose text changed.
+Each company folder goes into its own tenant (documents tagged from its `tenant.json`), all
+three together into `sales-simulation` (each document also tagged `company:<folder>`, so a
+simulation between the companies' agents finds each company's own documents by its `company`
+attribute), the conference entities into `conference-demo` through `BatchUpsertEntities`.
+Document ids, titles and source URIs derive only from the sample files, and the service skips
+documents whose bytes and metadata are unchanged and re-embeds only entity records whose text
+changed.
 
 The sample agents have fixed ids, so the commands the banner prints stay the same across starts:
 `agents/conference-assistant` in `conference-demo` (entity and document search over the
@@ -27,10 +30,13 @@ from callisto.api.retrieval.v1 import retrieval_pb2 as pb
 from callisto.attributes import to_proto as attribute_to_proto
 from callisto.client import Client
 from callisto.deploy import samples_dir
+from callisto.documents import document_id_from
 from callisto.errors import NotFound
 from callisto.ingest.folder import FileSpec, IngestReport, discover, file_spec
 
 COMPANY_TENANTS = ("tessaline-systems", "corvane-data", "marrowick-motors")
+# The tenant holding every company's documents, for simulations between the companies.
+SIMULATION_TENANT = "sales-simulation"
 CONFERENCE_TENANT = "conference-demo"
 ENTITY_BATCH = 100
 CONFERENCE_AGENT = "conference-assistant"
@@ -74,6 +80,30 @@ def company_specs(folder: Path) -> list[FileSpec]:
     return specs
 
 
+def simulation_specs(root: Path) -> list[FileSpec]:
+    """The documents of every company folder under `root/tenants`, for one tenant: each keeps
+    its company attribute and gains the tag `company:<folder>`; ids are prefixed by the folder
+    so two companies' files of one name stay two documents."""
+    specs = []
+    for tenant in COMPANY_TENANTS:
+        folder = root / "tenants" / tenant
+        if not folder.is_dir():
+            continue
+        for spec in company_specs(folder):
+            specs.append(
+                FileSpec(
+                    path=spec.path,
+                    document_id=document_id_from(f"{tenant}/{spec.path.name}"),
+                    mime_type=spec.mime_type,
+                    title=spec.title,
+                    source_uri=spec.source_uri,
+                    tags=(*spec.tags, f"company:{tenant}"),
+                    attributes=spec.attributes,
+                )
+            )
+    return specs
+
+
 def entity_messages(path: Path) -> list[pb.Entity]:
     entities = []
     for line in path.read_text(encoding="utf-8").splitlines():
@@ -113,6 +143,14 @@ async def ingest_samples(
         specs = await asyncio.to_thread(company_specs, folder)
         async with await Client.connect(target, api_key=key) as client:
             report.documents[tenant] = await client.retrieval.ingest(specs, timeout=deadline_s)
+    key = keys_by_tenant.get(SIMULATION_TENANT)
+    if key is not None:
+        specs = await asyncio.to_thread(simulation_specs, root)
+        if specs:
+            async with await Client.connect(target, api_key=key) as client:
+                report.documents[SIMULATION_TENANT] = await client.retrieval.ingest(
+                    specs, timeout=deadline_s
+                )
     key = keys_by_tenant.get(CONFERENCE_TENANT)
     entities_path = root / "conference" / "entities.jsonl"
     if key is not None and await asyncio.to_thread(entities_path.exists):
