@@ -21,7 +21,7 @@ from google.protobuf import json_format
 
 from callisto.api.common.v1 import common_pb2
 from callisto.api.orchestration.v1 import orchestration_pb2 as pb
-from callisto.cli.state import MeshState, default_target, mesh_home
+from callisto.cli.connection import api_key_for, target_for
 from callisto.client import Client
 from callisto.errors import CallistoError
 from callisto.orchestration import ConverseSession, agent_name, assistant_start
@@ -248,24 +248,6 @@ async def _interactive(
     return ok
 
 
-def _api_key(api_key: str | None, tenant: str | None, home: Path | None) -> str:
-    if api_key:
-        return api_key
-    if tenant:
-        path = (home or mesh_home()) / "keys" / f"{tenant}.key"
-        try:
-            return path.read_text(encoding="utf-8").strip()
-        except OSError:
-            raise typer.BadParameter(
-                f"no saved key of tenant {tenant!r} at {path} (is the mesh up there?)",
-                param_hint="--tenant",
-            ) from None
-    raise typer.BadParameter(
-        "pass --api-key (or set CALLISTO_API_KEY), or --tenant for a key of the running mesh",
-        param_hint="--api-key",
-    )
-
-
 def chat(
     question: Annotated[
         str | None, typer.Argument(help="The question; interactive when left out.")
@@ -316,8 +298,8 @@ def chat(
         raise typer.BadParameter("--attach takes no --agent or question", param_hint="--attach")
     if after < 0:
         raise typer.BadParameter("must be 0 or more", param_hint="--after")
-    key = _api_key(api_key, tenant, home)
-    address = target or _mesh_target(home)
+    key = api_key_for(api_key, tenant, home)
+    address = target_for(target, home)
     printer = EventPrinter(sys.stdout, as_json=as_json)
 
     async def main() -> bool:
@@ -342,11 +324,3 @@ def chat(
         raise typer.Exit(2) from error
     if not ok:
         raise typer.Exit(1)
-
-
-def _mesh_target(home: Path | None) -> str:
-    if home is not None:
-        state = MeshState.read(home)
-        if state is not None:
-            return state.gateway.removeprefix("http://")
-    return default_target()

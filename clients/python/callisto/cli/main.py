@@ -9,7 +9,9 @@ from __future__ import annotations
 import typer
 
 from callisto.cli.chat import chat
+from callisto.cli.conversations import conversations_app
 from callisto.cli.ingest import ingest
+from callisto.cli.simulate import simulate
 
 
 def client_app() -> typer.Typer:
@@ -21,6 +23,8 @@ def client_app() -> typer.Typer:
     )
     app.command()(ingest)
     app.command()(chat)
+    app.command()(simulate)
+    app.add_typer(conversations_app, name="conversations")
     return app
 
 
