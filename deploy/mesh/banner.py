@@ -10,11 +10,17 @@ import httpx
 
 from callisto.deploy import samples_dir
 from callisto.mesh.launcher import DEMO_TENANT, Mesh, python_bin
-from callisto.mesh.samples import CONFERENCE_AGENT, CONFERENCE_TENANT, SALES_AGENT
+from callisto.mesh.samples import (
+    CONFERENCE_AGENT,
+    CONFERENCE_TENANT,
+    SALES_AGENT,
+    SIMULATION_TENANT,
+)
 
 DEMO_CONVERSATION = "welcome"
 CONFERENCE_QUESTION = "Which sessions talk about cold-chain monitoring, and who speaks?"
 SALES_QUESTION = "What is the list price of the Tessa Edge E410 with 64 GB?"
+SIMULATION_SCENARIO = "Tessaline Systems sells edge servers to Marrowick Motor Works"
 
 
 def _demo_conversation(mesh: Mesh) -> str:
@@ -132,7 +138,7 @@ def _models_examples(mesh: Mesh) -> str:
     entities = shlex.quote(json.dumps({"query": "temperature sensors for vaccines", "pageSize": 3}))
     keys = mesh.config.home / "keys"
     folder = shlex.quote(str(samples_dir() / "tenants" / "corvane-data"))
-    return f"""{_chat_examples(mesh)}
+    return f"""{_chat_examples(mesh)}{_simulation_examples(mesh)}
   # stream tokens from the LLM (SmolLM2 on Triton): NDJSON, server-sent events, gRPC
   curl -sN -H {demo} -d {generate} {http}/v1/models/llm:generate
   curl -sN -H {demo} -H 'accept: text/event-stream' -d {generate} {http}/v1/models/llm:generate
@@ -189,3 +195,27 @@ def _chat_examples(mesh: Mesh) -> str:
   {grpcurl} -plaintext -H {auth} -d {run} \\
       {gateway} callisto.orchestration.v1.OrchestrationService/RunConversation
 {sales}"""
+
+
+def _simulation_examples(mesh: Mesh) -> str:
+    """A simulation between the sample companies (tenant sales-simulation), then finding,
+    replaying and exporting it."""
+    if mesh.orchestration is None or SIMULATION_TENANT not in mesh.keys:
+        return ""
+    callisto = shlex.quote(python_bin("callisto"))
+    connect = (
+        f"--target {mesh.gateway.grpc_target} --home {shlex.quote(str(mesh.config.home))} "
+        f"--tenant {SIMULATION_TENANT}"
+    )
+    return f"""
+  # a sales simulation between the sample companies (tenant {SIMULATION_TENANT}, key
+  # {mesh.keys[SIMULATION_TENANT]}): suggested agents talk it through, each turn streamed with its
+  # sentiment, each agent citing only its own company's documents; --participate to take part
+  {callisto} simulate {connect} \\
+      {shlex.quote(SIMULATION_SCENARIO)} --agents 3 --max-turns 6
+
+  # find past simulations; replay and export the newest (or name one: conversations/<id>)
+  {callisto} conversations list {connect} --simulations --company 'Tessaline Systems'
+  {callisto} conversations replay {connect}
+  {callisto} conversations export {connect} --format pdf -o simulation.pdf
+"""

@@ -7,6 +7,8 @@ one as a document.
 - `replay CONV` streams the conversation's events from the start (StreamConversation) and shows
   them as `callisto simulate` showed them live.
 - `export CONV --format md|pdf|json [-o FILE]` writes what DownloadConversation renders.
+
+Without CONV, `replay` and `export` take the tenant's newest simulation.
 """
 
 from __future__ import annotations
@@ -162,6 +164,19 @@ def _connect(
     return target_for(target, home), api_key_for(api_key, tenant, home)
 
 
+async def resolve(client: Client, conversation: str | None) -> str:
+    """`conversations/{id}` of `conversation`, or of the tenant's newest simulation."""
+    if conversation:
+        return conversation_name(conversation)
+    newest = client.persistence.list_conversations(page_size=1, tags=[SIMULATION_TAG])
+    async for found in newest:
+        return found.name
+    raise typer.BadParameter(
+        "this tenant has no simulation yet: run `callisto simulate` first, or name one",
+        param_hint="CONVERSATION",
+    )
+
+
 def _fail(what: str, error: CallistoError) -> typer.Exit:
     typer.echo(f"{what} failed: {error}", err=True)
     return typer.Exit(2)
@@ -253,7 +268,10 @@ def list_conversations(
 
 @conversations_app.command("replay")
 def replay(
-    conversation: Annotated[str, typer.Argument(help="conversations/<id> or <id>.")],
+    conversation: Annotated[
+        str | None,
+        typer.Argument(help="conversations/<id> or <id>; default: the newest simulation."),
+    ] = None,
     after: Annotated[int, typer.Option("--after", min=0, help="Show events after this id.")] = 0,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print every event as one JSON line.")
@@ -264,13 +282,13 @@ def replay(
     target: TargetOption = None,
 ) -> None:
     """Show a conversation's run again, from its first event, as it was shown live."""
-    name = conversation_name(conversation)
     address, key = _connect(api_key, tenant, home, target)
     console = new_console()
     view = ConversationView(console, as_json=as_json)
 
     async def main() -> bool:
         async with await Client.connect(address, api_key=key) as client:
+            name = await resolve(client, conversation)
             stored = await client.persistence.get_conversation(name)
             if stored.last_sequence <= after:
                 view.note(f"({name} has no events after {after} to replay)")
@@ -302,7 +320,10 @@ def replay(
 
 @conversations_app.command("export")
 def export(
-    conversation: Annotated[str, typer.Argument(help="conversations/<id> or <id>.")],
+    conversation: Annotated[
+        str | None,
+        typer.Argument(help="conversations/<id> or <id>; default: the newest simulation."),
+    ] = None,
     format: Annotated[
         ExportChoice, typer.Option("--format", "-f", help="md, pdf or json.")
     ] = ExportChoice.md,
@@ -316,18 +337,18 @@ def export(
     target: TargetOption = None,
 ) -> None:
     """Save a conversation as Markdown, PDF or JSON: agents, turns with sentiment, metrics."""
-    name = conversation_name(conversation)
     address, key = _connect(api_key, tenant, home, target)
 
-    async def main() -> bytes:
+    async def main() -> tuple[str, bytes]:
         async with await Client.connect(address, api_key=key) as client:
+            name = await resolve(client, conversation)
             body = await client.orchestration.download_conversation(
                 name, EXPORT_FORMATS[format], timeout=120
             )
-        return bytes(body.data)
+        return name, bytes(body.data)
 
     try:
-        data = asyncio.run(main())
+        name, data = asyncio.run(main())
     except CallistoError as error:
         raise _fail("export", error) from error
     if output is not None and str(output) == "-":
