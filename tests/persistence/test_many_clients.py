@@ -78,9 +78,8 @@ async def follow_to_the_end(call: Responses) -> tuple[list[int], pb.EndOfStream]
     sequences: list[int] = []
     while True:
         response = await call.read()
-        if response == grpc.aio.EOF:
+        if not isinstance(response, pb.SubscribeEventsResponse):  # the end of the stream
             break
-        assert isinstance(response, pb.SubscribeEventsResponse)
         if response.HasField("event"):
             sequences.append(response.event.sequence)
         elif response.HasField("end"):
