@@ -1,0 +1,2 @@
+"""Rendering a stored conversation for download: the shared document model (`document`), and
+Markdown, PDF and JSON renderers."""
