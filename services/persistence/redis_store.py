@@ -341,7 +341,14 @@ def _busy() -> Unavailable:
 class RedisStore:
     """Conversations, messages, event logs, sessions and retention policies in Redis."""
 
-    def __init__(self, url: str, *, request_id_ttl_seconds: int = 86400) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        request_id_ttl_seconds: int = 86400,
+        connections: int = _CONNECTIONS,
+        follow_connections: int = _FOLLOW_CONNECTIONS,
+    ) -> None:
         # No automatic retries: a write replayed after a lost reply could duplicate a message.
         # Dead pooled connections are replaced at checkout, so a restarted Redis is picked up.
         options: dict[str, Any] = {
@@ -352,7 +359,7 @@ class RedisStore:
         self._redis: Redis = Redis.from_pool(
             _QueuedPool.from_url(
                 url,
-                max_connections=_CONNECTIONS,
+                max_connections=connections,
                 wait_seconds=_CONNECTION_WAIT_SECONDS,
                 socket_timeout=5.0,
                 **options,
@@ -363,7 +370,7 @@ class RedisStore:
         self._blocking: Redis = Redis.from_pool(
             _QueuedPool.from_url(
                 url,
-                max_connections=_FOLLOW_CONNECTIONS,
+                max_connections=follow_connections,
                 wait_seconds=_FOLLOW_SLICE_SECONDS,
                 socket_timeout=_FOLLOW_SLICE_SECONDS + 5.0,
                 **options,

@@ -1,5 +1,6 @@
 """Many clients at once on the real Redis: more live subscribers and concurrent writers than
-redis-py's default pool holds (100 connections) all get their answers, none an UNAVAILABLE.
+redis-py's default pool holds (100 connections) all get their answers, none an UNAVAILABLE;
+and a store with fewer connections than callers queues them.
 
 Each subscriber blocks in an XREAD on its own follow connection while the writers' scripts
 run, so a pool that refuses callers past its size turns into "storage is unavailable" here."""
@@ -7,6 +8,7 @@ run, so a pool that refuses callers past its size turns into "storage is unavail
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import TYPE_CHECKING
 
 import grpc
@@ -16,6 +18,14 @@ from persistence_test_support import Metadata, new_conversation
 
 from callisto.api.common.v1 import common_pb2
 from callisto.api.persistence.v1 import persistence_pb2 as pb
+from callisto.mesh.processes import RedisServer
+from callisto.services.persistence.models import (
+    ConversationFields,
+    ConversationStatus,
+    EndOfLog,
+    StoredEvent,
+)
+from callisto.services.persistence.redis_store import RedisStore
 
 if TYPE_CHECKING:
     from callisto.api.persistence.v1.persistence_pb2_grpc import PersistenceServiceAsyncStub as Stub
@@ -123,3 +133,50 @@ async def test_subscribers_and_writers_past_the_pool_size_all_succeed(
         assert [1, *sequences] == list(range(1, last + 1))
         assert end.last_sequence == last
         assert end.status == pb.CONVERSATION_STATUS_COMPLETED
+
+
+async def test_a_store_with_fewer_connections_than_callers_queues_them(
+    redis_server: RedisServer,
+) -> None:
+    """Past its pool sizes the store makes callers wait for a connection (writes) or poll
+    their log (followers) instead of refusing them: 2 connections, 1 follow connection,
+    6 followers and 24 writers at once."""
+    store = RedisStore(redis_server.url, connections=2, follow_connections=1)
+    tenant = f"queued-{uuid.uuid4().hex[:8]}"
+    fields = ConversationFields("q", (), (), ConversationStatus.ACTIVE, "", 0)
+    ids = [f"c{i}" for i in range(6)]
+    stopping = asyncio.Event()
+    try:
+        for conversation_id in ids:
+            await store.create_conversation(tenant, conversation_id, fields, "")
+
+        async def follow(conversation_id: str) -> list[int]:
+            got: list[int] = []
+            async for item in store.follow_events(tenant, conversation_id, 0, 60.0, stopping):
+                if isinstance(item, StoredEvent):
+                    got.append(item.sequence)
+                elif isinstance(item, EndOfLog):
+                    return got
+            raise AssertionError(f"{conversation_id}: the follow ended without EndOfLog")
+
+        async def write(conversation_id: str, n: int) -> None:
+            await store.create_event(
+                tenant, conversation_id, "tick", "{}", f"{conversation_id}-{n}"
+            )
+
+        followers = [asyncio.create_task(follow(c)) for c in ids]
+        await asyncio.gather(*(write(c, n) for c in ids for n in range(4)))
+        for conversation_id in ids:
+            await store.update_conversation(
+                tenant,
+                conversation_id,
+                {"status": str(int(ConversationStatus.COMPLETED))},
+                None,
+                "{}",
+            )
+        followed = await asyncio.wait_for(asyncio.gather(*followers), 60)
+        # Four ticks and the status change each, in order, none twice.
+        assert followed == [[1, 2, 3, 4, 5]] * len(ids)
+    finally:
+        stopping.set()
+        await store.close()
