@@ -13,10 +13,14 @@ from callisto.api.orchestration.v1 import orchestration_pb2 as pb
 from callisto.api.orchestration.v1 import orchestration_pb2_grpc as pb_grpc
 from callisto.api.persistence.v1 import persistence_pb2
 from callisto.services.common.errors import FailedPrecondition, InvalidArgument
+from callisto.services.common.tenancy import current_tenant
 from callisto.services.common.validation import Violations
 from callisto.services.orchestration.agents import AgentStore
 from callisto.services.orchestration.backends import Backends
-from callisto.services.orchestration.relay import Unimplemented, relayed
+from callisto.services.orchestration.model_extras import model_extras
+from callisto.services.orchestration.relay import relayed
+from callisto.services.orchestration.settings import OrchestrationSettings
+from callisto.services.orchestration.suggest import AgentSuggester
 from callisto.services.orchestration.tools.registry import ToolRegistry
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -76,7 +80,18 @@ class AgentsRpc(pb_grpc.OrchestrationServiceServicer):
     async def SuggestAgents(
         self, request: pb.SuggestAgentsRequest, context: Context
     ) -> pb.SuggestAgentsResponse:
-        raise Unimplemented("SuggestAgents is not available yet")
+        suggester = getattr(self, "_suggester", None)
+        if not isinstance(suggester, AgentSuggester):
+            # Built at the first call: the settings are the process's, read from the same
+            # environment the server started with.
+            suggester = self._suggester = AgentSuggester(
+                OrchestrationSettings.from_env(),
+                self._backends.generation,
+                self._agents._check,
+                self._tools.names,
+            )
+        extras = model_extras(context, suggester.settings.forward_model_extras)
+        return await suggester.suggest(request, tenant=current_tenant(), model_extras=extras)
 
     async def ListTools(
         self, request: pb.ListToolsRequest, context: Context

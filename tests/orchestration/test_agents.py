@@ -477,8 +477,20 @@ async def test_list_tools_gives_every_builtin_with_its_schema(orch_stub: Stub) -
     assert list(given.tools) == sorted(by_name)
 
 
-async def test_suggest_agents_is_not_implemented_yet(orch_stub: Stub) -> None:
-    error = await failure(
-        orch_stub.SuggestAgents(pb.SuggestAgentsRequest(scenario="a sales negotiation"))
+async def test_suggested_agents_are_not_stored_and_create_agent_accepts_them(
+    orch_stub: Stub,
+) -> None:
+    reply = await orch_stub.SuggestAgents(
+        pb.SuggestAgentsRequest(scenario="Tessaline Systems sells edge servers to Marrowick Motors")
     )
-    assert error.code == grpc.StatusCode.UNIMPLEMENTED
+    assert len(reply.agents) == 3
+    for suggested in reply.agents:
+        assert suggested.name == ""
+        created = await create(orch_stub, suggested)
+        assert (created.display_name, created.company, created.system_prompt) == (
+            suggested.display_name,
+            suggested.company,
+            suggested.system_prompt,
+        )
+        assert list(created.tools) == list(suggested.tools)
+        await orch_stub.DeleteAgent(pb.DeleteAgentRequest(name=created.name))
