@@ -1,6 +1,7 @@
 """A fixed-seed barrage of hostile requests at every generation RPC (Generate, the bidi Chat,
-ListModels): each answer is OK or a client error (never INTERNAL/UNKNOWN), every stream ends with
-exactly one terminal message per generation, and the service stays SERVING and still generates."""
+ListModels, AnalyzeSentiment): each answer is OK or a client error (never INTERNAL/UNKNOWN),
+every stream ends with exactly one terminal message per generation, every sentiment answer has
+one label and score per text, and the service stays SERVING and still generates."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from callisto.mesh.processes import ServiceProcess
 
 MODELS = ("models/toy_llm", "models/nope", "models/../toy_llm", "models/toy_llm\x00", "models/*")
 GENERATION_IDS = ("g1", "g1", "g2", "", "-x", "a" * 129, "g\x00", "g 1", "ünï")
+SENTIMENT_MODELS = ("", "models/sentiment", "models/toy_llm", "models/nope", "sentiment", "models/")
 EXTRAS = (None, "not json", "[]", '{"messages": []}', '{"max_tokens": -1}', "{}")
 ROUNDS = 300
 TIMEOUT_S = 20.0
@@ -56,6 +58,31 @@ def hostile_generate(source: Hostile) -> pb.GenerateRequest:
 def with_extras(source: Hostile, metadata: Metadata) -> Metadata:
     extras = source.rng.choice(EXTRAS)
     return metadata if extras is None else (*metadata, ("x-callisto-model-extras", extras))
+
+
+def hostile_sentiment(source: Hostile) -> pb.AnalyzeSentimentRequest:
+    request = source.request(pb.AnalyzeSentimentRequest())
+    assert isinstance(request, pb.AnalyzeSentimentRequest)
+    if source.rng.random() < 0.6:
+        request.model = source.choice(SENTIMENT_MODELS)
+    return request
+
+
+async def sentiment(
+    stub: pb_grpc.GenerationServiceAsyncStub,
+    request: pb.AnalyzeSentimentRequest,
+    metadata: Metadata,
+) -> grpc.StatusCode:
+    """A client error, or one sentiment per text with a label and a score in [-1, 1]."""
+    code, reply = await call_unary(stub, "AnalyzeSentiment", request, metadata)
+    if code != grpc.StatusCode.OK:
+        return code
+    assert isinstance(reply, pb.AnalyzeSentimentResponse)
+    what = f"AnalyzeSentiment({describe(request)})"
+    assert len(reply.sentiments) == len(request.texts), what
+    for item in reply.sentiments:
+        assert item.label != 0 and -1.0 <= item.score <= 1.0, what
+    return code
 
 
 async def generate(
@@ -133,15 +160,20 @@ async def test_hostile_requests_get_client_errors_and_the_service_keeps_serving(
     # Chat goes over blocking channels (see hostile_support.stream_requests).
     blocking = [blocking_channel(generation.address, api_key=key) for key in keys]
     chat_stubs = [pb_grpc.GenerationServiceStub(channel) for channel in blocking]
+    sentiment_codes: set[grpc.StatusCode] = set()
     for round_index in range(ROUNDS):
         caller = round_index % len(keys)
         metadata = with_extras(source, ())
         caller_stub = stubs[caller]
-        await asyncio.gather(
+        *_, sentiment_code = await asyncio.gather(
             generate(caller_stub, hostile_generate(source), metadata),
             chat(chat_stubs[caller], source, metadata),
             call_unary(caller_stub, "ListModels", source.request(pb.ListModelsRequest()), metadata),
+            sentiment(caller_stub, hostile_sentiment(source), metadata),
         )
+        sentiment_codes.add(sentiment_code)
+    # The barrage reached the model as well as the validation.
+    assert {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT} <= sentiment_codes
 
     for channel in blocking:
         channel.close()
