@@ -25,8 +25,9 @@ _MARKER = re.compile(r"\\\[(\d{1,4})\\\]")
 
 
 def escape_inline(text: str) -> str:
-    """`text` as literal Markdown on one line (newlines become spaces)."""
-    return _escape_line(" ".join(_CONTROLS.sub(" ", text).split()))
+    """`text` as literal Markdown on one line (newlines become spaces), to follow other text
+    on its line (a heading's `#`, a table's `|`, a label)."""
+    return _escape_special(" ".join(_CONTROLS.sub(" ", text).split()))
 
 
 def escape_block(text: str) -> str:
@@ -41,9 +42,12 @@ def escape_block(text: str) -> str:
     return "\n\n".join(paragraphs)
 
 
+def _escape_special(text: str) -> str:
+    return _SPECIAL.sub(lambda m: "\\" + m.group(0), text)
+
+
 def _escape_line(line: str) -> str:
-    escaped = _SPECIAL.sub(lambda m: "\\" + m.group(0), line)
-    escaped = _LINE_START.sub(r"\\\1", escaped)
+    escaped = _LINE_START.sub(r"\\\1", _escape_special(line))
     return _ORDERED.sub(r"\1\\\2", escaped)
 
 

@@ -89,7 +89,7 @@ def render_pdf(document: Document) -> bytes:
     _heading(pdf, document.title, 18)
     _facts(pdf, document)
     notes = list(document.notes)
-    if any(latin1(t.text) != t.text.replace("\t", "    ") for t in document.turns):
+    if any(latin1(t.text).count("?") > t.text.count("?") for t in document.turns):
         notes.append(
             "Characters the PDF font cannot show are printed as '?'; the Markdown and JSON "
             "downloads keep them."
