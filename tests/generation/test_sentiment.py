@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import grpc
 import httpx
 import pytest
 import pytest_asyncio
-from generation_support import generation_env, start_triton, violations
+from generation_support import MODEL_ENV, generation_env, violations
 
 import callisto
 from callisto import errors
@@ -20,13 +19,14 @@ from callisto.api.common.v1 import common_pb2
 from callisto.api.generation.v1 import generation_pb2, generation_pb2_grpc
 from callisto.mesh.gateway import EnvoyGateway
 from callisto.mesh.processes import ServiceProcess, free_port
-from callisto.mesh.triton import TritonServer, default_model_repository
+from callisto.mesh.triton import TritonServer, default_model_repository, ensure_triton_environment
 
 Stub = generation_pb2_grpc.GenerationServiceStub
 
 POSITIVE = "We'd be delighted to sign, this offer is excellent"
 NEUTRAL = "The shipment arrives Tuesday"
 NEGATIVE = "This price is unacceptable and your support has been terrible"
+EMBEDDER_ENV = {"CALLISTO_EMBEDDER_THREADS": "1"}
 
 
 def request(*texts: str, model: str = "") -> generation_pb2.AnalyzeSentimentRequest:
@@ -194,14 +194,19 @@ async def test_invalid_sentiment_requests_over_http_are_400_with_field_violation
     assert fields == ["texts[1]"]
 
 
-# --- Triton down and back ----------------------------------------------------------------
+# --- a Triton of this module's own: another non-streaming model; down and back -------------
+
+OWN_MODELS = ["sentiment", "embedder"]
 
 
 @pytest.fixture(scope="module")
 def outage_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
-    """A Triton of this module's own: the test stops it."""
+    """sentiment and the embedder (a loaded, non-streaming model of another contract); the
+    outage test stops and restarts it."""
     workdir = tmp_path_factory.mktemp("sentiment-outage-triton")
-    server = start_triton(workdir, workdir / "events.jsonl", with_llm=False)
+    environment = ensure_triton_environment(with_llm=False, with_embedder=True)
+    server = TritonServer(environment, log_path=workdir / "tritonserver.log")
+    server.start(default_model_repository(), OWN_MODELS, {**MODEL_ENV, **EMBEDDER_ENV})
     try:
         yield server
     finally:
@@ -218,7 +223,11 @@ def outage_generation(
     service = ServiceProcess(
         "generation",
         free_port(),
-        env=generation_env(service_env, outage_triton.grpc_url),
+        # No toy_llm here: health waits for the sentiment model instead.
+        env={
+            **generation_env(service_env, outage_triton.grpc_url),
+            "CALLISTO_GENERATION_DEFAULT_MODEL": "models/sentiment",
+        },
         log_path=logs / "generation.log",
     )
     service.start()
@@ -229,11 +238,24 @@ def outage_generation(
         service.stop()
 
 
+async def test_a_loaded_model_of_another_contract_is_invalid_argument_on_model(
+    outage_generation: ServiceProcess, api_key: str
+) -> None:
+    async with await callisto.Client.connect(outage_generation.address, api_key=api_key) as client:
+        stub = client.stub(generation_pb2_grpc.GenerationServiceStub)
+        listed = await stub.ListModels(generation_pb2.ListModelsRequest(), timeout=30)
+        embedder = next(m for m in listed.models if m.name == "models/embedder")
+        assert embedder.ready and not embedder.streaming
+        wrong = await field_violations(stub, request(POSITIVE, model="models/embedder"))
+        assert set(wrong) == {"model"}
+        right = await stub.AnalyzeSentiment(request(POSITIVE), timeout=30)
+        assert right.sentiments[0].label == common_pb2.SENTIMENT_LABEL_POSITIVE
+
+
 async def test_triton_down_is_unavailable_with_retry_info_and_it_recovers(
     outage_triton: TritonServer,
     outage_generation: ServiceProcess,
     api_key: str,
-    tmp_path: Path,
 ) -> None:
     async with await callisto.Client.connect(outage_generation.address, api_key=api_key) as client:
         stub = client.stub(generation_pb2_grpc.GenerationServiceStub)
@@ -250,8 +272,8 @@ async def test_triton_down_is_unavailable_with_retry_info_and_it_recovers(
         await asyncio.to_thread(
             outage_triton.start,
             default_model_repository(),
-            ["sentiment"],
-            {"CALLISTO_TOY_LLM_EVENTS": str(tmp_path / "events.jsonl")},
+            OWN_MODELS,
+            {**MODEL_ENV, **EMBEDDER_ENV},
         )
         assert list((await scored_once_back(stub)).sentiments) == list(before.sentiments)
 
