@@ -312,7 +312,7 @@ def models_prepare(cache_dir: CacheOption = None) -> None:
 @models_app.command("serve")
 def models_serve(
     models: Annotated[str, typer.Option(help="Comma-separated model names, or 'all'.")] = (
-        "toy_llm,embedder"
+        "toy_llm,embedder,sentiment"
     ),
     model_repository: Annotated[
         Path | None, typer.Option(help="Model repository (default: the packaged one).")
