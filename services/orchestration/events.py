@@ -64,8 +64,8 @@ def from_log(event: persistence_pb2.Event, conversation: str) -> pb.Conversation
 
 
 def turn_ended(message: persistence_pb2.Message) -> pb.TurnEnded:
-    """A stored message as the `turn_ended` of its speaker (cost and generation time come from
-    the metadata the run stored with an answer)."""
+    """A stored message as the `turn_ended` of its speaker (cost, generation time, turn number,
+    human and keyword hits come from the metadata the run stored with it)."""
     metadata = json_format.MessageToDict(message.metadata) if message.HasField("metadata") else {}
     turn = pb.TurnEnded(
         speaker=message.author,
@@ -75,6 +75,14 @@ def turn_ended(message: persistence_pb2.Message) -> pb.TurnEnded:
         generation_ms=float(metadata.get("generation_ms", 0.0)),
         citations=message.citations,
     )
+    # A simulation's turns say their number, whether the human spoke and the keywords hit.
+    number = metadata.get("turn")
+    if isinstance(number, (int, float)) and 0 < number < 2**31:
+        turn.turn = int(number)
+    turn.human = metadata.get("human") is True
+    hits = metadata.get("keyword_hits")
+    if isinstance(hits, list):
+        turn.keyword_hits.extend(str(hit) for hit in hits if isinstance(hit, str))
     if message.HasField("sentiment"):
         turn.sentiment.CopyFrom(message.sentiment)
     if message.HasField("usage"):

@@ -1,10 +1,13 @@
-"""One run owned by this process: the task that answers a conversation's pending human
-turns one at a time (each a `turn_started`, the assistant's events, the stored answer, a
-`usage`), checkpoints after every step, and ends with `done` (or `error`).
+"""One run owned by this process: `Run` holds what every run shares (the checkpoint with its
+compare-and-set merge, cancel, lease, `done`/`error`, takeover) and answers, as the
+assistant, a conversation's pending human turns one at a time (each a `turn_started`, the
+assistant's events, the stored answer, a `usage`), checkpoints after every step, and ends with
+`done` (or `error`).
 
 Resuming is loading the checkpoint: a run taken over first reads the log after it, so a
 `done` or an answer written just before the previous owner died is kept, not redone; an
-interrupted turn starts over with `turn_started(restarted=true)`.
+interrupted turn starts over with `turn_started(restarted=true)`. A simulation
+(simulation.SimulationRun) is a Run whose `_run`, `_resume_from_log` and `_finish` are its own.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2
@@ -80,6 +83,8 @@ class RunContext:
     store: RunStore
     prices: PriceTable
     leases: Leases
+    # Agent turns of simulations this process generates at once.
+    turn_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(64))
 
 
 class Run:
@@ -102,7 +107,8 @@ class Run:
         self.task: asyncio.Task[None] | None = None
         self._restarted = restarted
         self._cancel_reason = cancel_reason
-        self._turn_task: asyncio.Task[TurnAnswer] | None = None
+        # The work in progress a cancel interrupts (an assistant turn, a simulation's turn).
+        self._turn_task: asyncio.Task[Any] | None = None
         self._finished: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._save_lock = asyncio.Lock()
         self._abandoned = False

@@ -70,6 +70,8 @@ class RunState:
     cancel_requested: bool = False
     # Extras passed to generation for every model call (the test mesh's toy-model knobs).
     model_extras: str = ""
+    # A simulation's set-up and progress (simulation_state.Simulation as JSON); {} otherwise.
+    simulation: dict[str, Any] = field(default_factory=dict)
 
     @property
     def finished(self) -> bool:

@@ -30,6 +30,7 @@ from callisto.services.common.errors import (
 )
 from callisto.services.common.server import Runtime
 from callisto.services.common.tenancy import bind_tenant, current_tenant, reset_tenant
+from callisto.services.common.validation import Violations
 from callisto.services.orchestration import assistant, events
 from callisto.services.orchestration.agents import AgentStore, revision_name
 from callisto.services.orchestration.backends import Backends
@@ -43,6 +44,14 @@ from callisto.services.orchestration.run_state import (
     RunStore,
 )
 from callisto.services.orchestration.settings import OrchestrationSettings
+from callisto.services.orchestration.simulation import (
+    SimulationRun,
+    conversation_for,
+    human_message,
+    request_id,
+    setup,
+)
+from callisto.services.orchestration.simulation_state import Simulation, Speaker, slug
 from callisto.services.orchestration.tools.registry import ToolRegistry
 
 log = logging.getLogger("callisto.orchestration.runs")
@@ -84,6 +93,7 @@ class RunManager:
             store=self.store,
             prices=self.prices,
             leases=self.leases,
+            turn_slots=asyncio.Semaphore(max(1, settings.simulation_max_concurrent_turns)),
         )
         self._runs: dict[RunKey, Run] = {}
         self._background: list[asyncio.Task[None]] = []
@@ -122,6 +132,8 @@ class RunManager:
     async def begin(self, start: pb.StartConversation, model_extras: str = "") -> tuple[str, int]:
         """Starts a run (validated input); returns its conversation and the event id its
         stream follows (the stored prompt's)."""
+        if start.mode == pb.CONVERSATION_MODE_SIMULATION:
+            return await self._begin_simulation(start, model_extras)
         try:
             agent = await self._agents.get(start.agents[0])
         except (NotFound, SdkNotFound):
@@ -224,6 +236,12 @@ class RunManager:
         persistence = self._backends.persistence
         found = await persistence.get_conversation(conversation)
         checkpoint = await self.store.load(conversation)
+        if checkpoint is not None and checkpoint.state.mode == pb.CONVERSATION_MODE_SIMULATION:
+            return await self._submit_simulation(conversation, checkpoint, turn)
+        if turn.end_conversation:
+            raise InvalidArgument.field(
+                "turn.end_conversation", "only a simulation's human can end its conversation"
+            )
         agent = None if checkpoint is not None else await self._participant_agent(found)
         author = turn.author or (checkpoint.state.human if checkpoint else HUMAN)
         message = await persistence.create_message(
@@ -287,6 +305,137 @@ class RunManager:
         await self.store.save(checkpoint)
         run = await self._launch(checkpoint, None, restarted=True, cancel_reason=reason)
         return await run.wait_finished()
+
+    def check_agent(self, v: Violations, agent: pb.Agent, field: str) -> None:
+        """Adds the violations of an inline agent, checked as CreateAgent checks one."""
+        if agent.name:
+            v.add(f"{field}.name", "must be empty: an inline agent is not stored")
+        self._agents._check(v, self._agents._writable(agent), field)
+
+    # Simulations
+
+    async def _begin_simulation(
+        self, start: pb.StartConversation, model_extras: str
+    ) -> tuple[str, int]:
+        v = Violations()
+        taken: set[str] = set()
+        speakers: list[Speaker] = []
+        for index, name in enumerate(start.agents):
+            try:
+                agent = await self._agents.get(name)
+            except (NotFound, SdkNotFound):
+                v.add(f"start.agents[{index}]", "no such agent")
+                continue
+            participant = slug(_agent_id(agent.name), taken)
+            speakers.append(Speaker(participant, revision_name(agent), agent))
+        for inline in start.inline_agents:
+            spec = self._agents._writable(inline)
+            speakers.append(Speaker(slug(spec.display_name, taken), "", spec))
+        human = start.simulation.human.id or HUMAN
+        if start.human_in_the_loop and human in taken:
+            v.add("start.simulation.human.id", f"{human!r} is the participant id of an agent")
+        v.raise_if_any()
+        simulation = setup(
+            start,
+            speakers,
+            human_timeout_s=self.settings.simulation_human_timeout_s,
+            default_turn_tokens=self.settings.simulation_turn_max_tokens,
+        )
+        run_id = uuid.uuid4().hex
+        conversation = await self._backends.persistence.create_conversation(
+            conversation_for(simulation, start, run_id), request_id=f"{run_id}.conversation"
+        )
+        state = RunState(
+            run_id=run_id,
+            tenant=current_tenant(),
+            conversation=conversation.name,
+            mode=pb.CONVERSATION_MODE_SIMULATION,
+            agent=speakers[0].agent,
+            speaker=speakers[0].participant,
+            human=simulation.human.id if simulation.human is not None else "",
+            max_iterations=0,
+            max_total_tokens=start.budget.max_total_tokens,
+            start_after=conversation.last_sequence,
+            owner=self.owner,
+            model_extras=model_extras,
+            simulation=simulation.to_json(),
+        )
+        checkpoint = await self.store.claim(state, None)
+        await self._launch(checkpoint, None, restarted=False)
+        return conversation.name, state.start_after
+
+    async def _submit_simulation(
+        self, conversation: str, checkpoint: Checkpoint, turn: pb.HumanTurn
+    ) -> int:
+        """The human's turn of a simulation: stored as turn N when the run awaits it (once,
+        whoever retries), or the end of the conversation."""
+        state = checkpoint.state
+        if state.finished:
+            raise FailedPrecondition(f"{conversation}'s simulation has ended ({state.status})")
+        key = RunKey(current_tenant(), conversation)
+        local = self._runs.get(key)
+        if isinstance(local, SimulationRun) and local.state.run_id == state.run_id:
+            simulation, state = local.sim, local.state
+        else:
+            local = None
+            simulation = Simulation.from_json(state.simulation)
+        human = simulation.human
+        if human is None:
+            raise FailedPrecondition(f"{conversation}'s simulation has no human participant")
+        if turn.author and turn.author != human.id:
+            raise InvalidArgument.field(
+                "turn.author", f"the human of this simulation is {human.id!r}"
+            )
+        number = state.turns + 1
+        if simulation.awaiting_turn == number and turn.text.strip():
+            scores = await self._backends.generation.analyze_sentiment([turn.text])
+            message = await self._backends.persistence.create_message(
+                conversation,
+                human_message(
+                    state,
+                    simulation,
+                    number,
+                    turn.text,
+                    scores[0] if scores else common_pb2.Sentiment(),
+                    end=turn.end_conversation,
+                ),
+                request_id=request_id(state.run_id, number),
+            )
+            if message.author != human.id:
+                raise FailedPrecondition(
+                    f"turn {number} of {conversation} went to {message.author} first"
+                )
+            return int(message.event_sequence)
+        if not turn.end_conversation:
+            speaker = simulation.next_speaker()
+            raise FailedPrecondition(
+                f"it is {simulation.name_of(speaker)}'s turn ({speaker}, turn {number}), not "
+                f"{human.id}'s: send a turn after the awaiting_input that asks for it"
+            )
+        if local is not None:
+            local.request_end()
+            return await local.wait_finished()
+        return await self._end_remote(conversation)
+
+    async def _end_remote(self, conversation: str) -> int:
+        """Asks the replica running a simulation to end it (through its checkpoint)."""
+        for _ in range(CAS_ATTEMPTS):
+            checkpoint = await self.store.load(conversation)
+            if checkpoint is None or checkpoint.state.finished:
+                raise FailedPrecondition(f"{conversation} has no simulation in progress to end")
+            checkpoint.state.simulation["end_requested"] = True
+            try:
+                await self.store.save(checkpoint)
+            except Aborted:
+                continue
+            done = await self._wait_done(conversation, checkpoint.state.start_after)
+            if done:
+                return done
+            raise Unavailable(
+                "the simulation's owner has not ended it yet; it ends at its next step",
+                retry_after=1.0,
+            )
+        raise Unavailable("the run kept changing while its end was asked; retry", retry_after=0.2)
 
     # Internals
 
@@ -369,9 +518,20 @@ class RunManager:
         # the lease is this process's whoever held it before.
         await self.leases.take(key)
         await self.leases.index(key, checkpoint.state.run_id)
-        run = Run(
-            self._context, key, checkpoint, agent, restarted=restarted, cancel_reason=cancel_reason
-        )
+        run: Run
+        if checkpoint.state.mode == pb.CONVERSATION_MODE_SIMULATION:
+            run = SimulationRun(
+                self._context, key, checkpoint, restarted=restarted, cancel_reason=cancel_reason
+            )
+        else:
+            run = Run(
+                self._context,
+                key,
+                checkpoint,
+                agent,
+                restarted=restarted,
+                cancel_reason=cancel_reason,
+            )
         self._runs[key] = run
         run.task = asyncio.create_task(run.main())
         run.task.add_done_callback(lambda _: self._forget(key, run))

@@ -7,10 +7,11 @@ import asyncio
 import contextlib
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
+from google.protobuf import duration_pb2
 
 from callisto import errors as sdk
 from callisto.api.orchestration.v1 import orchestration_pb2 as pb
@@ -30,9 +31,18 @@ MAX_TAG = 128
 MAX_REASON = 1024
 MAX_ITERATIONS = 5
 _LATER_MODES = {
-    pb.CONVERSATION_MODE_SIMULATION: "simulation",
     pb.CONVERSATION_MODE_WORKFLOW: "workflow",
 }
+# Simulation bounds (the contract in orchestration.proto).
+MIN_PARTICIPANTS, MAX_PARTICIPANTS = 2, 5
+MAX_TURNS = 200
+MAX_STOP_KEYWORDS = 32
+MAX_STOP_KEYWORD = 64
+MAX_TIMEOUT_S = 24 * 3600
+MAX_HUMAN_TIMEOUT_S = 7 * 24 * 3600
+MIN_TURN_TOKENS, MAX_TURN_TOKENS = 16, 1024
+MAX_LABEL = 200
+CheckAgent = Callable[[Violations, pb.Agent, str], None]
 
 
 class RunsRpc(pb_grpc.OrchestrationServiceServicer):
@@ -44,7 +54,9 @@ class RunsRpc(pb_grpc.OrchestrationServiceServicer):
     async def RunConversation(
         self, request: pb.RunConversationRequest, context: Context
     ) -> AsyncIterator[pb.RunConversationResponse]:
-        start = _check_start(request.start, "start", self._runs.settings.max_prompt_chars)
+        start = _check_start(
+            request.start, "start", self._runs.settings.max_prompt_chars, self._runs.check_agent
+        )
         conversation, after = await self._begin(start, context)
         finished = False
         try:
@@ -74,7 +86,9 @@ class RunsRpc(pb_grpc.OrchestrationServiceServicer):
             return
         action = first.WhichOneof("action")
         if action == "start":
-            start = _check_start(first.start, "start", self._runs.settings.max_prompt_chars)
+            start = _check_start(
+                first.start, "start", self._runs.settings.max_prompt_chars, self._runs.check_agent
+            )
             conversation, after = await self._begin(start, context)
         elif action == "attach":
             conversation = _conversation(first.attach.conversation, "attach.conversation")
@@ -215,7 +229,11 @@ def _conversation(name: str, field: str) -> str:
 
 def _check_turn(turn: pb.HumanTurn, field: str, limit: int) -> None:
     v = Violations()
-    v.check(bool(turn.text.strip()), f"{field}.text", "is required")
+    v.check(
+        bool(turn.text.strip()) or turn.end_conversation,
+        f"{field}.text",
+        "is required (it may be empty only with end_conversation)",
+    )
     v.check(len(turn.text) <= limit, f"{field}.text", f"must be at most {limit} characters")
     if turn.author:
         v.check(
@@ -226,18 +244,26 @@ def _check_turn(turn: pb.HumanTurn, field: str, limit: int) -> None:
     v.raise_if_any()
 
 
-def _check_start(start: pb.StartConversation, field: str, limit: int) -> pb.StartConversation:
+def _check_start(
+    start: pb.StartConversation, field: str, limit: int, check_agent: CheckAgent
+) -> pb.StartConversation:
     """The start, validated whole: every bad field is reported at once."""
     if start.mode in _LATER_MODES:
         raise Unimplemented(
             f"{_LATER_MODES[start.mode]} conversations are not available yet; "
-            "use CONVERSATION_MODE_ASSISTANT"
+            "use CONVERSATION_MODE_ASSISTANT or CONVERSATION_MODE_SIMULATION"
         )
+    if start.mode == pb.CONVERSATION_MODE_SIMULATION:
+        return _check_simulation(start, field, limit, check_agent)
     v = Violations()
     if start.mode not in (pb.CONVERSATION_MODE_UNSPECIFIED, pb.CONVERSATION_MODE_ASSISTANT):
         v.add(f"{field}.mode", "is not a known conversation mode")
     if len(start.agents) != 1:
         v.add(f"{field}.agents", "an assistant conversation takes exactly one agent")
+    if start.inline_agents:
+        v.add(f"{field}.inline_agents", "only simulations take inline agents")
+    if start.HasField("simulation"):
+        v.add(f"{field}.simulation", "only simulations take simulation options")
     for index, agent in enumerate(start.agents):
         v.check(
             bool(AGENT_NAME.match(agent)),
@@ -251,6 +277,23 @@ def _check_start(start: pb.StartConversation, field: str, limit: int) -> pb.Star
         f"{field}.max_iterations",
         f"must be between 0 (the default, 2) and {MAX_ITERATIONS}",
     )
+    _check_common(v, start, field)
+    if start.conversation:
+        try:
+            parse_name(start.conversation, "conversations", f"{field}.conversation")
+        except InvalidArgument as error:
+            for violation in error.violations:
+                v.add(violation.field, violation.description)
+    if start.HasField("plan") and start.plan.steps:
+        v.add(f"{field}.plan", "only workflow conversations take a plan")
+    if start.human_in_the_loop:
+        v.add(f"{field}.human_in_the_loop", "only simulations ask a human every round")
+    v.raise_if_any()
+    return start
+
+
+def _check_common(v: Violations, start: pb.StartConversation, field: str) -> None:
+    """Budget, title and tags, the same for every mode."""
     v.check(
         start.budget.max_total_tokens >= 0,
         f"{field}.budget.max_total_tokens",
@@ -264,16 +307,116 @@ def _check_start(start: pb.StartConversation, field: str, limit: int) -> pb.Star
             f"{field}.tags[{index}]",
             f"must be 1-{MAX_TAG} characters, not blank",
         )
+
+
+def _seconds(duration: duration_pb2.Duration) -> float:
+    return float(duration.seconds) + duration.nanos / 1e9
+
+
+def _valid_duration(duration: duration_pb2.Duration) -> bool:
+    """A well-formed, non-negative protobuf Duration."""
+    return bool(
+        duration.seconds >= 0 and 0 <= duration.nanos < 1_000_000_000 and duration.seconds < 2**40
+    )
+
+
+def _check_simulation(
+    start: pb.StartConversation, field: str, limit: int, check_agent: CheckAgent
+) -> pb.StartConversation:
+    v = Violations()
+    count = len(start.agents) + len(start.inline_agents)
+    v.check(
+        MIN_PARTICIPANTS <= count <= MAX_PARTICIPANTS,
+        f"{field}.agents",
+        f"a simulation takes {MIN_PARTICIPANTS}-{MAX_PARTICIPANTS} agents (agents and "
+        f"inline_agents together; the human does not count), not {count}",
+    )
+    for index, agent in enumerate(start.agents[: MAX_PARTICIPANTS + 1]):
+        v.check(
+            bool(AGENT_NAME.match(agent)),
+            f"{field}.agents[{index}]",
+            "must look like agents/{agent} or agents/{agent}@{revision}",
+        )
+    for index, inline in enumerate(start.inline_agents[: MAX_PARTICIPANTS + 1]):
+        check_agent(v, inline, f"{field}.inline_agents[{index}]")
+    v.check(bool(start.prompt.strip()), f"{field}.prompt", "is required (the scenario)")
+    v.check(len(start.prompt) <= limit, f"{field}.prompt", f"must be at most {limit} characters")
     if start.conversation:
-        try:
-            parse_name(start.conversation, "conversations", f"{field}.conversation")
-        except InvalidArgument as error:
-            for violation in error.violations:
-                v.add(violation.field, violation.description)
-    if start.HasField("plan") and start.plan.steps:
+        v.add(f"{field}.conversation", "a simulation starts a conversation of its own")
+    if start.max_iterations:
+        v.add(f"{field}.max_iterations", "only assistant conversations take max_iterations")
+    if start.HasField("plan"):
         v.add(f"{field}.plan", "only workflow conversations take a plan")
-    if start.human_in_the_loop:
-        v.add(f"{field}.human_in_the_loop", "only simulations ask a human every round")
+    _check_common(v, start, field)
+    policy = start.termination
+    where = f"{field}.termination"
+    v.check(
+        0 <= policy.max_turns <= MAX_TURNS,
+        f"{where}.max_turns",
+        f"must be between 0 (the default, 10) and {MAX_TURNS}",
+    )
+    v.check(
+        len(policy.stop_keywords) <= MAX_STOP_KEYWORDS,
+        f"{where}.stop_keywords",
+        f"at most {MAX_STOP_KEYWORDS} keywords",
+    )
+    for index, keyword in enumerate(policy.stop_keywords[:MAX_STOP_KEYWORDS]):
+        v.check(
+            bool(keyword.strip()) and len(keyword) <= MAX_STOP_KEYWORD,
+            f"{where}.stop_keywords[{index}]",
+            f"must be 1-{MAX_STOP_KEYWORD} characters, not blank",
+        )
+    for name in ("min_sentiment", "max_sentiment"):
+        if policy.HasField(name):
+            value = getattr(policy, name)
+            v.check(-1.0 <= value <= 1.0, f"{where}.{name}", "must be between -1 and 1")
+    if policy.HasField("timeout"):
+        v.check(
+            _valid_duration(policy.timeout) and _seconds(policy.timeout) <= MAX_TIMEOUT_S,
+            f"{where}.timeout",
+            "must be between 0 (no limit) and 24 hours",
+        )
+    options = start.simulation
+    v.check(
+        options.speaker_selection in pb.SpeakerSelection.values(),
+        f"{field}.simulation.speaker_selection",
+        "is not a known speaker selection",
+    )
+    v.check(
+        options.on_human_timeout in pb.HumanTimeoutAction.values(),
+        f"{field}.simulation.on_human_timeout",
+        "is not a known human timeout action",
+    )
+    if options.HasField("human"):
+        if not start.human_in_the_loop:
+            v.add(f"{field}.simulation.human", "needs human_in_the_loop")
+        human = options.human
+        if human.id:
+            v.check(
+                bool(PARTICIPANT_ID.match(human.id)),
+                f"{field}.simulation.human.id",
+                "must be 1-64 letters, digits, '_', '.', ':' or '-', starting with a letter or "
+                "digit",
+            )
+        for name in ("display_name", "role", "company"):
+            v.check(
+                len(getattr(human, name)) <= MAX_LABEL,
+                f"{field}.simulation.human.{name}",
+                f"must be at most {MAX_LABEL} characters",
+            )
+    if options.HasField("human_turn_timeout"):
+        timeout = options.human_turn_timeout
+        v.check(
+            _valid_duration(timeout) and 0 < _seconds(timeout) <= MAX_HUMAN_TIMEOUT_S,
+            f"{field}.simulation.human_turn_timeout",
+            "must be more than 0 and at most 7 days",
+        )
+    v.check(
+        options.max_turn_tokens == 0
+        or MIN_TURN_TOKENS <= options.max_turn_tokens <= MAX_TURN_TOKENS,
+        f"{field}.simulation.max_turn_tokens",
+        f"must be 0 (the default) or {MIN_TURN_TOKENS}-{MAX_TURN_TOKENS}",
+    )
     v.raise_if_any()
     return start
 

@@ -69,7 +69,7 @@ UNARY = (
     "SubmitFeedback",
 )
 TOOLS = ("search_documents", "search_entities", "calculator", "current_time", "get_conversation")
-LATER_MODES = (pb.CONVERSATION_MODE_SIMULATION, pb.CONVERSATION_MODE_WORKFLOW)
+LATER_MODES = (pb.CONVERSATION_MODE_WORKFLOW,)
 
 
 def assistant(agent: str, prompt: str, **fields: Any) -> pb.StartConversation:

@@ -1,6 +1,7 @@
 """What the run RPCs refuse: invalid starts (every bad field named, with its path), an agent
-that does not exist, modes of later releases, approvals without workflows, malformed names;
-and another tenant's conversation is NOT_FOUND on every run RPC."""
+that does not exist, workflows (a later release), simulation fields on an assistant start,
+approvals without workflows, malformed names; and another tenant's conversation is NOT_FOUND
+on every run RPC."""
 
 from __future__ import annotations
 
@@ -90,14 +91,32 @@ async def test_a_start_with_an_unknown_agent_is_invalid_at_its_path(
     assert set(_violations(error)) == {"start.agents[0]"}
 
 
-async def test_simulations_and_workflows_are_unimplemented_for_now(
+async def test_workflows_are_unimplemented_for_now(
     orch_stub: pb_grpc.OrchestrationServiceAsyncStub, agent: str
 ) -> None:
-    for mode in (pb.CONVERSATION_MODE_SIMULATION, pb.CONVERSATION_MODE_WORKFLOW):
-        request = pb.StartConversation(agents=[agent], prompt="hi", mode=mode)
-        error = await _run_error(orch_stub, request)
-        assert error.code() == grpc.StatusCode.UNIMPLEMENTED
-        assert "ASSISTANT" in (error.details() or "")
+    request = pb.StartConversation(agents=[agent], prompt="hi", mode=pb.CONVERSATION_MODE_WORKFLOW)
+    error = await _run_error(orch_stub, request)
+    assert error.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "ASSISTANT" in (error.details() or "")
+
+
+async def test_an_assistant_start_refuses_what_only_simulations_take(
+    orch_stub: pb_grpc.OrchestrationServiceAsyncStub, agent: str
+) -> None:
+    bad = start(
+        agent,
+        "hello",
+        inline_agents=[pb.Agent(display_name="Ivy", system_prompt="Buy.")],
+        simulation=pb.SimulationOptions(max_turn_tokens=32),
+        human_in_the_loop=True,
+    )
+    error = await _run_error(orch_stub, bad)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert set(_violations(error)) == {
+        "start.inline_agents",
+        "start.simulation",
+        "start.human_in_the_loop",
+    }
 
 
 async def test_converse_refuses_a_bad_first_message_and_approvals(
