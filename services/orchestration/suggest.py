@@ -329,6 +329,10 @@ def _company(given: str, side: str, plan: Plan) -> tuple[str, bool]:
     for named in companies.named:
         if given.casefold() == named.casefold():
             return named, False
+    for named in companies.named:
+        # "Marrowick" or "Marrowick Motors Inc." is Marrowick Motors.
+        if given and (_within(given, named) or _within(named, given)):
+            return named, False
     if given and len(given.split()) <= 6:
         found = re.search(rf"(?<!\w){re.escape(given)}(?!\w)", plan.scenario, re.IGNORECASE)
         if found is not None:
@@ -343,24 +347,29 @@ def _company(given: str, side: str, plan: Plan) -> tuple[str, bool]:
     return given, False
 
 
+def _within(part: str, whole: str) -> bool:
+    """Whether `part` is a run of whole words of `whole`, case-insensitively."""
+    return re.search(rf"(?<!\w){re.escape(part)}(?!\w)", whole, re.IGNORECASE) is not None
+
+
 def _both_sides(
     drafts: list[Draft], seats: Sequence[Draft], plan: Plan
 ) -> tuple[list[Draft], bool]:
-    """A sale needs someone on each side (the human is the buyer when taking part): agents on
-    the wrong side move to their seat's side, with the seat's role and prompt."""
+    """A sale needs someone on each side (the human is the buyer when taking part): the first
+    seat of a missing side gets the template's agent."""
     companies = plan.companies
     if not (companies.seller and companies.buyer):
         return drafts, False
     needed = {"seller"} if plan.participate else {"seller", "buyer"}
     mended = False
-    for side in sorted(needed):
+    # Twice: moving an agent to the missing side may empty the side it came from.
+    for side in [*sorted(needed)] * 2:
         if any(d.side == side for d in drafts):
             continue
         for index, seat in enumerate(seats):
             if seat.side == side and drafts[index].side != seat.side:
-                drafts[index] = replace(
-                    seat, display_name=drafts[index].display_name or seat.display_name
-                )
+                # Another person, on the other side: the seat's own.
+                drafts[index] = seat
                 mended = True
                 break
     return drafts, mended
@@ -392,12 +401,14 @@ def tools_for(role: str, known: Collection[str]) -> list[str]:
 
 def unique_names(drafts: Sequence[Draft], taken: Collection[str] = ()) -> list[Draft]:
     """The drafts with display names made unique (case-insensitively, also against `taken`):
-    a repeated name gets its company, then a number."""
+    a repeated name (the small model tends to give everyone the same one) becomes the
+    template's name of that seat, else another template name, else gets its company."""
     seen = {name.casefold() for name in taken}
     result = []
-    for draft in drafts:
+    for index, draft in enumerate(drafts):
         name = draft.display_name
-        candidates = [name, _label(f"{name} ({draft.company})", MAX_DISPLAY_NAME)]
+        people = [*PEOPLE[index:], *PEOPLE[:index]]
+        candidates = [name, *people, _label(f"{name} ({draft.company})", MAX_DISPLAY_NAME)]
         candidates += [_label(f"{name} {n}", MAX_DISPLAY_NAME) for n in range(2, 2 + len(drafts))]
         chosen = next(c for c in candidates if c.casefold() not in seen)
         seen.add(chosen.casefold())
@@ -535,8 +546,13 @@ class AgentSuggester:
         )
         try:
             result = await caller.generate(request)
-        except (sdk.InvalidArgument, sdk.NotFound, sdk.PermissionDenied) as error:
-            # Another attempt would be refused the same way.
+        except (
+            sdk.InvalidArgument,
+            sdk.NotFound,
+            sdk.PermissionDenied,
+            sdk.DeadlineExceeded,
+        ) as error:
+            # Another attempt would be refused the same way, or would not finish in time.
             log.warning("agent suggestion cannot use the model: %s", error)
             return _Attempt(None, final=True)
         except sdk.FailedPrecondition as error:

@@ -30,11 +30,11 @@ MAX_PROMPT_SCENARIO = 600
 INSTRUCTIONS = (
     "You cast the participants of a business conversation simulation. Given a scenario and a "
     "number of agents, answer with JSON only: an object with `agents`, exactly that many. Each "
-    "agent has a display_name (a realistic person's full name), a role (job title), a company "
-    "(use the company names the scenario gives), a side (seller: the company that sells or "
-    "pitches; buyer: the company that buys; other: anyone else) and a system_prompt: one or two "
-    "sentences telling the agent, as 'you', what it wants in this conversation. Give every "
-    "company in the scenario at least one agent."
+    "agent is a different person with a display_name (a realistic full name), a role (job "
+    "title), a company (use the company names the scenario gives), a side (seller: the company "
+    "that sells or pitches; buyer: the company that buys; other: anyone else) and a "
+    "system_prompt: one or two sentences telling the agent, as 'you', what it wants in this "
+    "conversation. Give every company in the scenario at least one agent."
 )
 
 

@@ -190,21 +190,25 @@ def test_labels_lose_control_characters_and_are_cut() -> None:
     assert len(drafts[0].display_name) <= suggest.prompts.MAX_NAME
 
 
-def test_repeated_display_names_are_made_unique_also_against_the_human() -> None:
+def test_repeated_display_names_become_template_names_unique_also_against_the_human() -> None:
     drafts = [
         Draft("Ada Quinn", "Account executive", "Tessaline Systems", "seller", "b"),
         Draft("ada quinn", "Procurement lead", "Marrowick Motors", "buyer", "b"),
-        Draft("Ada Quinn", "Solutions engineer", "Tessaline Systems", "seller", "b"),
+        Draft("Priya Shah", "Solutions engineer", "Tessaline Systems", "seller", "b"),
         Draft("You (Marrowick Motors)", "Engineer", "Marrowick Motors", "buyer", "b"),
     ]
     named = suggest.unique_names(drafts, ["You (Marrowick Motors)"])
+    # Names are chosen in order: the second takes its seat's template name, so the third,
+    # now repeating it, takes the next one free.
     names = [d.display_name for d in named]
-    assert names[:3] == [
-        "Ada Quinn",
-        "ada quinn (Marrowick Motors)",
-        "Ada Quinn (Tessaline Systems)",
-    ]
-    assert len({n.casefold() for n in names} | {"you (marrowick motors)"}) == 5
+    assert names == ["Ada Quinn", "Priya Shah", "Daniel Okafor", "Mei Lin"]
+
+
+def test_a_name_repeated_past_every_template_name_gets_its_company() -> None:
+    drafts = [Draft(name, "r", "Acme", "seller", "b") for name in suggest.PEOPLE]
+    drafts.append(Draft("Alex Morgan", "r", "Acme", "seller", "b"))
+    names = [d.display_name for d in suggest.unique_names(drafts)]
+    assert names == [*suggest.PEOPLE, "Alex Morgan (Acme)"]
 
 
 def test_tools_follow_the_role() -> None:
@@ -255,3 +259,27 @@ def test_taking_part_the_human_is_the_buyer_and_takes_one_seat() -> None:
         "Engineering manager",
         "Solutions engineer",
     ]
+
+
+@pytest.mark.parametrize("given", ["Marrowick", "marrowick motors inc.", "Marrowick Motors GmbH"])
+def test_a_company_holding_or_held_in_a_named_one_is_that_one(given: str) -> None:
+    answer = complete()
+    answer["agents"][1]["company"] = given
+    drafts, repaired = suggest.repair(answer, plan())
+    assert not repaired
+    assert drafts[1].company == "Marrowick Motors"
+
+
+def test_moving_an_agent_to_the_missing_side_keeps_the_other_side_filled() -> None:
+    answer = {
+        "agents": [
+            agent(company="Marrowick Motors", side="buyer"),
+            agent(display_name="Bo Lind", company="Brightline Advisory", side="other"),
+        ]
+    }
+    drafts, repaired = suggest.repair(answer, plan(count=2))
+    assert repaired
+    assert [d.side for d in drafts] == ["seller", "buyer"]
+    assert [d.company for d in drafts] == ["Tessaline Systems", "Marrowick Motors"]
+    # Filling the seller's seat emptied the buyer's side: both seats are the template's.
+    assert [d.display_name for d in drafts] == ["Alex Morgan", "Priya Shah"]
