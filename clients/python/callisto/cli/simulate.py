@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 import sys
 import threading
@@ -25,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from callisto._facade import Metadata
 from callisto.api.orchestration.v1 import orchestration_pb2 as pb
 from callisto.cli.connection import (
     ApiKeyOption,
@@ -44,6 +46,7 @@ from callisto.orchestration import ConverseSession, simulation_start
 StartBuilder = Callable[
     [pb.SuggestAgentsResponse, pb.HumanParticipant | None], pb.StartConversation
 ]
+MODEL_EXTRAS_HEADER = "x-callisto-model-extras"
 END_WORDS = frozenset({"", "/end"})
 DEFAULT_HUMAN = pb.HumanParticipant(id="user", display_name="You", role="buyer")
 
@@ -192,7 +195,8 @@ class SimulationDriver:
 
     async def _take_turn(self, waiting: pb.AwaitingInput) -> None:
         assert self._reader is not None
-        self.view.note("  (type your turn; an empty line or /end ends the conversation)")
+        if sys.stdin.isatty():
+            self.view.note("  (type your turn; an empty line or /end ends the conversation)")
         line = await self._reader.read("you> ")
         text = (line or "").strip()
         ends = line is None or text.lower() in END_WORDS
@@ -206,6 +210,19 @@ class SimulationDriver:
             )
         except CallistoError as error:
             self.view.note(f"(your turn {waiting.turn} was not taken: {error.message})")
+
+
+def _extras(raw: str | None) -> Metadata | None:
+    """The run's `x-callisto-model-extras` metadata from `--model-extras`."""
+    if raw is None:
+        return None
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise typer.BadParameter("must be a JSON object", param_hint="--model-extras")
+    return ((MODEL_EXTRAS_HEADER, json.dumps(parsed)),)
 
 
 def _human(suggestion: pb.SuggestAgentsResponse, participate: bool) -> pb.HumanParticipant | None:
@@ -235,6 +252,7 @@ async def simulate_once(
     agent_count: int,
     participate: bool,
     start_options: StartBuilder,
+    metadata: Metadata | None = None,
 ) -> tuple[str, bool, pb.Done | None]:
     """Suggests the agents, shows them, runs the simulation and shows it; returns the
     conversation, whether it did not fail, and its `done`."""
@@ -247,7 +265,7 @@ async def simulate_once(
     if not view.as_json:
         console.print(agents_table(suggestion, human))
     start = start_options(suggestion, human)
-    async with client.orchestration.converse(start=start) as session:
+    async with client.orchestration.converse(start=start, metadata=metadata) as session:
         driver = SimulationDriver(client, session, view, human)
         try:
             ok = await driver.watch()
@@ -300,6 +318,14 @@ def simulate(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print every event as one JSON line.")
     ] = False,
+    model_extras: Annotated[
+        str | None,
+        typer.Option(
+            "--model-extras",
+            hidden=True,
+            help="Extra model request fields (a JSON object), where the service forwards them.",
+        ),
+    ] = None,
     api_key: ApiKeyOption = None,
     tenant: TenantOption = None,
     home: HomeOption = None,
@@ -329,6 +355,8 @@ def simulate(
             tags=tag or (),
         )
 
+    extras = _extras(model_extras)
+
     async def main() -> tuple[str, bool, pb.Done | None]:
         async with await Client.connect(address, api_key=key) as client:
             return await simulate_once(
@@ -338,6 +366,7 @@ def simulate(
                 agent_count=agents,
                 participate=participate,
                 start_options=start_options,
+                metadata=extras,
             )
 
     try:
