@@ -203,6 +203,13 @@ class Plan:
             company=company,
         )
 
+    def cast(self) -> list[tuple[str, str]]:
+        """(side, company) of each seat when the scenario says who sells and who buys: the
+        prompt asks for that cast (the small model otherwise puts everyone on one side)."""
+        if not (self.companies.seller and self.companies.buyer):
+            return []
+        return [(side, self.companies.of_side(side)) for side, _ in self.seats]
+
     def human_text(self) -> str:
         """How the prompt describes the human's part."""
         human = self.human()
@@ -500,7 +507,7 @@ class AgentSuggester:
             agent="suggest",
             model_extras=model_extras,
         )
-        base = prompts.messages(plan.scenario, plan.agent_count, plan.human_text())
+        base = prompts.messages(plan.scenario, plan.agent_count, plan.human_text(), plan.cast())
         attempts, feedback = 0, ""
         for attempt in range(1 + max(0, self.settings.suggest_retries)):
             attempts += 1

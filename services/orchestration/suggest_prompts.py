@@ -12,6 +12,7 @@ last user message is the scenario with the number of agents, so toy_llm's minima
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,22 +141,41 @@ EXAMPLES = (
 )
 
 
-def request_text(scenario: str, count: int, human: str = "") -> str:
-    """The user message asking for `count` agents for `scenario`; `human` describes the part
-    the user plays themself (the agents are the others)."""
+def describe_cast(cast: Sequence[tuple[str, str]]) -> str:
+    """ "1 seller from X; 2 buyers from Y" of (side, company) seats, in order of appearance."""
+    counts: dict[tuple[str, str], int] = {}
+    for seat in cast:
+        counts[seat] = counts.get(seat, 0) + 1
+    return "; ".join(
+        f"{n} {side}{'s' if n > 1 and side != 'other' else ''} from {company}"
+        for (side, company), n in counts.items()
+    )
+
+
+def request_text(
+    scenario: str, count: int, human: str = "", cast: Sequence[tuple[str, str]] = ()
+) -> str:
+    """The user message asking for `count` agents for `scenario`, in seats of `cast` ((side,
+    company) each, when the scenario names its parties); `human` describes the part the user
+    plays themself (the agents are the others)."""
     text = f"Scenario: {scenario[:MAX_PROMPT_SCENARIO]}\nAgents: {count}"
+    if cast:
+        text += f" ({describe_cast(cast)})"
     if human:
         text += f"\nThe user plays {human}; do not include them."
     return text
 
 
-def messages(scenario: str, count: int, human: str = "") -> list[generation_pb2.ChatMessage]:
+def messages(
+    scenario: str, count: int, human: str = "", cast: Sequence[tuple[str, str]] = ()
+) -> list[generation_pb2.ChatMessage]:
     """The whole prompt: instructions, the few-shot examples as earlier turns, the request."""
     chat = [system(INSTRUCTIONS)]
     for example in EXAMPLES:
-        chat.append(user(request_text(example.scenario, len(example.agents), example.human)))
+        seats = [(a["side"], a["company"]) for a in example.agents]
+        chat.append(user(request_text(example.scenario, len(seats), example.human, seats)))
         chat.append(assistant(json.dumps({"agents": example.agents}, ensure_ascii=False)))
-    chat.append(user(request_text(scenario, count, human)))
+    chat.append(user(request_text(scenario, count, human, cast)))
     return chat
 
 
