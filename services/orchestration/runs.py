@@ -48,6 +48,7 @@ from callisto.services.orchestration.simulation import (
     SimulationRun,
     conversation_for,
     human_message,
+    is_turn,
     request_id,
     setup,
 )
@@ -406,6 +407,16 @@ class RunManager:
                     f"turn {number} of {conversation} went to {message.author} first"
                 )
             return int(message.event_sequence)
+        if not turn.end_conversation and state.turns > 0:
+            # A retried submit of the turn the run already took: the same answer again.
+            last = await self._last_message(conversation)
+            if (
+                last is not None
+                and is_turn(last, state.run_id, state.turns)
+                and last.author == human.id
+                and last.text == turn.text
+            ):
+                return int(last.event_sequence)
         if not turn.end_conversation:
             speaker = simulation.next_speaker()
             raise FailedPrecondition(
@@ -416,6 +427,12 @@ class RunManager:
             local.request_end()
             return await local.wait_finished()
         return await self._end_remote(conversation)
+
+    async def _last_message(self, conversation: str) -> persistence_pb2.Message | None:
+        last = None
+        async for message in self._backends.persistence.list_messages(conversation):
+            last = message
+        return last
 
     async def _end_remote(self, conversation: str) -> int:
         """Asks the replica running a simulation to end it (through its checkpoint)."""
