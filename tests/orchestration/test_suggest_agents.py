@@ -244,7 +244,7 @@ async def test_suggestion_over_http_through_the_gateway(
         assert bad.status_code == 400
 
 
-# --- retries, on a process whose answers hold few tokens ----------------------------------
+# --- retries, on a process whose answers hold few tokens (and that ignores model extras) --
 
 
 @pytest.fixture(scope="module")
@@ -252,7 +252,12 @@ def short_answers(
     orchestration_service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceProcess]:
     logs = tmp_path_factory.mktemp("orch-suggest-short")
-    env = {**orchestration_service_env, "CALLISTO_SUGGEST_MAX_TOKENS": str(SHORT_MAX_TOKENS)}
+    env = {
+        **orchestration_service_env,
+        "CALLISTO_SUGGEST_MAX_TOKENS": str(SHORT_MAX_TOKENS),
+        # And model extras are not passed on here.
+        "CALLISTO_ORCHESTRATION_FORWARD_MODEL_EXTRAS": "false",
+    }
     service = ServiceProcess(
         "orchestration", free_port(), env=env, log_path=logs / "orchestration.log"
     )
@@ -284,6 +289,16 @@ async def test_answers_cut_off_on_every_attempt_end_in_the_template(short_stub: 
     assert (reply.source, reply.attempts) == ("fallback", 3)
     assert [a.role for a in reply.agents] == TEMPLATE_ROLES
     assert {a.company for a in reply.agents} == {"Seller company", "Buyer company"}
+
+
+async def test_model_extras_reach_generation_only_where_the_setting_allows(
+    short_stub: Stub,
+) -> None:
+    reply = await suggest(short_stub, NO_COMPANIES, 2, metadata=FAIL)
+    assert (reply.source, reply.attempts) == ("model", 1)
+    # Not even checked: a process that ignores extras does not refuse malformed ones.
+    reply = await suggest(short_stub, NO_COMPANIES, 2, metadata=((EXTRAS, "[1, 2"),))
+    assert reply.source == "model"
 
 
 # --- the real model -----------------------------------------------------------------------
