@@ -26,6 +26,8 @@ from callisto.api.orchestration.v1 import orchestration_pb2_grpc
 from callisto.api.persistence.v1 import persistence_pb2
 from callisto.mesh.gateway import EnvoyGateway
 from callisto.mesh.processes import ServiceProcess
+from callisto.orchestration import simulation_start
+from callisto.services.orchestration.exports.markdown import escape_block
 
 MARKDOWN = pb.EXPORT_FORMAT_MARKDOWN
 PDF = pb.EXPORT_FORMAT_PDF
@@ -458,3 +460,52 @@ async def test_downloads_and_metrics_over_http_through_envoy(
             f"/v1/{name}:download", headers={"authorization": f"Bearer {tenant_key('initech')}"}
         )
         assert other.status_code == 404
+
+
+async def test_a_simulation_run_ends_with_the_metrics_its_stored_turns_give_and_exports_them(
+    orch_client: callisto.Client,
+) -> None:
+    start = simulation_start(
+        "Tessaline Systems sells edge servers to Marrowick Motors",
+        inline_agents=[
+            pb.Agent(
+                display_name="Tessa",
+                role="Account executive",
+                company="Tessaline Systems",
+                system_prompt=SELLER_PROMPT,
+            ),
+            pb.Agent(
+                display_name="Marco",
+                role="Head of IT",
+                company="Marrowick Motors",
+                system_prompt=BUYER_PROMPT,
+            ),
+        ],
+        max_turns=4,
+        title="Simulated edge server sale",
+    )
+    events = [event async for event in orch_client.orchestration.run(start)]
+    done = events[-1]
+    assert done.WhichOneof("kind") == "done", events[-1]
+    ended = [e.turn_ended for e in events if e.WhichOneof("kind") == "turn_ended"]
+    assert [turn.turn for turn in ended] == [1, 2, 3, 4]
+    name = done.conversation
+
+    metrics = await orch_client.orchestration.get_conversation_metrics(name)
+    assert done.done.metrics == metrics
+    assert metrics.turns == 4 and metrics.outcome == done.done.reason == "max_turns"
+    assert [t.sentiment for t in metrics.turn_metrics] == [turn.sentiment for turn in ended]
+
+    _, exported = await download(orch_client, name, JSON)
+    document = json.loads(exported)
+    assert [m["text"] for m in document["messages"]] == [turn.text for turn in ended]
+    assert json_format.ParseDict(document["metrics"], pb.ConversationMetrics()) == metrics
+    _, markdown = await download(orch_client, name, MARKDOWN)
+    _, pdf = await download(orch_client, name, PDF)
+    text = pdf_text(pdf)
+    for turn in ended:
+        assert escape_block(turn.text) in markdown.decode()
+        speaker = "Tessa (Tessaline Systems)" if turn.turn % 2 else "Marco (Marrowick Motors)"
+        assert f"### Turn {turn.turn} · {speaker}" in markdown.decode()
+        assert f"Turn {turn.turn} - {speaker}" in text
+    assert SELLER_PROMPT in markdown.decode() and BUYER_PROMPT in text
