@@ -19,6 +19,11 @@ documents, because each company in a simulation has documents of its own; financ
 and procurement roles also get `calculator`), and the system prompt names the agent, its role,
 its company and the scenario around the model's own instructions. Suggested agents are not
 stored: they pass the checks CreateAgent applies and run as a simulation's inline agents.
+
+With `participate` the response adds a human for the buying company (the contract: "adds a
+human participant … the agents are the other parties"): `agent_count` agents still, the human
+in the first buyer seat, so the buyer side has one agent fewer than the same cast without the
+human, and the set always starts a simulation (which takes 2-5 agents, the human on top).
 """
 
 from __future__ import annotations
@@ -54,13 +59,15 @@ CALCULATOR_TOOL = "calculator"
 # Word stems of roles that work with figures and get the calculator too.
 FIGURE_ROLES = ("financ", "cfo", "pricing", "procure", "purchas", "controller", "treasur")
 # The template's seats, in order: the first `agent_count` are used; with `participate` the
-# human takes the first buyer seat.
+# human takes the first buyer seat, and the agents the next `agent_count` (the human does not
+# count as an agent, as a simulation does not count it either).
 SEATS = (
     ("seller", "Account executive"),
     ("buyer", "Procurement lead"),
     ("buyer", "Engineering manager"),
     ("seller", "Solutions engineer"),
     ("buyer", "Finance director"),
+    ("seller", "Customer success manager"),
 )
 HUMAN_SEAT = 1
 PEOPLE = ("Alex Morgan", "Priya Shah", "Daniel Okafor", "Mei Lin", "Sofia Alvarez")
@@ -175,15 +182,16 @@ class Plan:
     """What was asked and what the scenario says: the seats to fill, the companies."""
 
     scenario: str
-    participants: int
+    # Agents asked for (the human, when taking part, comes on top).
+    agents: int
     participate: bool
     companies: Companies
 
     @property
     def seats(self) -> list[tuple[str, str]]:
-        """(side, role) of the agents' seats: the template's first `participants`, without
-        the human's."""
-        seats = list(SEATS[: self.participants])
+        """(side, role) of the agents' seats: the template's first ones, without the
+        human's."""
+        seats = list(SEATS[: self.agents + self.participate])
         if self.participate:
             del seats[HUMAN_SEAT]
         return seats
@@ -463,7 +471,7 @@ def check_request(request: pb.SuggestAgentsRequest) -> Plan:
     scenario = scenario.strip()
     return Plan(
         scenario=scenario,
-        participants=count,
+        agents=count,
         participate=request.participate,
         companies=scenario_companies(scenario),
     )

@@ -136,7 +136,7 @@ async def test_the_agent_count_is_honoured(orch_stub: Stub, count: int, expected
 
 async def test_taking_part_adds_the_human_for_the_buying_company(orch_stub: Stub) -> None:
     reply = await suggest(orch_stub, SALE, 3, participate=True)
-    assert_usable(reply, SALE, 2)
+    assert_usable(reply, SALE, 3)
     human = reply.human
     assert (human.id, human.display_name, human.role, human.company) == (
         "user",
@@ -166,8 +166,9 @@ async def test_every_generation_failing_falls_back_to_the_role_template(
 async def test_the_fallback_without_named_companies_uses_placeholders(orch_stub: Stub) -> None:
     reply = await suggest(orch_stub, NO_COMPANIES, 2, participate=True, metadata=FAIL)
     assert reply.source == "fallback"
-    assert_usable(reply, NO_COMPANIES, 1)
-    assert [a.company for a in reply.agents] == ["Seller company"]
+    assert_usable(reply, NO_COMPANIES, 2)
+    assert [a.company for a in reply.agents] == ["Seller company", "Buyer company"]
+    assert [a.role for a in reply.agents] == ["Account executive", "Engineering manager"]
     assert (reply.human.company, reply.human.display_name) == (
         "Buyer company",
         "You (Buyer company)",
@@ -235,10 +236,10 @@ async def test_suggestion_over_http_through_the_gateway(
         )
         assert answer.status_code == 200, answer.text
         body = answer.json()
-        # toy_llm's company holds "Tessaline Systems": normalised to it, the seller; the
-        # human buys.
+        # toy_llm's companies hold "Tessaline Systems": normalised to it, both sellers, and
+        # the human buys.
         assert (body["source"], body["attempts"]) == ("model", 1)
-        assert [a["company"] for a in body["agents"]] == ["Tessaline Systems"]
+        assert [a["company"] for a in body["agents"]] == ["Tessaline Systems"] * 2
         assert body["human"]["company"] == "Marrowick Motors"
         bad = await http.post("/v1/agents:suggest", json={"scenario": SALE, "agentCount": 7})
         assert bad.status_code == 400

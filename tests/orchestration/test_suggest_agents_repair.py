@@ -158,10 +158,16 @@ def test_a_sale_with_nobody_buying_gets_a_buyer() -> None:
 
 def test_with_the_human_buying_all_agents_may_sell() -> None:
     asked = plan(count=3, participate=True)
-    answer = {"agents": [agent(), agent(display_name="Cy Oduya", role="Solutions engineer")]}
+    answer = {
+        "agents": [
+            agent(),
+            agent(display_name="Cy Oduya", role="Solutions engineer"),
+            agent(display_name="Di Park", role="Customer success manager"),
+        ]
+    }
     drafts, repaired = suggest.repair(answer, asked)
     assert not repaired
-    assert [d.side for d in drafts] == ["seller", "seller"]
+    assert [d.side for d in drafts] == ["seller", "seller", "seller"]
 
 
 @pytest.mark.parametrize(
@@ -244,8 +250,16 @@ def test_the_template_without_named_companies_uses_placeholders() -> None:
     assert [d.company for d in drafts] == ["Seller company", "Buyer company"]
 
 
-def test_taking_part_the_human_is_the_buyer_and_takes_one_seat() -> None:
-    asked = plan(count=4, participate=True)
+@pytest.mark.parametrize("count", [2, 3, 4, 5])
+def test_taking_part_adds_the_human_as_buyer_and_keeps_the_agent_count(count: int) -> None:
+    asked = plan(count=count, participate=True)
+    assert asked.agent_count == count
+    assert len(suggest.template(asked)) == count
+    assert "Procurement lead" not in [role for _, role in asked.seats]
+
+
+def test_taking_part_the_human_is_the_buyer_in_the_first_buyer_seat() -> None:
+    asked = plan(count=3, participate=True)
     human = asked.human()
     assert human is not None
     assert (human.id, human.display_name, human.company) == (
@@ -253,7 +267,6 @@ def test_taking_part_the_human_is_the_buyer_and_takes_one_seat() -> None:
         "You (Marrowick Motors)",
         "Marrowick Motors",
     )
-    assert asked.agent_count == 3
     assert [role for _, role in asked.seats] == [
         "Account executive",
         "Engineering manager",
