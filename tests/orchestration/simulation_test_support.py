@@ -8,7 +8,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import grpc
 from google.protobuf import json_format
+from google.rpc import error_details_pb2, status_pb2
 from runs_test_support import kind, new_id, read_until
 
 import callisto
@@ -103,3 +105,15 @@ async def stored(
 
 def metadata_of(item: persistence_pb2.Message | persistence_pb2.Conversation) -> dict[str, Any]:
     return json_format.MessageToDict(item.metadata)
+
+
+def violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
+    """The field violations of an INVALID_ARGUMENT answer, by field path."""
+    for key, value in error.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            status = status_pb2.Status.FromString(value)
+            for detail in status.details:
+                bad = error_details_pb2.BadRequest()
+                if detail.Unpack(bad):
+                    return {v.field: v.description for v in bad.field_violations}
+    return {}
