@@ -148,6 +148,26 @@ async def test_taking_part_adds_the_human_for_the_buying_company(orch_stub: Stub
     assert all(a.display_name != human.display_name for a in reply.agents)
 
 
+@pytest.mark.parametrize("metadata", [None, FAIL], ids=["repaired", "fallback"])
+async def test_suggested_agents_run_a_simulation_as_inline_agents(
+    orch_stub: Stub, metadata: tuple[tuple[str, str], ...] | None
+) -> None:
+    reply = await suggest(orch_stub, SALE, 2, metadata=metadata)
+    start = pb.StartConversation(
+        mode=pb.CONVERSATION_MODE_SIMULATION,
+        prompt=SALE,
+        inline_agents=reply.agents,
+        termination=pb.TerminationPolicy(max_turns=2),
+        simulation=pb.SimulationOptions(max_turn_tokens=16),
+    )
+    call = orch_stub.RunConversation(pb.RunConversationRequest(start=start))
+    events = [response.event async for response in call]
+    ended = [e.turn_ended for e in events if e.WhichOneof("kind") == "turn_ended"]
+    assert events[-1].WhichOneof("kind") == "done", events[-1]
+    assert events[-1].done.reason == "max_turns"
+    assert len(ended) == 2
+
+
 async def test_every_generation_failing_falls_back_to_the_role_template(
     orch_stub: Stub,
 ) -> None:
