@@ -337,6 +337,8 @@ async def test_pdf_opens_and_holds_the_agents_every_turn_and_the_metrics(
         assert expected in text, expected
     for message in messages:
         assert message.text in text
+    # The same conversation always gives the same document.
+    assert (await download(orch_client, name, PDF))[1] == data
 
 
 async def test_json_holds_the_conversation_its_messages_and_its_metrics(

@@ -108,10 +108,8 @@ class Document:
     turns: list[Turn]
     metrics: pb.ConversationMetrics
     notes: list[str] = field(default_factory=list)
-
-    @property
-    def rendered_turns(self) -> int:
-        return len(self.turns)
+    # When the conversation was created (the PDF's creation date), if known.
+    create_time: datetime | None = None
 
 
 def build_document(
@@ -141,6 +139,8 @@ def build_document(
         turns=[],
         metrics=metrics,
     )
+    if conversation.HasField("create_time"):
+        document.create_time = conversation.create_time.ToDatetime(tzinfo=UTC)
     if len(agents) > MAX_AGENTS:
         document.notes.append(f"Only the first {MAX_AGENTS} of {len(agents)} agents are shown.")
     budget = MAX_DOCUMENT_CHARS

@@ -82,7 +82,8 @@ def render_pdf(document: Document) -> bytes:
     pdf = _Pdf(format="A4")
     pdf.set_title(latin1(document.title))
     pdf.set_creator("Callisto")
-    pdf.set_creation_date(datetime(2000, 1, 1, tzinfo=UTC))
+    # A fixed date (the conversation's): the same conversation always gives the same bytes.
+    pdf.set_creation_date(document.create_time or datetime(2000, 1, 1, tzinfo=UTC))
     pdf.set_auto_page_break(True, margin=16)
     pdf.set_margins(16, 16, 16)
     pdf.add_page()
