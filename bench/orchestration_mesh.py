@@ -19,6 +19,7 @@ of the overhead goes.
 from __future__ import annotations
 
 import asyncio
+import os
 import urllib.request
 from collections.abc import Mapping
 from contextlib import ExitStack
@@ -64,6 +65,9 @@ class Served:
 
     def count(self, method: str) -> int:
         return round(sum(v for k, v in self.calls.items() if k.endswith(f"/{method}")))
+
+    def seconds_of(self, method: str) -> float:
+        return sum(v for k, v in self.seconds.items() if k.endswith(f"/{method}"))
 
 
 class ServiceMetrics:
@@ -268,3 +272,10 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process has used so far, seconds (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # After the command name: state is field 3, utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -34,12 +34,12 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from orchestration_mesh import BenchMesh, rss_mib
+from orchestration_mesh import BenchMesh, cpu_seconds, rss_mib
 from orchestration_report import Results, ms, p50, p99, ratio, say, table, verdict
-from orchestration_runs import Watch, chat_cancel_ms, line_up, log_gaps, token_lags
+from orchestration_runs import Seen, Watch, chat_cancel_ms, line_up, log_gaps, token_lags
 from orchestration_tap import GenerationTap, Pacing, TappedCall
 
 import callisto
@@ -109,12 +109,23 @@ class Outcome:
     reason: str
     wall_ms: float
 
-    def tokens(self) -> list[tuple[float, str]]:
-        return [(s.at, s.event.token.text) for s in self.watch.seen if s.kind == "token"]
+    def tokens(self) -> list[Seen]:
+        return [s for s in self.watch.seen if s.kind == "token"]
 
     @property
     def turns(self) -> int:
         return sum(1 for s in self.watch.seen if s.kind == "turn_ended")
+
+
+@dataclass
+class Lags:
+    """Token lags (ms) of the streamed turns, split at the moment the log stamped them."""
+
+    total: list[float] = field(default_factory=list)
+    to_log: list[float] = field(default_factory=list)
+    from_log: list[float] = field(default_factory=list)
+    unmatched: int = 0  # generated deltas with no counterpart in the streamed turns
+    unplaced: int = 0  # generations whose prompt names no (or more than one) simulation
 
 
 class Bench:
@@ -178,11 +189,16 @@ class Bench:
             self.tap.clear()
             rss_before = rss_mib(pid)
             codes_before = await self.mesh.persistence_metrics.codes()
+            busy = self._processes()
+            cpu_before = {name: cpu_seconds(p) for name, p in busy.items()}
+            served_before = await self.mesh.persistence_metrics.read()
             started = time.perf_counter()
             outcomes = await asyncio.gather(
                 *(self.simulate(self.tapped, marked("sim", i)) for i in range(n))
             )
             wall = time.perf_counter() - started
+            cpu = {name: cpu_seconds(p) - cpu_before[name] for name, p in busy.items()}
+            served = (await self.mesh.persistence_metrics.read(settled=True)).minus(served_before)
             rss_after = rss_mib(pid)
             calls = list(self.tap.calls)
             self.tap.clear()
@@ -190,10 +206,11 @@ class Bench:
             self.tap.clear()
         finally:
             self.tap.pacing = None
+        # A client closing its stream cancels the run's subscription: not a failure.
         codes = {
             k: round(v - codes_before.get(k, 0.0))
             for k, v in (await self.mesh.persistence_metrics.codes()).items()
-            if k[1] != "OK" and round(v - codes_before.get(k, 0.0))
+            if k[1] not in ("OK", "CANCELLED") and round(v - codes_before.get(k, 0.0))
         }
         errors = [o.problem for o in outcomes if o.problem]
         limit = asyncio.Semaphore(16)
@@ -207,7 +224,7 @@ class Bench:
 
         checked = await asyncio.gather(*(check(o) for o in outcomes if o.watch.seen))
         sound = sum(checked)
-        lags, unmatched, unplaced = self._lags(outcomes, calls)
+        lags = self._lags(outcomes, calls)
         turns = sum(o.turns for o in outcomes)
         self.results.row(
             f"(a) {n} concurrent simulations ({args.turns} turns, 3 agents): errors",
@@ -231,12 +248,20 @@ class Bench:
             verdict(sound == n),
         )
         self.results.row(
-            f"(a)   token lag, generation -> Converse client via Envoy ({len(lags)} tokens, "
-            f"{args.token_delay_ms:g} ms/token)",
+            f"(a)   token lag, generation -> Converse client via Envoy ({len(lags.total)} "
+            f"tokens, {args.token_delay_ms:g} ms/token)",
             f"{n} Generate streams via Envoy {ms(base_lags)}",
-            ms(lags),
-            ratio(p99(lags), p99(base_lags)) + " p99",
+            ms(lags.total),
+            ratio(p99(lags.total), p99(base_lags)) + " p99",
             "(reported)",
+            "",
+        )
+        self.results.row(
+            "(a)   of which: generation -> appended to the log / log -> client",
+            "",
+            f"{ms(lags.to_log)} / {ms(lags.from_log)}",
+            "",
+            "(info)",
             "",
         )
         self.results.row(
@@ -256,40 +281,83 @@ class Bench:
             "(reported)",
             "",
         )
+        self.results.notes.append(
+            f"(a) CPU used during the {wall:.1f} s of the concurrent simulations (2 cores "
+            "shared with everything else on the machine): "
+            + ", ".join(
+                f"{name} {used:.1f} s ({100 * used / wall:.0f} %)" for name, used in cpu.items()
+            )
+            + "."
+        )
+        writes = {
+            method: (served.count(method), served.seconds_of(method))
+            for method in ("CreateEvent", "CreateMessage", "UpdateSession")
+        }
+        self.results.notes.append(
+            "(a) persistence serving those writes, calls and mean ms: "
+            + ", ".join(
+                f"{method} {count} at {1000 * seconds / max(count, 1):.1f}"
+                for method, (count, seconds) in writes.items()
+            )
+            + "."
+        )
         reasons = collections.Counter(o.reason or "none" for o in outcomes)
         self.results.notes.append(
             f"(a) {turns} turns streamed; `done` reasons {dict(reasons)}; {len(calls)} generations "
-            f"seen by the tap, {unplaced} not told apart by their prompt's marker, {unmatched} "
+            f"seen by the tap, {lags.unplaced} not told apart by their prompt's marker, "
+            f"{lags.unmatched} "
             "deltas without a counterpart in the streamed turns (left out)."
         )
-        if errors or codes:
+        if errors:
+            self.results.notes.append(
+                f"(a) errors by kind: {collections.Counter(errors).most_common()}."
+            )
+        if codes:
             refused = {f"{m.rsplit('/', 1)[-1]} {c}": k for (m, c), k in codes.items()}
             self.results.notes.append(
-                f"(a) errors by kind: {collections.Counter(errors).most_common()}; persistence's "
-                f"answers other than OK, by method and status: {refused}."
+                f"(a) persistence's answers other than OK (and CANCELLED subscriptions), by "
+                f"method and status: {refused} (ABORTED: a checkpoint's compare-and-set lost to "
+                "a concurrent write, which the run merges and writes again)."
             )
 
-    def _lags(
-        self, outcomes: Sequence[Outcome], calls: Sequence[TappedCall]
-    ) -> tuple[list[float], int, int]:
+    def _processes(self) -> dict[str, int]:
+        """The mesh processes a concurrent run keeps busy, by name, with their pids."""
+        mesh = self.mesh
+        found = {
+            "orchestration": mesh.tapped.pid if mesh.tapped else 0,
+            "persistence": mesh.persistence.pid,
+            "generation": mesh.generation.pid,
+            "redis": mesh.redis.pid,
+            "tritonserver": mesh.triton.pid,
+            "envoy": (mesh.tapped_gateway.pid if mesh.tapped_gateway else None) or 0,
+            "this benchmark (clients and tap)": os.getpid(),
+        }
+        return {name: pid for name, pid in found.items() if pid}
+
+    def _lags(self, outcomes: Sequence[Outcome], calls: Sequence[TappedCall]) -> Lags:
         """Token lags of every agent turn: each plain generation the tap saw, lined up with the
-        tokens of the simulation whose marker its prompt carries; returns (lags, deltas
-        unmatched, generations with no simulation)."""
+        tokens of the simulation whose marker its prompt carries."""
         by_mark = {o.mark: o.tokens() for o in outcomes}
-        lags: list[float] = []
-        unmatched = unplaced = 0
+        lags = Lags()
+        # When the log stamped each token event (persistence's wall clock, moved onto
+        # perf_counter): the lag before it is the run's, after it delivery's.
+        offset = time.time() - time.perf_counter()
         for call in calls:
             if not call.plain or not call.deltas:
                 continue
             marks = [m for m in by_mark if m in call.prompt]
             if len(marks) != 1:
-                unplaced += 1
+                lags.unplaced += 1
                 continue
-            received = [(at, text) for at, text in by_mark[marks[0]] if at >= call.started]
+            tokens = [s for s in by_mark[marks[0]] if s.at >= call.started]
+            received = [(s.at, s.event.token.text) for s in tokens]
+            logged = [s.event.create_time.ToNanoseconds() / 1e9 - offset for s in tokens]
             pairs, lost = line_up(call.deltas, received)
-            lags += [(received[k][0] - at) * 1000 for at, k in pairs]
-            unmatched += lost
-        return lags, unmatched, unplaced
+            lags.total += [(received[k][0] - at) * 1000 for at, k in pairs]
+            lags.to_log += [(logged[k] - at) * 1000 for at, k in pairs]
+            lags.from_log += [(received[k][0] - logged[k]) * 1000 for _, k in pairs]
+            lags.unmatched += lost
+        return lags
 
     async def _generate_baseline(self, n: int) -> tuple[list[float], float]:
         """`n` Generate streams at once through the tapped Envoy: lags tap -> client, wall s."""
