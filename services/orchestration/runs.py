@@ -387,8 +387,13 @@ class RunManager:
             raise InvalidArgument.field(
                 "turn.author", f"the human of this simulation is {human.id!r}"
             )
+        if state.finished or (local is not None and local.ending is not None):
+            raise FailedPrecondition(f"{conversation}'s simulation is ending")
         number = state.turns + 1
-        if simulation.awaiting_turn == number and turn.text.strip():
+        humans_turn = simulation.awaiting_turn == number or (
+            simulation.awaiting_turn == 0 and simulation.human_is_next()
+        )
+        if humans_turn and turn.text.strip():
             scores = await self._backends.generation.analyze_sentiment([turn.text])
             message = await self._backends.persistence.create_message(
                 conversation,

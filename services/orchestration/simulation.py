@@ -243,6 +243,11 @@ class SimulationRun(Run):
         self._resume_reason: str | None = None
         # The run's wall-time limit stopped the turn in progress.
         self._timed_out = False
+        # The reason the run ends, once a completed turn decided it.
+        self.ending: str | None = None
+        # Id of the last event of the run known here (a human turn's message is looked for
+        # after the mark its turn began at).
+        self._mark = checkpoint.state.start_after
 
     # Called from RPCs and upkeep
 
@@ -416,7 +421,7 @@ class SimulationRun(Run):
             # A late human line took this number first: it is the turn; this line is dropped.
             state.spend.merge(spend)
             reason = self._apply(message)
-        await writer.emit(pb.ConversationEvent(usage=state.spend.usage()))
+        self._mark = await writer.emit(pb.ConversationEvent(usage=state.spend.usage()))
         await self.save()
         return reason
 
@@ -506,8 +511,10 @@ class SimulationRun(Run):
             )
         sim.advance_after(message.author)
         sim.turn_started_time = ""
+        self._mark = max(self._mark, int(message.event_sequence))
         if human and metadata.get("end_conversation"):
-            return termination.HUMAN_ENDED
+            self.ending = termination.HUMAN_ENDED
+            return self.ending
         hits = metadata.get("keyword_hits", [])
         progress = termination.Progress(
             keyword_hits=[str(h) for h in hits] if isinstance(hits, list) else [],
@@ -516,7 +523,8 @@ class SimulationRun(Run):
             elapsed_s=time.time() - sim.started_at,
             tokens=state.spend.total_tokens,
         )
-        return sim.termination(state.max_total_tokens).check(progress)
+        self.ending = sim.termination(state.max_total_tokens).check(progress)
+        return self.ending
 
     # The human's turn
 
@@ -527,6 +535,9 @@ class SimulationRun(Run):
         number = state.turns + 1
         if sim.awaiting_turn != number:
             restarted, self._restarted = self._restarted, False
+            # A submit may store the human's line as soon as the human is next: it is looked
+            # for from here on.
+            sim.turn_from = self._mark
             writer = self._writer(number)
             sim.turn_started_time = now_rfc3339()
             started = await writer.emit(
@@ -561,7 +572,7 @@ class SimulationRun(Run):
         except _Interrupted:
             return self._interrupted() or CANCELLED
         if message is None:
-            message = await self._find_turn(number, sim.awaiting_event)
+            message = await self._find_turn(number, sim.turn_from)
         if message is not None:
             reason = self._apply(message)
             await self.save()
@@ -574,6 +585,7 @@ class SimulationRun(Run):
         sim.advance_after(human.id)
         state.turn_started_event = 0
         sim.turn_started_time = ""
+        self._mark = max(self._mark, sim.awaiting_event)
         await self.save()
         return None
 
@@ -594,7 +606,7 @@ class SimulationRun(Run):
         self._wake.clear()
         if self._interrupted() is not None:
             raise _Interrupted()
-        stored = asyncio.create_task(self._next_turn_message(number, self.sim.awaiting_event))
+        stored = asyncio.create_task(self._next_turn_message(number, self.sim.turn_from))
         woken = asyncio.create_task(self._wake.wait())
         polled = asyncio.create_task(self._poll_for_end())
         tasks = {stored, woken, polled}
@@ -672,6 +684,8 @@ class SimulationRun(Run):
             event = events.from_log(entry, state.conversation)
             if event is None:
                 continue
+            if awaiting is None:
+                self._mark = int(event.event_id)
             if events.is_terminal(event):
                 state.status = event.done.reason if event.HasField("done") else FAILED
                 state.done_event_id = int(event.event_id)
@@ -698,6 +712,7 @@ class SimulationRun(Run):
             sim.awaiting_turn = number
             sim.awaiting_deadline = awaiting.awaiting_input.deadline.ToNanoseconds() / 1e9
             sim.awaiting_event = int(awaiting.event_id)
+            sim.turn_from = self._mark
         self._restarted = started and awaiting is None
         self._resume_reason = reason
         await self.save()

@@ -140,6 +140,8 @@ class Simulation:
     awaiting_turn: int = 0
     awaiting_deadline: float = 0.0
     awaiting_event: int = 0
+    # Event id before the human's turn began: its message is looked for after it.
+    turn_from: int = 0
     # RFC 3339 time the turn in progress started.
     turn_started_time: str = ""
     # The human asked to end the conversation.
@@ -213,6 +215,7 @@ class Simulation:
             "awaiting_turn": self.awaiting_turn,
             "awaiting_deadline": self.awaiting_deadline,
             "awaiting_event": self.awaiting_event,
+            "turn_from": self.turn_from,
             "turn_started_time": self.turn_started_time,
             "end_requested": self.end_requested,
         }
@@ -236,6 +239,7 @@ class Simulation:
             awaiting_turn=int(data.get("awaiting_turn", 0)),
             awaiting_deadline=float(data.get("awaiting_deadline", 0.0)),
             awaiting_event=int(data.get("awaiting_event", 0)),
+            turn_from=int(data.get("turn_from", 0)),
             turn_started_time=str(data.get("turn_started_time", "")),
             end_requested=bool(data.get("end_requested", False)),
         )
