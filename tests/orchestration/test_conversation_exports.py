@@ -6,6 +6,7 @@ the real Envoy gateway with their content types."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from collections.abc import Callable, Sequence
@@ -511,3 +512,17 @@ async def test_a_simulation_run_ends_with_the_metrics_its_stored_turns_give_and_
         assert f"### Turn {turn.turn} · {speaker}" in markdown.decode()
         assert f"Turn {turn.turn} - {speaker}" in text
     assert SELLER_PROMPT in markdown.decode() and BUYER_PROMPT in text
+
+
+async def test_downloads_past_the_render_bound_wait_their_turn_and_all_complete(
+    persistence_client: callisto.Client, orch_client: callisto.Client
+) -> None:
+    name = await store(persistence_client, turns())
+    formats = [PDF, MARKDOWN, JSON] * 3  # more than MAX_CONCURRENT_RENDERS at once
+    bodies = await asyncio.gather(*(download(orch_client, name, f) for f in formats))
+    assert [content_type for content_type, _ in bodies] == [
+        "application/pdf",
+        "text/markdown; charset=utf-8",
+        "application/json",
+    ] * 3
+    assert len({data for content_type, data in bodies if content_type == "application/pdf"}) == 1
