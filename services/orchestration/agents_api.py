@@ -19,7 +19,6 @@ from callisto.services.orchestration.agents import AgentStore
 from callisto.services.orchestration.backends import Backends
 from callisto.services.orchestration.model_extras import model_extras
 from callisto.services.orchestration.relay import relayed
-from callisto.services.orchestration.settings import OrchestrationSettings
 from callisto.services.orchestration.suggest import AgentSuggester
 from callisto.services.orchestration.tools.registry import ToolRegistry
 
@@ -33,10 +32,17 @@ class AgentsRpc(pb_grpc.OrchestrationServiceServicer):
     """CreateAgent, GetAgent, ListAgents, UpdateAgent, ListAgentRevisions, DeleteAgent,
     ListTools, SubmitFeedback."""
 
-    def __init__(self, agents: AgentStore, tools: ToolRegistry, backends: Backends) -> None:
+    def __init__(
+        self,
+        agents: AgentStore,
+        tools: ToolRegistry,
+        backends: Backends,
+        suggester: AgentSuggester,
+    ) -> None:
         self._agents = agents
         self._tools = tools
         self._backends = backends
+        self._suggester = suggester
 
     async def CreateAgent(
         self, request: pb.CreateAgentRequest, context: Context
@@ -80,16 +86,7 @@ class AgentsRpc(pb_grpc.OrchestrationServiceServicer):
     async def SuggestAgents(
         self, request: pb.SuggestAgentsRequest, context: Context
     ) -> pb.SuggestAgentsResponse:
-        suggester = getattr(self, "_suggester", None)
-        if not isinstance(suggester, AgentSuggester):
-            # Built at the first call: the settings are the process's, read from the same
-            # environment the server started with.
-            suggester = self._suggester = AgentSuggester(
-                OrchestrationSettings.from_env(),
-                self._backends.generation,
-                self._agents._check,
-                self._tools.names,
-            )
+        suggester = self._suggester
         extras = model_extras(context, suggester.settings.forward_model_extras)
         return await suggester.suggest(request, tenant=current_tenant(), model_extras=extras)
 

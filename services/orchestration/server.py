@@ -16,6 +16,7 @@ from callisto.services.orchestration.exports_api import ExportsRpc
 from callisto.services.orchestration.runs import RunManager
 from callisto.services.orchestration.runs_api import RunsRpc
 from callisto.services.orchestration.settings import OrchestrationSettings
+from callisto.services.orchestration.suggest import AgentSuggester
 from callisto.services.orchestration.tools.builtin import build_registry
 from callisto.services.orchestration.tools.registry import ToolRegistry
 
@@ -27,9 +28,14 @@ class OrchestrationServicer(AgentsRpc, RunsRpc, ExportsRpc):
     own attributes)."""
 
     def __init__(
-        self, agents: AgentStore, tools: ToolRegistry, backends: Backends, runs: RunManager
+        self,
+        agents: AgentStore,
+        tools: ToolRegistry,
+        backends: Backends,
+        runs: RunManager,
+        suggester: AgentSuggester,
     ) -> None:
-        AgentsRpc.__init__(self, agents, tools, backends)
+        AgentsRpc.__init__(self, agents, tools, backends, suggester)
         RunsRpc.__init__(self, runs)
         ExportsRpc.__init__(self, backends)
 
@@ -40,7 +46,8 @@ async def build(runtime: Runtime[OrchestrationSettings]) -> ServiceDefinition:
     tools = build_registry(settings)
     agents = AgentStore(backends.persistence, tools, settings.default_model)
     runs = RunManager(runtime, backends, agents, tools)
-    servicer = OrchestrationServicer(agents, tools, backends, runs)
+    suggester = AgentSuggester(settings, backends.generation, agents._check, tools.names)
+    servicer = OrchestrationServicer(agents, tools, backends, runs, suggester)
     await runs.start()
 
     async def persistence_ready() -> bool:
