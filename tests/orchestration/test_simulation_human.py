@@ -155,3 +155,18 @@ async def test_a_human_timeout_can_end_the_run(
     events = await read_until(orch_stub.RunConversation(pb.RunConversationRequest(start=start)))
     assert events[-1].done.reason == "human_timeout" and events[-1].done.turns == 2
     assert kinds(events)[-3:] == ["turn_started", "awaiting_input", "done"]
+
+
+async def test_a_cancel_ends_the_wait_for_the_human(
+    orch_client: callisto.Client, orch_stub: pb_grpc.OrchestrationServiceAsyncStub
+) -> None:
+    agents = await create_agents(orch_client, ["Tessa", "Marrow"], prefix="sim-human")
+    call = orch_stub.Converse()
+    await call.write(pb.ConverseRequest(start=_with_human(agents, max_turns=10)))
+    asked = await wait_for_kind(call, "awaiting_input")
+    cancelled = await orch_stub.CancelConversation(
+        pb.CancelConversationRequest(name=asked[0].conversation, reason="no time")
+    )
+    rest = await read_until(call)
+    assert kinds(rest) == ["done"] and rest[0].done.reason == "cancelled"
+    assert cancelled.event_id == rest[0].event_id and rest[0].done.turns == 2

@@ -104,8 +104,15 @@ async def test_two_agents_alternate_until_max_turns_and_every_turn_is_stored(
         assert message.sentiment == turn.sentiment and message.usage == turn.usage
         assert data["started"]
     assert done.usage.total_tokens == sum(t.usage.total_tokens for t in turns)
-    # A replay from the start is exactly what the live stream delivered.
+    # A replay from the start is exactly what the live stream delivered, and the figures of
+    # `done` are what GetConversationMetrics says.
     assert await watch(orch_stub, events[0].conversation) == events
+    figures = await orch_stub.GetConversationMetrics(
+        pb.GetConversationMetricsRequest(name=events[0].conversation)
+    )
+    assert done.metrics == figures.metrics
+    assert done.metrics.turns == 4 and done.metrics.outcome == "max_turns"
+    assert [t.turn for t in done.metrics.turn_metrics] == [1, 2, 3, 4]
 
 
 async def test_four_agents_speak_in_the_order_given(
