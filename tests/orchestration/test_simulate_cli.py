@@ -208,7 +208,7 @@ async def test_simulate_with_two_agents_prints_agents_turns_sentiment_reason_met
     assert len(turn_blocks(out)) == 4
     assert "Done: max_turns — 4 turns" in out
     metrics = out[out.index("Metrics") :]
-    figures = [line.strip(" │|").split("  ")[0] for line in metrics.splitlines()]
+    figures = [line.strip(" │|").split("│")[0].strip() for line in metrics.splitlines()]
     for figure in ("turns", "sentiment", "trend", "tokens", "cost", "keyword hits", "retrieval"):
         assert figure in figures, figure
     assert "4 (4 by agents)" in metrics
