@@ -30,7 +30,7 @@ from dataclasses import replace
 from functools import partial
 from typing import Any, TypeVar
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
@@ -300,33 +300,53 @@ class PoolExhausted(Exception):
     """Every connection of a pool stayed busy for the whole wait; nothing was sent to Redis."""
 
 
-class _QueuedPool(BlockingConnectionPool):
+class _QueuedPool(ConnectionPool):
     """A bounded pool whose callers wait their turn for a connection.
 
-    redis-py's default pool refuses a caller outright once `max_connections` (100) are in use,
-    with a ConnectionError that reads like a lost Redis. Here a caller queues; one that waited
-    `wait_seconds` in vain gets PoolExhausted, which says the command was never sent.
+    redis-py's default pool refuses a caller outright once `max_connections` are in use, with
+    a ConnectionError that reads like a lost Redis. Here a caller queues (first come, first
+    served) for one of `max_connections` slots; one that waited `wait_seconds` in vain gets
+    PoolExhausted, which says the command was never sent. Taking a free slot costs nothing
+    (redis-py's BlockingConnectionPool takes a condition lock and a timer on every call).
     """
 
     def __init__(self, *, wait_seconds: float, **kwargs: Any) -> None:
-        super().__init__(timeout=None, **kwargs)
+        super().__init__(**kwargs)
         self.wait_seconds = wait_seconds
+        self._slots = asyncio.Semaphore(self.max_connections)
+        # Connections handed out under a slot (the base pool releases a connection it failed
+        # to connect before handing it out, and that one's slot is given back below).
+        self._slotted: set[AbstractConnection] = set()
 
     async def get_connection(self, *args: Any, **kwargs: Any) -> AbstractConnection:
-        waiting = asyncio.timeout(self.wait_seconds)
-        try:
-            async with waiting:
-                connection: AbstractConnection = await super().get_connection(  # type: ignore[no-untyped-call]
-                    *args, **kwargs
-                )
-                return connection
-        except TimeoutError as error:
-            if waiting.expired():
+        if self._slots.locked():
+            try:
+                async with asyncio.timeout(self.wait_seconds):
+                    await self._slots.acquire()
+            except TimeoutError as error:
                 raise PoolExhausted(
                     f"all {self.max_connections} Redis connections stayed busy for "
                     f"{self.wait_seconds:g} s"
                 ) from error
+        else:
+            await self._slots.acquire()  # free: returns at once
+        try:
+            connection: AbstractConnection = await super().get_connection(  # type: ignore[no-untyped-call]
+                *args, **kwargs
+            )
+        except BaseException:
+            self._slots.release()
             raise
+        self._slotted.add(connection)
+        return connection
+
+    async def release(self, connection: AbstractConnection) -> None:
+        try:
+            await super().release(connection)
+        finally:
+            if connection in self._slotted:
+                self._slotted.discard(connection)
+                self._slots.release()
 
 
 def _unavailable(what: str = "") -> Unavailable:
