@@ -48,9 +48,12 @@ def _clip(text: str, limit: int) -> str:
 
 
 def _arguments(arguments: object) -> str:
+    """`query="...", top_k=3`, by name: a Struct keeps no order, and a replay must print the
+    same line as the live run."""
     values = json_format.MessageToDict(arguments)  # type: ignore[arg-type]
     return ", ".join(
-        f"{key}={_clip(json.dumps(value, ensure_ascii=False), 60)}" for key, value in values.items()
+        f"{key}={_clip(json.dumps(value, ensure_ascii=False), 60)}"
+        for key, value in sorted(values.items())
     )
 
 
@@ -199,9 +202,10 @@ class ConversationView:
 
     def _awaiting_input(self, waiting: pb.AwaitingInput) -> None:
         if waiting.speaker:
-            who = self.speaker(waiting.speaker, human=True)
+            participant = self.participants.get(waiting.speaker)
+            name = participant.display_name if participant else ""
             text = Text("… waiting for ", style="dim")
-            text.append_text(who)
+            text.append(name or waiting.speaker, style=f"bold {self._colour(waiting.speaker)}")
             if waiting.turn:
                 text.append(f" (turn {waiting.turn})", style="dim")
             if waiting.prompt:
