@@ -419,3 +419,20 @@ async def test_unknown_conversation_and_bad_dates_are_refused(sim_mesh: SimMesh)
     now = datetime.now(UTC).date().isoformat()
     backwards = await sim_mesh.cli("conversations", "list", "--since", now, "--until", "2000-01-01")
     assert backwards.code == 2 and "must come after --since" in backwards.err
+
+
+@pytest.mark.llm
+async def test_simulate_with_the_real_model_streams_scored_turns_to_the_end(
+    sim_mesh: SimMesh,
+) -> None:
+    # The banner's example, shortened: SmolLM2 speaks every agent's turn.
+    simulated = await sim_mesh.simulate(
+        "--agents", "2", "--max-turns", "2", "--model", "models/llm", "--turn-tokens", "48"
+    )
+    out = simulated.ran.out
+    print(out)
+    assert_turns_match_storage(simulated)
+    stored = turns_of(simulated.messages)
+    assert len(stored) == 2 and all(m.text.strip() for m in stored)
+    assert {_metadata(m)["model"] for m in stored} == {"models/llm"}
+    assert "Done: max_turns — 2 turns" in out

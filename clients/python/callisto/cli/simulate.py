@@ -312,6 +312,16 @@ def simulate(
     max_tokens: Annotated[
         int, typer.Option("--max-tokens", min=0, help="Token budget of the run; 0: no limit.")
     ] = 0,
+    turn_tokens: Annotated[
+        int,
+        typer.Option(
+            "--turn-tokens", min=0, max=1024, help="Most tokens of one agent turn; 0: default."
+        ),
+    ] = 0,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="Model the agents speak with (models/<name>)."),
+    ] = None,
     tag: Annotated[
         list[str] | None, typer.Option("--tag", help="Tag the conversation (repeatable).")
     ] = None,
@@ -342,9 +352,14 @@ def simulate(
     def start_options(
         suggestion: pb.SuggestAgentsResponse, human: pb.HumanParticipant | None
     ) -> pb.StartConversation:
+        inline = list(suggestion.agents)
+        if model:
+            for agent in inline:
+                agent.model = model if model.startswith("models/") else f"models/{model}"
         return simulation_start(
             scenario,
-            inline_agents=suggestion.agents,
+            inline_agents=inline,
+            max_turn_tokens=turn_tokens,
             human=human,
             human_turn_timeout_s=human_timeout,
             max_turns=max_turns,
