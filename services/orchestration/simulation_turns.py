@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,6 +70,48 @@ class AgentLine:
     tool_calls: list[ToolOutcome] = field(default_factory=list)
 
 
+class SpeakerHeading:
+    """Drops a speaker's "Name:" (or "Name (aside):") that opens a line, as it streams: a small
+    model often heads its line with its own name, or another's. Text that cannot be such a
+    heading passes at once."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self._names = [name for name in dict.fromkeys(names) if name]
+        alternatives = "|".join(re.escape(n) for n in sorted(self._names, key=len, reverse=True))
+        self._pattern = re.compile(rf"\s*(?:{alternatives})\s*(\([^()]{{0,80}}\))?\s*:\s*")
+        self._held = ""
+        self._decided = not self._names
+
+    def feed(self, text: str) -> str:
+        if self._decided:
+            return text
+        self._held += text
+        opening = self._held.lstrip()
+        if any(name.startswith(opening) for name in self._names):
+            return ""
+        named = [n for n in self._names if opening.startswith(n)]
+        # The name must end there: "Tessaline" is not "Tessa".
+        if not any(opening[len(n)].isspace() or opening[len(n)] in "(:" for n in named):
+            return self._release(self._held)
+        heading = self._pattern.match(self._held)
+        if heading is not None and heading.end() < len(self._held):
+            return self._release(self._held[heading.end() :])
+        after = opening[min(len(n) for n in named) :]
+        if len(after) > 90 or "\n" in after or (heading is None and ":" in after):
+            return self._release(self._held)
+        return ""
+
+    def finish(self) -> str:
+        if self._decided:
+            return ""
+        heading = self._pattern.match(self._held)
+        return self._release(self._held[heading.end() :] if heading else self._held)
+
+    def _release(self, text: str) -> str:
+        self._decided, self._held = True, ""
+        return text
+
+
 def cut(text: str, limit: int) -> str:
     """`text` cut to at most `limit` characters, at a space when one is near the end."""
     text = " ".join(text.split())
@@ -119,19 +162,26 @@ def messages(
         else:
             chat.append(prompts.user(f"{sim.label_of(line.speaker)}: {text}"))
     if len(chat) == 1:
-        chat.append(prompts.user(cut(sim.scenario, turn.turn_chars)))
+        chat.append(
+            prompts.user(
+                f"{cut(sim.scenario, turn.turn_chars)}\nWrite {me.name}'s opening line to "
+                f"{others[0] if others else 'the others'}."
+            )
+        )
     elif chat[-1].role != common_pb2.ROLE_USER:
         chat.append(prompts.user(f"Go on as {me.name}."))
     return chat
 
 
 def stops(turn: AgentTurnInput) -> list[str]:
-    """Where a line ends: when the model starts writing another speaker's line."""
+    """Where a line ends: when the model starts a new line of another speaker (or one more of
+    its own: one turn is one line)."""
     sim = turn.simulation
     names = [s.name for s in sim.agents if s.participant != turn.speaker.participant]
     if sim.human is not None:
         names.append(sim.human.name)
-    # Generation takes at most MAX_STOPS stop strings.
+    names.append(turn.speaker.name)
+    # Generation takes at most MAX_STOPS stop strings: the next speakers' first.
     return [f"\n{name}:" for name in dict.fromkeys(names)][:MAX_STOPS]
 
 
@@ -181,8 +231,12 @@ async def agent_turn(
             parts.append(text)
             await sink.token(speaker, text)
 
+    sim = turn.simulation
+    names = [s.name for s in sim.agents] + ([sim.human.name] if sim.human is not None else [])
+    own = SpeakerHeading(names)
+
     async def on_text(text: str) -> None:
-        await show(*markers.feed(text))
+        await show(*markers.feed(own.feed(text)))
 
     agent = turn.speaker.spec
     request = generation_pb2.GenerateRequest(
@@ -205,6 +259,7 @@ async def agent_turn(
     result = await llm.generate(request, on_text=streaming)
     if not streamed and result.text:
         await on_text(result.text)
+    await show(*markers.feed(own.finish()))
     await show(*markers.finish())
     text = "".join(parts).rstrip()
     if not text:

@@ -1,11 +1,13 @@
 """The termination rules of a simulation, each alone and combined (the first listed reason wins),
-keyword matching (whole words and phrases, any case), and the simulation's checkpoint state
-surviving its trip through a protobuf Struct."""
+keyword matching (whole words and phrases, any case), the simulation's checkpoint state
+surviving its trip through a protobuf Struct, the speaking order, and an agent turn's prompt,
+stop strings and heading filter."""
 
 from __future__ import annotations
 
 from google.protobuf import struct_pb2
 
+from callisto.api.common.v1 import common_pb2
 from callisto.api.orchestration.v1 import orchestration_pb2 as pb
 from callisto.services.orchestration.run_state import RunState
 from callisto.services.orchestration.simulation_state import (
@@ -14,6 +16,13 @@ from callisto.services.orchestration.simulation_state import (
     Simulation,
     Speaker,
     slug,
+)
+from callisto.services.orchestration.simulation_turns import (
+    AgentTurnInput,
+    Line,
+    SpeakerHeading,
+    messages,
+    stops,
 )
 from callisto.services.orchestration.termination import (
     MaxTurns,
@@ -152,3 +161,62 @@ def test_participant_ids_of_inline_agents_are_unique_slugs() -> None:
     assert slug("Tessa", taken) == "tessa-3"
     assert slug("Émile Dubois!", taken) == "emile-dubois"
     assert slug("???", taken) == "agent"
+
+
+def _heading(names: list[str], pieces: list[str]) -> str:
+    heading = SpeakerHeading(names)
+    return "".join(heading.feed(piece) for piece in pieces) + heading.finish()
+
+
+def test_a_speakers_heading_is_dropped_from_the_start_of_a_line_only() -> None:
+    names = ["Tessa", "Marco"]
+    assert _heading(names, ["Tes", "sa: (smiling) Ah, hi"]) == "(smiling) Ah, hi"
+    assert _heading(names, ["Marco (Marrowick):", " Hi"]) == "Hi"
+    assert _heading(names, ["Tessaline ", "Systems rocks"]) == "Tessaline Systems rocks"
+    assert _heading(names, ["Tessa and I agree: yes"]) == "Tessa and I agree: yes"
+    assert _heading(names, ["Hello", " Tessa: there"]) == "Hello Tessa: there"
+    assert _heading(names, ["Tessa"]) == "Tessa"
+
+
+def _turn(history: list[Line], speaker: int = 1) -> AgentTurnInput:
+    simulation = Simulation(
+        scenario="Tessaline sells servers to Marrowick",
+        agents=[
+            Speaker("tessa", "", pb.Agent(display_name="Tessa", company="Tessaline")),
+            Speaker("marco", "", pb.Agent(display_name="Marco", company="Marrowick")),
+        ],
+        human=Human("pat", "Pat"),
+        limits=Limits(),
+    )
+    return AgentTurnInput(
+        tenant="t",
+        conversation="conversations/c",
+        simulation=simulation,
+        speaker=simulation.agents[speaker],
+        turn=len(history) + 1,
+        history=history,
+        history_turns=2,
+        turn_chars=20,
+        sources=3,
+        max_tokens=32,
+        temperature=0.7,
+    )
+
+
+def test_an_agent_turns_prompt_ends_with_a_user_message_of_the_latest_turns() -> None:
+    history = [
+        Line("tessa", "first line"),
+        Line("marco", "my own earlier line"),
+        Line("tessa", "a very long line that goes on and on"),
+    ]
+    chat = messages(_turn(history), [])
+    assert chat[0].role == common_pb2.ROLE_SYSTEM and "You are Marco" in chat[0].content
+    assert [(m.role, m.content) for m in chat[1:]] == [
+        (common_pb2.ROLE_ASSISTANT, "my own earlier line"),
+        (common_pb2.ROLE_USER, "Tessa (Tessaline): a very long line"),
+    ]
+    opening = messages(_turn([], speaker=0), [])
+    assert opening[-1].role == common_pb2.ROLE_USER
+    assert "Marrowick" in opening[-1].content
+    # A line ends where another speaker's (or a second own) line would begin.
+    assert stops(_turn(history)) == ["\nTessa:", "\nPat:", "\nMarco:"]
