@@ -91,7 +91,9 @@ def agents_table(suggestion: pb.SuggestAgentsResponse, human: pb.HumanParticipan
 
 class LineReader:
     """Reads one line of the user's at a time without blocking the event loop: the reading
-    thread is a daemon, so a prompt nobody answers never holds the command open at exit."""
+    thread is a daemon, so a prompt nobody answers never holds the command open at exit. The
+    terminal stays in its own line mode (no readline library), so leaving mid-prompt (Ctrl-C)
+    leaves the terminal as it was."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -102,7 +104,9 @@ class LineReader:
         if self._pending is not None and not self._pending.done():
             return self._pending
         future: asyncio.Future[str | None] = self._loop.create_future()
-        interactive = sys.stdin.isatty()
+        if sys.stdin.isatty():
+            sys.stdout.write(prompt)
+            sys.stdout.flush()
 
         def deliver(line: str | None) -> None:
             if not future.done():
@@ -111,12 +115,9 @@ class LineReader:
         def work() -> None:
             line: str | None
             try:
-                if interactive:
-                    line = input(prompt)
-                else:
-                    raw = sys.stdin.readline()
-                    line = raw.rstrip("\r\n") if raw else None
-            except (EOFError, OSError, ValueError):
+                raw = sys.stdin.readline()
+                line = raw.rstrip("\r\n") if raw else None
+            except (OSError, ValueError):
                 line = None
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                 self._loop.call_soon_threadsafe(deliver, line)
