@@ -23,7 +23,6 @@ read the clock with TIME so every replica and AOF replay agrees on it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
@@ -69,6 +68,8 @@ T = TypeVar("T")
 # Longest single XREAD BLOCK: bounds how late a follower notices a deletion or a shutdown.
 _FOLLOW_SLICE_SECONDS = 1.0
 _REPLAY_BATCH = 256
+# The log entry of a conversation's status change (the end of a finished one's log).
+_STATUS_CHANGED = "conversation.status_changed"
 # Compare-and-set rounds of a message update before it gives up as ABORTED.
 _REPLACE_ATTEMPTS = 8
 # Connections of one process for ordinary commands. Redis runs one command at a time, so more
@@ -677,11 +678,18 @@ class RedisStore:
         whatever wakes the loop. Ends with EndOfLog once a finished conversation is fully
         delivered; raises NotFound when the conversation disappears and Unavailable on
         shutdown or a lost Redis, both naming the sequence to resume from.
+
+        Live, one blocking XREAD both waits for and fetches what comes next; the status is read
+        only when it may have changed (at the start, after a status change was delivered, after
+        a wait that brought nothing), so a busy log costs one command per batch of events.
         """
         conv, _, events = _Keys(tenant).conversation(conversation_id)[:3]
         loop = asyncio.get_running_loop()
         delivered = after_sequence
         idle_since = loop.time()
+        # Entries after `delivered` in hand: None when the log must be read (XRANGE) first.
+        arrived: list[Any] | None = None
+        check_status = True
         try:
             if not await self._read(lambda: self._redis.exists(conv)):
                 raise _conversation_not_found(conversation_id)
@@ -691,50 +699,70 @@ class RedisStore:
                         f"server shutting down, resume from sequence {delivered}",
                         retry_after=1.0,
                     )
-                start = f"{delivered + 1}-0"
-                entries = await self._read(
-                    partial(self._redis.xrange, events, start, "+", count=_REPLAY_BATCH)
-                )
-                if entries:
-                    for entry in entries:
+                if arrived is None:
+                    start = f"{delivered + 1}-0"
+                    arrived = await self._read(
+                        partial(self._redis.xrange, events, start, "+", count=_REPLAY_BATCH)
+                    )
+                if arrived:
+                    for entry in arrived:
                         event = _event(entry)
                         delivered = event.sequence
+                        check_status = check_status or event.type == _STATUS_CHANGED
                         yield event
                     idle_since = loop.time()
-                    continue
-                status_raw, last_raw = await self._read(
-                    lambda: self._redis.hmget(conv, ["status", "last_seq"])
-                )
-                if status_raw is None:
-                    raise NotFound(f"conversation {conversation_id!r} was deleted")
-                status = ConversationStatus(int(status_raw))
-                last_sequence = int(last_raw or 0)
-                if status.finished and delivered >= last_sequence:
-                    yield EndOfLog(last_sequence, status)
-                    return
+                    # A full batch may have more behind it: read on at once.
+                    full, arrived = len(arrived) >= _REPLAY_BATCH, None
+                    if full:
+                        continue
+                if check_status:
+                    status_raw, last_raw = await self._read(
+                        lambda: self._redis.hmget(conv, ["status", "last_seq"])
+                    )
+                    if status_raw is None:
+                        raise NotFound(f"conversation {conversation_id!r} was deleted")
+                    status = ConversationStatus(int(status_raw))
+                    last_sequence = int(last_raw or 0)
+                    if status.finished and delivered >= last_sequence:
+                        yield EndOfLog(last_sequence, status)
+                        return
+                    if delivered < last_sequence:
+                        arrived = None  # appended meanwhile: read it before waiting
+                        check_status = False
+                        continue
+                    check_status = False
                 waited = loop.time() - idle_since
                 if waited >= heartbeat_seconds:
                     yield Heartbeat(delivered)
                     idle_since, waited = loop.time(), 0.0
                 block = min(_FOLLOW_SLICE_SECONDS, heartbeat_seconds - waited)
-                # Only a wake-up call: the XRANGE above reads whatever arrived.
-                streams: dict[Any, Any] = {events: f"{delivered}-0"}
-                block_ms = max(1, int(block * 1000))
-                await self._wake(streams, block_ms)
+                arrived = await self._wait_after(events, delivered, max(1, int(block * 1000)))
+                if not arrived:
+                    # Nothing came (or no follow connection was free): read the log and the
+                    # status again, which also notices a deletion or an expiry.
+                    arrived, check_status = None, True
         except Unavailable as error:
             if stopping.is_set():  # the shutdown notice already names the resume point
                 raise
             raise _unavailable(f"resume from sequence {delivered}") from error
 
-    async def _wake(self, streams: dict[Any, Any], block_ms: int) -> None:
-        """Waits up to `block_ms` for an entry after the given ids (or a slice for a free
-        follow connection: then the caller's next XRANGE polls instead)."""
+    async def _wait_after(self, events: str, delivered: int, block_ms: int) -> list[Any]:
+        """Entries of the log after `delivered`, waiting up to `block_ms` for the first; none
+        when the wait ran out or no follow connection was free within a slice."""
 
-        async def wake() -> None:
-            with contextlib.suppress(PoolExhausted):
-                await self._blocking.xread(streams, count=1, block=block_ms)
+        async def wait() -> list[Any]:
+            try:
+                reply: Any = await self._blocking.xread(
+                    {events: f"{delivered}-0"}, count=_REPLAY_BATCH, block=block_ms
+                )
+            except PoolExhausted:
+                return []
+            if not reply:
+                return []
+            streams = reply.values() if isinstance(reply, dict) else (e for _, e in reply)
+            return [entry for entries in streams for entry in entries]
 
-        await self._read(wake)
+        return await self._read(wait)
 
     # Sessions
 
