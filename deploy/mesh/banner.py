@@ -207,6 +207,7 @@ def _simulation_examples(mesh: Mesh) -> str:
         f"--target {mesh.gateway.grpc_target} --home {shlex.quote(str(mesh.config.home))} "
         f"--tenant {SIMULATION_TENANT}"
     )
+    pdf = shlex.quote(str(mesh.config.home / "simulation.pdf"))
     return f"""
   # a sales simulation between the sample companies (tenant {SIMULATION_TENANT}, key
   # {mesh.keys[SIMULATION_TENANT]}): suggested agents talk it through, each turn streamed with its
@@ -215,7 +216,9 @@ def _simulation_examples(mesh: Mesh) -> str:
       {shlex.quote(SIMULATION_SCENARIO)} --agents 3 --max-turns 6
 
   # find past simulations; replay and export the newest (or name one: conversations/<id>)
-  {callisto} conversations list {connect} --simulations --company 'Tessaline Systems'
+  {callisto} conversations list {connect} \\
+      --simulations --company 'Tessaline Systems'
   {callisto} conversations replay {connect}
-  {callisto} conversations export {connect} --format pdf -o simulation.pdf
+  {callisto} conversations export {connect} \\
+      --format pdf -o {pdf}
 """

@@ -356,5 +356,9 @@ def export(
         sys.stdout.buffer.flush()
         return
     path = output or Path(f"{name.removeprefix('conversations/')}.{format.value}")
-    path.write_bytes(data)
+    try:
+        path.write_bytes(data)
+    except OSError as error:
+        typer.echo(f"export failed: cannot write {path}: {error.strerror}", err=True)
+        raise typer.Exit(2) from error
     typer.echo(f"wrote {path} ({len(data)} bytes, {format.value})")
