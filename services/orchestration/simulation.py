@@ -744,8 +744,9 @@ class SimulationRun(Run):
         event_id = await writer.emit(pb.ConversationEvent(done=done))
         state.done_event_id = event_id
         await self.save()
-        await self._end_conversation(reason)
+        # Whoever waits for the end (a cancel, the human's end) has it now; the status follows.
         await self._close(event_id)
+        await self._end_conversation(reason)
         return True
 
     async def _fail(self, error: BaseException) -> None:
