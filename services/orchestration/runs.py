@@ -50,6 +50,7 @@ from callisto.services.orchestration.simulation import (
     human_message,
     is_turn,
     request_id,
+    sentiment_of,
     setup,
 )
 from callisto.services.orchestration.simulation_state import Simulation, Speaker, slug
@@ -394,22 +395,22 @@ class RunManager:
             simulation.awaiting_turn == 0 and simulation.human_is_next()
         )
         if humans_turn and turn.text.strip():
-            scores = await self._backends.generation.analyze_sentiment([turn.text])
+            sentiment = await sentiment_of(self._backends.generation, turn.text)
             message = await self._backends.persistence.create_message(
                 conversation,
                 human_message(
-                    state,
-                    simulation,
-                    number,
-                    turn.text,
-                    scores[0] if scores else common_pb2.Sentiment(),
-                    end=turn.end_conversation,
+                    state, simulation, number, turn.text, sentiment, end=turn.end_conversation
                 ),
                 request_id=request_id(state.run_id, number),
             )
             if message.author != human.id:
                 raise FailedPrecondition(
                     f"turn {number} of {conversation} went to {message.author} first"
+                )
+            if message.text != turn.text:
+                # Another submit's line is the turn (a retry of the same line gets its id).
+                raise FailedPrecondition(
+                    f"turn {number} of {conversation} already holds another line of {human.id}"
                 )
             return int(message.event_sequence)
         if not turn.end_conversation and state.turns > 0:

@@ -25,6 +25,7 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from callisto.api.common.v1 import common_pb2
 from callisto.api.orchestration.v1 import orchestration_pb2 as pb
 from callisto.api.persistence.v1 import persistence_pb2
+from callisto.generation import GenerationClient
 from callisto.services.orchestration import events, metrics, termination
 from callisto.services.orchestration.budget import RunModelCaller, Spend, TokenBudget
 from callisto.services.orchestration.leases import RunKey
@@ -58,6 +59,18 @@ def now_rfc3339() -> str:
     stamp = timestamp_pb2.Timestamp()
     stamp.GetCurrentTime()
     return str(stamp.ToJsonString())
+
+
+# Most characters of one text AnalyzeSentiment scores (generation.proto).
+SENTIMENT_TEXT_CHARS = 16384
+
+
+async def sentiment_of(generation: GenerationClient, text: str) -> common_pb2.Sentiment:
+    """The sentiment of a turn's text, as AnalyzeSentiment takes it: NULs read as spaces, the
+    text cut to what one text may hold (a turn's tone shows long before that)."""
+    scored = text.replace("\x00", " ")[:SENTIMENT_TEXT_CHARS]
+    scores = await generation.analyze_sentiment([scored])
+    return scores[0] if scores else common_pb2.Sentiment()
 
 
 def request_id(run_id: str, turn: int) -> str:
@@ -446,8 +459,7 @@ class SimulationRun(Run):
         return None
 
     async def _sentiment(self, text: str) -> common_pb2.Sentiment:
-        scores = await self.context.backends.generation.analyze_sentiment([text])
-        return scores[0] if scores else common_pb2.Sentiment()
+        return await sentiment_of(self.context.backends.generation, text)
 
     async def _store_agent_line(
         self,
