@@ -48,6 +48,16 @@ conversations_app = typer.Typer(
 
 SIMULATION_TAG = "simulation"
 OUTCOME_TAG = "outcome:"
+# The listing's columns, and whether each is kept on one line.
+COLUMNS = (
+    ("conversation", True),
+    ("created (UTC)", True),
+    ("title", False),
+    ("companies", False),
+    ("messages", True),
+    ("outcome", True),
+    ("tags", False),
+)
 
 
 class ExportChoice(enum.StrEnum):
@@ -247,21 +257,23 @@ def list_conversations(
         console.print("No conversations match.")
         return
     table = Table(title=f"{len(rows)} conversations", title_justify="left")
-    for column in ("conversation", "created", "title", "companies", "messages", "outcome", "tags"):
-        table.add_column(column, overflow="fold")
+    # Ids, times and outcomes stay whole; the prose folds.
+    for column, whole in COLUMNS:
+        table.add_column(column, no_wrap=whole, overflow="ellipsis" if whole else "fold")
     for row in rows:
-        outcome_text = str(row["outcome"] or row["status"])
         companies = row["companies"]
         tags = row["tags"]
         assert isinstance(companies, list) and isinstance(tags, list)
+        created = str(row["created"]).replace("T", " ").replace("+00:00", "")[:16]
         table.add_row(
             str(row["conversation"]).removeprefix("conversations/"),
-            str(row["created"]).replace("+00:00", "Z"),
+            created,
             str(row["title"]),
             ", ".join(companies),
             str(row["messages"]),
-            outcome_text,
-            ", ".join(tags),
+            str(row["outcome"] or row["status"]),
+            # The outcome and `simulation` tags say what the columns already say.
+            ", ".join(t for t in tags if t != SIMULATION_TAG and not t.startswith(OUTCOME_TAG)),
         )
     console.print(table)
 

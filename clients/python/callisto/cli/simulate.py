@@ -15,10 +15,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shlex
+import shutil
 import signal
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -234,14 +237,27 @@ def _human(suggestion: pb.SuggestAgentsResponse, participate: bool) -> pb.HumanP
     return DEFAULT_HUMAN
 
 
+def program() -> str:
+    """How to call this command line again: `callisto` when that is what PATH finds, else the
+    path it was started as."""
+    started = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
+    found = shutil.which("callisto")
+    if started is None or not started.exists() or started.suffix == ".py":
+        return "callisto"
+    if found is not None and Path(found).resolve() == started:
+        return "callisto"
+    return shlex.quote(str(started))
+
+
 def next_steps(conversation: str, flags: str) -> list[str]:
     """The commands that replay and export `conversation` (copy and paste)."""
     short = conversation.removeprefix("conversations/")
     tail = f" {flags}" if flags else ""
+    callisto = program()
     return [
-        f"callisto conversations replay {conversation}{tail}",
-        f"callisto conversations export {conversation} --format pdf -o {short}.pdf{tail}",
-        f"callisto conversations export {conversation} --format md -o {short}.md{tail}",
+        f"{callisto} conversations replay {conversation}{tail}",
+        f"{callisto} conversations export {conversation} --format pdf -o {short}.pdf{tail}",
+        f"{callisto} conversations export {conversation} --format md -o {short}.md{tail}",
     ]
 
 
@@ -395,7 +411,10 @@ def simulate(
         raise typer.Exit(2) from error
     if conversation and not as_json:
         console.print()
-        console.print(Text(f"Conversation {conversation}. Replay or export it:", style="bold"))
+        console.print(
+            Text(f"Conversation {conversation}. Replay or export it:", style="bold"),
+            soft_wrap=True,
+        )
         for command in next_steps(conversation, connection_flags(target, tenant, home, api_key)):
             console.print(f"  {command}", markup=False, soft_wrap=True)
     if not ok:
