@@ -436,3 +436,38 @@ async def test_simulate_with_the_real_model_streams_scored_turns_to_the_end(
     assert len(stored) == 2 and all(m.text.strip() for m in stored)
     assert {_metadata(m)["model"] for m in stored} == {"models/llm"}
     assert "Done: max_turns — 2 turns" in out
+
+
+async def test_an_unanswered_human_turn_is_skipped_after_its_timeout(sim_mesh: SimMesh) -> None:
+    env = {**os.environ, "CALLISTO_HOME": str(sim_mesh.home), "COLUMNS": "200"}
+    process = await asyncio.create_subprocess_exec(
+        CALLISTO, "simulate", SCENARIO, "--agents", "2", "--participate", "--max-turns", "4",
+        "--human-timeout", "1", "--tag", sim_mesh.tag,
+        "--target", sim_mesh.gateway.grpc_target, "--api-key", sim_mesh.key,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    # stdin stays open and silent: the human never answers.
+    assert process.stdout is not None and process.stderr is not None
+    async with asyncio.timeout(280):
+        out = await process.stdout.read()
+        err = await process.stderr.read()
+        await process.wait()
+    assert process.stdin is not None
+    process.stdin.close()
+    text = out.decode()
+    assert process.returncode == 0, err.decode()
+    assert "went by without your answer" in text
+    assert "Done: max_turns" in text
+    name = conversation_of(text)
+    async with await callisto.Client.connect(
+        sim_mesh.gateway.grpc_target, api_key=sim_mesh.key
+    ) as client:
+        stored = await client.persistence.get_conversation(name)
+        messages = turns_of([m async for m in client.persistence.list_messages(name)])
+    human = [p.id for p in stored.participants if p.kind == persistence_pb2.PARTICIPANT_KIND_HUMAN]
+    assert len(human) == 1
+    # No human turn was stored, and the agents went on.
+    assert messages and all(m.author != human[0] for m in messages)
+    numbers = [int(_metadata(m)["turn"]) for m in messages]
+    assert numbers == list(range(1, len(messages) + 1))

@@ -149,6 +149,8 @@ class SimulationDriver:
         self._cancels: list[asyncio.Task[None]] = []
         self._interrupts = 0
         self._reader: LineReader | None = None
+        # The human's turn being waited for, until it is taken or goes by.
+        self._waiting_turn: int | None = None
 
     async def watch(self) -> bool:
         """Shows the run to its end; True when it did not fail."""
@@ -162,6 +164,7 @@ class SimulationDriver:
                 if not known and event.conversation:
                     await load_participants(self.client, event.conversation, self.view)
                     known = True
+                self._skipped(event)
                 self.view.show(event)
                 if event.WhichOneof("kind") == "awaiting_input":
                     self._ask(event.awaiting_input)
@@ -188,11 +191,24 @@ class SimulationDriver:
         elif watcher is not None:
             watcher.cancel()
 
+    def _skipped(self, event: pb.ConversationEvent) -> None:
+        """Says so when the human's turn went by unanswered (its wait timed out)."""
+        kind = event.WhichOneof("kind")
+        if kind == "turn_ended" and event.turn_ended.human:
+            self._waiting_turn = None
+        elif kind == "turn_started" and not event.turn_started.human and self._waiting_turn:
+            self.view.note(
+                f"  (turn {self._waiting_turn} went by without your answer; what you type now "
+                "answers your next turn)"
+            )
+            self._waiting_turn = None
+
     def _ask(self, waiting: pb.AwaitingInput) -> None:
         if self.human is None or self.view.as_json:
             return
         if waiting.speaker and waiting.speaker != (self.human.id or "user"):
             return
+        self._waiting_turn = waiting.turn or None
         if self._asking is not None and not self._asking.done():
             return
         self._asking = asyncio.get_running_loop().create_task(self._take_turn(waiting))
