@@ -293,7 +293,8 @@ def replay(
     home: HomeOption = None,
     target: TargetOption = None,
 ) -> None:
-    """Show a conversation's run again, from its first event, as it was shown live."""
+    """Show a conversation's run again, from its first event, as it was shown live (a later
+    run of the same conversation: --after the id of the event before it)."""
     address, key = _connect(api_key, tenant, home, target)
     console = new_console()
     view = ConversationView(console, as_json=as_json)
