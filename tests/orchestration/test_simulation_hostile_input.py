@@ -13,7 +13,11 @@ import asyncio
 import io
 import json
 import math
+import unicodedata
+import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -22,7 +26,7 @@ import pytest
 from google.protobuf import duration_pb2
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
-from hostile_support import check_rpc_error, check_status, describe
+from hostile_support import Hostile, check_rpc_error, check_status, describe
 from pypdf import PdfReader
 from runs_test_support import kind, kinds, wait_for_kind
 from simulation_test_support import ended, metadata_of, run, stored, violations
@@ -30,6 +34,7 @@ from simulation_test_support import ended, metadata_of, run, stored, violations
 import callisto
 from callisto.api.orchestration.v1 import orchestration_pb2 as pb
 from callisto.api.orchestration.v1 import orchestration_pb2_grpc as pb_grpc
+from callisto.client import auth_metadata
 from callisto.mesh.gateway import EnvoyGateway
 from callisto.mesh.processes import ServiceProcess
 from callisto.orchestration import simulation_start
@@ -827,3 +832,288 @@ async def test_a_cancel_racing_the_humans_end_ends_the_run_once(
         assert error.value.code() == FAILED_PRECONDITION, (what, error.value)
         _, again = await stored(persistence.address, api_key, name)
         assert [m.name for m in again] == [m.name for m in messages]
+
+
+# --- The barrage -------------------------------------------------------------------------------
+
+ROUNDS = 24
+SECRET = "acme-sim-secret-5c1e"
+ON_BEHALF_OF = "x-callisto-on-behalf-of"
+UNARY = ("SubmitInput", "CancelConversation", "GetConversationMetrics", "DownloadConversation")
+Metadata = tuple[tuple[str, str], ...]
+
+
+@dataclass
+class Caller:
+    """Who sends a share of the barrage, at what, and what came back."""
+
+    who: str
+    metadata: Metadata
+    targets: dict[str, Message]
+    # Names hostile values are drawn from (runs' streams only watch finished conversations).
+    names: list[str]
+    replies: list[bytes] = field(default_factory=list)
+    outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+
+def barrage_seeds(agent: str, running: str, finished: str) -> dict[str, Message]:
+    """A valid request per RPC for the barrage to mutate: runs with `agent` and inline agents,
+    human turns and ends for `running`, the rest at `finished`."""
+    start = with_human(agents=[agent], inline_agents=[buyer()], max_turns=3)
+    start.termination.stop_keywords.append("deal")
+    start.termination.min_sentiment = -0.9
+    start.simulation.human_turn_timeout.FromSeconds(30)
+    return {
+        "RunConversation": pb.RunConversationRequest(start=start),
+        "SubmitInput": pb.SubmitInputRequest(
+            name=running, turn=pb.HumanTurn(text="my offer", end_conversation=False)
+        ),
+        "SubmitInputEnd": pb.SubmitInputRequest(
+            name=running, turn=pb.HumanTurn(text="", end_conversation=True)
+        ),
+        "CancelConversation": pb.CancelConversationRequest(name=running, reason="stop"),
+        "GetConversationMetrics": pb.GetConversationMetricsRequest(name=finished),
+        "DownloadConversation": pb.DownloadConversationRequest(
+            name=finished, format=pb.EXPORT_FORMAT_PDF
+        ),
+        "StreamConversation": pb.StreamConversationRequest(name=finished),
+        "SuggestAgents": pb.SuggestAgentsRequest(scenario=SCENARIO, agent_count=3),
+    }
+
+
+def label(text: str) -> str:
+    return "".join(c for c in text if unicodedata.category(c) != "Cc")[:100].strip()
+
+
+def hostile_start(source: Hostile, seed: Message, round_index: int) -> pb.RunConversationRequest:
+    """Every other round a valid start whose texts are hostile (so it runs); else the seed with
+    a field or two made hostile, or a request hostile through."""
+    assert isinstance(seed, pb.RunConversationRequest)
+    if round_index % 2 == 0:
+        request = pb.RunConversationRequest()
+        request.CopyFrom(seed)
+        start = request.start
+        start.prompt = source.string()[:4000].strip() or "?"
+        start.title = source.string()[:200]
+        for agent in start.inline_agents:
+            # Labels take no control characters (refused: the table above proves it).
+            agent.display_name = label(source.string()) or "Agent"
+            agent.system_prompt = source.string()[:4000].strip() or "Speak."
+            agent.role, agent.company = label(source.string()), label(source.string())
+        start.simulation.human.display_name = source.string()[:100]
+        _replace(start.termination.stop_keywords, [source.string()[:64].strip() or "deal"])
+        return request
+    mutated = source.mutate(seed, huge=1 if round_index % 3 == 0 else 0)
+    if round_index % 5 == 1:
+        mutated = source.request(pb.RunConversationRequest(), huge=0)
+    assert isinstance(mutated, pb.RunConversationRequest)
+    return mutated
+
+
+def bounded(start: pb.StartConversation) -> pb.StartConversation:
+    """A hostile start kept short where it is valid: at most 4 turns (the range checks have a
+    test of their own)."""
+    if start.termination.max_turns == 0 or 4 < start.termination.max_turns <= 200:
+        start.termination.max_turns = 4
+    return start
+
+
+async def unary(
+    stub: pb_grpc.OrchestrationServiceAsyncStub, method: str, request: Message, caller: Caller
+) -> Any:
+    what = f"{caller.who}: {method}({describe(request)})"
+    try:
+        reply = await getattr(stub, method)(request, metadata=caller.metadata, timeout=UNARY_S)
+    except grpc.aio.AioRpcError as error:
+        check_rpc_error(error, what)
+        caller.outcomes[method, error.code().name] += 1
+        return None
+    caller.outcomes[method, "OK"] += 1
+    caller.replies.append(reply.SerializeToString())
+    return reply
+
+
+async def hostile_run(
+    stub: pb_grpc.OrchestrationServiceAsyncStub,
+    request: pb.RunConversationRequest,
+    caller: Caller,
+    source: Hostile,
+) -> None:
+    """A hostile run read to its end; each time it awaits the human, a hostile human turn and
+    then the human's end."""
+    what = f"{caller.who}: RunConversation({describe(request)})"
+    call = stub.RunConversation(request, metadata=caller.metadata, timeout=STREAM_S)
+    events: list[pb.ConversationEvent] = []
+    failure: grpc.aio.AioRpcError | None = None
+    try:
+        async for response in call:
+            event = response.event
+            events.append(event)
+            caller.replies.append(response.SerializeToString())
+            caller.outcomes["event", kind(event)] += 1
+            if kind(event) == "awaiting_input":
+                turn = source.mutate(pb.HumanTurn(text="a counter offer"), huge=0)
+                assert isinstance(turn, pb.HumanTurn)
+                name = event.conversation
+                await unary(
+                    stub, "SubmitInput", pb.SubmitInputRequest(name=name, turn=turn), caller
+                )
+                end = pb.SubmitInputRequest(name=name, turn=pb.HumanTurn(end_conversation=True))
+                await unary(stub, "SubmitInput", end, caller)
+            if kind(event) in ("done", "error"):
+                break
+    except grpc.aio.AioRpcError as error:
+        later = request.start.mode == pb.CONVERSATION_MODE_WORKFLOW
+        if not (later and error.code() == grpc.StatusCode.UNIMPLEMENTED):
+            check_rpc_error(error, what)
+        failure = error
+    finally:
+        call.cancel()
+    if failure is None:
+        check_events(events, what)
+        caller.outcomes["RunConversation", f"OK {kind(events[-1])}"] += 1
+    else:
+        assert not [e for e in events if kind(e) in ("done", "error")], what
+        fields = sorted(violations(failure))[:2]
+        caller.outcomes["RunConversation", f"{failure.code().name} {fields}"] += 1
+
+
+async def hostile_stream(
+    stub: pb_grpc.OrchestrationServiceAsyncStub,
+    request: pb.StreamConversationRequest,
+    caller: Caller,
+) -> None:
+    what = f"{caller.who}: StreamConversation({describe(request)})"
+    events: list[pb.ConversationEvent] = []
+    try:
+        call = stub.StreamConversation(request, metadata=caller.metadata, timeout=STREAM_S)
+        async for response in call:
+            events.append(response.event)
+            caller.replies.append(response.SerializeToString())
+    except grpc.aio.AioRpcError as error:
+        check_rpc_error(error, what)
+        caller.outcomes["StreamConversation", error.code().name] += 1
+        return
+    assert [kind(e) for e in events].count("done") + kinds(events).count("error") <= 1, what
+    caller.outcomes["StreamConversation", "OK"] += 1
+
+
+async def barrage(stub: pb_grpc.OrchestrationServiceAsyncStub, callers: list[Caller]) -> None:
+    sources = {c.who: Hostile(seed, COLLECTIONS, c.names) for seed, c in enumerate(callers, 9)}
+    clock = asyncio.get_running_loop().time
+    for round_index in range(ROUNDS):
+        began = clock()
+        calls: list[Awaitable[Any]] = []
+        for caller in callers:
+            source = sources[caller.who]
+            huge = 1 if round_index % 3 == 0 else 0
+            for method in (*UNARY, "SubmitInputEnd", "SuggestAgents"):
+                seed = caller.targets[method]
+                request = (
+                    source.mutate(seed, huge=huge)
+                    if round_index % 2
+                    else source.request(type(seed)(), huge=huge)
+                )
+                rpc = "SubmitInput" if method == "SubmitInputEnd" else method
+                calls.append(unary(stub, rpc, request, caller))
+            started = hostile_start(source, caller.targets["RunConversation"], round_index)
+            bounded(started.start)
+            calls.append(hostile_run(stub, started, caller, source))
+            watched = source.mutate(caller.targets["StreamConversation"], huge=0)
+            assert isinstance(watched, pb.StreamConversationRequest)
+            calls.append(hostile_stream(stub, watched, caller))
+        await asyncio.gather(*calls)
+        print(f"barrage round {round_index}: {len(calls)} calls in {clock() - began:.1f}s")
+
+
+async def snapshot(
+    client: callisto.Client, persistence: str, key: str, name: str, *, finished: bool = True
+) -> list[bytes]:
+    """The conversation as stored (messages and events), its metrics and, when it is
+    `finished`, its replay."""
+    async with await callisto.Client.connect(persistence, api_key=key) as stored_client:
+        export = await stored_client.persistence.export_conversation(name, include_events=True)
+    export.ClearField("export_time")
+    metrics = await client.orchestration.get_conversation_metrics(name)
+    replay = (
+        [e.SerializeToString() async for e in client.orchestration.stream(name)] if finished else []
+    )
+    return [export.SerializeToString(deterministic=True), metrics.SerializeToString(), *replay]
+
+
+async def test_a_hostile_barrage_over_the_simulation_rpcs_gets_client_errors_only(
+    orch_client: callisto.Client,
+    orch_stub: pb_grpc.OrchestrationServiceAsyncStub,
+    orchestration: ServiceProcess,
+    orch_generation: ServiceProcess,
+    persistence: ServiceProcess,
+    api_key: str,
+    other_api_key: str,
+) -> None:
+    acme, globex = auth_metadata(api_key), auth_metadata(other_api_key)
+    # Acme's precious simulations: a finished one and one waiting for its human.
+    secret = sim(f"{SECRET} deal", inline_agents=[seller(), buyer()], title=SECRET)
+    finished = (await run(orch_stub, secret, within_s=STREAM_S))[-1].conversation
+    waiting: Any = orch_stub.RunConversation(
+        pb.RunConversationRequest(start=with_human(f"{SECRET} waiting", title=SECRET))
+    )
+    try:
+        awaited = await until_awaited(waiting)
+        running = awaited.conversation
+        before = await snapshot(orch_client, persistence.address, api_key, finished)
+        waiting_before = await snapshot(
+            orch_client, persistence.address, api_key, running, finished=False
+        )
+        # Acme aims at scratch simulations of its own; the others at acme's precious ones.
+        agent = str(
+            (
+                await orch_client.orchestration.create_agent(
+                    agent_id=f"sim-hostile-{uuid.uuid4().hex[:8]}",
+                    display_name="Runner",
+                    system_prompt="Be brief.",
+                    tools=["search_documents", "calculator"],
+                )
+            ).name
+        )
+        scratch = (await run(orch_stub, sim(), within_s=STREAM_S))[-1].conversation
+        theirs = (await run(orch_stub, sim(), metadata=globex, within_s=STREAM_S))[-1]
+        mine = barrage_seeds(agent, scratch, scratch)
+        at_acme = barrage_seeds(agent, running, finished)
+        strangers = [running, finished, agent]
+        callers = [
+            Caller("acme", acme, mine, [scratch, agent, theirs.conversation]),
+            Caller("globex", globex, at_acme, strangers),
+            Caller("globex-forging-acme", (*globex, (ON_BEHALF_OF, "acme")), at_acme, strangers),
+            Caller("anonymous", auth_metadata("cal_nope"), at_acme, strangers),
+        ]
+        await barrage(orch_stub, callers)
+        for caller in callers:
+            print(caller.who, sorted(caller.outcomes.items()))
+        # Alive, serving, and acme's simulations as they were.
+        for service in (orchestration, orch_generation, persistence):
+            service.check_alive()
+            assert service.health() == health_pb2.HealthCheckResponse.SERVING
+        assert await snapshot(orch_client, persistence.address, api_key, finished) == before
+        waiting_after = await snapshot(
+            orch_client, persistence.address, api_key, running, finished=False
+        )
+        assert waiting_after == waiting_before
+        for caller in callers[1:]:
+            leaked = [r[:300] for r in caller.replies if SECRET.encode() in r]
+            assert not leaked, f"{caller.who} saw acme's data: {leaked}"
+        reached = callers[0].outcomes
+        refused = [n for (m, c), n in reached.items() if m == "RunConversation" and "INVALID" in c]
+        assert refused and reached["event", "done"] >= 3, reached
+        # The waiting run still takes its human's line for the awaited turn, and ends once.
+        await orch_client.orchestration.submit_turn(running, "still here", end_conversation=True)
+        rest_of_run = await rest(waiting)
+    finally:
+        waiting.cancel()
+    check_events(rest_of_run, "acme's waiting simulation after the barrage")
+    assert rest_of_run[-1].done.reason == "human_ended"
+    turns = ended(rest_of_run)
+    assert [(t.turn, t.human, t.text) for t in turns] == [
+        (awaited.awaiting_input.turn, True, "still here")
+    ]
+    events = await run(orch_stub, sim(), within_s=STREAM_S)
+    assert events[-1].done.reason == "max_turns", events[-1]
