@@ -1,5 +1,6 @@
 """A simulation with the real SmolLM2: two agents of two companies speak in turn, each line is
-the agent's own (not headed with its name, no other speaker's "Name:" line in it), scored, and the run ends on max_turns."""
+the agent's own (not headed with its name, no other speaker's "Name:" line in it), scored, and
+the run ends on max_turns."""
 
 from __future__ import annotations
 

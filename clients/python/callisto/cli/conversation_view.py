@@ -12,6 +12,7 @@ from datetime import timedelta
 
 from google.protobuf import json_format
 from rich.console import Console
+from rich.status import Status
 from rich.table import Table
 from rich.text import Text
 
@@ -77,6 +78,8 @@ class ConversationView:
         self._streamed = False
         self._open_turn: tuple[str, int] | None = None
         self._citations: list[common_pb2.Citation] = []
+        # On a terminal, a spinner while a speaker has not said anything yet.
+        self._status: Status | None = None
 
     def know(self, participants: Mapping[str, persistence_pb2.Participant]) -> None:
         """The conversation's participants, in speaking order (their colours follow it)."""
@@ -91,7 +94,27 @@ class ConversationView:
 
     # Output
 
+    def _quiet(self) -> None:
+        """Stops the spinner (before anything is printed)."""
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+
+    def _wait_for(self, speaker: str) -> None:
+        """On a terminal: a spinner until the speaker's first words, tool call or turn end."""
+        if not self.console.is_terminal or self.as_json:
+            return
+        participant = self.participants.get(speaker)
+        name = participant.display_name if participant and participant.display_name else speaker
+        self._status = self.console.status(Text(f"{name} is thinking…", style="dim"))
+        self._status.start()
+
+    def close(self) -> None:
+        """Leaves the terminal as it was (no spinner running)."""
+        self._quiet()
+
     def _end_line(self) -> None:
+        self._quiet()
         if self._mid_line:
             self.console.print()
             self._mid_line = False
@@ -149,8 +172,11 @@ class ConversationView:
         if started.restarted:
             self.note(f"  ↻ turn {started.turn} starts over (the run was taken over)")
         self._header(started.speaker, started.turn, human=started.human)
+        if not started.human:
+            self._wait_for(started.speaker)
 
     def _token(self, token: pb.TokenChunk) -> None:
+        self._quiet()
         if not self._mid_line:
             self.console.print("  ", end="")
         self.console.print(

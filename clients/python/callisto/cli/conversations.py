@@ -316,6 +316,7 @@ def replay(
                     if finished and event.event_id >= stored.last_sequence:
                         break
             finally:
+                view.close()
                 await stream.aclose()
             if not stream.finished and not finished:
                 return True

@@ -169,6 +169,7 @@ class SimulationDriver:
                 if event.WhichOneof("kind") == "awaiting_input":
                     self._ask(event.awaiting_input)
         finally:
+            self.view.close()
             loop.remove_signal_handler(signal.SIGINT)
             if self._asking is not None and not self._asking.done():
                 self._asking.cancel()
