@@ -10,6 +10,8 @@ RESOURCE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 RESOURCE_ID_RULE = (
     "must be 1-63 characters of lower-case letters, digits and '-', not starting with '-'"
 )
+MAX_MESSAGE_TEXT_BYTES = 64 * 1024
+"""Longest text of a stored message (persistence refuses more; a run cuts its turns to it)."""
 
 
 class Violations:

@@ -100,8 +100,8 @@ class AgentStore:
             v.add(
                 "agent_id", "must be 1-50 lower-case letters, digits or '-', not starting with '-'"
             )
-        created = self._writable(agent)
-        self._check(v, created, "agent")
+        created = self.writable(agent)
+        self.check(v, created, "agent")
         v.raise_if_any()
         agent_id = agent_id or uuid.uuid4().hex
         created.name = f"agents/{agent_id}"
@@ -267,7 +267,7 @@ class AgentStore:
         if not revised.model:
             revised.model = self._default_model
         v = Violations()
-        self._check(v, revised, "agent")
+        self.check(v, revised, "agent")
         v.raise_if_any()
         _stamp_revision(revised)
         revisions = [revised.revision_id, *head.revisions]
@@ -315,7 +315,7 @@ class AgentStore:
 
     # Validation
 
-    def _writable(self, agent: pb.Agent) -> pb.Agent:
+    def writable(self, agent: pb.Agent) -> pb.Agent:
         """The client-settable fields of `agent`, the default model filled in."""
         writable = pb.Agent()
         for path in UPDATABLE:
@@ -324,7 +324,8 @@ class AgentStore:
             writable.model = self._default_model
         return writable
 
-    def _check(self, v: Violations, agent: pb.Agent, prefix: str) -> None:
+    def check(self, v: Violations, agent: pb.Agent, prefix: str) -> None:
+        """Adds to `v` what is wrong with `agent`'s writable fields, at `prefix`."""
         if not agent.display_name.strip():
             v.add(f"{prefix}.display_name", "is required")
         _check_label(v, agent.display_name, MAX_DISPLAY_NAME, f"{prefix}.display_name")

@@ -33,11 +33,6 @@ from callisto.services.orchestration.relay import relayed
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
-MAX_MESSAGES = 5_000
-"""Most messages a conversation may hold for its metrics or a download (FAILED_PRECONDITION
-past it)."""
-PAGE_SIZE = 200
-"""Messages read from persistence per page."""
 MAX_CONCURRENT_RENDERS = 2
 """Documents rendered at once by one process; later downloads wait their turn."""
 MAX_KEPT_MESSAGES = MAX_RENDERED_TURNS * 2
@@ -105,11 +100,11 @@ class ExportsRpc(pb_grpc.OrchestrationServiceServicer):
         persistence = self._exports_backends.persistence
         with _relaying():
             conversation = await persistence.get_conversation(name)
-            if conversation.message_count > MAX_MESSAGES:
+            if conversation.message_count > metrics.MAX_MESSAGES:
                 raise _too_long(name, conversation.message_count)
             loaded = _Loaded(conversation, [], [])
-            async for message in persistence.list_messages(name, page_size=PAGE_SIZE):
-                if len(loaded.figures) >= MAX_MESSAGES:
+            async for message in persistence.list_messages(name, page_size=metrics.PAGE_SIZE):
+                if len(loaded.figures) >= metrics.MAX_MESSAGES:
                     raise _too_long(name, len(loaded.figures) + 1)
                 if len(loaded.whole) < keep:
                     loaded.whole.append(message)
@@ -156,7 +151,7 @@ def _figures_only(message: persistence_pb2.Message) -> persistence_pb2.Message:
 def _too_long(name: str, count: int) -> FailedPrecondition:
     return FailedPrecondition(
         f"{name} holds {count} messages; metrics and downloads cover conversations of at most "
-        f"{MAX_MESSAGES} messages (list them through persistence instead)"
+        f"{metrics.MAX_MESSAGES} messages (list them through persistence instead)"
     )
 
 

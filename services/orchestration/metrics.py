@@ -24,6 +24,11 @@ FLAT_SLOPE = 0.02
 """A sentiment slope within ±FLAT_SLOPE per turn is a "flat" trend."""
 
 TURN_ROLES = (common_pb2.ROLE_USER, common_pb2.ROLE_ASSISTANT)
+MAX_MESSAGES = 5_000
+"""Most messages a conversation's figures are computed from (past it GetConversationMetrics and
+downloads are FAILED_PRECONDITION, and a simulation's `done` carries none)."""
+PAGE_SIZE = 200
+"""Messages read from persistence per page."""
 MAX_KEYWORD_HITS_PER_TURN = 64
 """At most this many keyword hits are read from one turn's metadata."""
 

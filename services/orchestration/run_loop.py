@@ -443,7 +443,16 @@ class Run:
 
     async def _fail(self, error: BaseException) -> None:
         self.state.status = FAILED
-        await self.save()
+        try:
+            await self.save()
+        except LostOwnership:
+            raise
+        except Exception as failed:
+            # Persistence may be what failed the run: the error event is still written (its
+            # log is separate), so a watcher learns how the run ended.
+            log.warning(
+                "failed run not checkpointed", exc_info=failed, extra={"fields": self._fields()}
+            )
         writer = events.EventWriter(
             self.persistence,
             self.state.conversation,

@@ -142,15 +142,18 @@ class RunStore:
                 session_id=session_id(state.conversation),
             )
         else:
-            session = await self._save(state, previous.etag)
+            session = await self._save(state, previous.etag, retry=False)
         return Checkpoint(state, session.etag)
 
     async def save(self, checkpoint: Checkpoint) -> None:
-        """Writes the state over exactly the version it was read as (Aborted otherwise)."""
-        session = await self._save(checkpoint.state, checkpoint.etag)
+        """Writes the state over exactly the version it was read as (Aborted otherwise).
+        Retried while persistence is briefly unavailable: a compare-and-set never applies
+        twice, and a retry after a lost reply is Aborted, which the run's save resolves by
+        reloading its own state."""
+        session = await self._save(checkpoint.state, checkpoint.etag, retry=True)
         checkpoint.etag = session.etag
 
-    async def _save(self, state: RunState, etag: str) -> persistence_pb2.Session:
+    async def _save(self, state: RunState, etag: str, *, retry: bool) -> persistence_pb2.Session:
         return await self._persistence.update_session(
             persistence_pb2.Session(
                 name=f"sessions/{session_id(state.conversation)}",
@@ -159,6 +162,7 @@ class RunStore:
                 etag=etag,
             ),
             ["state"],
+            retry=retry,
         )
 
 

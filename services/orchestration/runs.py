@@ -312,7 +312,7 @@ class RunManager:
         """Adds the violations of an inline agent, checked as CreateAgent checks one."""
         if agent.name:
             v.add(f"{field}.name", "must be empty: an inline agent is not stored")
-        self._agents._check(v, self._agents._writable(agent), field)
+        self._agents.check(v, self._agents.writable(agent), field)
 
     # Simulations
 
@@ -331,7 +331,7 @@ class RunManager:
             participant = slug(_agent_id(agent.name), taken)
             speakers.append(Speaker(participant, revision_name(agent), agent))
         for inline in start.inline_agents:
-            spec = self._agents._writable(inline)
+            spec = self._agents.writable(inline)
             speakers.append(Speaker(slug(spec.display_name, taken), "", spec))
         human = start.simulation.human.id or HUMAN
         if start.human_in_the_loop and human in taken:

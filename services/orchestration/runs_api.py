@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -18,7 +17,7 @@ from callisto.api.orchestration.v1 import orchestration_pb2 as pb
 from callisto.api.orchestration.v1 import orchestration_pb2_grpc as pb_grpc
 from callisto.services.common.errors import FailedPrecondition, InvalidArgument
 from callisto.services.common.validation import Violations, parse_name
-from callisto.services.orchestration.budget import MODEL_EXTRAS_METADATA
+from callisto.services.orchestration.model_extras import model_extras
 from callisto.services.orchestration.relay import Unimplemented, relayed
 from callisto.services.orchestration.runs import RunManager
 
@@ -161,13 +160,10 @@ class RunsRpc(pb_grpc.OrchestrationServiceServicer):
     # Helpers
 
     async def _begin(self, start: pb.StartConversation, context: Context) -> tuple[str, int]:
-        extras = ""
-        if self._runs.settings.forward_model_extras:
-            metadata = dict(context.invocation_metadata() or ())
-            extras = _model_extras(metadata.get(MODEL_EXTRAS_METADATA, ""))
+        extras = model_extras(context, self._runs.settings.forward_model_extras)
         with _relaying():
             # Shielded: a caller gone mid-start must not leave a claimed run that nobody runs.
-            return await asyncio.shield(self._runs.begin(start, str(extras)))
+            return await asyncio.shield(self._runs.begin(start, extras))
 
     async def _watch(
         self, conversation: str, after: int, field: str = "after_event_id"
@@ -419,24 +415,3 @@ def _check_simulation(
     )
     v.raise_if_any()
     return start
-
-
-MAX_MODEL_EXTRAS_BYTES = 4096
-
-
-def _model_extras(raw: Any) -> str:
-    """The run's model extras as sent, refused before anything is stored unless they are a
-    small JSON object."""
-    if not raw:
-        return ""
-    text = raw if isinstance(raw, str) else ""
-    try:
-        valid = len(text.encode()) <= MAX_MODEL_EXTRAS_BYTES and isinstance(json.loads(text), dict)
-    except ValueError:
-        valid = False
-    if not valid:
-        raise InvalidArgument.field(
-            MODEL_EXTRAS_METADATA,
-            f"must be a JSON object of at most {MAX_MODEL_EXTRAS_BYTES} bytes",
-        )
-    return text

@@ -46,7 +46,7 @@ async def build(runtime: Runtime[OrchestrationSettings]) -> ServiceDefinition:
     tools = build_registry(settings)
     agents = AgentStore(backends.persistence, tools, settings.default_model)
     runs = RunManager(runtime, backends, agents, tools)
-    suggester = AgentSuggester(settings, backends.generation, agents._check, tools.names)
+    suggester = AgentSuggester(settings, backends.generation, agents.check, tools.names)
     servicer = OrchestrationServicer(agents, tools, backends, runs, suggester)
     await runs.start()
 

@@ -740,8 +740,7 @@ class SimulationRun(Run):
         self.sim.awaiting_turn = 0
         await self.save()
         conversation = await self._record_outcome(reason)
-        messages = [m async for m in self.persistence.list_messages(state.conversation)]
-        figures = metrics.conversation_metrics(conversation, messages)
+        figures = await self._figures(conversation)
         writer = events.EventWriter(
             self.persistence, state.conversation, f"{state.run_id}.{state.epoch}.done", 0.0
         )
@@ -760,6 +759,22 @@ class SimulationRun(Run):
         await self._close(event_id)
         await self._end_conversation(reason)
         return True
+
+    async def _figures(
+        self, conversation: persistence_pb2.Conversation
+    ) -> pb.ConversationMetrics | None:
+        """The conversation's figures as GetConversationMetrics gives them; None (and no
+        figures in `done`) past the messages it reads, as GetConversationMetrics refuses."""
+        messages: list[persistence_pb2.Message] = []
+        if conversation.message_count > metrics.MAX_MESSAGES:
+            return None
+        async for message in self.persistence.list_messages(
+            conversation.name, page_size=metrics.PAGE_SIZE
+        ):
+            if len(messages) >= metrics.MAX_MESSAGES:
+                return None
+            messages.append(message)
+        return await asyncio.to_thread(metrics.conversation_metrics, conversation, messages)
 
     async def _fail(self, error: BaseException) -> None:
         with contextlib.suppress(Exception):

@@ -19,6 +19,7 @@ from callisto.api.common.v1 import common_pb2
 from callisto.api.generation.v1 import generation_pb2
 from callisto.api.orchestration.v1 import orchestration_pb2 as pb
 from callisto.errors import CallistoError
+from callisto.services.common.validation import MAX_MESSAGE_TEXT_BYTES
 from callisto.services.orchestration import citations, prompts
 from callisto.services.orchestration.backends import Backends
 from callisto.services.orchestration.simulation_state import Simulation, Speaker
@@ -122,6 +123,14 @@ def cut(text: str, limit: int) -> str:
     return head[:space] if space > limit * 3 // 4 else head
 
 
+def fit(text: str, limit: int) -> str:
+    """The longest start of `text` that is at most `limit` bytes as UTF-8 (whole characters)."""
+    encoded = text.encode()
+    if len(encoded) <= limit:
+        return text
+    return encoded[: max(limit, 0)].decode(errors="ignore")
+
+
 def query_of(turn: AgentTurnInput) -> str:
     """What the agent looks up: the latest other speaker's line, or the scenario."""
     for line in reversed(turn.history):
@@ -221,13 +230,20 @@ async def agent_turn(
     speaker = turn.speaker.participant
     markers = citations.MarkerFilter(range(1, len(sources) + 1))
     parts: list[str] = []
+    # A line is stored as one message: what would not fit is neither streamed nor kept.
+    room = MAX_MESSAGE_TEXT_BYTES
 
     async def show(text: str, cited: list[int]) -> None:
+        nonlocal room
+        if room <= 0:
+            return
         for marker in cited:
             await sink.emit(pb.ConversationEvent(citation=sources[marker - 1]))
         if not parts:
             text = text.lstrip()
+        text = fit(text, room)
         if text:
+            room -= len(text.encode())
             parts.append(text)
             await sink.token(speaker, text)
 

@@ -25,6 +25,7 @@ from callisto.services.common.pagination import page_tokens
 from callisto.services.common.server import Runtime, ServiceDefinition
 from callisto.services.common.tenancy import current_tenant
 from callisto.services.common.validation import (
+    MAX_MESSAGE_TEXT_BYTES,
     Violations,
     check_page_size,
     check_resource_id,
@@ -58,7 +59,7 @@ MAX_TAGS = 32
 MAX_TAG = 64
 MAX_PARTICIPANTS = 100
 MAX_LABEL = 256
-MAX_TEXT_BYTES = 64 * 1024
+MAX_TEXT_BYTES = MAX_MESSAGE_TEXT_BYTES
 MAX_JSON_BYTES = 256 * 1024
 MAX_CITATIONS = 100
 MAX_REQUEST_ID = 128

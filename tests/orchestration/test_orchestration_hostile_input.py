@@ -149,16 +149,14 @@ class Precious:
 # Checks
 
 
-def _unimplemented_allowed(method: str, request: Message) -> bool:
-    if method == "SuggestAgents":
-        return True
+def _unimplemented_allowed(request: Message) -> bool:
     start = getattr(request, "start", None)
     return isinstance(start, pb.StartConversation) and start.mode in LATER_MODES
 
 
 def check_error(error: grpc.RpcError, what: str, method: str, request: Message) -> None:
     code = error.code()  # type: ignore[attr-defined]
-    if code == grpc.StatusCode.UNIMPLEMENTED and _unimplemented_allowed(method, request):
+    if code == grpc.StatusCode.UNIMPLEMENTED and _unimplemented_allowed(request):
         return
     check_rpc_error(error, what)
 

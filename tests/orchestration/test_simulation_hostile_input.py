@@ -55,20 +55,8 @@ INJECTION = (
     "| a | b |\n| --- | --- |\n```\nfenced\n```\n[link](http://evil.example)\n---\n> quote"
 )
 UNICODE = "Deal 😀🤝 — 成交 — עסקה — صفقة — ā \u202eRTL\u202c \u200b\ufeff"
-# A simulation scores every turn with AnalyzeSentiment, whose contract refuses a NUL and more
-# than 16384 characters; the run hands it the turn's text as it is.
-NUL_DEFECT = (
-    "a turn holding a NUL (toy_llm echoes the scenario's) fails the run with INVALID_ARGUMENT "
-    "'texts[0]: must be text: it holds a NUL character': simulation.SimulationRun._sentiment "
-    "passes the text to AnalyzeSentiment unchanged"
-)
-LENGTH_DEFECT = (
-    "an agent turn longer than 16384 characters fails the run with INVALID_ARGUMENT "
-    "'texts[0]: must be at most 16384 characters': simulation.SimulationRun._sentiment "
-    "passes the whole text to AnalyzeSentiment"
-)
 HOSTILE_TEXTS = (
-    pytest.param("a\x00b \x00 nul", marks=pytest.mark.xfail(strict=True, reason=NUL_DEFECT)),
+    "a\x00b \x00 nul",
     "\x01\x02\x1b[31m control \x7f\r\n\t",
     UNICODE,
     INJECTION,
@@ -388,7 +376,6 @@ async def test_a_hostile_scenario_runs_to_its_end_and_every_turn_is_scored(
     assert all(-1.0 <= t.sentiment.score <= 1.0 for t in turns)
 
 
-@pytest.mark.xfail(strict=True, reason=LENGTH_DEFECT)
 async def test_the_longest_agent_turns_of_the_longest_words_are_scored_and_stored(
     orch_client: callisto.Client,
     orch_stub: pb_grpc.OrchestrationServiceAsyncStub,
@@ -396,7 +383,8 @@ async def test_the_longest_agent_turns_of_the_longest_words_are_scored_and_store
     api_key: str,
 ) -> None:
     # 1024 tokens, each a word hundreds of characters long (the scenario's one word, cut to
-    # the turn's prompt bound): far more text than one sentiment text may hold.
+    # the turn's prompt bound): more than one sentiment text or one stored message may hold,
+    # so each line is cut to what a message holds.
     start = sim(WORD_10K, max_turns=2, max_turn_tokens=1024)
     events = await run(orch_stub, start, within_s=300)
     check_events(events, "1024 tokens of a 10k-character word")
@@ -404,6 +392,10 @@ async def test_the_longest_agent_turns_of_the_longest_words_are_scored_and_store
     conversation = events[0].conversation
     _, messages = await stored(persistence.address, api_key, conversation)
     assert [m.text for m in messages] == [t.text for t in ended(events)]
+    sizes = [len(m.text.encode()) for m in messages]
+    assert all(size <= 64 * 1024 for size in sizes) and max(sizes) > 60_000, sizes
+    streamed = "".join(e.token.text for e in events if e.WhichOneof("kind") == "token")
+    assert streamed == "".join(m.text for m in messages)
     for format in (pb.EXPORT_FORMAT_MARKDOWN, pb.EXPORT_FORMAT_PDF, pb.EXPORT_FORMAT_JSON):
         body = await orch_client.orchestration.download_conversation(conversation, format)
         assert body.data
@@ -650,14 +642,7 @@ async def test_undecodable_http_bodies_through_envoy_are_client_errors(
 
 # --- Human turns: NULs, a finished simulation, bursts and races ---------------------------------
 
-HUMAN_NUL_DEFECT = (
-    "SubmitInput of a human line holding a NUL (valid HumanTurn text) is INVALID_ARGUMENT on "
-    "'texts[0]', a field the request does not have: runs.RunManager._submit_simulation passes "
-    "the text to AnalyzeSentiment unchanged"
-)
 
-
-@pytest.mark.xfail(strict=True, reason=HUMAN_NUL_DEFECT)
 async def test_a_human_line_holding_a_nul_is_stored_and_scored(
     orch_client: callisto.Client,
     orch_stub: pb_grpc.OrchestrationServiceAsyncStub,
@@ -738,15 +723,6 @@ async def _burst(
         call.cancel()
 
 
-DROPPED_DEFECT = (
-    "concurrent SubmitInput calls with different lines for one awaited turn are all answered OK "
-    "with the stored turn's event id, though only the first line is stored: "
-    "runs.RunManager._submit_simulation takes persistence's answer for the turn's request id "
-    "(the message stored first) as its own without comparing its text"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=DROPPED_DEFECT)
 async def test_only_the_submit_whose_line_was_stored_is_told_ok(
     orch_stub: pb_grpc.OrchestrationServiceAsyncStub, persistence: ServiceProcess, api_key: str
 ) -> None:
@@ -1117,3 +1093,99 @@ async def test_a_hostile_barrage_over_the_simulation_rpcs_gets_client_errors_onl
     ]
     events = await run(orch_stub, sim(), within_s=STREAM_S)
     assert events[-1].done.reason == "max_turns", events[-1]
+
+
+async def test_bad_human_turns_of_a_running_simulation_are_refused_and_it_runs_on(
+    orch_stub: pb_grpc.OrchestrationServiceAsyncStub, persistence: ServiceProcess, api_key: str
+) -> None:
+    # Two rounds: agents, the human, agents, the human again.
+    start = with_human(max_turns=6)
+    call: Any = orch_stub.RunConversation(pb.RunConversationRequest(start=start))
+    try:
+        awaited = await until_awaited(call)
+        name = awaited.conversation
+        refused = (
+            (pb.HumanTurn(text=""), INVALID, "turn.text"),
+            (pb.HumanTurn(text=" \n\t"), INVALID, "turn.text"),
+            (pb.HumanTurn(text="x" * (LONGEST + 1)), INVALID, "turn.text"),
+            (pb.HumanTurn(text="hi", author="tessa"), INVALID, "turn.author"),
+            (pb.HumanTurn(text="hi", author="a b"), INVALID, "turn.author"),
+            (
+                pb.HumanTurn(text="bye", author="marco", end_conversation=True),
+                INVALID,
+                "turn.author",
+            ),
+            (pb.HumanTurn(text="hi", author="u" * 65), INVALID, "turn.author"),
+        )
+        for turn, code, path in refused:
+            request = pb.SubmitInputRequest(name=name, turn=turn)
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                await orch_stub.SubmitInput(request, timeout=UNARY_S)
+            what = f"SubmitInput({describe(turn)[:80]})"
+            assert error.value.code() == code and path in violations(error.value), (
+                what,
+                error.value,
+            )
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await orch_stub.SubmitInput(pb.SubmitInputRequest(name=name), timeout=UNARY_S)
+        assert error.value.code() == INVALID and "turn" in violations(error.value)
+        approval = pb.SubmitInputRequest(name=name, approval=pb.Approval(approval_id="a"))
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await orch_stub.SubmitInput(approval, timeout=UNARY_S)
+        check_rpc_error(error.value, "an approval for a simulation")
+        # None of it took the turn: the human's own line does, then the human ends it.
+        turn = pb.HumanTurn(text="fair, let us talk price", author="user")
+        await orch_stub.SubmitInput(pb.SubmitInputRequest(name=name, turn=turn), timeout=UNARY_S)
+        await until_awaited(call)
+        end = pb.HumanTurn(end_conversation=True)
+        await orch_stub.SubmitInput(pb.SubmitInputRequest(name=name, turn=end), timeout=UNARY_S)
+        events = await rest(call)
+    finally:
+        call.cancel()
+    check_events(events, "after the refused turns")
+    assert events[-1].done.reason == "human_ended"
+    _, messages = await stored(persistence.address, api_key, name)
+    human = [m.text for m in messages if metadata_of(m).get("human")]
+    assert human == ["fair, let us talk price"]
+
+
+async def test_model_picked_speakers_with_hostile_names_run_to_their_end(
+    orch_stub: pb_grpc.OrchestrationServiceAsyncStub,
+) -> None:
+    names = ['Tessa "the closer"', "Tessa", "😀", "\u202eocraM", 'back\\slash "} ]']
+    agents = [pb.Agent(display_name=n, system_prompt=f"You are {n}.") for n in names]
+    start = sim(
+        SCENARIO,
+        inline_agents=agents,
+        max_turns=6,
+        speaker_selection=pb.SPEAKER_SELECTION_MODEL,
+    )
+    events = await run(orch_stub, start, within_s=STREAM_S)
+    check_events(events, "model-picked speakers")
+    assert events[-1].done.reason == "max_turns", events[-1].error.message
+    speakers = {t.speaker for t in ended(events)}
+    participants = {"tessa-the-closer", "tessa", "agent", "ocram", "back-slash"}
+    assert speakers <= participants, speakers
+
+
+async def test_a_flood_of_downloads_all_finish_and_metrics_answer_meanwhile(
+    orch_client: callisto.Client,
+    orch_stub: pb_grpc.OrchestrationServiceAsyncStub,
+    orchestration: ServiceProcess,
+) -> None:
+    events = await run(orch_stub, sim(WORD_10K[:600] + " " + UNICODE, max_turns=6))
+    name = events[-1].conversation
+    formats = [pb.EXPORT_FORMAT_PDF, pb.EXPORT_FORMAT_MARKDOWN, pb.EXPORT_FORMAT_JSON] * 8
+    downloads = [
+        orch_client.orchestration.download_conversation(name, format, timeout=300)
+        for format in formats
+    ]
+    metrics = [orch_client.orchestration.get_conversation_metrics(name) for _ in range(8)]
+    answers = await asyncio.gather(*downloads, *metrics)
+    bodies = answers[: len(formats)]
+    for body, format in zip(bodies, formats, strict=True):
+        assert isinstance(body, type(bodies[0])) and body.data, format
+        if format == pb.EXPORT_FORMAT_PDF:
+            assert "Turn 6" in pdf_text(body.data)
+    assert all(getattr(m, "turns", 0) == 6 for m in answers[len(formats) :])
+    orchestration.check_alive()
