@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pypdf import PdfReader
 
 from callisto.mesh.processes import free_port
 
@@ -91,6 +92,8 @@ def test_callisto_up_serves_prints_working_examples_and_stops_cleanly(launcher: 
     assert any("conversations:run" in c for c in examples)
     assert any("OrchestrationService/RunConversation" in c for c in examples)
     assert re.search(r"✓ agents\s+agents/conference-assistant, agents/sales-assistant", banner)
+    assert any(" simulate " in c for c in examples)
+    simulated: re.Match[str] | None = None
     for command in examples:
         following = "events:subscribe" in command
         result = subprocess.run(
@@ -115,6 +118,20 @@ def test_callisto_up_serves_prints_working_examples_and_stops_cleanly(launcher: 
             assert '"done"' in out and "Cold-Chain Visibility" in out, out
             if command.startswith("curl"):
                 assert out.lstrip().startswith("data:"), out
+        elif " simulate " in command:
+            # Suggested agents talk it through, each turn scored, to the turn limit.
+            assert "Done: max_turns" in out and " sentiment " in out, out
+            simulated = re.search(r"conversations/[a-z0-9-]+", out)
+            assert simulated is not None, out
+        elif " conversations list " in command:
+            assert simulated is not None and simulated.group(0).split("/")[1] in out, out
+        elif " conversations replay " in command:
+            assert "Done: max_turns" in out, out
+        elif " conversations export " in command:
+            written = re.search(r"wrote (\S+\.pdf)", out)
+            assert written is not None, out
+            pages = PdfReader(written.group(1)).pages
+            assert "Turn 1" in "".join(page.extract_text() for page in pages)
         elif "keys create" in command:
             assert "api key (shown once): cal_" in out
         elif " ingest " in command:
