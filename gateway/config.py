@@ -59,6 +59,9 @@ HEALTH_SERVICE_HEADER = "x-callisto-health-service"
 # A whole document in one request is parsed, chunked and embedded before the call returns.
 LONG_UNARY_METHODS: dict[str, float] = {
     "callisto.retrieval.v1.RetrievalService/IngestDocument": 600.0,
+    # Up to three generations of a whole cast on the CPU model (the service stops its model
+    # attempts within the caller's deadline and answers with its template).
+    "callisto.orchestration.v1.OrchestrationService/SuggestAgents": 120.0,
 }
 
 # Streams that may stay silent for long between events, and how long each may: a conversation

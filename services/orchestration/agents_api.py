@@ -27,6 +27,9 @@ MESSAGE_NAME = re.compile(r"^conversations/[a-z0-9][a-z0-9-]{0,62}/messages/([0-
 RATINGS = (persistence_pb2.FEEDBACK_RATING_UP, persistence_pb2.FEEDBACK_RATING_DOWN)
 MAX_FEEDBACK_COMMENT = 4096
 
+SUGGEST_DEADLINE_MARGIN_S = 2.0
+"""What SuggestAgents keeps of its caller's deadline for the template and the reply."""
+
 
 class AgentsRpc(pb_grpc.OrchestrationServiceServicer):
     """CreateAgent, GetAgent, ListAgents, UpdateAgent, ListAgentRevisions, DeleteAgent,
@@ -88,7 +91,14 @@ class AgentsRpc(pb_grpc.OrchestrationServiceServicer):
     ) -> pb.SuggestAgentsResponse:
         suggester = self._suggester
         extras = model_extras(context, suggester.settings.forward_model_extras)
-        return await suggester.suggest(request, tenant=current_tenant(), model_extras=extras)
+        within = suggester.settings.suggest_timeout_s
+        remaining = context.time_remaining()
+        if remaining is not None:
+            # Room for the template and the reply before the caller gives up.
+            within = min(within, remaining - SUGGEST_DEADLINE_MARGIN_S)
+        return await suggester.suggest(
+            request, tenant=current_tenant(), model_extras=extras, within_s=within
+        )
 
     async def ListTools(
         self, request: pb.ListToolsRequest, context: Context

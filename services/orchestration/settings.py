@@ -210,3 +210,9 @@ class OrchestrationSettings(CommonSettings):
         0.2,
         "Sampling temperature of agent suggestion.",
     )
+    suggest_timeout_s: float = setting(
+        "CALLISTO_SUGGEST_TIMEOUT_S",
+        60.0,
+        "Seconds SuggestAgents spends on model attempts (less when the call's deadline is"
+        " sooner); then the role-based template answers.",
+    )

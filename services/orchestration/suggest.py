@@ -28,6 +28,7 @@ human, and the set always starts a simulation (which takes 2-5 agents, the human
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import unicodedata
@@ -504,9 +505,18 @@ class AgentSuggester:
         self._prices = PriceTable.parse(settings.model_prices)
 
     async def suggest(
-        self, request: pb.SuggestAgentsRequest, *, tenant: str, model_extras: str = ""
+        self,
+        request: pb.SuggestAgentsRequest,
+        *,
+        tenant: str,
+        model_extras: str = "",
+        within_s: float | None = None,
     ) -> pb.SuggestAgentsResponse:
+        """Agents for the request's scenario; model attempts stop after `within_s` seconds
+        (the settings' bound when None) and the template answers instead."""
         plan = check_request(request)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.settings.suggest_timeout_s if within_s is None else within_s)
         caller = RunModelCaller(
             self._generation,
             self._prices,
@@ -518,11 +528,20 @@ class AgentSuggester:
         base = prompts.messages(plan.scenario, plan.agent_count, plan.human_text(), plan.cast())
         attempts, feedback = 0, ""
         for attempt in range(1 + max(0, self.settings.suggest_retries)):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
             attempts += 1
             messages = list(base)
             if feedback:
                 messages.append(user(prompts.retry_text(feedback, plan.agent_count)))
-            outcome = await self._attempt(caller, plan, messages, seed=attempt)
+            try:
+                async with asyncio.timeout(remaining):
+                    outcome = await self._attempt(caller, plan, messages, seed=attempt)
+            except TimeoutError:
+                # Cancelled inside Triton; the caller gets the template while it still waits.
+                log.warning("agent suggestion ran out of time after %d model calls", attempts)
+                break
             if outcome.agents is not None:
                 source = "retried" if attempt else "repaired" if outcome.repaired else "model"
                 return self._answer(outcome.agents, plan, source, attempts)

@@ -183,6 +183,25 @@ async def test_every_generation_failing_falls_back_to_the_role_template(
     ]
 
 
+async def test_a_model_too_slow_for_the_callers_deadline_gives_the_template_in_time(
+    orch_stub: Stub,
+) -> None:
+    # Every token 200 ms late: no answer of the model can finish inside the 6 s deadline.
+    slow = ((EXTRAS, json.dumps({"delay_ms": 200})),)
+    request = pb.SuggestAgentsRequest(scenario=SALE, agent_count=3)
+    reply = await orch_stub.SuggestAgents(request, metadata=slow, timeout=6)
+    assert (reply.source, reply.attempts) == ("fallback", 1)
+    assert_usable(reply, SALE, 3)
+    assert {a.company for a in reply.agents} == PARTIES
+
+
+async def test_a_deadline_within_the_templates_margin_skips_the_model(orch_stub: Stub) -> None:
+    request = pb.SuggestAgentsRequest(scenario=SALE, agent_count=2)
+    reply = await orch_stub.SuggestAgents(request, timeout=1.5)
+    assert (reply.source, reply.attempts) == ("fallback", 0)
+    assert_usable(reply, SALE, 2)
+
+
 async def test_the_fallback_without_named_companies_uses_placeholders(orch_stub: Stub) -> None:
     reply = await suggest(orch_stub, NO_COMPANIES, 2, participate=True, metadata=FAIL)
     assert reply.source == "fallback"
