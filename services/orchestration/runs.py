@@ -423,11 +423,13 @@ class RunManager:
                 and last.text == turn.text
             ):
                 return int(last.event_sequence)
-        if not turn.end_conversation:
+        if not turn.end_conversation or turn.text.strip():
+            # A line can only be the human's turn; ending with one off the turn would lose it.
             speaker = simulation.next_speaker()
+            ending = " (or end with no text to end now)" if turn.end_conversation else ""
             raise FailedPrecondition(
                 f"it is {simulation.name_of(speaker)}'s turn ({speaker}, turn {number}), not "
-                f"{human.id}'s: send a turn after the awaiting_input that asks for it"
+                f"{human.id}'s: send a turn after the awaiting_input that asks for it{ending}"
             )
         if local is not None:
             local.request_end()

@@ -736,6 +736,34 @@ async def test_only_the_submit_whose_line_was_stored_is_told_ok(
     assert told_ok == {human[0].text}, (told_ok, human[0].text)
 
 
+async def test_ending_with_a_line_off_the_humans_turn_is_refused_and_loses_nothing(
+    orch_stub: pb_grpc.OrchestrationServiceAsyncStub, persistence: ServiceProcess, api_key: str
+) -> None:
+    # Slow tokens: the submits land inside the first agent's turn.
+    extras = (("x-callisto-model-extras", json.dumps({"delay_ms": 40})),)
+    call: Any = orch_stub.RunConversation(
+        pb.RunConversationRequest(start=with_human()), metadata=extras
+    )
+    try:
+        name = (await wait_for_kind(call, "turn_started", within_s=STREAM_S))[-1].conversation
+        last_word = pb.HumanTurn(text="my last word", end_conversation=True)
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await orch_stub.SubmitInput(
+                pb.SubmitInputRequest(name=name, turn=last_word), timeout=UNARY_S
+            )
+        assert error.value.code() == FAILED_PRECONDITION, error.value
+        assert "end with no text" in (error.value.details() or "")
+        end = pb.SubmitInputRequest(name=name, turn=pb.HumanTurn(end_conversation=True))
+        await orch_stub.SubmitInput(end, timeout=UNARY_S)
+        events = await rest(call)
+    finally:
+        call.cancel()
+    check_events(events, "ended off the human's turn")
+    assert events[-1].done.reason == "human_ended"
+    _, messages = await stored(persistence.address, api_key, name)
+    assert not [m for m in messages if metadata_of(m).get("human")]
+
+
 async def _race(stub: pb_grpc.OrchestrationServiceAsyncStub, name: str) -> list[tuple[str, int]]:
     end = pb.SubmitInputRequest(name=name, turn=pb.HumanTurn(text="", end_conversation=True))
     last = pb.SubmitInputRequest(

@@ -1053,7 +1053,8 @@ class HumanTurn(_message.Message):
     """Participant id of the human."""
     end_conversation: _builtins.bool
     """Simulation: the human ends the conversation (after this turn, if it has text), and the run
-    ends with `done(human_ended)`.
+    ends with `done(human_ended)`. With text it must be the human's turn (FAILED_PRECONDITION
+    otherwise, nothing ended); without, it ends the conversation at any point.
     """
     def __init__(
         self,
