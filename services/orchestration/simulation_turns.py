@@ -34,6 +34,7 @@ PASSAGE_CHARS = 400
 # Most tokens of the next-speaker choice.
 SELECTION_MAX_TOKENS = 24
 MAX_STOPS = 4
+PARAGRAPH = "\n\n"
 
 
 @dataclass(frozen=True)
@@ -183,15 +184,17 @@ def messages(
 
 
 def stops(turn: AgentTurnInput) -> list[str]:
-    """Where a line ends: when the model starts a new line of another speaker (or one more of
-    its own: one turn is one line)."""
+    """Where a line ends: at a blank line (the small model rambles on in paragraphs) or when
+    the model starts a new line of another speaker (or one more of its own: one turn is one
+    line)."""
     sim = turn.simulation
     names = [s.name for s in sim.agents if s.participant != turn.speaker.participant]
     if sim.human is not None:
         names.append(sim.human.name)
     names.append(turn.speaker.name)
-    # Generation takes at most MAX_STOPS stop strings: the next speakers' first.
-    return [f"\n{name}:" for name in dict.fromkeys(names)][:MAX_STOPS]
+    # Generation takes at most MAX_STOPS stop strings: the next speakers' first (the line
+    # filter still cuts a line at any speaker's heading).
+    return [PARAGRAPH, *(f"\n{name}:" for name in dict.fromkeys(names))][:MAX_STOPS]
 
 
 async def retrieve(

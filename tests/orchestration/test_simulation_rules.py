@@ -218,5 +218,5 @@ def test_an_agent_turns_prompt_ends_with_a_user_message_of_the_latest_turns() ->
     opening = messages(_turn([], speaker=0), [])
     assert opening[-1].role == common_pb2.ROLE_USER
     assert "Marrowick" in opening[-1].content
-    # A line ends where another speaker's (or a second own) line would begin.
-    assert stops(_turn(history)) == ["\nTessa:", "\nPat:", "\nMarco:"]
+    # A line ends at a blank line or where another speaker's (or a second own) line would begin.
+    assert stops(_turn(history)) == ["\n\n", "\nTessa:", "\nPat:", "\nMarco:"]
