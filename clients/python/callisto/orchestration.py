@@ -108,6 +108,7 @@ def simulation_start(
     max_turns: int = 0,
     stop_keywords: Sequence[str] = (),
     min_sentiment: float | None = None,
+    max_sentiment: float | None = None,
     timeout_s: float | None = None,
     max_total_tokens: int = 0,
     human: pb.HumanParticipant | None = None,
@@ -124,6 +125,8 @@ def simulation_start(
     termination = pb.TerminationPolicy(max_turns=max_turns, stop_keywords=list(stop_keywords))
     if min_sentiment is not None:
         termination.min_sentiment = min_sentiment
+    if max_sentiment is not None:
+        termination.max_sentiment = max_sentiment
     if timeout_s is not None:
         termination.timeout.FromTimedelta(timedelta(seconds=timeout_s))
     options = pb.SimulationOptions(

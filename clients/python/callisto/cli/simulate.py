@@ -323,7 +323,13 @@ def simulate(
         bool, typer.Option("--participate", help="Take part yourself, for the buying company.")
     ] = False,
     max_turns: Annotated[
-        int, typer.Option("--max-turns", min=0, help="Stop after this many turns; 0: default.")
+        int,
+        typer.Option(
+            "--max-turns",
+            min=0,
+            max=200,
+            help="Stop after this many turns (up to 200); 0: default.",
+        ),
     ] = 0,
     stop: Annotated[
         list[str] | None,
@@ -332,6 +338,10 @@ def simulate(
     min_sentiment: Annotated[
         float | None,
         typer.Option("--min-sentiment", min=-1.0, max=1.0, help="Stop below this sentiment."),
+    ] = None,
+    max_sentiment: Annotated[
+        float | None,
+        typer.Option("--max-sentiment", min=-1.0, max=1.0, help="Stop above this sentiment."),
     ] = None,
     timeout: Annotated[
         float | None,
@@ -349,7 +359,10 @@ def simulate(
     turn_tokens: Annotated[
         int,
         typer.Option(
-            "--turn-tokens", min=0, max=1024, help="Most tokens of one agent turn; 0: default."
+            "--turn-tokens",
+            min=0,
+            max=1024,
+            help="Most tokens of one agent turn (16-1024); 0: default.",
         ),
     ] = 0,
     model: Annotated[
@@ -378,6 +391,11 @@ def simulate(
     """Suggest agents for a scenario and watch them talk it through, turn by turn."""
     if not scenario.strip():
         raise typer.BadParameter("describe the scenario", param_hint="SCENARIO")
+    if 0 < turn_tokens < 16:
+        raise typer.BadParameter("must be 0 (the default) or 16-1024", param_hint="--turn-tokens")
+    if participate and as_json:
+        # JSON lines are for programs: nobody would be asked for the human's turns.
+        raise typer.BadParameter("cannot be used with --json", param_hint="--participate")
     key = api_key_for(api_key, tenant, home)
     address = target_for(target, home)
     console = new_console()
@@ -399,6 +417,7 @@ def simulate(
             max_turns=max_turns,
             stop_keywords=stop or (),
             min_sentiment=min_sentiment,
+            max_sentiment=max_sentiment,
             timeout_s=timeout,
             max_total_tokens=max_tokens,
             tags=tag or (),
