@@ -23,7 +23,7 @@ from typing import Annotated
 
 import typer
 from google.protobuf import json_format, timestamp_pb2
-from rich.table import Table
+from rich.text import Text
 
 from callisto.api.orchestration.v1 import orchestration_pb2 as pb
 from callisto.api.persistence.v1 import persistence_pb2
@@ -48,18 +48,9 @@ conversations_app = typer.Typer(
 
 SIMULATION_TAG = "simulation"
 OUTCOME_TAG = "outcome:"
+
+
 # The listing's columns, and whether each is kept on one line.
-COLUMNS = (
-    ("conversation", True),
-    ("created (UTC)", True),
-    ("title", False),
-    ("companies", False),
-    ("messages", True),
-    ("outcome", True),
-    ("tags", False),
-)
-
-
 class ExportChoice(enum.StrEnum):
     """The formats `export` writes."""
 
@@ -256,26 +247,28 @@ def list_conversations(
     if not rows:
         console.print("No conversations match.")
         return
-    table = Table(title=f"{len(rows)} conversations", title_justify="left")
-    # Ids, times and outcomes stay whole; the prose folds.
-    for column, whole in COLUMNS:
-        table.add_column(column, no_wrap=whole, overflow="ellipsis" if whole else "fold")
+    # One block per conversation, whatever the width: the id, time and outcome on one line
+    # (never cut: they are what the other commands take), the prose below, folding.
+    count = f"{len(rows)} conversation" + ("" if len(rows) == 1 else "s")
+    console.print(Text(count, style="bold"))
     for row in rows:
         companies = row["companies"]
         tags = row["tags"]
         assert isinstance(companies, list) and isinstance(tags, list)
         created = str(row["created"]).replace("T", " ").replace("+00:00", "")[:16]
-        table.add_row(
-            str(row["conversation"]).removeprefix("conversations/"),
-            created,
+        head = Text(str(row["conversation"]).removeprefix("conversations/"), style="bold")
+        head.append(f"  {created}  ")
+        head.append(str(row["outcome"] or row["status"]), style="cyan")
+        head.append(f"  {row['messages']} messages", style="dim")
+        console.print(head, soft_wrap=True)
+        # The outcome and `simulation` tags say what the line above already says.
+        shown = [t for t in tags if t != SIMULATION_TAG and not t.startswith(OUTCOME_TAG)]
+        about = [
             str(row["title"]),
             ", ".join(companies),
-            str(row["messages"]),
-            str(row["outcome"] or row["status"]),
-            # The outcome and `simulation` tags say what the columns already say.
-            ", ".join(t for t in tags if t != SIMULATION_TAG and not t.startswith(OUTCOME_TAG)),
-        )
-    console.print(table)
+            "tags: " + ", ".join(shown) if shown else "",
+        ]
+        console.print(Text("  " + " · ".join(a for a in about if a)), markup=False)
 
 
 @conversations_app.command("replay")
