@@ -45,7 +45,6 @@ import collections
 import difflib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import ExitStack
@@ -54,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2
-from orchestration_mesh import BenchMesh, Served, rss_mib
+from orchestration_mesh import BenchMesh, Served, fill_defaults, rss_mib, workdir
 from orchestration_report import Results, ms, p50, p99, ratio, say, table, verdict
 from orchestration_runs import (
     AnsweredTurn,
@@ -776,9 +775,7 @@ def parse_args() -> argparse.Namespace:
         "concurrent": 50 if quick else 200,
         "llm_questions": 1 if quick else 3,
     }
-    for name, value in defaults.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    fill_defaults(args, defaults)
     if args.skip_llm or (quick and not args.llm) or "e" not in args.only:
         args.llm_questions = 0
     return args
@@ -787,13 +784,9 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     with ExitStack() as stack:
-        if args.keep is not None:
-            args.keep.mkdir(parents=True, exist_ok=True)
-            workdir = args.keep
-        else:
-            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="orch-bench-")))
+        folder = workdir(stack, args.keep, "orch-bench-")
         started = time.monotonic()
-        mesh = BenchMesh(workdir, stack, with_llm=args.llm_questions > 0)
+        mesh = BenchMesh(folder, stack, with_llm=args.llm_questions > 0)
         say(f"mesh started in {time.monotonic() - started:.1f} s")
         results = asyncio.run(measure(mesh, args))
         print()

@@ -18,13 +18,16 @@ of the overhead goes.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
+import tempfile
 import urllib.request
 from collections.abc import Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -279,3 +282,19 @@ def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     # After the command name: state is field 3, utime and stime are fields 14 and 15.
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def fill_defaults(args: argparse.Namespace, defaults: Mapping[str, Any]) -> None:
+    """Sets every option the command line left out (None) to its default."""
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+
+
+def workdir(stack: ExitStack, keep: Path | None, prefix: str) -> Path:
+    """Where a benchmark's mesh keeps its data and logs: `keep` (kept), else a temporary
+    folder removed with `stack`."""
+    if keep is None:
+        return Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix)))
+    keep.mkdir(parents=True, exist_ok=True)
+    return keep

@@ -30,14 +30,13 @@ import argparse
 import asyncio
 import collections
 import os
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from orchestration_mesh import BenchMesh, cpu_seconds, rss_mib
+from orchestration_mesh import BenchMesh, cpu_seconds, fill_defaults, rss_mib, workdir
 from orchestration_report import Results, ms, p50, p99, ratio, say, table, verdict
 from orchestration_runs import Seen, Watch, chat_cancel_ms, line_up, log_gaps, token_lags
 from orchestration_tap import GenerationTap, Pacing, TappedCall
@@ -510,22 +509,16 @@ def parse_args() -> argparse.Namespace:
         "cancels": 5 if quick else 50,
         "warmup": 2 if quick else 5,
     }
-    for name, value in defaults.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    fill_defaults(args, defaults)
     return args
 
 
 def main() -> None:
     args = parse_args()
     with ExitStack() as stack:
-        if args.keep is not None:
-            args.keep.mkdir(parents=True, exist_ok=True)
-            workdir = args.keep
-        else:
-            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sim-bench-")))
+        folder = workdir(stack, args.keep, "sim-bench-")
         started = time.monotonic()
-        mesh = BenchMesh(workdir, stack, with_llm=False, with_sentiment=True)
+        mesh = BenchMesh(folder, stack, with_llm=False, with_sentiment=True)
         say(f"mesh started in {time.monotonic() - started:.1f} s")
         results = asyncio.run(measure(mesh, args))
         print()

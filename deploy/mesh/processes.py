@@ -5,6 +5,7 @@ outlives the launcher. Children also get SIGTERM from the kernel if the launcher
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -13,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import grpc
@@ -263,3 +264,14 @@ class ServiceProcess(ManagedProcess):
                 return
             time.sleep(0.1)
         raise ProcessError(f"{self.service} not SERVING within {timeout} s:\n{self.log_tail()}")
+
+    @contextlib.contextmanager
+    def serving(self, timeout: float = 30.0) -> Iterator[ServiceProcess]:
+        """The service started and SERVING for the block, stopped after it (also when it
+        never became healthy)."""
+        self.start()
+        try:
+            self.wait_healthy(timeout)
+            yield self
+        finally:
+            self.stop()

@@ -59,12 +59,8 @@ def generation(
         env=generation_env(service_env, generation_triton.grpc_url),
         log_path=logs / "generation.log",
     )
-    service.start()
-    try:
-        service.wait_healthy(60)
+    with service.serving(60):
         yield service
-    finally:
-        service.stop()
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

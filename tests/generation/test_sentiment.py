@@ -230,12 +230,8 @@ def outage_generation(
         },
         log_path=logs / "generation.log",
     )
-    service.start()
-    try:
-        service.wait_healthy(60)
+    with service.serving(60):
         yield service
-    finally:
-        service.stop()
 
 
 async def test_a_loaded_model_of_another_contract_is_invalid_argument_on_model(

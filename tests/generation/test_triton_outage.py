@@ -49,12 +49,8 @@ def own_generation(
         env=generation_env(service_env, own_triton.grpc_url),
         log_path=logs / "generation.log",
     )
-    service.start()
-    try:
-        service.wait_healthy(60)
+    with service.serving(60):
         yield service
-    finally:
-        service.stop()
 
 
 @pytest_asyncio.fixture(loop_scope="session")

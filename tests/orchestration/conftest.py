@@ -187,3 +187,26 @@ def orch_stub(
 ) -> orchestration_pb2_grpc.OrchestrationServiceAsyncStub:
     """The raw generated stub over the SDK's authenticated channel."""
     return orch_client.stub(orchestration_pb2_grpc.OrchestrationServiceStub)
+
+
+@pytest.fixture(scope="module")
+def replica(
+    orchestration: ServiceProcess,
+    orchestration_service_env: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[ServiceProcess]:
+    """A second orchestration process sharing the first one's persistence and Redis."""
+    logs = tmp_path_factory.mktemp("orch-replica")
+    service = ServiceProcess(
+        "orchestration", free_port(), env=orchestration_service_env, log_path=logs / "o.log"
+    )
+    with service.serving(60):
+        yield service
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def replica_stub(
+    replica: ServiceProcess, api_key: str
+) -> AsyncIterator[orchestration_pb2_grpc.OrchestrationServiceAsyncStub]:
+    async with await callisto.Client.connect(replica.address, api_key=api_key) as client:
+        yield client.stub(orchestration_pb2_grpc.OrchestrationServiceStub)

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-import pytest_asyncio
 from runs_test_support import (
     assert_consecutive,
     create_agent,
@@ -26,39 +24,8 @@ from runs_test_support import (
 import callisto
 from callisto.api.orchestration.v1 import orchestration_pb2 as pb
 from callisto.api.orchestration.v1 import orchestration_pb2_grpc as pb_grpc
-from callisto.mesh.processes import ServiceProcess, free_port
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-
-
-@pytest.fixture(scope="module")
-def replica(
-    orchestration: ServiceProcess,
-    orchestration_service_env: dict[str, str],
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[ServiceProcess]:
-    """A second orchestration process sharing the first one's persistence and Redis."""
-    logs = tmp_path_factory.mktemp("orch-replica")
-    service = ServiceProcess(
-        "orchestration",
-        free_port(),
-        env=orchestration_service_env,
-        log_path=logs / "orchestration.log",
-    )
-    service.start()
-    try:
-        service.wait_healthy(60)
-        yield service
-    finally:
-        service.stop()
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def replica_stub(
-    replica: ServiceProcess, api_key: str
-) -> AsyncIterator[pb_grpc.OrchestrationServiceAsyncStub]:
-    async with await callisto.Client.connect(replica.address, api_key=api_key) as client:
-        yield client.stub(pb_grpc.OrchestrationServiceStub)
 
 
 async def test_a_turn_sent_through_another_replica_joins_the_owners_run(

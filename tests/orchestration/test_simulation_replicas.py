@@ -4,11 +4,9 @@ the checkpoint, the cancel over Redis)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from google.protobuf import duration_pb2
 from runs_test_support import assert_consecutive, kind, kinds, read_until, wait_for_kind
 from simulation_test_support import create_agents, ended, simulation
@@ -16,36 +14,8 @@ from simulation_test_support import create_agents, ended, simulation
 import callisto
 from callisto.api.orchestration.v1 import orchestration_pb2 as pb
 from callisto.api.orchestration.v1 import orchestration_pb2_grpc as pb_grpc
-from callisto.mesh.processes import ServiceProcess, free_port
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-
-
-@pytest.fixture(scope="module")
-def replica(
-    orchestration: ServiceProcess,
-    orchestration_service_env: dict[str, str],
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[ServiceProcess]:
-    """A second orchestration process sharing the first one's persistence and Redis."""
-    logs = tmp_path_factory.mktemp("orch-sim-replica")
-    service = ServiceProcess(
-        "orchestration", free_port(), env=orchestration_service_env, log_path=logs / "o.log"
-    )
-    service.start()
-    try:
-        service.wait_healthy(60)
-        yield service
-    finally:
-        service.stop()
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def replica_stub(
-    replica: ServiceProcess, api_key: str
-) -> AsyncIterator[pb_grpc.OrchestrationServiceAsyncStub]:
-    async with await callisto.Client.connect(replica.address, api_key=api_key) as client:
-        yield client.stub(pb_grpc.OrchestrationServiceStub)
 
 
 def _start(agents: list[str], max_turns: int) -> pb.StartConversation:

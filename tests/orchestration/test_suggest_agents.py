@@ -301,12 +301,8 @@ def short_answers(
     service = ServiceProcess(
         "orchestration", free_port(), env=env, log_path=logs / "orchestration.log"
     )
-    service.start()
-    try:
-        service.wait_healthy(60)
+    with service.serving(60):
         yield service
-    finally:
-        service.stop()
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -353,12 +349,8 @@ def real_model(
     service = ServiceProcess(
         "orchestration", free_port(), env=env, log_path=logs / "orchestration.log"
     )
-    service.start()
-    try:
-        service.wait_healthy(60)
+    with service.serving(60):
         yield service
-    finally:
-        service.stop()
 
 
 @pytest.mark.llm

@@ -64,12 +64,8 @@ def sdk_generation(
     }
     logs = tmp_path_factory.mktemp("sdk-generation")
     service = ServiceProcess("generation", free_port(), env=env, log_path=logs / "generation.log")
-    service.start()
-    try:
-        service.wait_healthy(60)
+    with service.serving(60):
         yield service
-    finally:
-        service.stop()
 
 
 @pytest.fixture(scope="session")
@@ -84,12 +80,8 @@ def sdk_retrieval(
         "CALLISTO_RETRIEVAL_DATA_DIR": str(data_dir),
     }
     service = ServiceProcess("retrieval", free_port(), env=env, log_path=data_dir / "retrieval.log")
-    service.start()
-    try:
-        service.wait_healthy(120)
+    with service.serving(120):
         yield service
-    finally:
-        service.stop()
 
 
 @pytest.fixture(scope="session")
@@ -113,9 +105,5 @@ def sdk_orchestration(
     service = ServiceProcess(
         "orchestration", free_port(), env=env, log_path=logs / "orchestration.log"
     )
-    service.start()
-    try:
-        service.wait_healthy(60)
+    with service.serving(60):
         yield service
-    finally:
-        service.stop()
