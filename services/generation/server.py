@@ -97,7 +97,16 @@ FINISH_REASONS = {
     "tool_calls": generation_pb2.FINISH_REASON_TOOL_CALLS,
 }
 # Request fields that `x-callisto-model-extras` may not override.
-RESERVED_EXTRAS = {"messages", "max_tokens", "temperature", "top_p", "stop", "seed", "json_schema"}
+RESERVED_EXTRAS = {
+    "messages",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "repetition_penalty",
+    "stop",
+    "seed",
+    "json_schema",
+}
 MAX_TOOL_CALLS = 32
 # Nesting of a JSON value from a Struct (a schema, tool arguments): well above any usable schema.
 MAX_JSON_DEPTH = 64
@@ -112,6 +121,7 @@ _REJECTION_FIELDS = (
     ("max_tokens", "parameters.max_tokens"),
     ("temperature", "parameters.temperature"),
     ("top_p", "parameters.top_p"),
+    ("repetition_penalty", "parameters.repetition_penalty"),
     ("stop", "parameters.stop"),
     ("seed", "parameters.seed"),
     ("json_schema", "response_format.json_schema"),
@@ -488,6 +498,11 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
         top_p = parameters.top_p if parameters.HasField("top_p") else None
         if top_p is not None and not 0.0 < top_p <= 1.0:
             violations.add(params + "top_p", "must be greater than 0 and at most 1")
+        penalty = (
+            parameters.repetition_penalty if parameters.HasField("repetition_penalty") else None
+        )
+        if penalty is not None and not 1.0 <= penalty <= 2.0:
+            violations.add(params + "repetition_penalty", "must be between 1 and 2")
         stops = list(parameters.stop)
         if len(stops) > MAX_STOP_SEQUENCES:
             violations.add(params + "stop", f"must hold at most {MAX_STOP_SEQUENCES} sequences")
@@ -525,6 +540,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
                 max_tokens=max_tokens,
                 temperature=temperature,
                 top_p=top_p,
+                repetition_penalty=penalty,
                 stop=tuple(stops),
                 seed=parameters.seed if parameters.HasField("seed") else None,
                 json_schema=structure.schema if structure is not None else None,

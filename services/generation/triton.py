@@ -77,6 +77,7 @@ class GenerationSpec:
     max_tokens: int
     temperature: float | None = None
     top_p: float | None = None
+    repetition_penalty: float | None = None
     stop: Sequence[str] = ()
     seed: int | None = None
     # The JSON Schema the model's output is constrained to (a grammar in the model server).
@@ -93,6 +94,8 @@ class GenerationSpec:
             body["temperature"] = self.temperature
         if self.top_p is not None:
             body["top_p"] = self.top_p
+        if self.repetition_penalty is not None:
+            body["repetition_penalty"] = self.repetition_penalty
         if self.stop:
             body["stop"] = list(self.stop)
         if self.seed is not None:

@@ -168,6 +168,12 @@ class OrchestrationSettings(CommonSettings):
         0.7,
         "Sampling temperature of agent turns (a conversation needs some variety).",
     )
+    simulation_repetition_penalty: float = setting(
+        "CALLISTO_SIMULATION_REPETITION_PENALTY",
+        1.3,
+        "Repetition penalty of agent turns (1: none; the small CPU model loops on its own words"
+        " without one).",
+    )
     simulation_history_turns: int = setting(
         "CALLISTO_SIMULATION_HISTORY_TURNS",
         8,

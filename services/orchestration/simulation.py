@@ -400,6 +400,7 @@ class SimulationRun(Run):
             sources=settings.simulation_sources,
             max_tokens=sim.max_turn_tokens,
             temperature=settings.simulation_temperature,
+            repetition_penalty=settings.simulation_repetition_penalty,
         )
 
         async def generate() -> AgentLine:

@@ -59,6 +59,7 @@ class AgentTurnInput:
     sources: int
     max_tokens: int
     temperature: float
+    repetition_penalty: float = 1.0
 
 
 @dataclass
@@ -264,6 +265,7 @@ async def agent_turn(
         parameters=generation_pb2.SamplingParameters(
             max_tokens=turn.max_tokens,
             temperature=turn.temperature,
+            repetition_penalty=turn.repetition_penalty,
             seed=turn.turn,
             stop=stops(turn),
         ),

@@ -110,12 +110,15 @@ async def test_a_model_failure_mid_stream_ends_with_a_terminal_internal_error(
             {"parameters.temperature", "parameters.top_p"},
         ),
         (request_for("hi", top_p=1.5), {"parameters.top_p"}),
+        (request_for("hi", repetition_penalty=0.9), {"parameters.repetition_penalty"}),
+        (request_for("hi", repetition_penalty=2.5), {"parameters.repetition_penalty"}),
         (request_for("hi", stop=["a", "b", "c", "d", "e"]), {"parameters.stop"}),
         (request_for("hi", stop=["x" * 65]), {"parameters.stop[0]"}),
     ],
     ids=[
         "model-format", "no-messages", "role-and-content", "negative-max-tokens",
-        "max-tokens-limit", "temperature-and-top-p", "top-p", "too-many-stops", "long-stop",
+        "max-tokens-limit", "temperature-and-top-p", "top-p", "low-repetition-penalty",
+        "high-repetition-penalty", "too-many-stops", "long-stop",
     ],
 )  # fmt: skip
 async def test_bad_parameters_are_invalid_argument_with_field_violations(

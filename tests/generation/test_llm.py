@@ -43,3 +43,25 @@ async def test_the_real_llm_streams_a_non_empty_answer_with_usage(
     listed = await stub.ListModels(generation_pb2.ListModelsRequest(), metadata=extras())
     llm = next(m for m in listed.models if m.name == "models/llm")
     assert llm.ready and llm.streaming and llm.context_length == 2048
+
+
+@pytest.mark.llm
+async def test_a_repetition_penalty_changes_what_the_real_llm_says(
+    stub: generation_pb2_grpc.GenerationServiceStub,
+) -> None:
+    # Greedy decoding of a prompt that invites repeating itself: the same text every time, and
+    # another one once repeated tokens are penalised.
+    async def say(**penalty: float) -> str:
+        request = generation_pb2.GenerateRequest(
+            model="models/llm",
+            messages=chat_messages("Say sorry, sorry, sorry, again and again."),
+            parameters=generation_pb2.SamplingParameters(
+                max_tokens=40, temperature=0.0, seed=7, **penalty
+            ),
+        )
+        responses = [r async for r in stub.Generate(request, metadata=extras(), timeout=120)]
+        return "".join(r.delta.text for r in responses[:-1])
+
+    plain = await say()
+    assert plain and plain == await say(repetition_penalty=1.0)
+    assert await say(repetition_penalty=1.8) != plain

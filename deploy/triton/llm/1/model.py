@@ -106,6 +106,7 @@ def _parse(raw):
         "max_tokens": max_tokens,
         "temperature": _number(body, "temperature", 0.7, float, 0.0, 2.0),
         "top_p": _number(body, "top_p", 0.95, float, 0.0, 1.0),
+        "repeat_penalty": _number(body, "repetition_penalty", 1.0, float, 1.0, 2.0),
         "stop": stop,
         "seed": seed,
     }
@@ -261,7 +262,7 @@ class TritonPythonModel:
             tokens,
             temp=spec["temperature"],
             top_p=spec["top_p"],
-            repeat_penalty=1.0,
+            repeat_penalty=spec["repeat_penalty"],
             reset=True,
             grammar=spec["grammar"],
         )

@@ -29,7 +29,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'callisto/generation/v1/generation.proto\x12\x16\x63\x61llisto.generation.v1\x1a\x1f\x63\x61llisto/common/v1/common.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x17google/rpc/status.proto\"\x9e\x01\n\x0b\x43hatMessage\x12,\n\x04role\x18\x01 \x01(\x0e\x32\x18.callisto.common.v1.RoleB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x63ontent\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x34\n\ntool_calls\x18\x03 \x03(\x0b\x32 .callisto.generation.v1.ToolCall\x12\x14\n\x0ctool_call_id\x18\x04 \x01(\t\"R\n\x0eResponseFormat\x12\x32\n\x0bjson_schema\x18\x01 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x02\x12\x0c\n\x04name\x18\x02 \x01(\t\"\\\n\x04Tool\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12+\n\nparameters\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"^\n\nToolChoice\x12\x36\n\x04mode\x18\x01 \x01(\x0e\x32&.callisto.generation.v1.ToolChoiceModeH\x00\x12\x0e\n\x04tool\x18\x02 \x01(\tH\x00\x42\x08\n\x06\x63hoice\"P\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12*\n\targuments\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x9a\x01\n\x12SamplingParameters\x12\x12\n\nmax_tokens\x18\x01 \x01(\x05\x12\x18\n\x0btemperature\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12\x0c\n\x04stop\x18\x04 \x03(\t\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x02\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seed\"\xca\x02\n\x0fGenerateRequest\x12\x13\n\x05model\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12;\n\x08messages\x18\x02 \x03(\x0b\x32#.callisto.generation.v1.ChatMessageB\x04\xe2\x41\x01\x02\x12>\n\nparameters\x18\x03 \x01(\x0b\x32*.callisto.generation.v1.SamplingParameters\x12?\n\x0fresponse_format\x18\x04 \x01(\x0b\x32&.callisto.generation.v1.ResponseFormat\x12+\n\x05tools\x18\x05 \x03(\x0b\x32\x1c.callisto.generation.v1.Tool\x12\x37\n\x0btool_choice\x18\x06 \x01(\x0b\x32\".callisto.generation.v1.ToolChoice\"/\n\nTokenDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x13\n\x0btoken_count\x18\x02 \x01(\x05\"\xba\x02\n\x10GenerationResult\x12;\n\rfinish_reason\x18\x01 \x01(\x0e\x32$.callisto.generation.v1.FinishReason\x12-\n\x05usage\x18\x02 \x01(\x0b\x32\x1e.callisto.common.v1.TokenUsage\x12\x0f\n\x07ttft_ms\x18\x03 \x01(\x01\x12\x19\n\x11tokens_per_second\x18\x04 \x01(\x01\x12\x13\n\x0b\x64uration_ms\x18\x05 \x01(\x01\x12\r\n\x05model\x18\x06 \x01(\t\x12\x0c\n\x04text\x18\x07 \x01(\t\x12&\n\x06parsed\x18\x08 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x34\n\ntool_calls\x18\t \x03(\x0b\x32 .callisto.generation.v1.ToolCall\"\xc3\x01\n\x10GenerateResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x33\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\".callisto.generation.v1.TokenDeltaH\x00\x12:\n\x06result\x18\x03 \x01(\x0b\x32(.callisto.generation.v1.GenerationResultH\x00\x12#\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\x07\n\x05\x65vent\"\xe7\x02\n\x0fStartGeneration\x12\x1b\n\rgeneration_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x05model\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12;\n\x08messages\x18\x03 \x03(\x0b\x32#.callisto.generation.v1.ChatMessageB\x04\xe2\x41\x01\x02\x12>\n\nparameters\x18\x04 \x01(\x0b\x32*.callisto.generation.v1.SamplingParameters\x12?\n\x0fresponse_format\x18\x05 \x01(\x0b\x32&.callisto.generation.v1.ResponseFormat\x12+\n\x05tools\x18\x06 \x03(\x0b\x32\x1c.callisto.generation.v1.Tool\x12\x37\n\x0btool_choice\x18\x07 \x01(\x0b\x32\".callisto.generation.v1.ToolChoice\"/\n\x10\x43\x61ncelGeneration\x12\x1b\n\rgeneration_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x8d\x01\n\x0b\x43hatRequest\x12\x38\n\x05start\x18\x01 \x01(\x0b\x32\'.callisto.generation.v1.StartGenerationH\x00\x12:\n\x06\x63\x61ncel\x18\x02 \x01(\x0b\x32(.callisto.generation.v1.CancelGenerationH\x00\x42\x08\n\x06\x61\x63tion\"\xd6\x01\n\x0c\x43hatResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x15\n\rgeneration_id\x18\x02 \x01(\t\x12\x33\n\x05\x64\x65lta\x18\x03 \x01(\x0b\x32\".callisto.generation.v1.TokenDeltaH\x00\x12:\n\x06result\x18\x04 \x01(\x0b\x32(.callisto.generation.v1.GenerationResultH\x00\x12#\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\x07\n\x05\x65vent\"\x13\n\x11ListModelsRequest\"a\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05ready\x18\x02 \x01(\x08\x12\x10\n\x08versions\x18\x03 \x03(\t\x12\x16\n\x0e\x63ontext_length\x18\x04 \x01(\x05\x12\x11\n\tstreaming\x18\x05 \x01(\x08\"C\n\x12ListModelsResponse\x12-\n\x06models\x18\x01 \x03(\x0b\x32\x1d.callisto.generation.v1.Model\"=\n\x17\x41nalyzeSentimentRequest\x12\x13\n\x05texts\x18\x01 \x03(\tB\x04\xe2\x41\x01\x02\x12\r\n\x05model\x18\x02 \x01(\t\"\\\n\x18\x41nalyzeSentimentResponse\x12\x31\n\nsentiments\x18\x01 \x03(\x0b\x32\x1d.callisto.common.v1.Sentiment\x12\r\n\x05model\x18\x02 \x01(\t*\x87\x01\n\x0eToolChoiceMode\x12 \n\x1cTOOL_CHOICE_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15TOOL_CHOICE_MODE_AUTO\x10\x01\x12\x19\n\x15TOOL_CHOICE_MODE_NONE\x10\x02\x12\x1d\n\x19TOOL_CHOICE_MODE_REQUIRED\x10\x03*\x9a\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x03\x12\x1c\n\x18\x46INISH_REASON_TOOL_CALLS\x10\x04\x32\x89\x04\n\x11GenerationService\x12\x89\x01\n\x08Generate\x12\'.callisto.generation.v1.GenerateRequest\x1a(.callisto.generation.v1.GenerateResponse\"(\x82\xd3\xe4\x93\x02\"\"\x1d/v1/{model=models/*}:generate:\x01*0\x01\x12U\n\x04\x43hat\x12#.callisto.generation.v1.ChatRequest\x1a$.callisto.generation.v1.ChatResponse(\x01\x30\x01\x12w\n\nListModels\x12).callisto.generation.v1.ListModelsRequest\x1a*.callisto.generation.v1.ListModelsResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/models\x12\x97\x01\n\x10\x41nalyzeSentiment\x12/.callisto.generation.v1.AnalyzeSentimentRequest\x1a\x30.callisto.generation.v1.AnalyzeSentimentResponse\" \x82\xd3\xe4\x93\x02\x1a\"\x15/v1/sentiment:analyze:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'callisto/generation/v1/generation.proto\x12\x16\x63\x61llisto.generation.v1\x1a\x1f\x63\x61llisto/common/v1/common.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x17google/rpc/status.proto\"\x9e\x01\n\x0b\x43hatMessage\x12,\n\x04role\x18\x01 \x01(\x0e\x32\x18.callisto.common.v1.RoleB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x63ontent\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x34\n\ntool_calls\x18\x03 \x03(\x0b\x32 .callisto.generation.v1.ToolCall\x12\x14\n\x0ctool_call_id\x18\x04 \x01(\t\"R\n\x0eResponseFormat\x12\x32\n\x0bjson_schema\x18\x01 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x02\x12\x0c\n\x04name\x18\x02 \x01(\t\"\\\n\x04Tool\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12+\n\nparameters\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"^\n\nToolChoice\x12\x36\n\x04mode\x18\x01 \x01(\x0e\x32&.callisto.generation.v1.ToolChoiceModeH\x00\x12\x0e\n\x04tool\x18\x02 \x01(\tH\x00\x42\x08\n\x06\x63hoice\"P\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12*\n\targuments\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xd2\x01\n\x12SamplingParameters\x12\x12\n\nmax_tokens\x18\x01 \x01(\x05\x12\x18\n\x0btemperature\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12\x0c\n\x04stop\x18\x04 \x03(\t\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x02\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x06 \x01(\x01H\x03\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seedB\x15\n\x13_repetition_penalty\"\xca\x02\n\x0fGenerateRequest\x12\x13\n\x05model\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12;\n\x08messages\x18\x02 \x03(\x0b\x32#.callisto.generation.v1.ChatMessageB\x04\xe2\x41\x01\x02\x12>\n\nparameters\x18\x03 \x01(\x0b\x32*.callisto.generation.v1.SamplingParameters\x12?\n\x0fresponse_format\x18\x04 \x01(\x0b\x32&.callisto.generation.v1.ResponseFormat\x12+\n\x05tools\x18\x05 \x03(\x0b\x32\x1c.callisto.generation.v1.Tool\x12\x37\n\x0btool_choice\x18\x06 \x01(\x0b\x32\".callisto.generation.v1.ToolChoice\"/\n\nTokenDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x13\n\x0btoken_count\x18\x02 \x01(\x05\"\xba\x02\n\x10GenerationResult\x12;\n\rfinish_reason\x18\x01 \x01(\x0e\x32$.callisto.generation.v1.FinishReason\x12-\n\x05usage\x18\x02 \x01(\x0b\x32\x1e.callisto.common.v1.TokenUsage\x12\x0f\n\x07ttft_ms\x18\x03 \x01(\x01\x12\x19\n\x11tokens_per_second\x18\x04 \x01(\x01\x12\x13\n\x0b\x64uration_ms\x18\x05 \x01(\x01\x12\r\n\x05model\x18\x06 \x01(\t\x12\x0c\n\x04text\x18\x07 \x01(\t\x12&\n\x06parsed\x18\x08 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x34\n\ntool_calls\x18\t \x03(\x0b\x32 .callisto.generation.v1.ToolCall\"\xc3\x01\n\x10GenerateResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x33\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\".callisto.generation.v1.TokenDeltaH\x00\x12:\n\x06result\x18\x03 \x01(\x0b\x32(.callisto.generation.v1.GenerationResultH\x00\x12#\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\x07\n\x05\x65vent\"\xe7\x02\n\x0fStartGeneration\x12\x1b\n\rgeneration_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x05model\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12;\n\x08messages\x18\x03 \x03(\x0b\x32#.callisto.generation.v1.ChatMessageB\x04\xe2\x41\x01\x02\x12>\n\nparameters\x18\x04 \x01(\x0b\x32*.callisto.generation.v1.SamplingParameters\x12?\n\x0fresponse_format\x18\x05 \x01(\x0b\x32&.callisto.generation.v1.ResponseFormat\x12+\n\x05tools\x18\x06 \x03(\x0b\x32\x1c.callisto.generation.v1.Tool\x12\x37\n\x0btool_choice\x18\x07 \x01(\x0b\x32\".callisto.generation.v1.ToolChoice\"/\n\x10\x43\x61ncelGeneration\x12\x1b\n\rgeneration_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x8d\x01\n\x0b\x43hatRequest\x12\x38\n\x05start\x18\x01 \x01(\x0b\x32\'.callisto.generation.v1.StartGenerationH\x00\x12:\n\x06\x63\x61ncel\x18\x02 \x01(\x0b\x32(.callisto.generation.v1.CancelGenerationH\x00\x42\x08\n\x06\x61\x63tion\"\xd6\x01\n\x0c\x43hatResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x15\n\rgeneration_id\x18\x02 \x01(\t\x12\x33\n\x05\x64\x65lta\x18\x03 \x01(\x0b\x32\".callisto.generation.v1.TokenDeltaH\x00\x12:\n\x06result\x18\x04 \x01(\x0b\x32(.callisto.generation.v1.GenerationResultH\x00\x12#\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\x07\n\x05\x65vent\"\x13\n\x11ListModelsRequest\"a\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05ready\x18\x02 \x01(\x08\x12\x10\n\x08versions\x18\x03 \x03(\t\x12\x16\n\x0e\x63ontext_length\x18\x04 \x01(\x05\x12\x11\n\tstreaming\x18\x05 \x01(\x08\"C\n\x12ListModelsResponse\x12-\n\x06models\x18\x01 \x03(\x0b\x32\x1d.callisto.generation.v1.Model\"=\n\x17\x41nalyzeSentimentRequest\x12\x13\n\x05texts\x18\x01 \x03(\tB\x04\xe2\x41\x01\x02\x12\r\n\x05model\x18\x02 \x01(\t\"\\\n\x18\x41nalyzeSentimentResponse\x12\x31\n\nsentiments\x18\x01 \x03(\x0b\x32\x1d.callisto.common.v1.Sentiment\x12\r\n\x05model\x18\x02 \x01(\t*\x87\x01\n\x0eToolChoiceMode\x12 \n\x1cTOOL_CHOICE_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15TOOL_CHOICE_MODE_AUTO\x10\x01\x12\x19\n\x15TOOL_CHOICE_MODE_NONE\x10\x02\x12\x1d\n\x19TOOL_CHOICE_MODE_REQUIRED\x10\x03*\x9a\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x03\x12\x1c\n\x18\x46INISH_REASON_TOOL_CALLS\x10\x04\x32\x89\x04\n\x11GenerationService\x12\x89\x01\n\x08Generate\x12\'.callisto.generation.v1.GenerateRequest\x1a(.callisto.generation.v1.GenerateResponse\"(\x82\xd3\xe4\x93\x02\"\"\x1d/v1/{model=models/*}:generate:\x01*0\x01\x12U\n\x04\x43hat\x12#.callisto.generation.v1.ChatRequest\x1a$.callisto.generation.v1.ChatResponse(\x01\x30\x01\x12w\n\nListModels\x12).callisto.generation.v1.ListModelsRequest\x1a*.callisto.generation.v1.ListModelsResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/models\x12\x97\x01\n\x10\x41nalyzeSentiment\x12/.callisto.generation.v1.AnalyzeSentimentRequest\x1a\x30.callisto.generation.v1.AnalyzeSentimentResponse\" \x82\xd3\xe4\x93\x02\x1a\"\x15/v1/sentiment:analyze:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -64,10 +64,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATIONSERVICE'].methods_by_name['ListModels']._serialized_options = b'\202\323\344\223\002\014\022\n/v1/models'
   _globals['_GENERATIONSERVICE'].methods_by_name['AnalyzeSentiment']._loaded_options = None
   _globals['_GENERATIONSERVICE'].methods_by_name['AnalyzeSentiment']._serialized_options = b'\202\323\344\223\002\032\"\025/v1/sentiment:analyze:\001*'
-  _globals['_TOOLCHOICEMODE']._serialized_start=2908
-  _globals['_TOOLCHOICEMODE']._serialized_end=3043
-  _globals['_FINISHREASON']._serialized_start=3046
-  _globals['_FINISHREASON']._serialized_end=3200
+  _globals['_TOOLCHOICEMODE']._serialized_start=2964
+  _globals['_TOOLCHOICEMODE']._serialized_end=3099
+  _globals['_FINISHREASON']._serialized_start=3102
+  _globals['_FINISHREASON']._serialized_end=3256
   _globals['_CHATMESSAGE']._serialized_start=219
   _globals['_CHATMESSAGE']._serialized_end=377
   _globals['_RESPONSEFORMAT']._serialized_start=379
@@ -79,33 +79,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TOOLCALL']._serialized_start=653
   _globals['_TOOLCALL']._serialized_end=733
   _globals['_SAMPLINGPARAMETERS']._serialized_start=736
-  _globals['_SAMPLINGPARAMETERS']._serialized_end=890
-  _globals['_GENERATEREQUEST']._serialized_start=893
-  _globals['_GENERATEREQUEST']._serialized_end=1223
-  _globals['_TOKENDELTA']._serialized_start=1225
-  _globals['_TOKENDELTA']._serialized_end=1272
-  _globals['_GENERATIONRESULT']._serialized_start=1275
-  _globals['_GENERATIONRESULT']._serialized_end=1589
-  _globals['_GENERATERESPONSE']._serialized_start=1592
-  _globals['_GENERATERESPONSE']._serialized_end=1787
-  _globals['_STARTGENERATION']._serialized_start=1790
-  _globals['_STARTGENERATION']._serialized_end=2149
-  _globals['_CANCELGENERATION']._serialized_start=2151
-  _globals['_CANCELGENERATION']._serialized_end=2198
-  _globals['_CHATREQUEST']._serialized_start=2201
-  _globals['_CHATREQUEST']._serialized_end=2342
-  _globals['_CHATRESPONSE']._serialized_start=2345
-  _globals['_CHATRESPONSE']._serialized_end=2559
-  _globals['_LISTMODELSREQUEST']._serialized_start=2561
-  _globals['_LISTMODELSREQUEST']._serialized_end=2580
-  _globals['_MODEL']._serialized_start=2582
-  _globals['_MODEL']._serialized_end=2679
-  _globals['_LISTMODELSRESPONSE']._serialized_start=2681
-  _globals['_LISTMODELSRESPONSE']._serialized_end=2748
-  _globals['_ANALYZESENTIMENTREQUEST']._serialized_start=2750
-  _globals['_ANALYZESENTIMENTREQUEST']._serialized_end=2811
-  _globals['_ANALYZESENTIMENTRESPONSE']._serialized_start=2813
-  _globals['_ANALYZESENTIMENTRESPONSE']._serialized_end=2905
-  _globals['_GENERATIONSERVICE']._serialized_start=3203
-  _globals['_GENERATIONSERVICE']._serialized_end=3724
+  _globals['_SAMPLINGPARAMETERS']._serialized_end=946
+  _globals['_GENERATEREQUEST']._serialized_start=949
+  _globals['_GENERATEREQUEST']._serialized_end=1279
+  _globals['_TOKENDELTA']._serialized_start=1281
+  _globals['_TOKENDELTA']._serialized_end=1328
+  _globals['_GENERATIONRESULT']._serialized_start=1331
+  _globals['_GENERATIONRESULT']._serialized_end=1645
+  _globals['_GENERATERESPONSE']._serialized_start=1648
+  _globals['_GENERATERESPONSE']._serialized_end=1843
+  _globals['_STARTGENERATION']._serialized_start=1846
+  _globals['_STARTGENERATION']._serialized_end=2205
+  _globals['_CANCELGENERATION']._serialized_start=2207
+  _globals['_CANCELGENERATION']._serialized_end=2254
+  _globals['_CHATREQUEST']._serialized_start=2257
+  _globals['_CHATREQUEST']._serialized_end=2398
+  _globals['_CHATRESPONSE']._serialized_start=2401
+  _globals['_CHATRESPONSE']._serialized_end=2615
+  _globals['_LISTMODELSREQUEST']._serialized_start=2617
+  _globals['_LISTMODELSREQUEST']._serialized_end=2636
+  _globals['_MODEL']._serialized_start=2638
+  _globals['_MODEL']._serialized_end=2735
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2737
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2804
+  _globals['_ANALYZESENTIMENTREQUEST']._serialized_start=2806
+  _globals['_ANALYZESENTIMENTREQUEST']._serialized_end=2867
+  _globals['_ANALYZESENTIMENTRESPONSE']._serialized_start=2869
+  _globals['_ANALYZESENTIMENTRESPONSE']._serialized_end=2961
+  _globals['_GENERATIONSERVICE']._serialized_start=3259
+  _globals['_GENERATIONSERVICE']._serialized_end=3780
 # @@protoc_insertion_point(module_scope)
