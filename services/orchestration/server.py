@@ -1,5 +1,6 @@
-"""OrchestrationService: the agent RPCs (`agents_api`), the run RPCs (`runs_api`) and the
-conversation read-outs (`exports_api`) over one set of backends, tools and runs."""
+"""OrchestrationService: the agent RPCs (`agents_api`), the run RPCs (`runs_api`), the
+conversation read-outs (`exports_api`) and plan checks (`plans_api`) over one set of backends,
+tools and runs."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from callisto.services.orchestration.agents import AgentStore
 from callisto.services.orchestration.agents_api import AgentsRpc
 from callisto.services.orchestration.backends import Backends
 from callisto.services.orchestration.exports_api import ExportsRpc
+from callisto.services.orchestration.plans_api import PlansRpc
 from callisto.services.orchestration.runs import RunManager
 from callisto.services.orchestration.runs_api import RunsRpc
 from callisto.services.orchestration.settings import OrchestrationSettings
@@ -23,7 +25,7 @@ from callisto.services.orchestration.tools.registry import ToolRegistry
 SERVICE_NAME = "callisto.orchestration.v1.OrchestrationService"
 
 
-class OrchestrationServicer(AgentsRpc, RunsRpc, ExportsRpc):
+class OrchestrationServicer(AgentsRpc, RunsRpc, ExportsRpc, PlansRpc):
     """The parts of the service in one servicer (each implements its own RPCs and keeps its
     own attributes)."""
 
@@ -38,6 +40,7 @@ class OrchestrationServicer(AgentsRpc, RunsRpc, ExportsRpc):
         AgentsRpc.__init__(self, agents, tools, backends, suggester)
         RunsRpc.__init__(self, runs)
         ExportsRpc.__init__(self, backends)
+        PlansRpc.__init__(self, agents, tools, runs.settings.max_prompt_chars)
 
 
 async def build(runtime: Runtime[OrchestrationSettings]) -> ServiceDefinition:

@@ -1,5 +1,5 @@
 """A fixed-seed barrage of hostile requests at every orchestration RPC (the agent RPCs, ListTools,
-SubmitFeedback, SuggestAgents, the bidi Converse, RunConversation, StreamConversation,
+SubmitFeedback, SuggestAgents, ValidatePlan, the bidi Converse, RunConversation, StreamConversation,
 SubmitInput, CancelConversation), from tenant acme, tenant globex (with and without a forged
 `x-callisto-on-behalf-of` naming acme), a key that does not exist and no key at all: each answer
 is OK or a client error (never INTERNAL/UNKNOWN; UNIMPLEMENTED only where the contract says so),
@@ -64,6 +64,7 @@ UNARY = (
     "ListTools",
     "DeleteAgent",
     "SuggestAgents",
+    "ValidatePlan",
     "SubmitInput",
     "CancelConversation",
     "SubmitFeedback",
@@ -107,6 +108,16 @@ def seeds(
         "ListTools": pb.ListToolsRequest(),
         "DeleteAgent": pb.DeleteAgentRequest(name=agent),
         "SuggestAgents": pb.SuggestAgentsRequest(scenario="a sales call", agent_count=3),
+        "ValidatePlan": pb.ValidatePlanRequest(
+            plan=pb.WorkflowPlan(
+                steps=[
+                    pb.WorkflowStep(id="first", agent=agent, instruction="Look it up."),
+                    pb.WorkflowStep(
+                        id="then", agent=agent, instruction="Sum up.", depends_on=["first"]
+                    ),
+                ]
+            )
+        ),
         "SubmitInput": pb.SubmitInputRequest(name=conversation, turn=turn),
         "CancelConversation": pb.CancelConversationRequest(name=conversation, reason="stop"),
         "SubmitFeedback": pb.SubmitFeedbackRequest(

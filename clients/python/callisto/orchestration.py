@@ -624,6 +624,27 @@ class OrchestrationClient(Facade):
             response_type=pb.SuggestAgentsResponse,
         )
 
+    # Plans
+
+    async def validate_plan(
+        self,
+        plan: pb.WorkflowPlan,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> list[list[str]]:
+        """Checks a workflow plan without running it; its stages (step ids that may run at
+        the same time, entry steps first). InvalidArgument with every problem otherwise."""
+        response = await self._unary(
+            self.stub.ValidatePlan,
+            pb.ValidatePlanRequest(plan=plan),
+            idempotent=True,
+            timeout=timeout,
+            metadata=metadata,
+            response_type=pb.ValidatePlanResponse,
+        )
+        return [list(stage.step_ids) for stage in response.stages]
+
     # Runs
 
     def run(

@@ -106,6 +106,30 @@ CONVERSATION_MODE_WORKFLOW: ConversationMode.ValueType  # 3
 """A workflow plan runs as a DAG of steps."""
 Global___ConversationMode: _TypeAlias = ConversationMode  # noqa: Y015
 
+class _StepFailurePolicy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _StepFailurePolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StepFailurePolicy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    STEP_FAILURE_POLICY_UNSPECIFIED: _StepFailurePolicy.ValueType  # 0
+    """Not set: the run fails."""
+    STEP_FAILURE_POLICY_FAIL_RUN: _StepFailurePolicy.ValueType  # 1
+    """The run fails; its running steps are stopped."""
+    STEP_FAILURE_POLICY_CONTINUE: _StepFailurePolicy.ValueType  # 2
+    """The step's dependents are skipped; the other branches run to their end."""
+
+class StepFailurePolicy(_StepFailurePolicy, metaclass=_StepFailurePolicyEnumTypeWrapper):
+    """What a workflow step's failure does to its run."""
+
+STEP_FAILURE_POLICY_UNSPECIFIED: StepFailurePolicy.ValueType  # 0
+"""Not set: the run fails."""
+STEP_FAILURE_POLICY_FAIL_RUN: StepFailurePolicy.ValueType  # 1
+"""The run fails; its running steps are stopped."""
+STEP_FAILURE_POLICY_CONTINUE: StepFailurePolicy.ValueType  # 2
+"""The step's dependents are skipped; the other branches run to their end."""
+Global___StepFailurePolicy: _TypeAlias = StepFailurePolicy  # noqa: Y015
+
 class _ApprovalDecision:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -863,6 +887,9 @@ class WorkflowStep(_message.Message):
     REQUIRES_APPROVAL_FIELD_NUMBER: _builtins.int
     APPROVAL_TIMEOUT_FIELD_NUMBER: _builtins.int
     MAX_RETRIES_FIELD_NUMBER: _builtins.int
+    TOOLS_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
+    ON_FAILURE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Id of the step, unique in the plan."""
     agent: _builtins.str
@@ -872,7 +899,9 @@ class WorkflowStep(_message.Message):
     requires_approval: _builtins.bool
     """Pause for a human approval before the step's result is accepted."""
     max_retries: _builtins.int
-    """Retries after a failed attempt."""
+    """Retries after a failed attempt (0-10)."""
+    on_failure: Global___StepFailurePolicy.ValueType
+    """What a failure of the step (after its retries) does to the run."""
     @_builtins.property
     def depends_on(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Steps whose results this one needs; steps with no pending dependency run in parallel."""
@@ -880,6 +909,14 @@ class WorkflowStep(_message.Message):
     @_builtins.property
     def approval_timeout(self) -> _duration_pb2.Duration:
         """How long an approval may wait before the step fails; unset waits forever."""
+
+    @_builtins.property
+    def tools(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Tools the step needs; its agent must have every one (see ListTools)."""
+
+    @_builtins.property
+    def timeout(self) -> _duration_pb2.Duration:
+        """Bound on one attempt of the step (at most 24 h); the service default when unset."""
 
     def __init__(
         self,
@@ -891,10 +928,13 @@ class WorkflowStep(_message.Message):
         requires_approval: _builtins.bool = ...,
         approval_timeout: _duration_pb2.Duration | None = ...,
         max_retries: _builtins.int = ...,
+        tools: _abc.Iterable[_builtins.str] | None = ...,
+        timeout: _duration_pb2.Duration | None = ...,
+        on_failure: Global___StepFailurePolicy.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["approval_timeout", b"approval_timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["approval_timeout", b"approval_timeout", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "approval_timeout", b"approval_timeout", "depends_on", b"depends_on", "id", b"id", "instruction", b"instruction", "max_retries", b"max_retries", "requires_approval", b"requires_approval"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "approval_timeout", b"approval_timeout", "depends_on", b"depends_on", "id", b"id", "instruction", b"instruction", "max_retries", b"max_retries", "on_failure", b"on_failure", "requires_approval", b"requires_approval", "timeout", b"timeout", "tools", b"tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -923,6 +963,78 @@ class WorkflowPlan(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WorkflowPlan: _TypeAlias = WorkflowPlan  # noqa: Y015
+
+@_typing.final
+class ValidatePlanRequest(_message.Message):
+    """Request of ValidatePlan."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def plan(self) -> Global___WorkflowPlan:
+        """The plan to check."""
+
+    def __init__(
+        self,
+        *,
+        plan: Global___WorkflowPlan | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ValidatePlanRequest: _TypeAlias = ValidatePlanRequest  # noqa: Y015
+
+@_typing.final
+class PlanStage(_message.Message):
+    """Steps that may run at the same time: each depends only on steps of earlier stages."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STEP_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def step_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Ids of the stage's steps, in plan order."""
+
+    def __init__(
+        self,
+        *,
+        step_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["step_ids", b"step_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlanStage: _TypeAlias = PlanStage  # noqa: Y015
+
+@_typing.final
+class ValidatePlanResponse(_message.Message):
+    """Response of ValidatePlan: the plan is valid."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STAGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def stages(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlanStage]:
+        """The order the steps would run in: the first stage holds the entry steps."""
+
+    def __init__(
+        self,
+        *,
+        stages: _abc.Iterable[Global___PlanStage] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["stages", b"stages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ValidatePlanResponse: _TypeAlias = ValidatePlanResponse  # noqa: Y015
 
 @_typing.final
 class StartConversation(_message.Message):

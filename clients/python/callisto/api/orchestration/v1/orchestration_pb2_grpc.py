@@ -113,6 +113,11 @@ class OrchestrationServiceStub:
                 request_serializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.DownloadConversationRequest.SerializeToString,
                 response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
                 _registered_method=True)
+        self.ValidatePlan = channel.unary_unary(
+                '/callisto.orchestration.v1.OrchestrationService/ValidatePlan',
+                request_serializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ValidatePlanRequest.SerializeToString,
+                response_deserializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ValidatePlanResponse.FromString,
+                _registered_method=True)
         self.SubmitFeedback = channel.unary_unary(
                 '/callisto.orchestration.v1.OrchestrationService/SubmitFeedback',
                 request_serializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.SubmitFeedbackRequest.SerializeToString,
@@ -236,6 +241,17 @@ class OrchestrationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ValidatePlan(self, request, context):
+        """Checks a workflow plan without running it (a dry run): no cycles, every `depends_on`
+        names a step, at least one entry step, every step's agent exists (in the caller's tenant)
+        and has the tools the step needs, at most 50 steps. A bad plan is INVALID_ARGUMENT with one
+        field violation per problem (`plan.steps[3].depends_on[0]`); a good one comes back with the
+        stages its steps would run in.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SubmitFeedback(self, request, context):
         """Rates an answer (thumbs up or down, with a comment); stored with the message.
         """
@@ -320,6 +336,11 @@ def add_OrchestrationServiceServicer_to_server(servicer, server):
                     servicer.DownloadConversation,
                     request_deserializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.DownloadConversationRequest.FromString,
                     response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
+            'ValidatePlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.ValidatePlan,
+                    request_deserializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ValidatePlanRequest.FromString,
+                    response_serializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ValidatePlanResponse.SerializeToString,
             ),
             'SubmitFeedback': grpc.unary_unary_rpc_method_handler(
                     servicer.SubmitFeedback,
@@ -735,6 +756,33 @@ class OrchestrationService:
             '/callisto.orchestration.v1.OrchestrationService/DownloadConversation',
             callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.DownloadConversationRequest.SerializeToString,
             google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ValidatePlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callisto.orchestration.v1.OrchestrationService/ValidatePlan',
+            callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ValidatePlanRequest.SerializeToString,
+            callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ValidatePlanResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -75,6 +75,13 @@ class OrchestrationServiceStub:
     or JSON.
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
+    ValidatePlan: _grpc.UnaryUnaryMultiCallable[_orchestration_pb2.ValidatePlanRequest, _orchestration_pb2.ValidatePlanResponse]
+    """Checks a workflow plan without running it (a dry run): no cycles, every `depends_on`
+    names a step, at least one entry step, every step's agent exists (in the caller's tenant)
+    and has the tools the step needs, at most 50 steps. A bad plan is INVALID_ARGUMENT with one
+    field violation per problem (`plan.steps[3].depends_on[0]`); a good one comes back with the
+    stages its steps would run in.
+    """
     SubmitFeedback: _grpc.UnaryUnaryMultiCallable[_orchestration_pb2.SubmitFeedbackRequest, _orchestration_pb2.SubmitFeedbackResponse]
     """Rates an answer (thumbs up or down, with a comment); stored with the message."""
 
@@ -123,6 +130,13 @@ class OrchestrationServiceAsyncStub(OrchestrationServiceStub):
     companies, roles and prompts, every turn with speaker, sentiment and time, the metrics),
     or JSON.
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
+    ValidatePlan: _aio.UnaryUnaryMultiCallable[_orchestration_pb2.ValidatePlanRequest, _orchestration_pb2.ValidatePlanResponse]  # type: ignore[assignment]
+    """Checks a workflow plan without running it (a dry run): no cycles, every `depends_on`
+    names a step, at least one entry step, every step's agent exists (in the caller's tenant)
+    and has the tools the step needs, at most 50 steps. A bad plan is INVALID_ARGUMENT with one
+    field violation per problem (`plan.steps[3].depends_on[0]`); a good one comes back with the
+    stages its steps would run in.
     """
     SubmitFeedback: _aio.UnaryUnaryMultiCallable[_orchestration_pb2.SubmitFeedbackRequest, _orchestration_pb2.SubmitFeedbackResponse]  # type: ignore[assignment]
     """Rates an answer (thumbs up or down, with a comment); stored with the message."""
@@ -259,6 +273,19 @@ class OrchestrationServiceServicer(metaclass=_abc_1.ABCMeta):
         companies, roles and prompts, every turn with speaker, sentiment and time, the metrics),
         or JSON.
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
+
+    @_abc_1.abstractmethod
+    def ValidatePlan(
+        self,
+        request: _orchestration_pb2.ValidatePlanRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestration_pb2.ValidatePlanResponse, _abc.Awaitable[_orchestration_pb2.ValidatePlanResponse]]:
+        """Checks a workflow plan without running it (a dry run): no cycles, every `depends_on`
+        names a step, at least one entry step, every step's agent exists (in the caller's tenant)
+        and has the tools the step needs, at most 50 steps. A bad plan is INVALID_ARGUMENT with one
+        field violation per problem (`plan.steps[3].depends_on[0]`); a good one comes back with the
+        stages its steps would run in.
         """
 
     @_abc_1.abstractmethod
