@@ -336,15 +336,7 @@ class AgentStore:
         elif len(agent.system_prompt.encode()) > MAX_SYSTEM_PROMPT_BYTES:
             v.add(f"{prefix}.system_prompt", f"must be at most {MAX_SYSTEM_PROMPT_BYTES} bytes")
         v.check(len(agent.tools) <= MAX_TOOLS, f"{prefix}.tools", f"at most {MAX_TOOLS} tools")
-        known = set(self._tools.names())
-        seen: set[str] = set()
-        for index, tool in enumerate(agent.tools):
-            field = f"{prefix}.tools[{index}]"
-            if tool not in known:
-                v.add(field, f"unknown tool {tool[:64]!r}; see ListTools")
-            elif tool in seen:
-                v.add(field, "is a duplicate")
-            seen.add(tool)
+        check_tool_names(v, agent.tools, self._tools.names(), f"{prefix}.tools")
         if not MODEL.match(agent.model):
             v.add(f"{prefix}.model", "must look like models/{model}, e.g. models/llm")
         v.check(
@@ -396,6 +388,18 @@ def _collect_plain_name(v: Violations, name: str, field: str) -> str:
     else:
         return match.group(1)
     return ""
+
+
+def check_tool_names(v: Violations, tools: Sequence[str], known: Iterable[str], field: str) -> None:
+    """Each of `tools` is a known tool, named once (violations at `field[i]`)."""
+    registered = set(known)
+    seen: set[str] = set()
+    for index, tool in enumerate(tools):
+        if tool not in registered:
+            v.add(f"{field}[{index}]", f"unknown tool {tool[:64]!r}; see ListTools")
+        elif tool in seen:
+            v.add(f"{field}[{index}]", "is a duplicate")
+        seen.add(tool)
 
 
 def _check_label(v: Violations, value: str, limit: int, field: str) -> None:

@@ -100,15 +100,14 @@ class ExportsRpc(pb_grpc.OrchestrationServiceServicer):
         persistence = self._exports_backends.persistence
         with _relaying():
             conversation = await persistence.get_conversation(name)
-            if conversation.message_count > metrics.MAX_MESSAGES:
-                raise _too_long(name, conversation.message_count)
             loaded = _Loaded(conversation, [], [])
-            async for message in persistence.list_messages(name, page_size=metrics.PAGE_SIZE):
-                if len(loaded.figures) >= metrics.MAX_MESSAGES:
-                    raise _too_long(name, len(loaded.figures) + 1)
-                if len(loaded.whole) < keep:
-                    loaded.whole.append(message)
-                loaded.figures.append(_figures_only(message))
+            try:
+                async for message in metrics.bounded_messages(persistence, conversation):
+                    if len(loaded.whole) < keep:
+                        loaded.whole.append(message)
+                    loaded.figures.append(_figures_only(message))
+            except metrics.TooManyMessages as error:
+                raise _too_long(name, error.count) from None
         return loaded
 
 

@@ -11,7 +11,7 @@ metadata values are read as absent, never raised on."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
@@ -19,6 +19,7 @@ from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 from callisto.api.common.v1 import common_pb2
 from callisto.api.orchestration.v1 import orchestration_pb2 as pb
 from callisto.api.persistence.v1 import persistence_pb2
+from callisto.persistence import PersistenceClient
 
 FLAT_SLOPE = 0.02
 """A sentiment slope within ±FLAT_SLOPE per turn is a "flat" trend."""
@@ -29,6 +30,31 @@ MAX_MESSAGES = 5_000
 downloads are FAILED_PRECONDITION, and a simulation's `done` carries none)."""
 PAGE_SIZE = 200
 """Messages read from persistence per page."""
+
+
+class TooManyMessages(Exception):
+    """The conversation holds more than MAX_MESSAGES messages (`count` seen so far)."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__(f"{count} messages")
+        self.count = count
+
+
+async def bounded_messages(
+    persistence: PersistenceClient, conversation: persistence_pb2.Conversation
+) -> AsyncIterator[persistence_pb2.Message]:
+    """The conversation's messages, oldest first; TooManyMessages past MAX_MESSAGES (told by
+    its message count before anything is read, or by the listing)."""
+    if conversation.message_count > MAX_MESSAGES:
+        raise TooManyMessages(conversation.message_count)
+    seen = 0
+    async for message in persistence.list_messages(conversation.name, page_size=PAGE_SIZE):
+        seen += 1
+        if seen > MAX_MESSAGES:
+            raise TooManyMessages(seen)
+        yield message
+
+
 MAX_KEYWORD_HITS_PER_TURN = 64
 """At most this many keyword hits are read from one turn's metadata."""
 

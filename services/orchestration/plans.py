@@ -15,7 +15,7 @@ from datetime import timedelta
 from callisto.api.orchestration.v1 import orchestration_pb2 as pb
 from callisto.services.common.errors import NotFound
 from callisto.services.common.validation import RESOURCE_ID, RESOURCE_ID_RULE, Violations
-from callisto.services.orchestration.agents import AGENT_NAME
+from callisto.services.orchestration.agents import AGENT_NAME, check_tool_names
 
 MAX_STEPS = 50
 MAX_RETRIES = 10
@@ -81,14 +81,7 @@ def _check_step(
         v.add(f"{at}.approval_timeout", "only a step that requires_approval waits for one")
     v.check(step.on_failure in FAILURE_POLICIES, f"{at}.on_failure", "is not a known policy")
     v.check(len(step.tools) <= MAX_STEP_TOOLS, f"{at}.tools", f"must name at most {MAX_STEP_TOOLS}")
-    known = set(known_tools)
-    seen: set[str] = set()
-    for index, tool in enumerate(step.tools):
-        if tool not in known:
-            v.add(f"{at}.tools[{index}]", f"unknown tool {tool[:64]!r}; see ListTools")
-        elif tool in seen:
-            v.add(f"{at}.tools[{index}]", "is a duplicate")
-        seen.add(tool)
+    check_tool_names(v, step.tools, known_tools, f"{at}.tools")
 
 
 def _check_duration(

@@ -766,15 +766,10 @@ class SimulationRun(Run):
     ) -> pb.ConversationMetrics | None:
         """The conversation's figures as GetConversationMetrics gives them; None (and no
         figures in `done`) past the messages it reads, as GetConversationMetrics refuses."""
-        messages: list[persistence_pb2.Message] = []
-        if conversation.message_count > metrics.MAX_MESSAGES:
+        try:
+            messages = [m async for m in metrics.bounded_messages(self.persistence, conversation)]
+        except metrics.TooManyMessages:
             return None
-        async for message in self.persistence.list_messages(
-            conversation.name, page_size=metrics.PAGE_SIZE
-        ):
-            if len(messages) >= metrics.MAX_MESSAGES:
-                return None
-            messages.append(message)
         return await asyncio.to_thread(metrics.conversation_metrics, conversation, messages)
 
     async def _fail(self, error: BaseException) -> None:

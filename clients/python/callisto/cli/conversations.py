@@ -50,7 +50,6 @@ SIMULATION_TAG = "simulation"
 OUTCOME_TAG = "outcome:"
 
 
-# The listing's columns, and whether each is kept on one line.
 class ExportChoice(enum.StrEnum):
     """The formats `export` writes."""
 
