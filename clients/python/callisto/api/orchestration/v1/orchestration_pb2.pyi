@@ -106,6 +106,30 @@ CONVERSATION_MODE_WORKFLOW: ConversationMode.ValueType  # 3
 """A workflow plan runs as a DAG of steps."""
 Global___ConversationMode: _TypeAlias = ConversationMode  # noqa: Y015
 
+class _ApprovalTimeoutAction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ApprovalTimeoutActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ApprovalTimeoutAction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    APPROVAL_TIMEOUT_ACTION_UNSPECIFIED: _ApprovalTimeoutAction.ValueType  # 0
+    """Not set: reject."""
+    APPROVAL_TIMEOUT_ACTION_REJECT: _ApprovalTimeoutAction.ValueType  # 1
+    """The approval is rejected (by the system); the step fails and the run follows `on_failure`."""
+    APPROVAL_TIMEOUT_ACTION_ESCALATE: _ApprovalTimeoutAction.ValueType  # 2
+    """The approval is escalated to `escalate_to` with a new deadline; rejected if that passes."""
+
+class ApprovalTimeoutAction(_ApprovalTimeoutAction, metaclass=_ApprovalTimeoutActionEnumTypeWrapper):
+    """What happens to an approval whose wait expired."""
+
+APPROVAL_TIMEOUT_ACTION_UNSPECIFIED: ApprovalTimeoutAction.ValueType  # 0
+"""Not set: reject."""
+APPROVAL_TIMEOUT_ACTION_REJECT: ApprovalTimeoutAction.ValueType  # 1
+"""The approval is rejected (by the system); the step fails and the run follows `on_failure`."""
+APPROVAL_TIMEOUT_ACTION_ESCALATE: ApprovalTimeoutAction.ValueType  # 2
+"""The approval is escalated to `escalate_to` with a new deadline; rejected if that passes."""
+Global___ApprovalTimeoutAction: _TypeAlias = ApprovalTimeoutAction  # noqa: Y015
+
 class _StepFailurePolicy:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -185,6 +209,70 @@ EXPORT_FORMAT_PDF: ExportFormat.ValueType  # 2
 EXPORT_FORMAT_JSON: ExportFormat.ValueType  # 3
 """`application/json`: the conversation, its messages and its metrics."""
 Global___ExportFormat: _TypeAlias = ExportFormat  # noqa: Y015
+
+class _ApprovalState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ApprovalStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ApprovalState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    APPROVAL_STATE_UNSPECIFIED: _ApprovalState.ValueType  # 0
+    """Not set."""
+    APPROVAL_STATE_PENDING: _ApprovalState.ValueType  # 1
+    """Waiting for a decision."""
+    APPROVAL_STATE_APPROVED: _ApprovalState.ValueType  # 2
+    """Approved as proposed."""
+    APPROVAL_STATE_REJECTED: _ApprovalState.ValueType  # 3
+    """Rejected (by a reviewer or, on expiry, by the service)."""
+    APPROVAL_STATE_MODIFIED: _ApprovalState.ValueType  # 4
+    """Approved with a modified output."""
+    APPROVAL_STATE_CANCELLED: _ApprovalState.ValueType  # 5
+    """Its run ended (cancelled, failed) before a decision."""
+
+class ApprovalState(_ApprovalState, metaclass=_ApprovalStateEnumTypeWrapper):
+    """What an approval is waiting for or how it was decided."""
+
+APPROVAL_STATE_UNSPECIFIED: ApprovalState.ValueType  # 0
+"""Not set."""
+APPROVAL_STATE_PENDING: ApprovalState.ValueType  # 1
+"""Waiting for a decision."""
+APPROVAL_STATE_APPROVED: ApprovalState.ValueType  # 2
+"""Approved as proposed."""
+APPROVAL_STATE_REJECTED: ApprovalState.ValueType  # 3
+"""Rejected (by a reviewer or, on expiry, by the service)."""
+APPROVAL_STATE_MODIFIED: ApprovalState.ValueType  # 4
+"""Approved with a modified output."""
+APPROVAL_STATE_CANCELLED: ApprovalState.ValueType  # 5
+"""Its run ended (cancelled, failed) before a decision."""
+Global___ApprovalState: _TypeAlias = ApprovalState  # noqa: Y015
+
+class _DeliveryState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DeliveryStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DeliveryState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DELIVERY_STATE_UNSPECIFIED: _DeliveryState.ValueType  # 0
+    """Not set."""
+    DELIVERY_STATE_PENDING: _DeliveryState.ValueType  # 1
+    """Not yet answered with a 2xx; more attempts follow."""
+    DELIVERY_STATE_SUCCEEDED: _DeliveryState.ValueType  # 2
+    """Answered with a 2xx."""
+    DELIVERY_STATE_FAILED: _DeliveryState.ValueType  # 3
+    """Gave up after its last attempt (or was refused: a forbidden address)."""
+
+class DeliveryState(_DeliveryState, metaclass=_DeliveryStateEnumTypeWrapper):
+    """Where a delivery stands."""
+
+DELIVERY_STATE_UNSPECIFIED: DeliveryState.ValueType  # 0
+"""Not set."""
+DELIVERY_STATE_PENDING: DeliveryState.ValueType  # 1
+"""Not yet answered with a 2xx; more attempts follow."""
+DELIVERY_STATE_SUCCEEDED: DeliveryState.ValueType  # 2
+"""Answered with a 2xx."""
+DELIVERY_STATE_FAILED: DeliveryState.ValueType  # 3
+"""Gave up after its last attempt (or was refused: a forbidden address)."""
+Global___DeliveryState: _TypeAlias = DeliveryState  # noqa: Y015
 
 @_typing.final
 class Agent(_message.Message):
@@ -890,6 +978,8 @@ class WorkflowStep(_message.Message):
     TOOLS_FIELD_NUMBER: _builtins.int
     TIMEOUT_FIELD_NUMBER: _builtins.int
     ON_FAILURE_FIELD_NUMBER: _builtins.int
+    APPROVAL_TIMEOUT_ACTION_FIELD_NUMBER: _builtins.int
+    ESCALATE_TO_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Id of the step, unique in the plan."""
     agent: _builtins.str
@@ -899,16 +989,26 @@ class WorkflowStep(_message.Message):
     requires_approval: _builtins.bool
     """Pause for a human approval before the step's result is accepted."""
     max_retries: _builtins.int
-    """Retries after a failed attempt (0-10)."""
+    """Retries after an attempt that failed transiently (0-10): waits of 1 s, 2 s, 4 s... with
+    jitter; 2 when unset (3 attempts).
+    """
     on_failure: Global___StepFailurePolicy.ValueType
     """What a failure of the step (after its retries) does to the run."""
+    approval_timeout_action: Global___ApprovalTimeoutAction.ValueType
+    """What an approval that times out does: reject it (the default) or escalate it."""
+    escalate_to: _builtins.str
+    """Escalation: who is asked once the first wait expired (a reviewer or group, kept in the
+    audit history); the approval then waits `approval_timeout` again and is rejected after it.
+    """
     @_builtins.property
     def depends_on(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Steps whose results this one needs; steps with no pending dependency run in parallel."""
 
     @_builtins.property
     def approval_timeout(self) -> _duration_pb2.Duration:
-        """How long an approval may wait before the step fails; unset waits forever."""
+        """How long an approval may wait (at most 30 days) before `approval_timeout_action`
+        applies; unset waits forever.
+        """
 
     @_builtins.property
     def tools(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -927,16 +1027,20 @@ class WorkflowStep(_message.Message):
         depends_on: _abc.Iterable[_builtins.str] | None = ...,
         requires_approval: _builtins.bool = ...,
         approval_timeout: _duration_pb2.Duration | None = ...,
-        max_retries: _builtins.int = ...,
+        max_retries: _builtins.int | None = ...,
         tools: _abc.Iterable[_builtins.str] | None = ...,
         timeout: _duration_pb2.Duration | None = ...,
         on_failure: Global___StepFailurePolicy.ValueType = ...,
+        approval_timeout_action: Global___ApprovalTimeoutAction.ValueType = ...,
+        escalate_to: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["approval_timeout", b"approval_timeout", "timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_retries", b"_max_retries", "approval_timeout", b"approval_timeout", "max_retries", b"max_retries", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "approval_timeout", b"approval_timeout", "depends_on", b"depends_on", "id", b"id", "instruction", b"instruction", "max_retries", b"max_retries", "on_failure", b"on_failure", "requires_approval", b"requires_approval", "timeout", b"timeout", "tools", b"tools"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_retries", b"_max_retries", "agent", b"agent", "approval_timeout", b"approval_timeout", "approval_timeout_action", b"approval_timeout_action", "depends_on", b"depends_on", "escalate_to", b"escalate_to", "id", b"id", "instruction", b"instruction", "max_retries", b"max_retries", "on_failure", b"on_failure", "requires_approval", b"requires_approval", "timeout", b"timeout", "tools", b"tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__max_retries: _TypeAlias = _typing.Literal["max_retries"]  # noqa: Y015
+    _WhichOneofArgType__max_retries: _TypeAlias = _typing.Literal["_max_retries", b"_max_retries"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_retries) -> _WhichOneofReturnType__max_retries | None: ...
 
 Global___WorkflowStep: _TypeAlias = WorkflowStep  # noqa: Y015
 
@@ -1055,6 +1159,7 @@ class StartConversation(_message.Message):
     MAX_ITERATIONS_FIELD_NUMBER: _builtins.int
     INLINE_AGENTS_FIELD_NUMBER: _builtins.int
     SIMULATION_FIELD_NUMBER: _builtins.int
+    WORKFLOW_FIELD_NUMBER: _builtins.int
     conversation: _builtins.str
     """Run an existing conversation (`conversations/{conversation}`); a new one when empty."""
     title: _builtins.str
@@ -1099,6 +1204,10 @@ class StartConversation(_message.Message):
     def simulation(self) -> Global___SimulationOptions:
         """Simulation: how it runs."""
 
+    @_builtins.property
+    def workflow(self) -> Global___WorkflowOptions:
+        """Workflow: how it runs."""
+
     def __init__(
         self,
         *,
@@ -1115,14 +1224,39 @@ class StartConversation(_message.Message):
         max_iterations: _builtins.int = ...,
         inline_agents: _abc.Iterable[Global___Agent] | None = ...,
         simulation: Global___SimulationOptions | None = ...,
+        workflow: Global___WorkflowOptions | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "plan", b"plan", "simulation", b"simulation", "termination", b"termination"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "plan", b"plan", "simulation", b"simulation", "termination", b"termination", "workflow", b"workflow"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "budget", b"budget", "conversation", b"conversation", "human_in_the_loop", b"human_in_the_loop", "inline_agents", b"inline_agents", "max_iterations", b"max_iterations", "mode", b"mode", "plan", b"plan", "prompt", b"prompt", "simulation", b"simulation", "tags", b"tags", "termination", b"termination", "title", b"title"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "budget", b"budget", "conversation", b"conversation", "human_in_the_loop", b"human_in_the_loop", "inline_agents", b"inline_agents", "max_iterations", b"max_iterations", "mode", b"mode", "plan", b"plan", "prompt", b"prompt", "simulation", b"simulation", "tags", b"tags", "termination", b"termination", "title", b"title", "workflow", b"workflow"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StartConversation: _TypeAlias = StartConversation  # noqa: Y015
+
+@_typing.final
+class WorkflowOptions(_message.Message):
+    """How a workflow runs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_PARALLEL_STEPS_FIELD_NUMBER: _builtins.int
+    max_parallel_steps: _builtins.int
+    """Most steps of the run running at once (1-16); 4 when zero. The process bounds all runs'
+    steps together too.
+    """
+    def __init__(
+        self,
+        *,
+        max_parallel_steps: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_parallel_steps", b"max_parallel_steps"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkflowOptions: _TypeAlias = WorkflowOptions  # noqa: Y015
 
 @_typing.final
 class AttachConversation(_message.Message):
@@ -1602,6 +1736,10 @@ class AwaitingInput(_message.Message):
     DEADLINE_FIELD_NUMBER: _builtins.int
     SPEAKER_FIELD_NUMBER: _builtins.int
     TURN_FIELD_NUMBER: _builtins.int
+    REASONING_FIELD_NUMBER: _builtins.int
+    ESCALATED_FIELD_NUMBER: _builtins.int
+    ESCALATE_TO_FIELD_NUMBER: _builtins.int
+    APPROVAL_FIELD_NUMBER: _builtins.int
     approval_id: _builtins.str
     """Id to quote in the answer, for approvals."""
     step_id: _builtins.str
@@ -1614,6 +1752,14 @@ class AwaitingInput(_message.Message):
     """Participant id of the human whose turn it is, for simulations."""
     turn: _builtins.int
     """1-based number of the turn asked for, for simulations."""
+    reasoning: _builtins.str
+    """Why the agent proposes that output (its reasoning), for approvals."""
+    escalated: _builtins.bool
+    """The approval was escalated to `escalate_to` after its first wait expired."""
+    escalate_to: _builtins.str
+    """Who is asked after an escalation."""
+    approval: _builtins.str
+    """The approval resource: `approvals/{approval}`."""
     @_builtins.property
     def deadline(self) -> _timestamp_pb2.Timestamp:
         """When the wait times out; unset waits forever."""
@@ -1628,14 +1774,92 @@ class AwaitingInput(_message.Message):
         deadline: _timestamp_pb2.Timestamp | None = ...,
         speaker: _builtins.str = ...,
         turn: _builtins.int = ...,
+        reasoning: _builtins.str = ...,
+        escalated: _builtins.bool = ...,
+        escalate_to: _builtins.str = ...,
+        approval: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval_id", b"approval_id", "deadline", b"deadline", "prompt", b"prompt", "proposed_output", b"proposed_output", "speaker", b"speaker", "step_id", b"step_id", "turn", b"turn"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval", "approval_id", b"approval_id", "deadline", b"deadline", "escalate_to", b"escalate_to", "escalated", b"escalated", "prompt", b"prompt", "proposed_output", b"proposed_output", "reasoning", b"reasoning", "speaker", b"speaker", "step_id", b"step_id", "turn", b"turn"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AwaitingInput: _TypeAlias = AwaitingInput  # noqa: Y015
+
+@_typing.final
+class Warning(_message.Message):
+    """Something a watcher should know before it happens (an approval about to expire)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    APPROVAL_FIELD_NUMBER: _builtins.int
+    DEADLINE_FIELD_NUMBER: _builtins.int
+    code: _builtins.str
+    """What it is about: "approval.expiring"."""
+    message: _builtins.str
+    """Human-readable text."""
+    approval: _builtins.str
+    """The approval concerned: `approvals/{approval}`."""
+    @_builtins.property
+    def deadline(self) -> _timestamp_pb2.Timestamp:
+        """When it happens."""
+
+    def __init__(
+        self,
+        *,
+        code: _builtins.str = ...,
+        message: _builtins.str = ...,
+        approval: _builtins.str = ...,
+        deadline: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval", "code", b"code", "deadline", b"deadline", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Warning: _TypeAlias = Warning  # noqa: Y015
+
+@_typing.final
+class ApprovalDecided(_message.Message):
+    """A pending approval was answered (by a reviewer or, on expiry, by the service)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPROVAL_FIELD_NUMBER: _builtins.int
+    DECISION_FIELD_NUMBER: _builtins.int
+    REVIEWER_FIELD_NUMBER: _builtins.int
+    COMMENT_FIELD_NUMBER: _builtins.int
+    MODIFIED_OUTPUT_FIELD_NUMBER: _builtins.int
+    approval: _builtins.str
+    """The approval: `approvals/{approval}`."""
+    decision: Global___ApprovalDecision.ValueType
+    """The decision."""
+    reviewer: _builtins.str
+    """Who decided; "system" when the wait expired."""
+    comment: _builtins.str
+    """Why."""
+    modified_output: _builtins.str
+    """The output that replaces the step's, for MODIFY."""
+    def __init__(
+        self,
+        *,
+        approval: _builtins.str = ...,
+        decision: Global___ApprovalDecision.ValueType = ...,
+        reviewer: _builtins.str = ...,
+        comment: _builtins.str = ...,
+        modified_output: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval", "comment", b"comment", "decision", b"decision", "modified_output", b"modified_output", "reviewer", b"reviewer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApprovalDecided: _TypeAlias = ApprovalDecided  # noqa: Y015
 
 @_typing.final
 class StepUpdate(_message.Message):
@@ -1647,14 +1871,40 @@ class StepUpdate(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     OUTPUT_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
+    DURATION_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    AGENT_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
+    RETRY_DELAY_FIELD_NUMBER: _builtins.int
     step_id: _builtins.str
     """Id of the step."""
     state: _builtins.str
-    """New state: "running", "awaiting_approval", "succeeded", "failed", "skipped"."""
+    """New state: "running", "retrying" (an attempt failed transiently; the next one waits),
+    "awaiting_approval", "succeeded", "failed", "skipped", "cancelled".
+    """
     output: _builtins.str
     """The step's output, once it has one."""
     attempt: _builtins.int
     """Attempt number, 1-based."""
+    error: _builtins.str
+    """Why the attempt or the step failed, or why it was skipped."""
+    agent: _builtins.str
+    """The agent running the step, at the revision used: `agents/{agent}@{revision}`."""
+    cost: _builtins.float
+    """Cost of the step so far in the price table's currency."""
+    @_builtins.property
+    def duration(self) -> _duration_pb2.Duration:
+        """Time the step has spent so far: this attempt's, its earlier attempts' and their waits."""
+
+    @_builtins.property
+    def usage(self) -> _common_pb2.TokenUsage:
+        """Tokens the step spent so far."""
+
+    @_builtins.property
+    def retry_delay(self) -> _duration_pb2.Duration:
+        """When a retry waits: how long until the next attempt."""
+
     def __init__(
         self,
         *,
@@ -1662,14 +1912,112 @@ class StepUpdate(_message.Message):
         state: _builtins.str = ...,
         output: _builtins.str = ...,
         attempt: _builtins.int = ...,
+        duration: _duration_pb2.Duration | None = ...,
+        error: _builtins.str = ...,
+        agent: _builtins.str = ...,
+        usage: _common_pb2.TokenUsage | None = ...,
+        cost: _builtins.float = ...,
+        retry_delay: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "retry_delay", b"retry_delay", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "output", b"output", "state", b"state", "step_id", b"step_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attempt", b"attempt", "cost", b"cost", "duration", b"duration", "error", b"error", "output", b"output", "retry_delay", b"retry_delay", "state", b"state", "step_id", b"step_id", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StepUpdate: _TypeAlias = StepUpdate  # noqa: Y015
+
+@_typing.final
+class StepResult(_message.Message):
+    """How one workflow step ended."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STEP_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    DURATION_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
+    AGENT_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    step_id: _builtins.str
+    """Id of the step."""
+    state: _builtins.str
+    """"succeeded", "failed", "skipped" or "cancelled" (a step the run's end stopped or never
+    reached).
+    """
+    attempts: _builtins.int
+    """Attempts made."""
+    cost: _builtins.float
+    """Cost of the step."""
+    agent: _builtins.str
+    """The agent that ran it."""
+    error: _builtins.str
+    """Why it failed or was skipped."""
+    output: _builtins.str
+    """Its output (the approved or modified one after an approval)."""
+    @_builtins.property
+    def duration(self) -> _duration_pb2.Duration:
+        """Time from its first attempt's start to its end, approval waits included."""
+
+    @_builtins.property
+    def usage(self) -> _common_pb2.TokenUsage:
+        """Tokens the step spent."""
+
+    def __init__(
+        self,
+        *,
+        step_id: _builtins.str = ...,
+        state: _builtins.str = ...,
+        attempts: _builtins.int = ...,
+        duration: _duration_pb2.Duration | None = ...,
+        usage: _common_pb2.TokenUsage | None = ...,
+        cost: _builtins.float = ...,
+        agent: _builtins.str = ...,
+        error: _builtins.str = ...,
+        output: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attempts", b"attempts", "cost", b"cost", "duration", b"duration", "error", b"error", "output", b"output", "state", b"state", "step_id", b"step_id", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StepResult: _TypeAlias = StepResult  # noqa: Y015
+
+@_typing.final
+class AgentUsage(_message.Message):
+    """What an agent spent over a run."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
+    agent: _builtins.str
+    """The agent: `agents/{agent}@{revision}`."""
+    cost: _builtins.float
+    """Cost of those tokens."""
+    @_builtins.property
+    def usage(self) -> _common_pb2.TokenUsage:
+        """Tokens it spent."""
+
+    def __init__(
+        self,
+        *,
+        agent: _builtins.str = ...,
+        usage: _common_pb2.TokenUsage | None = ...,
+        cost: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "cost", b"cost", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentUsage: _TypeAlias = AgentUsage  # noqa: Y015
 
 @_typing.final
 class Done(_message.Message):
@@ -1682,14 +2030,21 @@ class Done(_message.Message):
     TURNS_FIELD_NUMBER: _builtins.int
     COST_FIELD_NUMBER: _builtins.int
     METRICS_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    AGENT_USAGE_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
     reason: _builtins.str
-    """Why it ended: "completed", "cancelled", "budget", and for simulations "max_turns",
-    "keyword", "sentiment", "timeout", "human_ended", "human_timeout".
+    """Why it ended: "completed", "cancelled", "budget", for simulations "max_turns",
+    "keyword", "sentiment", "timeout", "human_ended", "human_timeout", and for workflows
+    "failed" (a step failed the run) and "unsupported" (no plan the agents can carry out;
+    `detail` says what is missing).
     """
     turns: _builtins.int
     """Number of turns taken."""
     cost: _builtins.float
     """Cost of the whole run in the price table's currency (USD by default)."""
+    detail: _builtins.str
+    """A sentence on why, where the reason needs one (a task no agent can do: what is missing)."""
     @_builtins.property
     def usage(self) -> _common_pb2.TokenUsage:
         """Tokens spent by the whole run."""
@@ -1697,6 +2052,14 @@ class Done(_message.Message):
     @_builtins.property
     def metrics(self) -> Global___ConversationMetrics:
         """The conversation's figures at the end, for simulations (what GetConversationMetrics says)."""
+
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___StepResult]:
+        """Workflows: how every step of the plan ended, in plan order."""
+
+    @_builtins.property
+    def agent_usage(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgentUsage]:
+        """Workflows: what each agent spent."""
 
     def __init__(
         self,
@@ -1706,10 +2069,13 @@ class Done(_message.Message):
         turns: _builtins.int = ...,
         cost: _builtins.float = ...,
         metrics: Global___ConversationMetrics | None = ...,
+        steps: _abc.Iterable[Global___StepResult] | None = ...,
+        agent_usage: _abc.Iterable[Global___AgentUsage] | None = ...,
+        detail: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["metrics", b"metrics", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "metrics", b"metrics", "reason", b"reason", "turns", b"turns", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_usage", b"agent_usage", "cost", b"cost", "detail", b"detail", "metrics", b"metrics", "reason", b"reason", "steps", b"steps", "turns", b"turns", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1924,10 +2290,18 @@ class ConversationEvent(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     PLAN_FIELD_NUMBER: _builtins.int
     REFLECTION_FIELD_NUMBER: _builtins.int
+    WARNING_FIELD_NUMBER: _builtins.int
+    APPROVAL_DECIDED_FIELD_NUMBER: _builtins.int
+    WORKFLOW_PLAN_FIELD_NUMBER: _builtins.int
+    STEP_ID_FIELD_NUMBER: _builtins.int
     event_id: _builtins.int
     """Monotonically increasing id within the conversation (its event log sequence)."""
     conversation: _builtins.str
     """The conversation: `conversations/{conversation}`."""
+    step_id: _builtins.str
+    """Workflows: the step the event belongs to (parallel steps share one stream); empty for
+    events of the run itself.
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it happened."""
@@ -1980,6 +2354,18 @@ class ConversationEvent(_message.Message):
     def reflection(self) -> Global___Reflection:
         """The agent's judgement of the evidence of a round."""
 
+    @_builtins.property
+    def warning(self) -> Global___Warning:
+        """A warning ahead of something (an approval about to expire)."""
+
+    @_builtins.property
+    def approval_decided(self) -> Global___ApprovalDecided:
+        """A pending approval was answered."""
+
+    @_builtins.property
+    def workflow_plan(self) -> Global___WorkflowPlanned:
+        """The plan a workflow run follows (given, or made by the planner), with its stages."""
+
     def __init__(
         self,
         *,
@@ -1998,16 +2384,58 @@ class ConversationEvent(_message.Message):
         error: _status_pb2.Status | None = ...,
         plan: Global___Plan | None = ...,
         reflection: Global___Reflection | None = ...,
+        warning: Global___Warning | None = ...,
+        approval_decided: Global___ApprovalDecided | None = ...,
+        workflow_plan: Global___WorkflowPlanned | None = ...,
+        step_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["awaiting_input", b"awaiting_input", "citation", b"citation", "create_time", b"create_time", "done", b"done", "error", b"error", "kind", b"kind", "plan", b"plan", "reflection", b"reflection", "step", b"step", "token", b"token", "tool_call", b"tool_call", "turn_ended", b"turn_ended", "turn_started", b"turn_started", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["approval_decided", b"approval_decided", "awaiting_input", b"awaiting_input", "citation", b"citation", "create_time", b"create_time", "done", b"done", "error", b"error", "kind", b"kind", "plan", b"plan", "reflection", b"reflection", "step", b"step", "token", b"token", "tool_call", b"tool_call", "turn_ended", b"turn_ended", "turn_started", b"turn_started", "usage", b"usage", "warning", b"warning", "workflow_plan", b"workflow_plan"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["awaiting_input", b"awaiting_input", "citation", b"citation", "conversation", b"conversation", "create_time", b"create_time", "done", b"done", "error", b"error", "event_id", b"event_id", "kind", b"kind", "plan", b"plan", "reflection", b"reflection", "step", b"step", "token", b"token", "tool_call", b"tool_call", "turn_ended", b"turn_ended", "turn_started", b"turn_started", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval_decided", b"approval_decided", "awaiting_input", b"awaiting_input", "citation", b"citation", "conversation", b"conversation", "create_time", b"create_time", "done", b"done", "error", b"error", "event_id", b"event_id", "kind", b"kind", "plan", b"plan", "reflection", b"reflection", "step", b"step", "step_id", b"step_id", "token", b"token", "tool_call", b"tool_call", "turn_ended", b"turn_ended", "turn_started", b"turn_started", "usage", b"usage", "warning", b"warning", "workflow_plan", b"workflow_plan"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["turn_started", "token", "turn_ended", "citation", "tool_call", "awaiting_input", "step", "usage", "done", "error", "plan", "reflection"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["turn_started", "token", "turn_ended", "citation", "tool_call", "awaiting_input", "step", "usage", "done", "error", "plan", "reflection", "warning", "approval_decided", "workflow_plan"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___ConversationEvent: _TypeAlias = ConversationEvent  # noqa: Y015
+
+@_typing.final
+class WorkflowPlanned(_message.Message):
+    """The plan a workflow run follows."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAN_FIELD_NUMBER: _builtins.int
+    STAGES_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    """"given" or "planner"."""
+    attempts: _builtins.int
+    """Attempts of the planner (0 for a given plan)."""
+    @_builtins.property
+    def plan(self) -> Global___WorkflowPlan:
+        """The plan."""
+
+    @_builtins.property
+    def stages(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlanStage]:
+        """The order its steps run in (ValidatePlan's stages)."""
+
+    def __init__(
+        self,
+        *,
+        plan: Global___WorkflowPlan | None = ...,
+        stages: _abc.Iterable[Global___PlanStage] | None = ...,
+        source: _builtins.str = ...,
+        attempts: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "plan", b"plan", "source", b"source", "stages", b"stages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkflowPlanned: _TypeAlias = WorkflowPlanned  # noqa: Y015
 
 @_typing.final
 class ConverseResponse(_message.Message):
@@ -2362,3 +2790,957 @@ class CancelConversationResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CancelConversationResponse: _TypeAlias = CancelConversationResponse  # noqa: Y015
+
+@_typing.final
+class ApprovalAuditEntry(_message.Message):
+    """One entry of an approval's audit history."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTION_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    COMMENT_FIELD_NUMBER: _builtins.int
+    ORIGINAL_OUTPUT_FIELD_NUMBER: _builtins.int
+    MODIFIED_OUTPUT_FIELD_NUMBER: _builtins.int
+    action: _builtins.str
+    """"requested", "warned", "escalated", "approved", "rejected", "modified", "expired",
+    "cancelled".
+    """
+    actor: _builtins.str
+    """Who: the reviewer, or "system"."""
+    comment: _builtins.str
+    """The reviewer's comment, or why the service acted."""
+    original_output: _builtins.str
+    """The output proposed at that point."""
+    modified_output: _builtins.str
+    """The output that replaced it, for "modified"."""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    def __init__(
+        self,
+        *,
+        action: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        comment: _builtins.str = ...,
+        original_output: _builtins.str = ...,
+        modified_output: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "comment", b"comment", "modified_output", b"modified_output", "original_output", b"original_output", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApprovalAuditEntry: _TypeAlias = ApprovalAuditEntry  # noqa: Y015
+
+@_typing.final
+class StepApproval(_message.Message):
+    """A workflow step's result waiting for (or decided by) a person."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CONVERSATION_FIELD_NUMBER: _builtins.int
+    STEP_ID_FIELD_NUMBER: _builtins.int
+    AGENT_FIELD_NUMBER: _builtins.int
+    PROPOSED_OUTPUT_FIELD_NUMBER: _builtins.int
+    REASONING_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    DEADLINE_FIELD_NUMBER: _builtins.int
+    ESCALATED_FIELD_NUMBER: _builtins.int
+    ESCALATE_TO_FIELD_NUMBER: _builtins.int
+    FINAL_OUTPUT_FIELD_NUMBER: _builtins.int
+    HISTORY_FIELD_NUMBER: _builtins.int
+    TIMEOUT_ACTION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Resource name: `approvals/{approval}`."""
+    conversation: _builtins.str
+    """The run's conversation: `conversations/{conversation}`."""
+    step_id: _builtins.str
+    """The step."""
+    agent: _builtins.str
+    """The agent that produced the output."""
+    proposed_output: _builtins.str
+    """The output proposed by the step."""
+    reasoning: _builtins.str
+    """The agent's reasoning."""
+    state: Global___ApprovalState.ValueType
+    """Where it stands."""
+    escalated: _builtins.bool
+    """Whether it was escalated, and to whom."""
+    escalate_to: _builtins.str
+    """Who is asked after an escalation."""
+    final_output: _builtins.str
+    """The output the run went on with (the proposed or the modified one), once decided."""
+    timeout_action: Global___ApprovalTimeoutAction.ValueType
+    """What an expiry does."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was requested."""
+
+    @_builtins.property
+    def deadline(self) -> _timestamp_pb2.Timestamp:
+        """When the current wait expires; unset waits forever."""
+
+    @_builtins.property
+    def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___ApprovalAuditEntry]:
+        """Every action on it, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        conversation: _builtins.str = ...,
+        step_id: _builtins.str = ...,
+        agent: _builtins.str = ...,
+        proposed_output: _builtins.str = ...,
+        reasoning: _builtins.str = ...,
+        state: Global___ApprovalState.ValueType = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        deadline: _timestamp_pb2.Timestamp | None = ...,
+        escalated: _builtins.bool = ...,
+        escalate_to: _builtins.str = ...,
+        final_output: _builtins.str = ...,
+        history: _abc.Iterable[Global___ApprovalAuditEntry] | None = ...,
+        timeout_action: Global___ApprovalTimeoutAction.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "deadline", b"deadline"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "conversation", b"conversation", "create_time", b"create_time", "deadline", b"deadline", "escalate_to", b"escalate_to", "escalated", b"escalated", "final_output", b"final_output", "history", b"history", "name", b"name", "proposed_output", b"proposed_output", "reasoning", b"reasoning", "state", b"state", "step_id", b"step_id", "timeout_action", b"timeout_action"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StepApproval: _TypeAlias = StepApproval  # noqa: Y015
+
+@_typing.final
+class ListApprovalsRequest(_message.Message):
+    """Request of ListApprovals."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    CONVERSATION_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Maximum number to return (1-100); 50 when zero."""
+    page_token: _builtins.str
+    """Token from a previous response's `next_page_token`."""
+    conversation: _builtins.str
+    """Only the approvals of this conversation: `conversations/{conversation}`."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        conversation: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListApprovalsRequest: _TypeAlias = ListApprovalsRequest  # noqa: Y015
+
+@_typing.final
+class ListApprovalsResponse(_message.Message):
+    """Response of ListApprovals."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPROVALS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def approvals(self) -> _containers.RepeatedCompositeFieldContainer[Global___StepApproval]:
+        """Pending approvals."""
+
+    def __init__(
+        self,
+        *,
+        approvals: _abc.Iterable[Global___StepApproval] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approvals", b"approvals", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListApprovalsResponse: _TypeAlias = ListApprovalsResponse  # noqa: Y015
+
+@_typing.final
+class GetApprovalRequest(_message.Message):
+    """Request of GetApproval."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The approval: `approvals/{approval}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetApprovalRequest: _TypeAlias = GetApprovalRequest  # noqa: Y015
+
+@_typing.final
+class GetApprovalResponse(_message.Message):
+    """Response of GetApproval."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPROVAL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def approval(self) -> Global___StepApproval:
+        """The approval."""
+
+    def __init__(
+        self,
+        *,
+        approval: Global___StepApproval | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetApprovalResponse: _TypeAlias = GetApprovalResponse  # noqa: Y015
+
+@_typing.final
+class ListArtifactsRequest(_message.Message):
+    """Request of ListArtifacts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The conversation: `conversations/{conversation}`."""
+    page_size: _builtins.int
+    """Maximum number to return (1-100); 50 when zero."""
+    page_token: _builtins.str
+    """Token from a previous response's `next_page_token`."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListArtifactsRequest: _TypeAlias = ListArtifactsRequest  # noqa: Y015
+
+@_typing.final
+class ListArtifactsResponse(_message.Message):
+    """Response of ListArtifacts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ARTIFACTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def artifacts(self) -> _containers.RepeatedCompositeFieldContainer[_persistence_pb2.Artifact]:
+        """The artifacts, without content."""
+
+    def __init__(
+        self,
+        *,
+        artifacts: _abc.Iterable[_persistence_pb2.Artifact] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListArtifactsResponse: _TypeAlias = ListArtifactsResponse  # noqa: Y015
+
+@_typing.final
+class DownloadArtifactRequest(_message.Message):
+    """Request of DownloadArtifact."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The artifact: `conversations/{conversation}/artifacts/{artifact}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DownloadArtifactRequest: _TypeAlias = DownloadArtifactRequest  # noqa: Y015
+
+@_typing.final
+class Webhook(_message.Message):
+    """A tenant's endpoint that receives signed deliveries of run events."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    SECRET_FIELD_NUMBER: _builtins.int
+    EVENT_TYPES_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Resource name: `webhooks/{webhook}`."""
+    url: _builtins.str
+    """Where deliveries are POSTed: an `https://` (or `http://`) URL. Loopback, link-local and
+    private addresses are refused, before and after DNS resolution and on redirects, unless
+    the service's configuration allows them.
+    """
+    secret: _builtins.str
+    """Key of the HMAC-SHA256 signature (16-256 bytes); never returned."""
+    description: _builtins.str
+    """What the endpoint is for."""
+    @_builtins.property
+    def event_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Event types delivered: "run.done", "run.failed", "approval.requested",
+        "approval.decided", "step.failed"; the `send_webhook` tool may post any of them or
+        "workflow.action".
+        """
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was registered."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        url: _builtins.str = ...,
+        secret: _builtins.str = ...,
+        event_types: _abc.Iterable[_builtins.str] | None = ...,
+        description: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "event_types", b"event_types", "name", b"name", "secret", b"secret", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Webhook: _TypeAlias = Webhook  # noqa: Y015
+
+@_typing.final
+class CreateWebhookRequest(_message.Message):
+    """Request of CreateWebhook."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEBHOOK_FIELD_NUMBER: _builtins.int
+    WEBHOOK_ID_FIELD_NUMBER: _builtins.int
+    webhook_id: _builtins.str
+    """Id to give it; random when empty."""
+    @_builtins.property
+    def webhook(self) -> Global___Webhook:
+        """The webhook."""
+
+    def __init__(
+        self,
+        *,
+        webhook: Global___Webhook | None = ...,
+        webhook_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["webhook", b"webhook"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["webhook", b"webhook", "webhook_id", b"webhook_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateWebhookRequest: _TypeAlias = CreateWebhookRequest  # noqa: Y015
+
+@_typing.final
+class CreateWebhookResponse(_message.Message):
+    """Response of CreateWebhook."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEBHOOK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def webhook(self) -> Global___Webhook:
+        """The webhook, without its secret."""
+
+    def __init__(
+        self,
+        *,
+        webhook: Global___Webhook | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["webhook", b"webhook"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["webhook", b"webhook"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateWebhookResponse: _TypeAlias = CreateWebhookResponse  # noqa: Y015
+
+@_typing.final
+class GetWebhookRequest(_message.Message):
+    """Request of GetWebhook."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The webhook: `webhooks/{webhook}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetWebhookRequest: _TypeAlias = GetWebhookRequest  # noqa: Y015
+
+@_typing.final
+class GetWebhookResponse(_message.Message):
+    """Response of GetWebhook."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEBHOOK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def webhook(self) -> Global___Webhook:
+        """The webhook, without its secret."""
+
+    def __init__(
+        self,
+        *,
+        webhook: Global___Webhook | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["webhook", b"webhook"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["webhook", b"webhook"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetWebhookResponse: _TypeAlias = GetWebhookResponse  # noqa: Y015
+
+@_typing.final
+class ListWebhooksRequest(_message.Message):
+    """Request of ListWebhooks."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Maximum number to return (1-100); 50 when zero."""
+    page_token: _builtins.str
+    """Token from a previous response's `next_page_token`."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWebhooksRequest: _TypeAlias = ListWebhooksRequest  # noqa: Y015
+
+@_typing.final
+class ListWebhooksResponse(_message.Message):
+    """Response of ListWebhooks."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEBHOOKS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def webhooks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Webhook]:
+        """The webhooks, without their secrets."""
+
+    def __init__(
+        self,
+        *,
+        webhooks: _abc.Iterable[Global___Webhook] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "webhooks", b"webhooks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWebhooksResponse: _TypeAlias = ListWebhooksResponse  # noqa: Y015
+
+@_typing.final
+class DeleteWebhookRequest(_message.Message):
+    """Request of DeleteWebhook."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The webhook: `webhooks/{webhook}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteWebhookRequest: _TypeAlias = DeleteWebhookRequest  # noqa: Y015
+
+@_typing.final
+class DeleteWebhookResponse(_message.Message):
+    """Response of DeleteWebhook."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteWebhookResponse: _TypeAlias = DeleteWebhookResponse  # noqa: Y015
+
+@_typing.final
+class DeliveryAttempt(_message.Message):
+    """One try of a delivery."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIME_FIELD_NUMBER: _builtins.int
+    STATUS_CODE_FIELD_NUMBER: _builtins.int
+    LATENCY_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    status_code: _builtins.int
+    """HTTP status of the answer; 0 when there was none."""
+    error: _builtins.str
+    """Why it failed (timeout, refused address, connection error, a non-2xx status)."""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When it was sent."""
+
+    @_builtins.property
+    def latency(self) -> _duration_pb2.Duration:
+        """Time to the answer (or the failure)."""
+
+    def __init__(
+        self,
+        *,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        status_code: _builtins.int = ...,
+        latency: _duration_pb2.Duration | None = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["latency", b"latency", "time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "latency", b"latency", "status_code", b"status_code", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeliveryAttempt: _TypeAlias = DeliveryAttempt  # noqa: Y015
+
+@_typing.final
+class WebhookDelivery(_message.Message):
+    """One event sent (or being sent) to a webhook."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    CONVERSATION_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Resource name: `webhooks/{webhook}/deliveries/{delivery}`."""
+    event_type: _builtins.str
+    """The event type."""
+    idempotency_key: _builtins.str
+    """Sent in the `Idempotency-Key` header: the same event always carries the same key."""
+    state: Global___DeliveryState.ValueType
+    """Where it stands."""
+    conversation: _builtins.str
+    """The conversation whose run caused it, if any."""
+    body: _builtins.str
+    """The JSON body sent."""
+    @_builtins.property
+    def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeliveryAttempt]:
+        """Every try, oldest first."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was created."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        event_type: _builtins.str = ...,
+        idempotency_key: _builtins.str = ...,
+        state: Global___DeliveryState.ValueType = ...,
+        attempts: _abc.Iterable[Global___DeliveryAttempt] | None = ...,
+        conversation: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        body: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "body", b"body", "conversation", b"conversation", "create_time", b"create_time", "event_type", b"event_type", "idempotency_key", b"idempotency_key", "name", b"name", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WebhookDelivery: _TypeAlias = WebhookDelivery  # noqa: Y015
+
+@_typing.final
+class ListWebhookDeliveriesRequest(_message.Message):
+    """Request of ListWebhookDeliveries."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The webhook: `webhooks/{webhook}`."""
+    page_size: _builtins.int
+    """Maximum number to return (1-100); 50 when zero."""
+    page_token: _builtins.str
+    """Token from a previous response's `next_page_token`."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWebhookDeliveriesRequest: _TypeAlias = ListWebhookDeliveriesRequest  # noqa: Y015
+
+@_typing.final
+class ListWebhookDeliveriesResponse(_message.Message):
+    """Response of ListWebhookDeliveries."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def deliveries(self) -> _containers.RepeatedCompositeFieldContainer[Global___WebhookDelivery]:
+        """The deliveries, newest first."""
+
+    def __init__(
+        self,
+        *,
+        deliveries: _abc.Iterable[Global___WebhookDelivery] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deliveries", b"deliveries", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWebhookDeliveriesResponse: _TypeAlias = ListWebhookDeliveriesResponse  # noqa: Y015
+
+@_typing.final
+class HttpTool(_message.Message):
+    """A tenant's tool served over HTTP: the agent calls it like a built-in one."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    SECRET_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
+    SIDE_EFFECTS_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Resource name: `httpTools/{http_tool}`; the id is the tool's name in agents' `tools`
+    (lowercase, digits and `_`, not a built-in's name).
+    """
+    description: _builtins.str
+    """What it does, for the model."""
+    url: _builtins.str
+    """Where calls are POSTed (the arguments as the JSON body); guarded like webhook URLs."""
+    secret: _builtins.str
+    """Key of the HMAC-SHA256 signature of each call (16-256 bytes); never returned."""
+    side_effects: _builtins.bool
+    """Whether a call changes something (then it carries an idempotency key and is never
+    retried without it).
+    """
+    @_builtins.property
+    def parameters(self) -> _struct_pb2.Struct:
+        """JSON Schema (draft 2020-12) of its arguments object."""
+
+    @_builtins.property
+    def timeout(self) -> _duration_pb2.Duration:
+        """Bound on one call (0.1-60 s); 10 s when unset."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was registered."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        description: _builtins.str = ...,
+        parameters: _struct_pb2.Struct | None = ...,
+        url: _builtins.str = ...,
+        secret: _builtins.str = ...,
+        timeout: _duration_pb2.Duration | None = ...,
+        side_effects: _builtins.bool = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "parameters", b"parameters", "timeout", b"timeout"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "name", b"name", "parameters", b"parameters", "secret", b"secret", "side_effects", b"side_effects", "timeout", b"timeout", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HttpTool: _TypeAlias = HttpTool  # noqa: Y015
+
+@_typing.final
+class CreateHttpToolRequest(_message.Message):
+    """Request of CreateHttpTool."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HTTP_TOOL_FIELD_NUMBER: _builtins.int
+    HTTP_TOOL_ID_FIELD_NUMBER: _builtins.int
+    http_tool_id: _builtins.str
+    """Its name (the id of `httpTools/{http_tool}`)."""
+    @_builtins.property
+    def http_tool(self) -> Global___HttpTool:
+        """The tool."""
+
+    def __init__(
+        self,
+        *,
+        http_tool: Global___HttpTool | None = ...,
+        http_tool_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["http_tool", b"http_tool"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["http_tool", b"http_tool", "http_tool_id", b"http_tool_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateHttpToolRequest: _TypeAlias = CreateHttpToolRequest  # noqa: Y015
+
+@_typing.final
+class CreateHttpToolResponse(_message.Message):
+    """Response of CreateHttpTool."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HTTP_TOOL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def http_tool(self) -> Global___HttpTool:
+        """The tool, without its secret."""
+
+    def __init__(
+        self,
+        *,
+        http_tool: Global___HttpTool | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["http_tool", b"http_tool"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["http_tool", b"http_tool"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateHttpToolResponse: _TypeAlias = CreateHttpToolResponse  # noqa: Y015
+
+@_typing.final
+class GetHttpToolRequest(_message.Message):
+    """Request of GetHttpTool."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The tool: `httpTools/{http_tool}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetHttpToolRequest: _TypeAlias = GetHttpToolRequest  # noqa: Y015
+
+@_typing.final
+class GetHttpToolResponse(_message.Message):
+    """Response of GetHttpTool."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HTTP_TOOL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def http_tool(self) -> Global___HttpTool:
+        """The tool, without its secret."""
+
+    def __init__(
+        self,
+        *,
+        http_tool: Global___HttpTool | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["http_tool", b"http_tool"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["http_tool", b"http_tool"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetHttpToolResponse: _TypeAlias = GetHttpToolResponse  # noqa: Y015
+
+@_typing.final
+class ListHttpToolsRequest(_message.Message):
+    """Request of ListHttpTools."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Maximum number to return (1-100); 50 when zero."""
+    page_token: _builtins.str
+    """Token from a previous response's `next_page_token`."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListHttpToolsRequest: _TypeAlias = ListHttpToolsRequest  # noqa: Y015
+
+@_typing.final
+class ListHttpToolsResponse(_message.Message):
+    """Response of ListHttpTools."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HTTP_TOOLS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def http_tools(self) -> _containers.RepeatedCompositeFieldContainer[Global___HttpTool]:
+        """The tools, without their secrets."""
+
+    def __init__(
+        self,
+        *,
+        http_tools: _abc.Iterable[Global___HttpTool] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["http_tools", b"http_tools", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListHttpToolsResponse: _TypeAlias = ListHttpToolsResponse  # noqa: Y015
+
+@_typing.final
+class DeleteHttpToolRequest(_message.Message):
+    """Request of DeleteHttpTool."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The tool: `httpTools/{http_tool}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteHttpToolRequest: _TypeAlias = DeleteHttpToolRequest  # noqa: Y015
+
+@_typing.final
+class DeleteHttpToolResponse(_message.Message):
+    """Response of DeleteHttpTool."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteHttpToolResponse: _TypeAlias = DeleteHttpToolResponse  # noqa: Y015

@@ -118,6 +118,71 @@ class OrchestrationServiceStub:
                 request_serializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ValidatePlanRequest.SerializeToString,
                 response_deserializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ValidatePlanResponse.FromString,
                 _registered_method=True)
+        self.ListApprovals = channel.unary_unary(
+                '/callisto.orchestration.v1.OrchestrationService/ListApprovals',
+                request_serializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ListApprovalsRequest.SerializeToString,
+                response_deserializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ListApprovalsResponse.FromString,
+                _registered_method=True)
+        self.GetApproval = channel.unary_unary(
+                '/callisto.orchestration.v1.OrchestrationService/GetApproval',
+                request_serializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.GetApprovalRequest.SerializeToString,
+                response_deserializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.GetApprovalResponse.FromString,
+                _registered_method=True)
+        self.ListArtifacts = channel.unary_unary(
+                '/callisto.orchestration.v1.OrchestrationService/ListArtifacts',
+                request_serializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ListArtifactsRequest.SerializeToString,
+                response_deserializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ListArtifactsResponse.FromString,
+                _registered_method=True)
+        self.DownloadArtifact = channel.unary_unary(
+                '/callisto.orchestration.v1.OrchestrationService/DownloadArtifact',
+                request_serializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.DownloadArtifactRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
+        self.CreateWebhook = channel.unary_unary(
+                '/callisto.orchestration.v1.OrchestrationService/CreateWebhook',
+                request_serializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.CreateWebhookRequest.SerializeToString,
+                response_deserializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.CreateWebhookResponse.FromString,
+                _registered_method=True)
+        self.GetWebhook = channel.unary_unary(
+                '/callisto.orchestration.v1.OrchestrationService/GetWebhook',
+                request_serializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.GetWebhookRequest.SerializeToString,
+                response_deserializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.GetWebhookResponse.FromString,
+                _registered_method=True)
+        self.ListWebhooks = channel.unary_unary(
+                '/callisto.orchestration.v1.OrchestrationService/ListWebhooks',
+                request_serializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ListWebhooksRequest.SerializeToString,
+                response_deserializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ListWebhooksResponse.FromString,
+                _registered_method=True)
+        self.DeleteWebhook = channel.unary_unary(
+                '/callisto.orchestration.v1.OrchestrationService/DeleteWebhook',
+                request_serializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.DeleteWebhookRequest.SerializeToString,
+                response_deserializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.DeleteWebhookResponse.FromString,
+                _registered_method=True)
+        self.ListWebhookDeliveries = channel.unary_unary(
+                '/callisto.orchestration.v1.OrchestrationService/ListWebhookDeliveries',
+                request_serializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ListWebhookDeliveriesRequest.SerializeToString,
+                response_deserializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ListWebhookDeliveriesResponse.FromString,
+                _registered_method=True)
+        self.CreateHttpTool = channel.unary_unary(
+                '/callisto.orchestration.v1.OrchestrationService/CreateHttpTool',
+                request_serializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.CreateHttpToolRequest.SerializeToString,
+                response_deserializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.CreateHttpToolResponse.FromString,
+                _registered_method=True)
+        self.GetHttpTool = channel.unary_unary(
+                '/callisto.orchestration.v1.OrchestrationService/GetHttpTool',
+                request_serializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.GetHttpToolRequest.SerializeToString,
+                response_deserializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.GetHttpToolResponse.FromString,
+                _registered_method=True)
+        self.ListHttpTools = channel.unary_unary(
+                '/callisto.orchestration.v1.OrchestrationService/ListHttpTools',
+                request_serializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ListHttpToolsRequest.SerializeToString,
+                response_deserializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ListHttpToolsResponse.FromString,
+                _registered_method=True)
+        self.DeleteHttpTool = channel.unary_unary(
+                '/callisto.orchestration.v1.OrchestrationService/DeleteHttpTool',
+                request_serializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.DeleteHttpToolRequest.SerializeToString,
+                response_deserializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.DeleteHttpToolResponse.FromString,
+                _registered_method=True)
         self.SubmitFeedback = channel.unary_unary(
                 '/callisto.orchestration.v1.OrchestrationService/SubmitFeedback',
                 request_serializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.SubmitFeedbackRequest.SerializeToString,
@@ -236,6 +301,7 @@ class OrchestrationServiceServicer:
         companies, roles and prompts, every turn with speaker, sentiment and time, the metrics),
         or JSON.
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -247,6 +313,103 @@ class OrchestrationServiceServicer:
         and has the tools the step needs, at most 50 steps. A bad plan is INVALID_ARGUMENT with one
         field violation per problem (`plan.steps[3].depends_on[0]`); a good one comes back with the
         stages its steps would run in.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListApprovals(self, request, context):
+        """Pending approvals of workflow steps across the tenant, oldest first; `conversation`
+        narrows them to one run.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetApproval(self, request, context):
+        """One approval, pending or decided, with its audit history: who decided, when, the
+        decision, the comment, the original and the modified output.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListArtifacts(self, request, context):
+        """Artifacts a conversation's runs made (reports), newest first, without their content.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DownloadArtifact(self, request, context):
+        """An artifact's content with its content type (`application/pdf`, `text/csv`).
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateWebhook(self, request, context):
+        """Registers a webhook endpoint of the tenant: deliveries of the event types it names are
+        signed with its secret (HMAC-SHA256 over timestamp and body).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetWebhook(self, request, context):
+        """Gets a webhook (never its secret).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWebhooks(self, request, context):
+        """Lists the tenant's webhooks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteWebhook(self, request, context):
+        """Deletes a webhook; its pending deliveries stop.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWebhookDeliveries(self, request, context):
+        """A webhook's deliveries, newest first: attempts, status codes, latency.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateHttpTool(self, request, context):
+        """Registers an HTTP tool of the tenant: agents call it like a built-in tool; calls are
+        signed like webhook deliveries and guarded by a timeout and a circuit breaker.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetHttpTool(self, request, context):
+        """Gets an HTTP tool (never its secret).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListHttpTools(self, request, context):
+        """Lists the tenant's HTTP tools.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteHttpTool(self, request, context):
+        """Deletes an HTTP tool; agents naming it can no longer call it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -341,6 +504,71 @@ def add_OrchestrationServiceServicer_to_server(servicer, server):
                     servicer.ValidatePlan,
                     request_deserializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ValidatePlanRequest.FromString,
                     response_serializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ValidatePlanResponse.SerializeToString,
+            ),
+            'ListApprovals': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApprovals,
+                    request_deserializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ListApprovalsRequest.FromString,
+                    response_serializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ListApprovalsResponse.SerializeToString,
+            ),
+            'GetApproval': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetApproval,
+                    request_deserializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.GetApprovalRequest.FromString,
+                    response_serializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.GetApprovalResponse.SerializeToString,
+            ),
+            'ListArtifacts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListArtifacts,
+                    request_deserializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ListArtifactsRequest.FromString,
+                    response_serializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ListArtifactsResponse.SerializeToString,
+            ),
+            'DownloadArtifact': grpc.unary_unary_rpc_method_handler(
+                    servicer.DownloadArtifact,
+                    request_deserializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.DownloadArtifactRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
+            'CreateWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateWebhook,
+                    request_deserializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.CreateWebhookRequest.FromString,
+                    response_serializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.CreateWebhookResponse.SerializeToString,
+            ),
+            'GetWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetWebhook,
+                    request_deserializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.GetWebhookRequest.FromString,
+                    response_serializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.GetWebhookResponse.SerializeToString,
+            ),
+            'ListWebhooks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWebhooks,
+                    request_deserializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ListWebhooksRequest.FromString,
+                    response_serializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ListWebhooksResponse.SerializeToString,
+            ),
+            'DeleteWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteWebhook,
+                    request_deserializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.DeleteWebhookRequest.FromString,
+                    response_serializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.DeleteWebhookResponse.SerializeToString,
+            ),
+            'ListWebhookDeliveries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWebhookDeliveries,
+                    request_deserializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ListWebhookDeliveriesRequest.FromString,
+                    response_serializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ListWebhookDeliveriesResponse.SerializeToString,
+            ),
+            'CreateHttpTool': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateHttpTool,
+                    request_deserializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.CreateHttpToolRequest.FromString,
+                    response_serializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.CreateHttpToolResponse.SerializeToString,
+            ),
+            'GetHttpTool': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetHttpTool,
+                    request_deserializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.GetHttpToolRequest.FromString,
+                    response_serializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.GetHttpToolResponse.SerializeToString,
+            ),
+            'ListHttpTools': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListHttpTools,
+                    request_deserializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ListHttpToolsRequest.FromString,
+                    response_serializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ListHttpToolsResponse.SerializeToString,
+            ),
+            'DeleteHttpTool': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteHttpTool,
+                    request_deserializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.DeleteHttpToolRequest.FromString,
+                    response_serializer=callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.DeleteHttpToolResponse.SerializeToString,
             ),
             'SubmitFeedback': grpc.unary_unary_rpc_method_handler(
                     servicer.SubmitFeedback,
@@ -783,6 +1011,357 @@ class OrchestrationService:
             '/callisto.orchestration.v1.OrchestrationService/ValidatePlan',
             callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ValidatePlanRequest.SerializeToString,
             callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ValidatePlanResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApprovals(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callisto.orchestration.v1.OrchestrationService/ListApprovals',
+            callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ListApprovalsRequest.SerializeToString,
+            callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ListApprovalsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetApproval(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callisto.orchestration.v1.OrchestrationService/GetApproval',
+            callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.GetApprovalRequest.SerializeToString,
+            callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.GetApprovalResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListArtifacts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callisto.orchestration.v1.OrchestrationService/ListArtifacts',
+            callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ListArtifactsRequest.SerializeToString,
+            callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ListArtifactsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadArtifact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callisto.orchestration.v1.OrchestrationService/DownloadArtifact',
+            callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.DownloadArtifactRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callisto.orchestration.v1.OrchestrationService/CreateWebhook',
+            callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.CreateWebhookRequest.SerializeToString,
+            callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.CreateWebhookResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callisto.orchestration.v1.OrchestrationService/GetWebhook',
+            callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.GetWebhookRequest.SerializeToString,
+            callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.GetWebhookResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWebhooks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callisto.orchestration.v1.OrchestrationService/ListWebhooks',
+            callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ListWebhooksRequest.SerializeToString,
+            callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ListWebhooksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callisto.orchestration.v1.OrchestrationService/DeleteWebhook',
+            callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.DeleteWebhookRequest.SerializeToString,
+            callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.DeleteWebhookResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWebhookDeliveries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callisto.orchestration.v1.OrchestrationService/ListWebhookDeliveries',
+            callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ListWebhookDeliveriesRequest.SerializeToString,
+            callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ListWebhookDeliveriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateHttpTool(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callisto.orchestration.v1.OrchestrationService/CreateHttpTool',
+            callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.CreateHttpToolRequest.SerializeToString,
+            callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.CreateHttpToolResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetHttpTool(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callisto.orchestration.v1.OrchestrationService/GetHttpTool',
+            callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.GetHttpToolRequest.SerializeToString,
+            callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.GetHttpToolResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListHttpTools(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callisto.orchestration.v1.OrchestrationService/ListHttpTools',
+            callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ListHttpToolsRequest.SerializeToString,
+            callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.ListHttpToolsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteHttpTool(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callisto.orchestration.v1.OrchestrationService/DeleteHttpTool',
+            callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.DeleteHttpToolRequest.SerializeToString,
+            callisto_dot_orchestration_dot_v1_dot_orchestration__pb2.DeleteHttpToolResponse.FromString,
             options,
             channel_credentials,
             insecure,

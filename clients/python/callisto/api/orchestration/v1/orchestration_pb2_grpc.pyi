@@ -74,6 +74,7 @@ class OrchestrationServiceStub:
     companies, roles and prompts, every turn with speaker, sentiment and time, the metrics),
     or JSON.
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
     ValidatePlan: _grpc.UnaryUnaryMultiCallable[_orchestration_pb2.ValidatePlanRequest, _orchestration_pb2.ValidatePlanResponse]
     """Checks a workflow plan without running it (a dry run): no cycles, every `depends_on`
@@ -82,6 +83,43 @@ class OrchestrationServiceStub:
     field violation per problem (`plan.steps[3].depends_on[0]`); a good one comes back with the
     stages its steps would run in.
     """
+    ListApprovals: _grpc.UnaryUnaryMultiCallable[_orchestration_pb2.ListApprovalsRequest, _orchestration_pb2.ListApprovalsResponse]
+    """Pending approvals of workflow steps across the tenant, oldest first; `conversation`
+    narrows them to one run.
+    """
+    GetApproval: _grpc.UnaryUnaryMultiCallable[_orchestration_pb2.GetApprovalRequest, _orchestration_pb2.GetApprovalResponse]
+    """One approval, pending or decided, with its audit history: who decided, when, the
+    decision, the comment, the original and the modified output.
+    """
+    ListArtifacts: _grpc.UnaryUnaryMultiCallable[_orchestration_pb2.ListArtifactsRequest, _orchestration_pb2.ListArtifactsResponse]
+    """Artifacts a conversation's runs made (reports), newest first, without their content."""
+    DownloadArtifact: _grpc.UnaryUnaryMultiCallable[_orchestration_pb2.DownloadArtifactRequest, _httpbody_pb2.HttpBody]
+    """An artifact's content with its content type (`application/pdf`, `text/csv`).
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    CreateWebhook: _grpc.UnaryUnaryMultiCallable[_orchestration_pb2.CreateWebhookRequest, _orchestration_pb2.CreateWebhookResponse]
+    """Registers a webhook endpoint of the tenant: deliveries of the event types it names are
+    signed with its secret (HMAC-SHA256 over timestamp and body).
+    """
+    GetWebhook: _grpc.UnaryUnaryMultiCallable[_orchestration_pb2.GetWebhookRequest, _orchestration_pb2.GetWebhookResponse]
+    """Gets a webhook (never its secret)."""
+    ListWebhooks: _grpc.UnaryUnaryMultiCallable[_orchestration_pb2.ListWebhooksRequest, _orchestration_pb2.ListWebhooksResponse]
+    """Lists the tenant's webhooks."""
+    DeleteWebhook: _grpc.UnaryUnaryMultiCallable[_orchestration_pb2.DeleteWebhookRequest, _orchestration_pb2.DeleteWebhookResponse]
+    """Deletes a webhook; its pending deliveries stop."""
+    ListWebhookDeliveries: _grpc.UnaryUnaryMultiCallable[_orchestration_pb2.ListWebhookDeliveriesRequest, _orchestration_pb2.ListWebhookDeliveriesResponse]
+    """A webhook's deliveries, newest first: attempts, status codes, latency."""
+    CreateHttpTool: _grpc.UnaryUnaryMultiCallable[_orchestration_pb2.CreateHttpToolRequest, _orchestration_pb2.CreateHttpToolResponse]
+    """Registers an HTTP tool of the tenant: agents call it like a built-in tool; calls are
+    signed like webhook deliveries and guarded by a timeout and a circuit breaker.
+    """
+    GetHttpTool: _grpc.UnaryUnaryMultiCallable[_orchestration_pb2.GetHttpToolRequest, _orchestration_pb2.GetHttpToolResponse]
+    """Gets an HTTP tool (never its secret)."""
+    ListHttpTools: _grpc.UnaryUnaryMultiCallable[_orchestration_pb2.ListHttpToolsRequest, _orchestration_pb2.ListHttpToolsResponse]
+    """Lists the tenant's HTTP tools."""
+    DeleteHttpTool: _grpc.UnaryUnaryMultiCallable[_orchestration_pb2.DeleteHttpToolRequest, _orchestration_pb2.DeleteHttpToolResponse]
+    """Deletes an HTTP tool; agents naming it can no longer call it."""
     SubmitFeedback: _grpc.UnaryUnaryMultiCallable[_orchestration_pb2.SubmitFeedbackRequest, _orchestration_pb2.SubmitFeedbackResponse]
     """Rates an answer (thumbs up or down, with a comment); stored with the message."""
 
@@ -130,6 +168,7 @@ class OrchestrationServiceAsyncStub(OrchestrationServiceStub):
     companies, roles and prompts, every turn with speaker, sentiment and time, the metrics),
     or JSON.
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
     ValidatePlan: _aio.UnaryUnaryMultiCallable[_orchestration_pb2.ValidatePlanRequest, _orchestration_pb2.ValidatePlanResponse]  # type: ignore[assignment]
     """Checks a workflow plan without running it (a dry run): no cycles, every `depends_on`
@@ -138,6 +177,43 @@ class OrchestrationServiceAsyncStub(OrchestrationServiceStub):
     field violation per problem (`plan.steps[3].depends_on[0]`); a good one comes back with the
     stages its steps would run in.
     """
+    ListApprovals: _aio.UnaryUnaryMultiCallable[_orchestration_pb2.ListApprovalsRequest, _orchestration_pb2.ListApprovalsResponse]  # type: ignore[assignment]
+    """Pending approvals of workflow steps across the tenant, oldest first; `conversation`
+    narrows them to one run.
+    """
+    GetApproval: _aio.UnaryUnaryMultiCallable[_orchestration_pb2.GetApprovalRequest, _orchestration_pb2.GetApprovalResponse]  # type: ignore[assignment]
+    """One approval, pending or decided, with its audit history: who decided, when, the
+    decision, the comment, the original and the modified output.
+    """
+    ListArtifacts: _aio.UnaryUnaryMultiCallable[_orchestration_pb2.ListArtifactsRequest, _orchestration_pb2.ListArtifactsResponse]  # type: ignore[assignment]
+    """Artifacts a conversation's runs made (reports), newest first, without their content."""
+    DownloadArtifact: _aio.UnaryUnaryMultiCallable[_orchestration_pb2.DownloadArtifactRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """An artifact's content with its content type (`application/pdf`, `text/csv`).
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    CreateWebhook: _aio.UnaryUnaryMultiCallable[_orchestration_pb2.CreateWebhookRequest, _orchestration_pb2.CreateWebhookResponse]  # type: ignore[assignment]
+    """Registers a webhook endpoint of the tenant: deliveries of the event types it names are
+    signed with its secret (HMAC-SHA256 over timestamp and body).
+    """
+    GetWebhook: _aio.UnaryUnaryMultiCallable[_orchestration_pb2.GetWebhookRequest, _orchestration_pb2.GetWebhookResponse]  # type: ignore[assignment]
+    """Gets a webhook (never its secret)."""
+    ListWebhooks: _aio.UnaryUnaryMultiCallable[_orchestration_pb2.ListWebhooksRequest, _orchestration_pb2.ListWebhooksResponse]  # type: ignore[assignment]
+    """Lists the tenant's webhooks."""
+    DeleteWebhook: _aio.UnaryUnaryMultiCallable[_orchestration_pb2.DeleteWebhookRequest, _orchestration_pb2.DeleteWebhookResponse]  # type: ignore[assignment]
+    """Deletes a webhook; its pending deliveries stop."""
+    ListWebhookDeliveries: _aio.UnaryUnaryMultiCallable[_orchestration_pb2.ListWebhookDeliveriesRequest, _orchestration_pb2.ListWebhookDeliveriesResponse]  # type: ignore[assignment]
+    """A webhook's deliveries, newest first: attempts, status codes, latency."""
+    CreateHttpTool: _aio.UnaryUnaryMultiCallable[_orchestration_pb2.CreateHttpToolRequest, _orchestration_pb2.CreateHttpToolResponse]  # type: ignore[assignment]
+    """Registers an HTTP tool of the tenant: agents call it like a built-in tool; calls are
+    signed like webhook deliveries and guarded by a timeout and a circuit breaker.
+    """
+    GetHttpTool: _aio.UnaryUnaryMultiCallable[_orchestration_pb2.GetHttpToolRequest, _orchestration_pb2.GetHttpToolResponse]  # type: ignore[assignment]
+    """Gets an HTTP tool (never its secret)."""
+    ListHttpTools: _aio.UnaryUnaryMultiCallable[_orchestration_pb2.ListHttpToolsRequest, _orchestration_pb2.ListHttpToolsResponse]  # type: ignore[assignment]
+    """Lists the tenant's HTTP tools."""
+    DeleteHttpTool: _aio.UnaryUnaryMultiCallable[_orchestration_pb2.DeleteHttpToolRequest, _orchestration_pb2.DeleteHttpToolResponse]  # type: ignore[assignment]
+    """Deletes an HTTP tool; agents naming it can no longer call it."""
     SubmitFeedback: _aio.UnaryUnaryMultiCallable[_orchestration_pb2.SubmitFeedbackRequest, _orchestration_pb2.SubmitFeedbackResponse]  # type: ignore[assignment]
     """Rates an answer (thumbs up or down, with a comment); stored with the message."""
 
@@ -273,6 +349,7 @@ class OrchestrationServiceServicer(metaclass=_abc_1.ABCMeta):
         companies, roles and prompts, every turn with speaker, sentiment and time, the metrics),
         or JSON.
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
 
     @_abc_1.abstractmethod
@@ -287,6 +364,121 @@ class OrchestrationServiceServicer(metaclass=_abc_1.ABCMeta):
         field violation per problem (`plan.steps[3].depends_on[0]`); a good one comes back with the
         stages its steps would run in.
         """
+
+    @_abc_1.abstractmethod
+    def ListApprovals(
+        self,
+        request: _orchestration_pb2.ListApprovalsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestration_pb2.ListApprovalsResponse, _abc.Awaitable[_orchestration_pb2.ListApprovalsResponse]]:
+        """Pending approvals of workflow steps across the tenant, oldest first; `conversation`
+        narrows them to one run.
+        """
+
+    @_abc_1.abstractmethod
+    def GetApproval(
+        self,
+        request: _orchestration_pb2.GetApprovalRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestration_pb2.GetApprovalResponse, _abc.Awaitable[_orchestration_pb2.GetApprovalResponse]]:
+        """One approval, pending or decided, with its audit history: who decided, when, the
+        decision, the comment, the original and the modified output.
+        """
+
+    @_abc_1.abstractmethod
+    def ListArtifacts(
+        self,
+        request: _orchestration_pb2.ListArtifactsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestration_pb2.ListArtifactsResponse, _abc.Awaitable[_orchestration_pb2.ListArtifactsResponse]]:
+        """Artifacts a conversation's runs made (reports), newest first, without their content."""
+
+    @_abc_1.abstractmethod
+    def DownloadArtifact(
+        self,
+        request: _orchestration_pb2.DownloadArtifactRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """An artifact's content with its content type (`application/pdf`, `text/csv`).
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+
+    @_abc_1.abstractmethod
+    def CreateWebhook(
+        self,
+        request: _orchestration_pb2.CreateWebhookRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestration_pb2.CreateWebhookResponse, _abc.Awaitable[_orchestration_pb2.CreateWebhookResponse]]:
+        """Registers a webhook endpoint of the tenant: deliveries of the event types it names are
+        signed with its secret (HMAC-SHA256 over timestamp and body).
+        """
+
+    @_abc_1.abstractmethod
+    def GetWebhook(
+        self,
+        request: _orchestration_pb2.GetWebhookRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestration_pb2.GetWebhookResponse, _abc.Awaitable[_orchestration_pb2.GetWebhookResponse]]:
+        """Gets a webhook (never its secret)."""
+
+    @_abc_1.abstractmethod
+    def ListWebhooks(
+        self,
+        request: _orchestration_pb2.ListWebhooksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestration_pb2.ListWebhooksResponse, _abc.Awaitable[_orchestration_pb2.ListWebhooksResponse]]:
+        """Lists the tenant's webhooks."""
+
+    @_abc_1.abstractmethod
+    def DeleteWebhook(
+        self,
+        request: _orchestration_pb2.DeleteWebhookRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestration_pb2.DeleteWebhookResponse, _abc.Awaitable[_orchestration_pb2.DeleteWebhookResponse]]:
+        """Deletes a webhook; its pending deliveries stop."""
+
+    @_abc_1.abstractmethod
+    def ListWebhookDeliveries(
+        self,
+        request: _orchestration_pb2.ListWebhookDeliveriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestration_pb2.ListWebhookDeliveriesResponse, _abc.Awaitable[_orchestration_pb2.ListWebhookDeliveriesResponse]]:
+        """A webhook's deliveries, newest first: attempts, status codes, latency."""
+
+    @_abc_1.abstractmethod
+    def CreateHttpTool(
+        self,
+        request: _orchestration_pb2.CreateHttpToolRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestration_pb2.CreateHttpToolResponse, _abc.Awaitable[_orchestration_pb2.CreateHttpToolResponse]]:
+        """Registers an HTTP tool of the tenant: agents call it like a built-in tool; calls are
+        signed like webhook deliveries and guarded by a timeout and a circuit breaker.
+        """
+
+    @_abc_1.abstractmethod
+    def GetHttpTool(
+        self,
+        request: _orchestration_pb2.GetHttpToolRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestration_pb2.GetHttpToolResponse, _abc.Awaitable[_orchestration_pb2.GetHttpToolResponse]]:
+        """Gets an HTTP tool (never its secret)."""
+
+    @_abc_1.abstractmethod
+    def ListHttpTools(
+        self,
+        request: _orchestration_pb2.ListHttpToolsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestration_pb2.ListHttpToolsResponse, _abc.Awaitable[_orchestration_pb2.ListHttpToolsResponse]]:
+        """Lists the tenant's HTTP tools."""
+
+    @_abc_1.abstractmethod
+    def DeleteHttpTool(
+        self,
+        request: _orchestration_pb2.DeleteHttpToolRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestration_pb2.DeleteHttpToolResponse, _abc.Awaitable[_orchestration_pb2.DeleteHttpToolResponse]]:
+        """Deletes an HTTP tool; agents naming it can no longer call it."""
 
     @_abc_1.abstractmethod
     def SubmitFeedback(

@@ -104,6 +104,21 @@ class PersistenceServiceStub:
                 request_serializer=callisto_dot_persistence_dot_v1_dot_persistence__pb2.ExportConversationRequest.SerializeToString,
                 response_deserializer=callisto_dot_persistence_dot_v1_dot_persistence__pb2.ExportConversationResponse.FromString,
                 _registered_method=True)
+        self.CreateArtifact = channel.unary_unary(
+                '/callisto.persistence.v1.PersistenceService/CreateArtifact',
+                request_serializer=callisto_dot_persistence_dot_v1_dot_persistence__pb2.CreateArtifactRequest.SerializeToString,
+                response_deserializer=callisto_dot_persistence_dot_v1_dot_persistence__pb2.CreateArtifactResponse.FromString,
+                _registered_method=True)
+        self.GetArtifact = channel.unary_unary(
+                '/callisto.persistence.v1.PersistenceService/GetArtifact',
+                request_serializer=callisto_dot_persistence_dot_v1_dot_persistence__pb2.GetArtifactRequest.SerializeToString,
+                response_deserializer=callisto_dot_persistence_dot_v1_dot_persistence__pb2.GetArtifactResponse.FromString,
+                _registered_method=True)
+        self.ListArtifacts = channel.unary_unary(
+                '/callisto.persistence.v1.PersistenceService/ListArtifacts',
+                request_serializer=callisto_dot_persistence_dot_v1_dot_persistence__pb2.ListArtifactsRequest.SerializeToString,
+                response_deserializer=callisto_dot_persistence_dot_v1_dot_persistence__pb2.ListArtifactsResponse.FromString,
+                _registered_method=True)
         self.CreateSession = channel.unary_unary(
                 '/callisto.persistence.v1.PersistenceService/CreateSession',
                 request_serializer=callisto_dot_persistence_dot_v1_dot_persistence__pb2.CreateSessionRequest.SerializeToString,
@@ -247,6 +262,29 @@ class PersistenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateArtifact(self, request, context):
+        """Stores a file a run made (a report) with its conversation; at most the configured size
+        (`CALLISTO_ARTIFACT_MAX_BYTES`, 4 MiB less framing by default). With a `request_id`, a
+        retry returns the first one stored.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetArtifact(self, request, context):
+        """Gets an artifact with its content.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListArtifacts(self, request, context):
+        """Lists a conversation's artifacts, newest first, without their content.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateSession(self, request, context):
         """Creates a session document (workflow state, chat session, anything versioned).
         """
@@ -365,6 +403,21 @@ def add_PersistenceServiceServicer_to_server(servicer, server):
                     servicer.ExportConversation,
                     request_deserializer=callisto_dot_persistence_dot_v1_dot_persistence__pb2.ExportConversationRequest.FromString,
                     response_serializer=callisto_dot_persistence_dot_v1_dot_persistence__pb2.ExportConversationResponse.SerializeToString,
+            ),
+            'CreateArtifact': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateArtifact,
+                    request_deserializer=callisto_dot_persistence_dot_v1_dot_persistence__pb2.CreateArtifactRequest.FromString,
+                    response_serializer=callisto_dot_persistence_dot_v1_dot_persistence__pb2.CreateArtifactResponse.SerializeToString,
+            ),
+            'GetArtifact': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetArtifact,
+                    request_deserializer=callisto_dot_persistence_dot_v1_dot_persistence__pb2.GetArtifactRequest.FromString,
+                    response_serializer=callisto_dot_persistence_dot_v1_dot_persistence__pb2.GetArtifactResponse.SerializeToString,
+            ),
+            'ListArtifacts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListArtifacts,
+                    request_deserializer=callisto_dot_persistence_dot_v1_dot_persistence__pb2.ListArtifactsRequest.FromString,
+                    response_serializer=callisto_dot_persistence_dot_v1_dot_persistence__pb2.ListArtifactsResponse.SerializeToString,
             ),
             'CreateSession': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateSession,
@@ -758,6 +811,87 @@ class PersistenceService:
             '/callisto.persistence.v1.PersistenceService/ExportConversation',
             callisto_dot_persistence_dot_v1_dot_persistence__pb2.ExportConversationRequest.SerializeToString,
             callisto_dot_persistence_dot_v1_dot_persistence__pb2.ExportConversationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateArtifact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callisto.persistence.v1.PersistenceService/CreateArtifact',
+            callisto_dot_persistence_dot_v1_dot_persistence__pb2.CreateArtifactRequest.SerializeToString,
+            callisto_dot_persistence_dot_v1_dot_persistence__pb2.CreateArtifactResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetArtifact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callisto.persistence.v1.PersistenceService/GetArtifact',
+            callisto_dot_persistence_dot_v1_dot_persistence__pb2.GetArtifactRequest.SerializeToString,
+            callisto_dot_persistence_dot_v1_dot_persistence__pb2.GetArtifactResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListArtifacts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callisto.persistence.v1.PersistenceService/ListArtifacts',
+            callisto_dot_persistence_dot_v1_dot_persistence__pb2.ListArtifactsRequest.SerializeToString,
+            callisto_dot_persistence_dot_v1_dot_persistence__pb2.ListArtifactsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -75,6 +75,15 @@ class PersistenceServiceStub:
     """
     ExportConversation: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.ExportConversationRequest, _persistence_pb2.ExportConversationResponse]
     """Exports a whole conversation (metadata, messages and optionally events) as one document."""
+    CreateArtifact: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.CreateArtifactRequest, _persistence_pb2.CreateArtifactResponse]
+    """Stores a file a run made (a report) with its conversation; at most the configured size
+    (`CALLISTO_ARTIFACT_MAX_BYTES`, 4 MiB less framing by default). With a `request_id`, a
+    retry returns the first one stored.
+    """
+    GetArtifact: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.GetArtifactRequest, _persistence_pb2.GetArtifactResponse]
+    """Gets an artifact with its content."""
+    ListArtifacts: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.ListArtifactsRequest, _persistence_pb2.ListArtifactsResponse]
+    """Lists a conversation's artifacts, newest first, without their content."""
     CreateSession: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.CreateSessionRequest, _persistence_pb2.CreateSessionResponse]
     """Creates a session document (workflow state, chat session, anything versioned)."""
     GetSession: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.GetSessionRequest, _persistence_pb2.GetSessionResponse]
@@ -141,6 +150,15 @@ class PersistenceServiceAsyncStub(PersistenceServiceStub):
     """
     ExportConversation: _aio.UnaryUnaryMultiCallable[_persistence_pb2.ExportConversationRequest, _persistence_pb2.ExportConversationResponse]  # type: ignore[assignment]
     """Exports a whole conversation (metadata, messages and optionally events) as one document."""
+    CreateArtifact: _aio.UnaryUnaryMultiCallable[_persistence_pb2.CreateArtifactRequest, _persistence_pb2.CreateArtifactResponse]  # type: ignore[assignment]
+    """Stores a file a run made (a report) with its conversation; at most the configured size
+    (`CALLISTO_ARTIFACT_MAX_BYTES`, 4 MiB less framing by default). With a `request_id`, a
+    retry returns the first one stored.
+    """
+    GetArtifact: _aio.UnaryUnaryMultiCallable[_persistence_pb2.GetArtifactRequest, _persistence_pb2.GetArtifactResponse]  # type: ignore[assignment]
+    """Gets an artifact with its content."""
+    ListArtifacts: _aio.UnaryUnaryMultiCallable[_persistence_pb2.ListArtifactsRequest, _persistence_pb2.ListArtifactsResponse]  # type: ignore[assignment]
+    """Lists a conversation's artifacts, newest first, without their content."""
     CreateSession: _aio.UnaryUnaryMultiCallable[_persistence_pb2.CreateSessionRequest, _persistence_pb2.CreateSessionResponse]  # type: ignore[assignment]
     """Creates a session document (workflow state, chat session, anything versioned)."""
     GetSession: _aio.UnaryUnaryMultiCallable[_persistence_pb2.GetSessionRequest, _persistence_pb2.GetSessionResponse]  # type: ignore[assignment]
@@ -282,6 +300,33 @@ class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_persistence_pb2.ExportConversationResponse, _abc.Awaitable[_persistence_pb2.ExportConversationResponse]]:
         """Exports a whole conversation (metadata, messages and optionally events) as one document."""
+
+    @_abc_1.abstractmethod
+    def CreateArtifact(
+        self,
+        request: _persistence_pb2.CreateArtifactRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.CreateArtifactResponse, _abc.Awaitable[_persistence_pb2.CreateArtifactResponse]]:
+        """Stores a file a run made (a report) with its conversation; at most the configured size
+        (`CALLISTO_ARTIFACT_MAX_BYTES`, 4 MiB less framing by default). With a `request_id`, a
+        retry returns the first one stored.
+        """
+
+    @_abc_1.abstractmethod
+    def GetArtifact(
+        self,
+        request: _persistence_pb2.GetArtifactRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.GetArtifactResponse, _abc.Awaitable[_persistence_pb2.GetArtifactResponse]]:
+        """Gets an artifact with its content."""
+
+    @_abc_1.abstractmethod
+    def ListArtifacts(
+        self,
+        request: _persistence_pb2.ListArtifactsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.ListArtifactsResponse, _abc.Awaitable[_persistence_pb2.ListArtifactsResponse]]:
+        """Lists a conversation's artifacts, newest first, without their content."""
 
     @_abc_1.abstractmethod
     def CreateSession(
