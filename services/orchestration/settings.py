@@ -222,3 +222,91 @@ class OrchestrationSettings(CommonSettings):
         "Seconds SuggestAgents spends on model attempts (less when the call's deadline is"
         " sooner); then the role-based template answers.",
     )
+
+    # --- workflows ---
+    workflow_max_concurrent_steps: int = setting(
+        "CALLISTO_WORKFLOW_MAX_CONCURRENT_STEPS",
+        32,
+        "Workflow steps this process runs at once over all runs (each run is bounded by its "
+        "`workflow.max_parallel_steps` too).",
+    )
+    workflow_step_timeout_s: float = setting(
+        "CALLISTO_WORKFLOW_STEP_TIMEOUT_S",
+        300.0,
+        "Seconds one attempt of a workflow step may take when its plan sets no `timeout`.",
+    )
+    workflow_retry_base_s: float = setting(
+        "CALLISTO_WORKFLOW_RETRY_BASE_S",
+        1.0,
+        "First wait before retrying a step attempt that failed transiently; doubles per retry, "
+        "plus up to half of it as jitter.",
+    )
+    workflow_step_max_tokens: int = setting(
+        "CALLISTO_WORKFLOW_STEP_MAX_TOKENS",
+        512,
+        "Most tokens of a workflow step's answer.",
+    )
+    workflow_planner_attempts: int = setting(
+        "CALLISTO_WORKFLOW_PLANNER_ATTEMPTS",
+        3,
+        "Model attempts the planner makes at a valid plan for a task before it asks for "
+        "clarification.",
+    )
+    workflow_clarification_timeout_s: float = setting(
+        "CALLISTO_WORKFLOW_CLARIFICATION_TIMEOUT_S",
+        3600.0,
+        "Seconds a workflow waits for the clarification its planner asked for; then it ends "
+        "with `done(unsupported)`.",
+    )
+    approval_warning_fraction: float = setting(
+        "CALLISTO_APPROVAL_WARNING_FRACTION",
+        0.2,
+        "An approval's `warning` event goes out when this share of its wait is left.",
+    )
+
+    # --- outbound HTTP (webhooks, HTTP tools) ---
+    outbound_allowed_networks: str = setting(
+        "CALLISTO_OUTBOUND_ALLOWED_NETWORKS",
+        "",
+        "Comma-separated CIDRs that webhooks and HTTP tools may reach although they are "
+        "loopback, link-local or private (`127.0.0.1/32` for a local receiver); none by default.",
+    )
+    outbound_timeout_s: float = setting(
+        "CALLISTO_OUTBOUND_TIMEOUT_S",
+        10.0,
+        "Seconds one webhook delivery attempt may take (connect, send, answer).",
+    )
+    outbound_max_redirects: int = setting(
+        "CALLISTO_OUTBOUND_MAX_REDIRECTS",
+        3,
+        "Redirects an outbound request follows, each target checked like the first.",
+    )
+    outbound_max_response_bytes: int = setting(
+        "CALLISTO_OUTBOUND_MAX_RESPONSE_BYTES",
+        65536,
+        "Most bytes of an answer read from a webhook or HTTP tool.",
+    )
+    webhook_max_attempts: int = setting(
+        "CALLISTO_WEBHOOK_MAX_ATTEMPTS",
+        5,
+        "Attempts of a webhook delivery (the first included) before it is recorded as failed.",
+    )
+    webhook_retry_base_s: float = setting(
+        "CALLISTO_WEBHOOK_RETRY_BASE_S",
+        1.0,
+        "First wait before a delivery's retry; doubles per retry, plus up to half of it as jitter.",
+    )
+
+    # --- tenant budgets ---
+    tenant_daily_tokens: int = setting(
+        "CALLISTO_TENANT_DAILY_TOKENS",
+        0,
+        "Tokens a tenant may spend per UTC day over all its runs (0: no limit); new runs are "
+        "RESOURCE_EXHAUSTED once it is spent.",
+    )
+    tenant_daily_token_overrides: str = setting(
+        "CALLISTO_TENANT_DAILY_TOKEN_OVERRIDES",
+        "",
+        'Per-tenant daily token budgets as JSON, `{"acme": 200000}`, over '
+        "CALLISTO_TENANT_DAILY_TOKENS.",
+    )

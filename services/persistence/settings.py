@@ -21,3 +21,9 @@ class PersistenceSettings(CommonSettings):
         86400,
         "How long a CreateConversation `request_id` keeps returning the first result.",
     )
+    artifact_max_bytes: int = setting(
+        "CALLISTO_ARTIFACT_MAX_BYTES",
+        3 * 1024 * 1024,
+        "Largest artifact (report) content stored with a conversation; under "
+        "CALLISTO_MAX_MESSAGE_BYTES, which bounds the message that carries it.",
+    )
