@@ -1,6 +1,7 @@
 """OrchestrationService: the agent RPCs (`agents_api`), the run RPCs (`runs_api`), the
-conversation read-outs (`exports_api`) and plan checks (`plans_api`) over one set of backends,
-tools and runs."""
+conversation read-outs (`exports_api`), plan checks (`plans_api`), approvals
+(`approvals_api`), artifacts (`artifacts_api`), webhooks (`webhooks_api`) and HTTP tools
+(`http_tools_api`) over one set of backends, tools and runs."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ from callisto.services.common.health import DependencyCheck
 from callisto.services.common.server import Runtime, ServiceDefinition
 from callisto.services.orchestration.agents import AgentStore
 from callisto.services.orchestration.agents_api import AgentsRpc
+from callisto.services.orchestration.approvals_api import ApprovalsRpc
+from callisto.services.orchestration.artifacts_api import ArtifactsRpc
 from callisto.services.orchestration.backends import Backends
 from callisto.services.orchestration.exports_api import ExportsRpc
+from callisto.services.orchestration.http_tools_api import HttpToolsRpc
 from callisto.services.orchestration.plans_api import PlansRpc
 from callisto.services.orchestration.runs import RunManager
 from callisto.services.orchestration.runs_api import RunsRpc
@@ -21,11 +25,21 @@ from callisto.services.orchestration.settings import OrchestrationSettings
 from callisto.services.orchestration.suggest import AgentSuggester
 from callisto.services.orchestration.tools.builtin import build_registry
 from callisto.services.orchestration.tools.registry import ToolRegistry
+from callisto.services.orchestration.webhooks_api import WebhooksRpc
 
 SERVICE_NAME = "callisto.orchestration.v1.OrchestrationService"
 
 
-class OrchestrationServicer(AgentsRpc, RunsRpc, ExportsRpc, PlansRpc):
+class OrchestrationServicer(
+    AgentsRpc,
+    RunsRpc,
+    ExportsRpc,
+    PlansRpc,
+    ApprovalsRpc,
+    ArtifactsRpc,
+    WebhooksRpc,
+    HttpToolsRpc,
+):
     """The parts of the service in one servicer (each implements its own RPCs and keeps its
     own attributes)."""
 
@@ -41,6 +55,10 @@ class OrchestrationServicer(AgentsRpc, RunsRpc, ExportsRpc, PlansRpc):
         RunsRpc.__init__(self, runs)
         ExportsRpc.__init__(self, backends)
         PlansRpc.__init__(self, agents, tools, runs.settings.max_prompt_chars)
+        ApprovalsRpc.__init__(self, backends, runs.settings)
+        ArtifactsRpc.__init__(self, backends, runs.settings)
+        WebhooksRpc.__init__(self, backends, runs.settings)
+        HttpToolsRpc.__init__(self, backends, runs.settings)
 
 
 async def build(runtime: Runtime[OrchestrationSettings]) -> ServiceDefinition:
@@ -50,7 +68,7 @@ async def build(runtime: Runtime[OrchestrationSettings]) -> ServiceDefinition:
     agents = AgentStore(backends.persistence, tools, settings.default_model)
     runs = RunManager(runtime, backends, agents, tools)
     suggester = AgentSuggester(settings, backends.generation, agents.check, tools.names)
-    servicer = OrchestrationServicer(agents, tools, backends, runs, suggester)
+    servicer = OrchestrationServicer(agents, tools, backends, runs, suggester)  # type: ignore[abstract]  # being added
     await runs.start()
 
     async def persistence_ready() -> bool:

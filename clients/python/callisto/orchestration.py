@@ -55,10 +55,12 @@ from callisto.api.common.v1 import common_pb2
 from callisto.api.orchestration.v1 import orchestration_pb2 as pb
 from callisto.api.orchestration.v1 import orchestration_pb2_grpc as pb_grpc
 from callisto.api.persistence.v1 import persistence_pb2
+from callisto.artifacts import ArtifactsMixin
 from callisto.errors import CallistoError, from_rpc_error
 from callisto.persistence import conversation_name
 from callisto.retry import RetryPolicy
 from callisto.streams import RESUME_POLICY, StreamCall, paged, resume_stream
+from callisto.webhooks import WebhooksMixin
 
 # What grpc.aio raises on a write to a call that ended (or half-closed, or broke).
 _WRITE_REFUSED = (grpc.RpcError, grpc.aio.UsageError, asyncio.InvalidStateError, RuntimeError)
@@ -446,7 +448,7 @@ class ConverseSession(_Watched):
         await self.close()
 
 
-class OrchestrationClient(Facade):
+class OrchestrationClient(WebhooksMixin, ArtifactsMixin, Facade):
     """The orchestration service (`callisto.orchestration.v1.OrchestrationService`)."""
 
     @property
