@@ -169,3 +169,24 @@ class EndOfLog:
 
     last_sequence: int
     status: ConversationStatus
+
+
+@dataclass(frozen=True)
+class ArtifactFields:
+    """What a caller gives of an artifact besides its bytes."""
+
+    display_name: str
+    content_type: str
+    metadata_json: str
+
+
+@dataclass(frozen=True)
+class StoredArtifact:
+    """A stored artifact; `content` only when it was read (GetArtifact)."""
+
+    id: str
+    fields: ArtifactFields
+    size_bytes: int
+    sha256: str
+    create_ms: int
+    content: bytes | None = None

@@ -8,7 +8,11 @@ slot and the Lua scripts below may touch several of them:
                                              (the body is rewritten only by feedback; the
                                              `message.created` entry keeps the original)
     callisto:{t:T}:conv:C:events     stream  the event log, entry id `<sequence>-0`
-    callisto:{t:T}:conv:C:req        hash    request ids of messages (`m:<id>`), events (`e:<id>`)
+    callisto:{t:T}:conv:C:req        hash    request ids of messages (`m:<id>`), events (`e:<id>`),
+                                             artifacts (`a:<id>`)
+    callisto:{t:T}:conv:C:arts       hash    artifacts: `<id>` → "<ms> <record json>", and
+                                             `<id>:c` → the content's raw bytes
+    callisto:{t:T}:conv:C:artidx     zset    artifact ids scored by create time (ms)
     callisto:{t:T}:convs             zset    conversation ids scored by create time (ms)
     callisto:{t:T}:convreq:R         string  conversation id a CreateConversation request id made
     callisto:{t:T}:sess:S            hash    session fields, `version`
@@ -17,12 +21,14 @@ slot and the Lua scripts below may touch several of them:
 
 Every write is one script, so a message, its `message.created` event, the counters and the
 retention refresh land together or not at all, and etag checks are compare-and-set. Scripts
-read the clock with TIME so every replica and AOF replay agrees on it.
+read the clock with TIME so every replica and AOF replay agrees on it. Every key of a
+conversation (artifacts included) is expired, refreshed and deleted together.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
@@ -34,6 +40,7 @@ from redis.asyncio.client import Pipeline
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.client import NEVER_DECODE
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -43,11 +50,13 @@ from callisto.services.common.errors import (
     FailedPrecondition,
     NotFound,
     PreconditionViolation,
+    ResourceExhausted,
     Unavailable,
 )
 from callisto.services.persistence.models import (
     FINISHED,
     FOLLOW_POLICY,
+    ArtifactFields,
     Conversation,
     ConversationFields,
     ConversationFilter,
@@ -59,6 +68,7 @@ from callisto.services.persistence.models import (
     RetentionPolicy,
     Session,
     SessionFields,
+    StoredArtifact,
     StoredEvent,
     StoredMessage,
 )
@@ -106,11 +116,12 @@ local function apply_ttl(ttl, now, keys)
   if ttl > 0 then return now + ttl end
   return 0
 end
--- Refreshes a conversation's retention from its last write. KEYS: conv msgs events req policy
+-- Refreshes a conversation's retention from its last write.
+-- KEYS: conv msgs events req policy arts artidx
 local function touch_conversation(now)
   local ttl = effective_ttl(redis.call('HGET', KEYS[1], 'ttl'), KEYS[5], 'conversation_ttl')
   redis.call('HSET', KEYS[1], 'update', now)
-  local expire = apply_ttl(ttl, now, {KEYS[1], KEYS[2], KEYS[3], KEYS[4]})
+  local expire = apply_ttl(ttl, now, {KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[6], KEYS[7]})
   redis.call('HSET', KEYS[1], 'expire', expire)
 end
 -- Finished conversations (COMPLETED, CANCELLED, FAILED) hold their last event for good.
@@ -126,23 +137,23 @@ end
 """
 )
 
-# KEYS: conv msgs events req policy index convreq
+# KEYS: conv msgs events req policy arts artidx index convreq
 # ARGV: id title participants tags status metadata ttl has_request_id request_ttl_s
 _CREATE_CONVERSATION = """
 if ARGV[8] == '1' then
-  local existing = redis.call('GET', KEYS[7])
+  local existing = redis.call('GET', KEYS[9])
   if existing then return {'DUPLICATE', existing} end
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'EXISTS'} end
 -- Leftovers of an expired namesake must not leak into the new conversation.
-redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[6], KEYS[7])
 local now = now_ms()
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'title', ARGV[2], 'participants', ARGV[3],
   'tags', ARGV[4], 'status', ARGV[5], 'metadata', ARGV[6], 'ttl', ARGV[7], 'create', now,
   'version', 1, 'message_count', 0, 'last_seq', 0)
 touch_conversation(now)
-redis.call('ZADD', KEYS[6], now, ARGV[1])
-if ARGV[8] == '1' then redis.call('SET', KEYS[7], ARGV[1], 'EX', ARGV[9]) end
+redis.call('ZADD', KEYS[8], now, ARGV[1])
+if ARGV[8] == '1' then redis.call('SET', KEYS[9], ARGV[1], 'EX', ARGV[9]) end
 return {'OK', redis.call('HGETALL', KEYS[1])}
 """
 
@@ -169,13 +180,13 @@ touch_conversation(now)
 return {'OK', redis.call('HGETALL', KEYS[1])}
 """
 
-# KEYS: conv msgs events req index   ARGV: id expected_version
+# KEYS: conv msgs events req policy arts artidx index   ARGV: id expected_version
 _DELETE_CONVERSATION = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'NOT_FOUND'} end
 local version = redis.call('HGET', KEYS[1], 'version')
 if ARGV[2] ~= '' and ARGV[2] ~= version then return {'ETAG', version} end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
-redis.call('ZREM', KEYS[5], ARGV[1])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[6], KEYS[7])
+redis.call('ZREM', KEYS[8], ARGV[1])
 return {'OK'}
 """
 
@@ -226,6 +237,29 @@ if not seq then
   touch_conversation(now)
 end
 return {'OK', redis.call('XRANGE', KEYS[3], seq .. '-0', seq .. '-0')}
+"""
+
+# KEYS: conv msgs events req policy arts artidx   ARGV: id record content request_id max_count
+# A finished conversation still takes artifacts: a report is often made from its end. The
+# record is stored as "<ms> <json>", the time read here like every other.
+_CREATE_ARTIFACT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'NOT_FOUND'} end
+if ARGV[4] ~= '' then
+  local seen = redis.call('HGET', KEYS[4], 'a:' .. ARGV[4])
+  if seen then
+    local first = redis.call('HGET', KEYS[6], seen)
+    if first then return {'DUPLICATE', first} end
+  end
+end
+local count = redis.call('ZCARD', KEYS[7])
+if count >= tonumber(ARGV[5]) then return {'FULL', count} end
+local now = now_ms()
+local stored = now .. ' ' .. ARGV[2]
+redis.call('HSET', KEYS[6], ARGV[1], stored, ARGV[1] .. ':c', ARGV[3])
+redis.call('ZADD', KEYS[7], now, ARGV[1])
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[4], 'a:' .. ARGV[4], ARGV[1]) end
+touch_conversation(now)
+return {'OK', stored}
 """
 
 # KEYS: session policy index   ARGV: id kind state ttl
@@ -282,9 +316,18 @@ class _Keys:
         self.retention = f"{self.prefix}:retention"
 
     def conversation(self, conversation_id: str) -> list[str]:
-        """conv, msgs, events, req, retention: the KEYS prefix of every conversation script."""
+        """conv, msgs, events, req, retention, arts, artidx: the KEYS prefix of every
+        conversation script."""
         base = f"{self.prefix}:conv:{conversation_id}"
-        return [base, f"{base}:msgs", f"{base}:events", f"{base}:req", self.retention]
+        return [
+            base,
+            f"{base}:msgs",
+            f"{base}:events",
+            f"{base}:req",
+            self.retention,
+            f"{base}:arts",
+            f"{base}:artidx",
+        ]
 
     def conversation_request(self, request_id: str) -> str:
         return f"{self.prefix}:convreq:{request_id}"
@@ -360,7 +403,8 @@ def _busy() -> Unavailable:
 
 
 class RedisStore:
-    """Conversations, messages, event logs, sessions and retention policies in Redis."""
+    """Conversations, messages, event logs, artifacts, sessions and retention policies in
+    Redis."""
 
     def __init__(
         self,
@@ -405,6 +449,7 @@ class RedisStore:
         self._create_message = register(_PRELUDE + _CREATE_MESSAGE)
         self._replace_message = register(_PRELUDE + _REPLACE_MESSAGE)
         self._create_event = register(_PRELUDE + _CREATE_EVENT)
+        self._create_artifact = register(_PRELUDE + _CREATE_ARTIFACT)
         self._create_session = register(_PRELUDE + _CREATE_SESSION)
         self._update_session = register(_PRELUDE + _UPDATE_SESSION)
         self._delete_session = register(_PRELUDE + _DELETE_SESSION)
@@ -517,7 +562,7 @@ class RedisStore:
         keys = _Keys(tenant)
         reply = await self._write(
             self._delete_conversation(
-                keys=[*keys.conversation(conversation_id)[:4], keys.conversations],
+                keys=[*keys.conversation(conversation_id), keys.conversations],
                 args=[conversation_id, _version_arg(expected_version)],
             )
         )
@@ -763,6 +808,89 @@ class RedisStore:
             return [entry for entries in streams for entry in entries]
 
         return await self._read(wait)
+
+    # Artifacts
+
+    async def create_artifact(
+        self,
+        tenant: str,
+        conversation_id: str,
+        artifact_id: str,
+        fields: ArtifactFields,
+        content: bytes,
+        request_id: str,
+        *,
+        max_count: int,
+    ) -> StoredArtifact:
+        """Stores an artifact (its size and SHA-256 computed here); with `request_id`, a repeat
+        returns the artifact the first request stored, whatever this one carries."""
+        record = json.dumps(
+            {
+                "id": artifact_id,
+                "display_name": fields.display_name,
+                "content_type": fields.content_type,
+                "metadata": fields.metadata_json,
+                "size": len(content),
+                "sha256": hashlib.sha256(content).hexdigest(),
+            },
+            separators=(",", ":"),
+        )
+        reply = await self._write(
+            self._create_artifact(
+                keys=_Keys(tenant).conversation(conversation_id),
+                args=[artifact_id, record, content, request_id, max_count],
+            )
+        )
+        if reply[0] == "FULL":
+            raise ResourceExhausted(
+                f"conversation {conversation_id!r} holds {reply[1]} artifacts, the most it may",
+                reason="ARTIFACT_LIMIT",
+                metadata={"limit": str(max_count)},
+            )
+        _check_reply(reply, f"conversation {conversation_id!r}", f"conversations/{conversation_id}")
+        return _artifact(reply[1])
+
+    async def get_artifact(
+        self, tenant: str, conversation_id: str, artifact_id: str
+    ) -> StoredArtifact:
+        """The artifact with its content."""
+        keys = _Keys(tenant).conversation(conversation_id)
+        # The content is raw bytes: read without the client's UTF-8 decoding.
+        record, content = await self._read(
+            partial(
+                self._redis.execute_command,
+                "HMGET",
+                keys[5],
+                artifact_id,
+                f"{artifact_id}:c",
+                **{NEVER_DECODE: []},
+            )
+        )
+        # Deleting or expiring a conversation takes its artifacts with it, so an artifact
+        # found belongs to a live conversation.
+        if record is None or content is None:
+            if not await self._read(lambda: self._redis.exists(keys[0])):
+                raise _conversation_not_found(conversation_id)
+            raise NotFound(
+                f"artifact {artifact_id!r} of conversation {conversation_id!r} not found"
+            )
+        return replace(_artifact(record.decode()), content=bytes(content))
+
+    async def list_artifacts(
+        self, tenant: str, conversation_id: str, cursor: Cursor | None, page_size: int
+    ) -> tuple[list[StoredArtifact], Cursor | None]:
+        """One page of the conversation's artifacts, newest first, without content."""
+        keys = _Keys(tenant).conversation(conversation_id)
+        if not await self._read(lambda: self._redis.exists(keys[0])):
+            raise _conversation_not_found(conversation_id)
+
+        async def load(ids: Sequence[str]) -> list[StoredArtifact | None]:
+            records = await self._redis.hmget(keys[5], list(ids))
+            return [_artifact(str(r)) if r is not None else None for r in records]
+
+        return await self._scan_index(
+            keys[6], load, lambda _: True, cursor=cursor, page_size=page_size, ascending=False
+        )
 
     # Sessions
 
@@ -1041,6 +1169,22 @@ def _event(entry: Sequence[Any]) -> StoredEvent:
         create_ms=int(fields["ms"]),
         message=message,
         data_json=fields.get("d"),
+    )
+
+
+def _artifact(stored: str) -> StoredArtifact:
+    millis, body = stored.split(" ", 1)
+    record = json.loads(body)
+    return StoredArtifact(
+        id=record["id"],
+        fields=ArtifactFields(
+            display_name=record["display_name"],
+            content_type=record["content_type"],
+            metadata_json=record["metadata"],
+        ),
+        size_bytes=int(record["size"]),
+        sha256=record["sha256"],
+        create_ms=int(millis),
     )
 
 

@@ -26,6 +26,7 @@ from callisto.services.common.server import Runtime, ServiceDefinition
 from callisto.services.common.tenancy import current_tenant
 from callisto.services.common.validation import (
     MAX_MESSAGE_TEXT_BYTES,
+    RESOURCE_ID,
     Violations,
     check_page_size,
     check_resource_id,
@@ -80,6 +81,17 @@ MAX_AUTHOR = 64
 RETENTION_PATHS = ("conversation_ttl", "session_ttl")
 ORDERS = {"": False, "create_time desc": False, "create_time": True, "create_time asc": True}
 RETENTION_NAME = "retentionPolicy"
+MAX_DISPLAY_NAME = 255
+ARTIFACT_CONTENT_TYPES = (
+    "application/pdf",
+    "text/csv",
+    "application/json",
+    "text/markdown",
+    "text/plain",
+)
+MAX_ARTIFACTS = 100
+"""Artifacts one conversation may hold (each up to `artifact_max_bytes`): bounds its memory."""
+ARTIFACT_NAME_RULE = "must look like conversations/{conversation}/artifacts/{artifact}"
 
 
 class PersistenceServicer(pb_grpc.PersistenceServiceServicer):
@@ -373,6 +385,67 @@ class PersistenceServicer(pb_grpc.PersistenceServiceServicer):
         except CallistoError as error:
             yield pb.SubscribeEventsResponse(sequence=delivered, error=status_from_exception(error))
 
+    # Artifacts
+
+    async def CreateArtifact(
+        self, request: pb.CreateArtifactRequest, context: Context
+    ) -> pb.CreateArtifactResponse:
+        """Stores a file with its conversation; size and SHA-256 are computed here.
+
+        A `request_id` names the attempt, not the bytes: every repeat of it answers the first
+        artifact stored, even one that carries other content (a retried tool call re-renders
+        its report, and that is still the same report). A finished conversation still takes
+        artifacts (reports are made from a run's end)."""
+        v = Violations()
+        conversation_id = _collect_name(v, request.parent, "conversations", "parent")
+        v.check(request.HasField("artifact"), "artifact", "is required")
+        fields = _artifact_fields(v, request.artifact)
+        content = request.artifact.content
+        limit = self._settings.artifact_max_bytes
+        if not content:
+            v.add("artifact.content", "is required (an artifact holds at least one byte)")
+        elif len(content) > limit:
+            v.add("artifact.content", f"is {len(content)} bytes; at most {limit} bytes allowed")
+        _check_request_id(v, request.request_id)
+        v.raise_if_any()
+        stored = await self._store.create_artifact(
+            current_tenant(),
+            conversation_id,
+            uuid.uuid4().hex,
+            fields,
+            content,
+            request.request_id,
+            max_count=MAX_ARTIFACTS,
+        )
+        return pb.CreateArtifactResponse(artifact=_artifact_proto(conversation_id, stored))
+
+    async def GetArtifact(
+        self, request: pb.GetArtifactRequest, context: Context
+    ) -> pb.GetArtifactResponse:
+        v = Violations()
+        conversation_id, artifact_id = _collect_artifact_name(v, request.name, "name")
+        v.raise_if_any()
+        stored = await self._store.get_artifact(current_tenant(), conversation_id, artifact_id)
+        return pb.GetArtifactResponse(artifact=_artifact_proto(conversation_id, stored))
+
+    async def ListArtifacts(
+        self, request: pb.ListArtifactsRequest, context: Context
+    ) -> pb.ListArtifactsResponse:
+        v = Violations()
+        conversation_id = _collect_name(v, request.parent, "conversations", "parent")
+        page_size = check_page_size(v, request.page_size, default=50)
+        v.raise_if_any()
+        # Bound to this listing, so another list's token of the same parent is refused.
+        query = {"parent": request.parent, "list": "artifacts"}
+        cursor = _cursor(await page_tokens.decode(request.page_token, query))
+        items, next_cursor = await self._store.list_artifacts(
+            current_tenant(), conversation_id, cursor, page_size
+        )
+        return pb.ListArtifactsResponse(
+            artifacts=[_artifact_proto(conversation_id, a) for a in items],
+            next_page_token=await _cursor_token(next_cursor, query),
+        )
+
     # Sessions
 
     async def CreateSession(
@@ -487,6 +560,45 @@ def _collect_message_name(v: Violations, name: str, field: str) -> tuple[str, in
         v.add(field, "must look like conversations/{conversation}/messages/{position}")
         return "", 0
     return _collect_name(v, conversation, "conversations", field), int(position)
+
+
+def _collect_artifact_name(v: Violations, name: str, field: str) -> tuple[str, str]:
+    """(conversation id, artifact id) of `conversations/{conversation}/artifacts/{artifact}`."""
+    if not name:
+        v.add(field, "is required")
+        return "", ""
+    conversation, separator, artifact = name.rpartition("/artifacts/")
+    if not separator or not RESOURCE_ID.fullmatch(artifact):
+        v.add(field, ARTIFACT_NAME_RULE)
+        return "", ""
+    return _collect_name(v, conversation, "conversations", field), artifact
+
+
+def _artifact_fields(v: Violations, artifact: pb.Artifact) -> models.ArtifactFields:
+    _check_display_name(v, artifact.display_name, "artifact.display_name")
+    if not artifact.content_type:
+        v.add("artifact.content_type", "is required")
+    elif artifact.content_type not in ARTIFACT_CONTENT_TYPES:
+        v.add("artifact.content_type", "must be one of " + ", ".join(ARTIFACT_CONTENT_TYPES))
+    metadata = ""
+    if artifact.HasField("metadata"):
+        metadata = _struct_json(v, artifact.metadata, "artifact.metadata")
+    return models.ArtifactFields(artifact.display_name, artifact.content_type, metadata)
+
+
+def _check_display_name(v: Violations, name: str, field: str) -> None:
+    """A file name to offer on download: no path, nothing a terminal or browser would act on."""
+    if not name:
+        v.add(field, "is required")
+    elif len(name) > MAX_DISPLAY_NAME:
+        v.add(field, f"must be at most {MAX_DISPLAY_NAME} characters")
+    elif "/" in name or "\\" in name:
+        v.add(field, "must be a file name, without path separators ('/' or '\\')")
+    elif not name.isprintable():
+        # Also refuses invisible format characters (a right-to-left override, say).
+        v.add(field, "must not contain control or invisible characters")
+    elif not name.strip(". "):
+        v.add(field, "must name a file (not only dots and spaces)")
 
 
 def _check_feedback(v: Violations, feedback: pb.Feedback, field: str, present: bool) -> None:
@@ -788,6 +900,22 @@ def _event_proto(conversation_id: str, stored: StoredEvent) -> pb.Event:
     return result
 
 
+def _artifact_proto(conversation_id: str, stored: models.StoredArtifact) -> pb.Artifact:
+    result = pb.Artifact(
+        name=f"conversations/{conversation_id}/artifacts/{stored.id}",
+        display_name=stored.fields.display_name,
+        content_type=stored.fields.content_type,
+        size_bytes=stored.size_bytes,
+        sha256=stored.sha256,
+        create_time=_timestamp(stored.create_ms),
+    )
+    if stored.fields.metadata_json:
+        json_format.Parse(stored.fields.metadata_json, result.metadata)
+    if stored.content is not None:
+        result.content = stored.content
+    return result
+
+
 def _session_proto(s: models.Session) -> pb.Session:
     result = pb.Session(
         name=f"sessions/{s.id}",
@@ -845,7 +973,7 @@ def _int_cursor(raw: dict[str, Any] | None, key: str) -> int:
 async def build(runtime: Runtime[PersistenceSettings]) -> ServiceDefinition:
     settings = runtime.settings
     store = RedisStore(settings.redis_url, request_id_ttl_seconds=settings.request_id_ttl_seconds)
-    servicer = PersistenceServicer(store, settings, runtime)  # type: ignore[abstract]  # artifacts being added
+    servicer = PersistenceServicer(store, settings, runtime)
     return ServiceDefinition(
         service_names=[SERVICE_NAME],
         register=lambda server: pb_grpc.add_PersistenceServiceServicer_to_server(servicer, server),

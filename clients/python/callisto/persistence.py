@@ -1,21 +1,24 @@
-"""`client.persistence`: conversations, messages, event logs, sessions and retention.
+"""`client.persistence`: conversations, messages, event logs, artifacts, sessions and retention.
 
 Methods return the `callisto.api.persistence.v1.persistence_pb2` messages. Conversation
 arguments take a name (`conversations/c1`) or a bare id (`c1`); sessions likewise
 (`sessions/s1` or `s1`).
 
 - Reads (`get_*`, `list_*`, `export_conversation`, `get_retention_policy`) are retried on
-  UNAVAILABLE / RetryInfo. `create_conversation`, `create_message` and `append_events` send a
-  `request_id` (a fresh UUID per call unless you pass one) that the service deduplicates for
-  24 h, so they are retried too without ever writing twice. `update_message_feedback` sets an
+  UNAVAILABLE / RetryInfo. `create_conversation`, `create_message`, `append_events` and
+  `create_artifact` send a `request_id` (a fresh UUID per call unless you pass one) that the
+  service deduplicates for 24 h, so they are retried too without ever writing twice (a
+  repeated artifact `request_id` answers the first artifact stored under it, even when the
+  repeat carries other bytes). `update_message_feedback` sets an
   absolute rating (the last one wins), so it is retried as well. Updates and deletes (etag
   compare-and-set) and `create_session` (no request id in the contract) are not retried, except
   `update_conversation` / `update_session` with an etag and `retry=True`: a compare-and-set
   never applies twice, but a retry after a lost reply answers `Aborted` although the first
   attempt was applied, so that is for callers that reload and merge on `Aborted` anyway (a
   run's checkpoint).
-- `list_conversations`, `list_messages`, `list_events`, `list_sessions` are async iterators over
-  every item, following `next_page_token`; `page_size` is the size of each page fetched.
+- `list_conversations`, `list_messages`, `list_events`, `list_artifacts` (newest first, without
+  content: `get_artifact` has the bytes) and `list_sessions` are async iterators over every
+  item, following `next_page_token`; `page_size` is the size of each page fetched.
 - `subscribe_events(conversation, after_sequence=0)` yields `Event`s of the log, live, resuming
   by itself after a dropped connection or a service restart from the last sequence it yielded
   (no gap, no duplicate); it ends after the last event of a finished conversation (its
@@ -458,6 +461,100 @@ class PersistenceClient(Facade):
         """The log's events after `after_sequence`, live, resuming across failures."""
         return EventSubscription(
             self.stub, conversation_name(conversation), after_sequence, metadata, policy
+        )
+
+    # Artifacts
+
+    async def create_artifact(
+        self,
+        conversation: str,
+        artifact: pb.Artifact | None = None,
+        *,
+        display_name: str = "",
+        content_type: str = "",
+        content: bytes = b"",
+        data: Mapping[str, Any] | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> pb.Artifact:
+        """Stores a file with the conversation (`display_name`, `content_type`, `content` and
+        `data`, its metadata, fill a missing `artifact`); returns it without its content."""
+        if artifact is None:
+            artifact = pb.Artifact(
+                display_name=display_name,
+                content_type=content_type,
+                content=content,
+                metadata=struct(data),
+            )
+        response = await self._unary(
+            self.stub.CreateArtifact,
+            pb.CreateArtifactRequest(
+                parent=conversation_name(conversation),
+                artifact=artifact,
+                request_id=request_id or uuid.uuid4().hex,
+            ),
+            idempotent=True,
+            timeout=timeout,
+            metadata=metadata,
+            response_type=pb.CreateArtifactResponse,
+        )
+        return response.artifact
+
+    async def get_artifact(
+        self, name: str, *, timeout: float | None = None, metadata: Metadata | None = None
+    ) -> pb.Artifact:
+        """The artifact `conversations/{c}/artifacts/{a}` with its content."""
+        response = await self._unary(
+            self.stub.GetArtifact,
+            pb.GetArtifactRequest(name=name),
+            idempotent=True,
+            timeout=timeout,
+            metadata=metadata,
+            response_type=pb.GetArtifactResponse,
+        )
+        return response.artifact
+
+    def list_artifacts(
+        self,
+        conversation: str,
+        *,
+        page_size: int = 0,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> AsyncIterator[pb.Artifact]:
+        """Every artifact of the conversation, newest first, without content."""
+
+        async def fetch(token: str) -> pb.ListArtifactsResponse:
+            return await self.list_artifacts_page(
+                conversation,
+                page_size=page_size,
+                page_token=token,
+                timeout=timeout,
+                metadata=metadata,
+            )
+
+        return paged(fetch, lambda r: r.artifacts, lambda r: r.next_page_token)
+
+    async def list_artifacts_page(
+        self,
+        conversation: str,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> pb.ListArtifactsResponse:
+        """One page of the conversation's artifacts, for callers that hand out page tokens."""
+        return await self._unary(
+            self.stub.ListArtifacts,
+            pb.ListArtifactsRequest(
+                parent=conversation_name(conversation), page_size=page_size, page_token=page_token
+            ),
+            idempotent=True,
+            timeout=timeout,
+            metadata=metadata,
+            response_type=pb.ListArtifactsResponse,
         )
 
     # Sessions
