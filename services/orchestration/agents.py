@@ -15,7 +15,7 @@ import contextlib
 import re
 import unicodedata
 import uuid
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -83,6 +83,16 @@ class AgentStore:
         self._persistence = persistence
         self._tools = tools
         self._default_model = default_model
+        self._tools_for: Callable[[], Awaitable[ToolRegistry]] | None = None
+
+    def use_tools(self, tools_for: Callable[[], Awaitable[ToolRegistry]]) -> None:
+        """Agents may name the tools of `tools_for()` (the bound tenant's registry view: the
+        built-ins plus its HTTP tools) rather than only the built-ins."""
+        self._tools_for = tools_for
+
+    async def tools(self) -> ToolRegistry:
+        """The tools the bound tenant's agents may name."""
+        return self._tools if self._tools_for is None else await self._tools_for()
 
     async def get(self, name: str) -> pb.Agent:
         """`agents/{agent}` at its latest revision or `agents/{agent}@{revision}`; the returned
@@ -101,7 +111,7 @@ class AgentStore:
                 "agent_id", "must be 1-50 lower-case letters, digits or '-', not starting with '-'"
             )
         created = self.writable(agent)
-        self.check(v, created, "agent")
+        self.check(v, created, "agent", known_tools=(await self.tools()).names())
         v.raise_if_any()
         agent_id = agent_id or uuid.uuid4().hex
         created.name = f"agents/{agent_id}"
@@ -266,8 +276,9 @@ class AgentStore:
             _copy_field(changes, revised, path)
         if not revised.model:
             revised.model = self._default_model
+        known = (await self.tools()).names()
         v = Violations()
-        self.check(v, revised, "agent")
+        self.check(v, revised, "agent", known_tools=known)
         v.raise_if_any()
         _stamp_revision(revised)
         revisions = [revised.revision_id, *head.revisions]
@@ -324,8 +335,16 @@ class AgentStore:
             writable.model = self._default_model
         return writable
 
-    def check(self, v: Violations, agent: pb.Agent, prefix: str) -> None:
-        """Adds to `v` what is wrong with `agent`'s writable fields, at `prefix`."""
+    def check(
+        self,
+        v: Violations,
+        agent: pb.Agent,
+        prefix: str,
+        known_tools: Iterable[str] | None = None,
+    ) -> None:
+        """Adds to `v` what is wrong with `agent`'s writable fields, at `prefix`; its tools
+        must be among `known_tools` (the built-ins when None; `await tools()` for the
+        tenant's HTTP tools too)."""
         if not agent.display_name.strip():
             v.add(f"{prefix}.display_name", "is required")
         _check_label(v, agent.display_name, MAX_DISPLAY_NAME, f"{prefix}.display_name")
@@ -336,7 +355,8 @@ class AgentStore:
         elif len(agent.system_prompt.encode()) > MAX_SYSTEM_PROMPT_BYTES:
             v.add(f"{prefix}.system_prompt", f"must be at most {MAX_SYSTEM_PROMPT_BYTES} bytes")
         v.check(len(agent.tools) <= MAX_TOOLS, f"{prefix}.tools", f"at most {MAX_TOOLS} tools")
-        check_tool_names(v, agent.tools, self._tools.names(), f"{prefix}.tools")
+        known = self._tools.names() if known_tools is None else known_tools
+        check_tool_names(v, agent.tools, known, f"{prefix}.tools")
         if not MODEL.match(agent.model):
             v.add(f"{prefix}.model", "must look like models/{model}, e.g. models/llm")
         v.check(

@@ -103,7 +103,9 @@ class AgentsRpc(pb_grpc.OrchestrationServiceServicer):
     async def ListTools(
         self, request: pb.ListToolsRequest, context: Context
     ) -> pb.ListToolsResponse:
-        return pb.ListToolsResponse(tools=[spec.proto() for spec in self._tools.specs()])
+        # The built-ins and the caller's HTTP tools: what its agents may name.
+        tools = await self._agents.tools()
+        return pb.ListToolsResponse(tools=[spec.proto() for spec in tools.specs()])
 
     async def SubmitFeedback(
         self, request: pb.SubmitFeedbackRequest, context: Context

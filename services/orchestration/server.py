@@ -17,7 +17,9 @@ from callisto.services.orchestration.approvals_api import ApprovalsRpc
 from callisto.services.orchestration.artifacts_api import ArtifactsRpc
 from callisto.services.orchestration.backends import Backends
 from callisto.services.orchestration.exports_api import ExportsRpc
+from callisto.services.orchestration.http_tools import HttpTools
 from callisto.services.orchestration.http_tools_api import HttpToolsRpc
+from callisto.services.orchestration.outbound import client_from
 from callisto.services.orchestration.plans_api import PlansRpc
 from callisto.services.orchestration.runs import RunManager
 from callisto.services.orchestration.runs_api import RunsRpc
@@ -25,6 +27,7 @@ from callisto.services.orchestration.settings import OrchestrationSettings
 from callisto.services.orchestration.suggest import AgentSuggester
 from callisto.services.orchestration.tools.builtin import build_registry
 from callisto.services.orchestration.tools.registry import ToolRegistry
+from callisto.services.orchestration.webhooks import WebhookDispatcher, WebhookStore
 from callisto.services.orchestration.webhooks_api import WebhooksRpc
 
 SERVICE_NAME = "callisto.orchestration.v1.OrchestrationService"
@@ -50,6 +53,8 @@ class OrchestrationServicer(
         backends: Backends,
         runs: RunManager,
         suggester: AgentSuggester,
+        webhooks: WebhookDispatcher,
+        http_tools: HttpTools,
     ) -> None:
         AgentsRpc.__init__(self, agents, tools, backends, suggester)
         RunsRpc.__init__(self, runs)
@@ -57,25 +62,38 @@ class OrchestrationServicer(
         PlansRpc.__init__(self, agents, tools, runs.settings.max_prompt_chars)
         ApprovalsRpc.__init__(self, backends, runs.settings)
         ArtifactsRpc.__init__(self, backends, runs.settings)
-        WebhooksRpc.__init__(self, backends, runs.settings)
-        HttpToolsRpc.__init__(self, backends, runs.settings)
+        WebhooksRpc.__init__(self, webhooks.store)
+        HttpToolsRpc.__init__(self, http_tools)
 
 
 async def build(runtime: Runtime[OrchestrationSettings]) -> ServiceDefinition:
     settings = runtime.settings
     backends = await Backends.connect(settings, await runtime.service_key())
-    tools = build_registry(settings)
+    outbound = client_from(settings)
+    webhooks = WebhookDispatcher(
+        WebhookStore(backends.persistence, outbound),
+        backends.persistence,
+        runtime.auth_redis,
+        outbound,
+        settings,
+    )
+    tools = build_registry(settings, webhooks=webhooks)
+    http_tools = HttpTools(backends.persistence, outbound, tools)
     agents = AgentStore(backends.persistence, tools, settings.default_model)
+    # Agents may name the tenant's HTTP tools as well as the built-ins.
+    agents.use_tools(http_tools.registry_for)
     runs = RunManager(runtime, backends, agents, tools)
     suggester = AgentSuggester(settings, backends.generation, agents.check, tools.names)
-    servicer = OrchestrationServicer(agents, tools, backends, runs, suggester)  # type: ignore[abstract]  # being added
+    servicer = OrchestrationServicer(agents, tools, backends, runs, suggester, webhooks, http_tools)  # type: ignore[abstract]  # being added
     await runs.start()
+    await webhooks.start()
 
     async def persistence_ready() -> bool:
         return await _serving(backends.clients[0].channel)
 
     async def close() -> None:
         await runs.stop()
+        await webhooks.stop()
         await backends.close()
 
     return ServiceDefinition(

@@ -1,11 +1,22 @@
 """The built-in tools: search_documents, search_entities, calculator, current_time,
-get_conversation."""
+get_conversation, and send_webhook when the process has a webhook dispatcher."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from callisto.services.orchestration.settings import OrchestrationSettings
-from callisto.services.orchestration.tools import calculator, clock, conversation, search
+from callisto.services.orchestration.tools import (
+    calculator,
+    clock,
+    conversation,
+    search,
+    webhook_tool,
+)
 from callisto.services.orchestration.tools.registry import ToolPolicy, ToolRegistry, ToolSpec
+
+if TYPE_CHECKING:
+    from callisto.services.orchestration.webhooks import WebhookDispatcher
 
 BUILTIN_TOOLS: tuple[ToolSpec, ...] = (
     search.SEARCH_DOCUMENTS,
@@ -29,9 +40,14 @@ def policy(settings: OrchestrationSettings) -> ToolPolicy:
     )
 
 
-def build_registry(settings: OrchestrationSettings) -> ToolRegistry:
-    """A registry holding every built-in tool (their schemas checked as they register)."""
+def build_registry(
+    settings: OrchestrationSettings, *, webhooks: WebhookDispatcher | None = None
+) -> ToolRegistry:
+    """A registry holding every built-in tool (their schemas checked as they register), with
+    `send_webhook` delivering through `webhooks` when given."""
     registry = ToolRegistry(policy(settings))
     for spec in BUILTIN_TOOLS:
         registry.register(spec)
+    if webhooks is not None:
+        registry.register(webhook_tool.spec(webhooks, timeout_s=webhooks.longest_delivery_s))
     return registry

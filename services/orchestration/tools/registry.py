@@ -188,9 +188,33 @@ class ToolRegistry:
         self._clock = clock
         self._tools: dict[str, _Registered] = {}
 
-    def register(self, spec: ToolSpec) -> None:
+    def register(self, spec: ToolSpec, *, breaker: CircuitBreaker | None = None) -> None:
         """Adds a tool; ValueError for a bad name, a taken name, an invalid schema, or a cache
-        on a side-effecting tool."""
+        on a side-effecting tool. `breaker` is the tool's own (a fresh one when None), for a
+        caller that keeps a tool's breaker across registries (tenant HTTP tools)."""
+        self._tools[spec.name] = self._entry(spec, breaker)
+
+    def extended(
+        self,
+        specs: Iterable[ToolSpec],
+        breaker_for: Callable[[str], CircuitBreaker] | None = None,
+    ) -> ToolRegistry:
+        """A new registry with this one's tools (the same breakers and caches) plus `specs`,
+        each with `breaker_for(name)` as its breaker (fresh ones when None); this registry is
+        unchanged. ValueError as `register` says."""
+        view = ToolRegistry(self.policy, clock=self._clock)
+        view._tools = dict(self._tools)
+        for spec in specs:
+            view.register(spec, breaker=breaker_for(spec.name) if breaker_for else None)
+        return view
+
+    def new_breaker(self) -> CircuitBreaker:
+        """A breaker as this registry's policy makes them."""
+        return CircuitBreaker(
+            self.policy.breaker_failures, self.policy.breaker_cooldown_s, self._clock
+        )
+
+    def _entry(self, spec: ToolSpec, breaker: CircuitBreaker | None) -> _Registered:
         if not TOOL_NAME.match(spec.name):
             raise ValueError(f"tool name {spec.name!r} must match {TOOL_NAME.pattern}")
         if spec.name in self._tools:
@@ -210,12 +234,10 @@ class ToolRegistry:
             if spec.cache_ttl_s is not None
             else None
         )
-        self._tools[spec.name] = _Registered(
+        return _Registered(
             spec=spec,
             validator=Draft202012Validator(spec.parameters),
-            breaker=CircuitBreaker(
-                self.policy.breaker_failures, self.policy.breaker_cooldown_s, self._clock
-            ),
+            breaker=breaker or self.new_breaker(),
             cache=cache,
         )
 
@@ -317,7 +339,9 @@ class ToolRegistry:
     async def _attempts(
         self, spec: ToolSpec, outcome: ToolOutcome, context: ToolContext
     ) -> ToolResult:
-        async for attempt in retrying(self.policy.attempts, self.policy.retry_base_s):
+        # A side effect is repeated only when the receiving end can drop the repeat.
+        attempts = self.policy.attempts if not spec.side_effects or context.idempotency_key else 1
+        async for attempt in retrying(attempts, self.policy.retry_base_s):
             with attempt:
                 outcome.attempts += 1
                 async with asyncio.timeout(spec.timeout_s):
