@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import typer
 
+from callisto.cli.artifacts import artifacts_app
 from callisto.cli.chat import chat
 from callisto.cli.conversations import conversations_app
 from callisto.cli.ingest import ingest
@@ -25,6 +26,7 @@ def client_app() -> typer.Typer:
     app.command()(chat)
     app.command()(simulate)
     app.add_typer(conversations_app, name="conversations")
+    app.add_typer(artifacts_app, name="artifacts")
     return app
 
 
