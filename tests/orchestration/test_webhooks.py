@@ -135,3 +135,12 @@ async def test_a_tenant_holds_a_bounded_number_of_webhooks(mesh: OutboundMesh) -
             )
         with pytest.raises(errors.ResourceExhausted):
             await client.orchestration.create_webhook(url=PUBLIC, secret=SECRET)
+
+
+async def test_secrets_never_reach_the_service_log(mesh: OutboundMesh) -> None:
+    async with client_of(mesh, "logged") as client:
+        hook = await client.orchestration.create_webhook(url=PUBLIC, secret=SECRET)
+        with pytest.raises(errors.InvalidArgument):
+            await client.orchestration.create_webhook(url="ftp://x/", secret=SECRET)
+        await client.orchestration.delete_webhook(hook.name)
+    assert SECRET not in mesh.orchestration.log_path.read_text(errors="replace")
