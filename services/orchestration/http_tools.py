@@ -223,8 +223,11 @@ class HttpTools:
                 v.add("http_tool.timeout", f"must be {MIN_TIMEOUT_S:g}-{MAX_TIMEOUT_S:g} s")
         v.raise_if_any()
         count = 0
-        async for _ in self._persistence.list_sessions(kind=KIND, page_size=100):
-            count += 1
+        try:
+            async for _ in self._persistence.list_sessions(kind=KIND, page_size=100):
+                count += 1
+        except sdk.CallistoError as error:
+            raise relayed(error) from None
         if count >= MAX_TOOLS:
             raise ResourceExhausted(
                 f"a tenant may register at most {MAX_TOOLS} HTTP tools; delete one first"

@@ -145,8 +145,11 @@ class WebhookStore:
         check_label(v, webhook.description, MAX_DESCRIPTION, "webhook.description")
         v.raise_if_any()
         count = 0
-        async for _ in self._persistence.list_sessions(kind=KIND, page_size=100):
-            count += 1
+        try:
+            async for _ in self._persistence.list_sessions(kind=KIND, page_size=100):
+                count += 1
+        except sdk.CallistoError as error:
+            raise relayed(error) from None
         if count >= MAX_WEBHOOKS:
             raise ResourceExhausted(
                 f"a tenant may register at most {MAX_WEBHOOKS} webhooks; delete one first"
