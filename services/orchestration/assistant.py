@@ -451,6 +451,7 @@ async def execute(state: TurnState, iteration: int, planned: PlannedCalls) -> li
     """Runs the round's calls concurrently; each call's `tool_call` event goes out as it ends."""
     turn = state.turn
     emitting = asyncio.Lock()
+    prefix = turn.call_key or f"{turn.conversation}/turns/{turn.turn}"
 
     async def call(index: int, tool: str, arguments: dict[str, Any]) -> ToolOutcome:
         context = ToolContext(
@@ -458,7 +459,7 @@ async def execute(state: TurnState, iteration: int, planned: PlannedCalls) -> li
             conversation=turn.conversation,
             agent=turn.agent,
             backends=state.backends,
-            idempotency_key=f"{turn.conversation}/turns/{turn.turn}/{iteration}.{index}",
+            idempotency_key=f"{prefix}/{iteration}.{index}",
         )
         call_id = f"{turn.turn}.{iteration}.{index}"
         outcome = await state.tools.call(tool, arguments, context, call_id=call_id)

@@ -5,17 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import Counter
+from redis.exceptions import RedisError
 
 from callisto.api.common.v1 import common_pb2
 from callisto.api.generation.v1 import generation_pb2
 from callisto.errors import CallistoError
 from callisto.generation import GenerationClient
+from callisto.services.orchestration.tenant_budget import TenantBudgets
 from callisto.services.orchestration.turns import BudgetExhausted, OnText
+
+_log = logging.getLogger(__name__)
 
 # Metadata key generation reads toy-model extras from (honoured only where it enables them).
 MODEL_EXTRAS_METADATA = "x-callisto-model-extras"
@@ -213,8 +218,10 @@ class RunModelCaller:
         agent: str,
         model_extras: str = "",
         default_max_tokens: int = DEFAULT_MAX_TOKENS,
+        daily: TenantBudgets | None = None,
     ) -> None:
         self._generation = generation
+        self._daily = daily
         self._prices = prices
         self.budget = budget
         self._tenant = tenant
@@ -297,8 +304,18 @@ class RunModelCaller:
         MODEL_TOKENS.labels(*used_labels, "completion").inc(result.usage.completion_tokens)
         MODEL_COST.labels(*used_labels).inc(cost)
         MODEL_CALLS.labels(*used_labels, "ok").inc()
+        await self._charge(result.usage.total_tokens)
         if constrained and result.finish_reason == generation_pb2.FINISH_REASON_LENGTH:
             raise BudgetExhausted(
                 f"the run's budget of {self.budget.max_total_tokens} tokens ran out mid-answer"
             )
         return result
+
+    async def _charge(self, tokens: int) -> None:
+        """The tenant's daily count; a Redis hiccup costs the count, never the answer."""
+        if self._daily is None:
+            return
+        try:
+            await self._daily.charge(self._tenant, tokens)
+        except (OSError, ConnectionError, RedisError) as error:
+            _log.warning("could not charge the tenant's daily budget: %s", error)

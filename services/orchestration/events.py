@@ -58,6 +58,8 @@ def from_log(event: persistence_pb2.Event, conversation: str) -> pb.Conversation
         return None
     result.event_id = event.sequence
     result.conversation = conversation
+    if result.HasField("turn_ended"):
+        result.step_id = _step_of(event.message)
     if event.HasField("create_time"):
         result.create_time.CopyFrom(event.create_time)
     return result
@@ -88,6 +90,14 @@ def turn_ended(message: persistence_pb2.Message) -> pb.TurnEnded:
     if message.HasField("usage"):
         turn.usage.CopyFrom(message.usage)
     return turn
+
+
+def _step_of(message: persistence_pb2.Message) -> str:
+    """The workflow step a stored message is the output of ("" for other messages)."""
+    if not message.HasField("metadata"):
+        return ""
+    step = message.metadata.fields.get("step")
+    return step.string_value if step is not None else ""
 
 
 def is_terminal(event: pb.ConversationEvent) -> bool:
@@ -128,8 +138,12 @@ class EventWriter:
         conversation: str,
         request_prefix: str,
         coalesce_s: float,
+        *,
+        step_id: str = "",
     ) -> None:
         self._persistence = persistence
+        # Every event written is of this workflow step (parallel steps share one log).
+        self._step_id = step_id
         self._conversation = conversation
         self._prefix = request_prefix
         self._coalesce_s = coalesce_s
@@ -208,6 +222,8 @@ class EventWriter:
 
     async def _append(self, event: pb.ConversationEvent) -> int:
         self._count += 1
+        if self._step_id:
+            event.step_id = self._step_id
         stored = await self._persistence.append_event(
             self._conversation,
             event_type(event),

@@ -47,6 +47,7 @@ from callisto.services.orchestration.run_state import (
     RunStore,
 )
 from callisto.services.orchestration.settings import OrchestrationSettings
+from callisto.services.orchestration.tenant_budget import TenantBudgets
 from callisto.services.orchestration.tools.registry import ToolRegistry
 from callisto.services.orchestration.turns import (
     BudgetExhausted,
@@ -58,6 +59,8 @@ from callisto.services.orchestration.turns import (
 
 log = logging.getLogger("callisto.orchestration.runs")
 
+# The tool registry of the tenant bound to the context.
+Toolbox = Callable[[], Coroutine[Any, Any, ToolRegistry]]
 AnswerTurn = Callable[
     [TurnInput, RunSink, ModelCaller, ToolRegistry, Backends], Coroutine[Any, Any, TurnAnswer]
 ]
@@ -85,6 +88,15 @@ class RunContext:
     leases: Leases
     # Agent turns of simulations this process generates at once.
     turn_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(64))
+    # Workflow step attempts this process runs at once.
+    step_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(32))
+    # Tenants' daily token budgets (charged by every model call of a run).
+    daily: TenantBudgets | None = None
+    # The tools of the bound tenant: the built-ins and its HTTP tools (`tools` when None).
+    toolbox: Toolbox | None = None
+
+    async def tools_now(self) -> ToolRegistry:
+        return await self.toolbox() if self.toolbox is not None else self.tools
 
 
 class Run:
@@ -325,6 +337,7 @@ class Run:
             tenant=state.tenant,
             agent=self.agent.name,
             model_extras=state.model_extras,
+            daily=self.context.daily,
         )
         turn_input = TurnInput(
             tenant=state.tenant,
@@ -339,7 +352,9 @@ class Run:
         if self._cancel_reason is not None:
             return CANCELLED
         self._turn_task = asyncio.create_task(
-            self.context.answer(turn_input, writer, llm, self.context.tools, self.context.backends)
+            self.context.answer(
+                turn_input, writer, llm, await self.context.tools_now(), self.context.backends
+            )
         )
         try:
             await asyncio.wait({self._turn_task})

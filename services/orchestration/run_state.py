@@ -72,6 +72,8 @@ class RunState:
     model_extras: str = ""
     # A simulation's set-up and progress (simulation_state.Simulation as JSON); {} otherwise.
     simulation: dict[str, Any] = field(default_factory=dict)
+    # A workflow's plan and progress (workflow_state.Workflow as JSON); {} otherwise.
+    workflow: dict[str, Any] = field(default_factory=dict)
 
     @property
     def finished(self) -> bool:

@@ -16,6 +16,8 @@ import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+from google.protobuf import json_format, struct_pb2
+
 from callisto.api.common.v1 import common_pb2
 from callisto.api.orchestration.v1 import orchestration_pb2 as pb
 from callisto.api.persistence.v1 import persistence_pb2
@@ -33,10 +35,18 @@ from callisto.services.common.tenancy import bind_tenant, current_tenant, reset_
 from callisto.services.common.validation import Violations
 from callisto.services.orchestration import assistant, events
 from callisto.services.orchestration.agents import AgentStore, revision_name
+from callisto.services.orchestration.approvals import ApprovalStore
 from callisto.services.orchestration.backends import Backends
 from callisto.services.orchestration.budget import PriceTable
 from callisto.services.orchestration.leases import CANCELS, Leases, RunKey, parse_cancel
-from callisto.services.orchestration.run_loop import CAS_ATTEMPTS, AnswerTurn, Run, RunContext
+from callisto.services.orchestration.plans import validate_plan
+from callisto.services.orchestration.run_loop import (
+    CAS_ATTEMPTS,
+    AnswerTurn,
+    Run,
+    RunContext,
+    Toolbox,
+)
 from callisto.services.orchestration.run_state import (
     Checkpoint,
     PendingTurn,
@@ -54,7 +64,17 @@ from callisto.services.orchestration.simulation import (
     setup,
 )
 from callisto.services.orchestration.simulation_state import Simulation, Speaker, slug
+from callisto.services.orchestration.tenant_budget import TenantBudgets, parse_overrides
 from callisto.services.orchestration.tools.registry import ToolRegistry
+from callisto.services.orchestration.workflow import (
+    REVIEWER,
+    Narrow,
+    Publisher,
+    WorkflowRun,
+    decided_event,
+    participant_id,
+)
+from callisto.services.orchestration.workflow_state import Workflow
 
 log = logging.getLogger("callisto.orchestration.runs")
 
@@ -74,6 +94,9 @@ class RunManager:
         tools: ToolRegistry,
         *,
         answer: AnswerTurn = assistant.answer_turn,
+        toolbox: Toolbox | None = None,
+        publisher: Publisher | None = None,
+        narrow: Narrow | None = None,
     ) -> None:
         self._runtime = runtime
         self._backends = backends
@@ -86,6 +109,17 @@ class RunManager:
         self.leases = Leases(runtime.auth_redis, self.owner, settings.run_lease_s)
         self.store = RunStore(backends.persistence)
         self.prices = PriceTable.parse(settings.model_prices)
+        self.approvals = ApprovalStore(backends.persistence)
+        self.daily = TenantBudgets(
+            runtime.auth_redis,
+            settings.tenant_daily_tokens,
+            parse_overrides(settings.tenant_daily_token_overrides),
+        )
+        # The tools of the bound tenant (the built-ins and its HTTP tools), where run events
+        # go out to its webhooks, and tool schemas narrowed to what it may name.
+        self.toolbox: Toolbox = toolbox or self._builtin_tools
+        self.publisher = publisher
+        self.narrow = narrow
         self._context = RunContext(
             settings=settings,
             backends=backends,
@@ -96,6 +130,9 @@ class RunManager:
             prices=self.prices,
             leases=self.leases,
             turn_slots=asyncio.Semaphore(max(1, settings.simulation_max_concurrent_turns)),
+            step_slots=asyncio.Semaphore(max(1, settings.workflow_max_concurrent_steps)),
+            daily=self.daily,
+            toolbox=self.toolbox,
         )
         self._runs: dict[RunKey, Run] = {}
         self._background: list[asyncio.Task[None]] = []
@@ -134,8 +171,11 @@ class RunManager:
     async def begin(self, start: pb.StartConversation, model_extras: str = "") -> tuple[str, int]:
         """Starts a run (validated input); returns its conversation and the event id its
         stream follows (the stored prompt's)."""
+        await self.daily.check(current_tenant())
         if start.mode == pb.CONVERSATION_MODE_SIMULATION:
             return await self._begin_simulation(start, model_extras)
+        if start.mode == pb.CONVERSATION_MODE_WORKFLOW:
+            return await self._begin_workflow(start, model_extras)
         try:
             agent = await self._agents.get(start.agents[0])
         except (NotFound, SdkNotFound):
@@ -159,7 +199,7 @@ class RunManager:
                             id=human, kind=persistence_pb2.PARTICIPANT_KIND_HUMAN
                         ),
                         persistence_pb2.Participant(
-                            id=_agent_id(agent.name),
+                            id=participant_id(agent.name),
                             display_name=agent.display_name,
                             kind=persistence_pb2.PARTICIPANT_KIND_AGENT,
                             role=agent.role,
@@ -175,7 +215,7 @@ class RunManager:
             conversation=conversation.name,
             mode=pb.CONVERSATION_MODE_ASSISTANT,
             agent=revision_name(agent),
-            speaker=_agent_id(agent.name),
+            speaker=participant_id(agent.name),
             human=human,
             max_iterations=start.max_iterations or 2,
             max_total_tokens=start.budget.max_total_tokens,
@@ -240,10 +280,14 @@ class RunManager:
         checkpoint = await self.store.load(conversation)
         if checkpoint is not None and checkpoint.state.mode == pb.CONVERSATION_MODE_SIMULATION:
             return await self._submit_simulation(conversation, checkpoint, turn)
+        if checkpoint is not None and checkpoint.state.mode == pb.CONVERSATION_MODE_WORKFLOW:
+            return await self._submit_workflow(conversation, checkpoint, turn)
         if turn.end_conversation:
             raise InvalidArgument.field(
                 "turn.end_conversation", "only a simulation's human can end its conversation"
             )
+        if checkpoint is None or checkpoint.state.finished:
+            await self.daily.check(current_tenant())  # the turn starts a new run
         agent = None if checkpoint is not None else await self._participant_agent(found)
         author = turn.author or (checkpoint.state.human if checkpoint else HUMAN)
         message = await persistence.create_message(
@@ -314,6 +358,165 @@ class RunManager:
             v.add(f"{field}.name", "must be empty: an inline agent is not stored")
         self._agents.check(v, self._agents.writable(agent), field)
 
+    # Workflows
+
+    async def _builtin_tools(self) -> ToolRegistry:
+        return self._tools
+
+    async def _begin_workflow(
+        self, start: pb.StartConversation, model_extras: str
+    ) -> tuple[str, int]:
+        """A given plan is validated whole (every problem at its path) with its agents pinned
+        at their current revisions; a task alone is planned by the run over `start.agents` (or
+        every agent of the tenant)."""
+        tools = await self.toolbox()
+        max_parallel = start.workflow.max_parallel_steps or 4
+        cast: list[pb.Agent] = []
+        if start.plan.steps:
+            stages = await validate_plan(
+                start.plan,
+                "start.plan",
+                limit=self.settings.max_prompt_chars,
+                known_tools=tools.names(),
+                get_agent=self._agents.get,
+            )
+            agents: dict[str, pb.Agent] = {}
+            for step in start.plan.steps:
+                if step.agent not in agents:
+                    agents[step.agent] = await self._agents.get(step.agent)
+            workflow = Workflow(task=start.prompt, source="given", max_parallel=max_parallel)
+            workflow.set_plan(start.plan, stages)
+            for step in start.plan.steps:
+                workflow.steps[step.id].agent = revision_name(agents[step.agent])
+            cast = list(agents.values())
+        else:
+            v = Violations()
+            for index, name in enumerate(start.agents):
+                try:
+                    cast.append(await self._agents.get(name))
+                except (NotFound, SdkNotFound):
+                    v.add(f"start.agents[{index}]", "no such agent")
+            v.raise_if_any()
+            if not cast:
+                cast, _ = await self._agents.list_agents(50, "")
+            if not cast:
+                raise FailedPrecondition(
+                    "the tenant has no agents to plan the task over; create agents first "
+                    "(CreateAgent) or give a plan"
+                )
+            workflow = Workflow(
+                task=start.prompt,
+                source="planner",
+                max_parallel=max_parallel,
+                candidates=[revision_name(agent) for agent in cast],
+            )
+        run_id = uuid.uuid4().hex
+        participants = [
+            persistence_pb2.Participant(
+                id=REVIEWER, display_name="Reviewer", kind=persistence_pb2.PARTICIPANT_KIND_HUMAN
+            )
+        ]
+        participants.extend(
+            persistence_pb2.Participant(
+                id=participant_id(agent.name),
+                display_name=agent.display_name,
+                kind=persistence_pb2.PARTICIPANT_KIND_AGENT,
+                role=agent.role,
+                company=agent.company,
+            )
+            for agent in cast
+        )
+        title = start.title or (start.prompt or f"workflow of {len(start.plan.steps)} steps")
+        conversation = await self._backends.persistence.create_conversation(
+            persistence_pb2.Conversation(
+                title=title[:256], tags=list(start.tags), participants=participants
+            ),
+            request_id=f"{run_id}.conversation",
+        )
+        state = RunState(
+            run_id=run_id,
+            tenant=current_tenant(),
+            conversation=conversation.name,
+            mode=pb.CONVERSATION_MODE_WORKFLOW,
+            agent=revision_name(cast[0]),
+            speaker=participant_id(cast[0].name),
+            human=REVIEWER,
+            max_iterations=0,
+            max_total_tokens=start.budget.max_total_tokens,
+            start_after=conversation.last_sequence,
+            owner=self.owner,
+            model_extras=model_extras,
+            workflow=workflow.to_json(),
+        )
+        checkpoint = await self.store.claim(state, None)
+        await self._launch(checkpoint, None, restarted=False)
+        return conversation.name, state.start_after
+
+    async def _submit_workflow(
+        self, conversation: str, checkpoint: Checkpoint, turn: pb.HumanTurn
+    ) -> int:
+        """The answer to the planner's question (the only turn a workflow takes)."""
+        state = checkpoint.state
+        if turn.end_conversation:
+            raise InvalidArgument.field(
+                "turn.end_conversation", "only a simulation's human can end its conversation"
+            )
+        if state.finished:
+            raise FailedPrecondition(f"{conversation}'s workflow has ended ({state.status})")
+        key = RunKey(current_tenant(), conversation)
+        local = self._runs.get(key)
+        workflow = (
+            local.wf
+            if isinstance(local, WorkflowRun) and local.state.run_id == state.run_id
+            else Workflow.from_json(state.workflow)
+        )
+        asking = workflow.asking
+        if asking is None:
+            raise FailedPrecondition(
+                f"{conversation}'s workflow is not waiting for an answer; a pending approval "
+                "is answered with an approval (SubmitInput's `approval`)"
+            )
+        metadata = struct_pb2.Struct()
+        metadata.update({"run": state.run_id, "clarify": asking.round})
+        message = await self._backends.persistence.create_message(
+            conversation,
+            persistence_pb2.Message(
+                role=common_pb2.ROLE_USER,
+                author=turn.author or REVIEWER,
+                text=turn.text,
+                metadata=metadata,
+            ),
+            request_id=f"{state.run_id}.clarify.{asking.round}",
+        )
+        if message.text != turn.text:
+            raise FailedPrecondition(
+                f"the planner's question {asking.round} of {conversation} was already answered"
+            )
+        if isinstance(local, WorkflowRun):
+            local.notify()
+        return int(message.event_sequence)
+
+    async def decide(self, conversation: str, answer: pb.Approval) -> int:
+        """A reviewer's decision on a pending approval of the conversation's workflow;
+        returns the id of the `approval_decided` event that records it."""
+        await self._backends.persistence.get_conversation(conversation)
+        record = await self.approvals.decide(conversation, answer)
+        event_id = await decided_event(self._backends.persistence, record)
+        local = self._runs.get(RunKey(current_tenant(), conversation))
+        if isinstance(local, WorkflowRun):
+            local.notify()
+        if self.publisher is not None:
+            try:
+                await self.publisher.publish(
+                    "approval.decided",
+                    json_format.MessageToDict(record.approval, preserving_proto_field_name=True),
+                    idempotency_key=f"{record.id}.decided",
+                    conversation=conversation,
+                )
+            except Exception as error:  # a webhook never fails the decision
+                log.warning("could not publish approval.decided: %s", error)
+        return event_id
+
     # Simulations
 
     async def _begin_simulation(
@@ -328,7 +531,7 @@ class RunManager:
             except (NotFound, SdkNotFound):
                 v.add(f"start.agents[{index}]", "no such agent")
                 continue
-            participant = slug(_agent_id(agent.name), taken)
+            participant = slug(participant_id(agent.name), taken)
             speakers.append(Speaker(participant, revision_name(agent), agent))
         for inline in start.inline_agents:
             spec = self._agents.writable(inline)
@@ -483,7 +686,7 @@ class RunManager:
             conversation=conversation,
             mode=pb.CONVERSATION_MODE_ASSISTANT,
             agent=revision_name(agent),
-            speaker=_agent_id(agent.name),
+            speaker=participant_id(agent.name),
             human=pending.author,
             max_iterations=2,
             max_total_tokens=0,
@@ -547,6 +750,17 @@ class RunManager:
         if checkpoint.state.mode == pb.CONVERSATION_MODE_SIMULATION:
             run = SimulationRun(
                 self._context, key, checkpoint, restarted=restarted, cancel_reason=cancel_reason
+            )
+        elif checkpoint.state.mode == pb.CONVERSATION_MODE_WORKFLOW:
+            run = WorkflowRun(
+                self._context,
+                key,
+                checkpoint,
+                restarted=restarted,
+                cancel_reason=cancel_reason,
+                approvals=self.approvals,
+                publisher=self.publisher,
+                narrow=self.narrow,
             )
         else:
             run = Run(
@@ -655,10 +869,6 @@ class RunManager:
     def stopping(self) -> bool:
         """Whether the process is shutting down (its streams end; its runs go on elsewhere)."""
         return self._runtime.stopping.is_set()
-
-
-def _agent_id(name: str) -> str:
-    return name.removeprefix("agents/").split("@", 1)[0]
 
 
 def _busy(conversation: str) -> FailedPrecondition:

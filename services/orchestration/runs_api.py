@@ -18,7 +18,7 @@ from callisto.api.orchestration.v1 import orchestration_pb2_grpc as pb_grpc
 from callisto.services.common.errors import FailedPrecondition, InvalidArgument
 from callisto.services.common.validation import Violations, parse_name
 from callisto.services.orchestration.model_extras import model_extras
-from callisto.services.orchestration.relay import Unimplemented, relayed
+from callisto.services.orchestration.relay import relayed
 from callisto.services.orchestration.runs import RunManager
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -29,9 +29,10 @@ MAX_TAGS = 32
 MAX_TAG = 128
 MAX_REASON = 1024
 MAX_ITERATIONS = 5
-_LATER_MODES = {
-    pb.CONVERSATION_MODE_WORKFLOW: "workflow",
-}
+MAX_PARALLEL_STEPS = 16
+APPROVAL_ID = re.compile(r"^(approvals/)?ap-[0-9a-f]{24}$")
+MAX_COMMENT = 2000
+MAX_REVIEWER = 128
 # Simulation bounds (the contract in orchestration.proto).
 MIN_PARTICIPANTS, MAX_PARTICIPANTS = 2, 5
 MAX_TURNS = 200
@@ -139,7 +140,10 @@ class RunsRpc(pb_grpc.OrchestrationServiceServicer):
         conversation = _conversation(request.name, "name")
         which = request.WhichOneof("input")
         if which == "approval":
-            raise _no_approvals()
+            _check_approval(request.approval, "approval", self._runs.settings.max_prompt_chars)
+            with _relaying():
+                event_id = await self._runs.decide(conversation, request.approval)
+            return pb.SubmitInputResponse(event_id=event_id)
         if which != "turn":
             raise InvalidArgument.field("turn", "is required")
         _check_turn(request.turn, "turn", self._runs.settings.max_prompt_chars)
@@ -187,7 +191,8 @@ class RunsRpc(pb_grpc.OrchestrationServiceServicer):
                 with contextlib.suppress(FailedPrecondition):
                     await self._runs.cancel(conversation, message.cancel.reason[:MAX_REASON])
             elif action == "approval":
-                raise _no_approvals()
+                _check_approval(message.approval, "approval", limit)
+                await self._runs.decide(conversation, message.approval)
             else:
                 raise InvalidArgument.field(
                     "action", "after the first message, send turn, approval or cancel"
@@ -212,10 +217,52 @@ def _relaying() -> Any:
         raise relayed(error) from None
 
 
-def _no_approvals() -> FailedPrecondition:
-    return FailedPrecondition(
-        "assistant runs have no approvals to answer; approvals come with workflows"
+def _check_approval(approval: pb.Approval, field: str, limit: int) -> None:
+    v = Violations()
+    v.check(
+        bool(APPROVAL_ID.match(approval.approval_id)),
+        f"{field}.approval_id",
+        "must be the approval id of an awaiting_input (ap-…, or approvals/ap-…)",
     )
+    v.check(
+        approval.decision
+        in (
+            pb.APPROVAL_DECISION_APPROVE,
+            pb.APPROVAL_DECISION_REJECT,
+            pb.APPROVAL_DECISION_MODIFY,
+        ),
+        f"{field}.decision",
+        "must be APPROVE, REJECT or MODIFY",
+    )
+    if approval.decision == pb.APPROVAL_DECISION_MODIFY:
+        v.check(
+            bool(approval.modified_output.strip()),
+            f"{field}.modified_output",
+            "is required to MODIFY: the output that replaces the step's",
+        )
+    elif approval.modified_output:
+        v.add(f"{field}.modified_output", "only a MODIFY decision takes a modified output")
+    v.check(
+        len(approval.modified_output) <= limit,
+        f"{field}.modified_output",
+        f"must be at most {limit} characters",
+    )
+    v.check(
+        "\x00" not in approval.modified_output + approval.comment + approval.reviewer,
+        field,
+        "must be text: it holds a NUL character",
+    )
+    v.check(
+        len(approval.comment) <= MAX_COMMENT,
+        f"{field}.comment",
+        f"must be at most {MAX_COMMENT} characters",
+    )
+    v.check(
+        len(approval.reviewer) <= MAX_REVIEWER,
+        f"{field}.reviewer",
+        f"must be at most {MAX_REVIEWER} characters",
+    )
+    v.raise_if_any()
 
 
 def _conversation(name: str, field: str) -> str:
@@ -244,13 +291,10 @@ def _check_start(
     start: pb.StartConversation, field: str, limit: int, check_agent: CheckAgent
 ) -> pb.StartConversation:
     """The start, validated whole: every bad field is reported at once."""
-    if start.mode in _LATER_MODES:
-        raise Unimplemented(
-            f"{_LATER_MODES[start.mode]} conversations are not available yet; "
-            "use CONVERSATION_MODE_ASSISTANT or CONVERSATION_MODE_SIMULATION"
-        )
     if start.mode == pb.CONVERSATION_MODE_SIMULATION:
         return _check_simulation(start, field, limit, check_agent)
+    if start.mode == pb.CONVERSATION_MODE_WORKFLOW:
+        return _check_workflow(start, field, limit)
     v = Violations()
     if start.mode not in (pb.CONVERSATION_MODE_UNSPECIFIED, pb.CONVERSATION_MODE_ASSISTANT):
         v.add(f"{field}.mode", "is not a known conversation mode")
@@ -260,6 +304,8 @@ def _check_start(
         v.add(f"{field}.inline_agents", "only simulations take inline agents")
     if start.HasField("simulation"):
         v.add(f"{field}.simulation", "only simulations take simulation options")
+    if start.HasField("workflow"):
+        v.add(f"{field}.workflow", "only workflows take workflow options")
     for index, agent in enumerate(start.agents):
         v.check(
             bool(AGENT_NAME.match(agent)),
@@ -284,6 +330,48 @@ def _check_start(
         v.add(f"{field}.plan", "only workflow conversations take a plan")
     if start.human_in_the_loop:
         v.add(f"{field}.human_in_the_loop", "only simulations ask a human every round")
+    v.raise_if_any()
+    return start
+
+
+def _check_workflow(start: pb.StartConversation, field: str, limit: int) -> pb.StartConversation:
+    """A workflow's own fields; its plan is checked whole by the plan validator (which needs
+    the tenant's agents) when the run begins."""
+    v = Violations()
+    planned = bool(start.plan.steps)
+    if not planned:
+        v.check(
+            bool(start.prompt.strip()),
+            f"{field}.prompt",
+            "is required without a plan: the task the planner plans",
+        )
+    v.check(len(start.prompt) <= limit, f"{field}.prompt", f"must be at most {limit} characters")
+    v.check("\x00" not in start.prompt, f"{field}.prompt", "must be text: it holds a NUL")
+    if planned and start.agents:
+        v.add(f"{field}.agents", "a given plan names its agents in its steps")
+    for index, agent in enumerate(start.agents[: MAX_PARALLEL_STEPS * 4]):
+        v.check(
+            bool(AGENT_NAME.match(agent)),
+            f"{field}.agents[{index}]",
+            "must look like agents/{agent} or agents/{agent}@{revision}",
+        )
+    v.check(len(start.agents) <= 50, f"{field}.agents", "at most 50 agents")
+    if start.conversation:
+        v.add(f"{field}.conversation", "a workflow starts a conversation of its own")
+    if start.inline_agents:
+        v.add(f"{field}.inline_agents", "only simulations take inline agents")
+    if start.HasField("simulation"):
+        v.add(f"{field}.simulation", "only simulations take simulation options")
+    if start.max_iterations:
+        v.add(f"{field}.max_iterations", "only assistant conversations take max_iterations")
+    if start.human_in_the_loop:
+        v.add(f"{field}.human_in_the_loop", "a workflow asks people through approvals")
+    v.check(
+        0 <= start.workflow.max_parallel_steps <= MAX_PARALLEL_STEPS,
+        f"{field}.workflow.max_parallel_steps",
+        f"must be between 0 (the default, 4) and {MAX_PARALLEL_STEPS}",
+    )
+    _check_common(v, start, field)
     v.raise_if_any()
     return start
 

@@ -5,6 +5,8 @@ conversation read-outs (`exports_api`), plan checks (`plans_api`), approvals
 
 from __future__ import annotations
 
+import functools
+
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -27,6 +29,7 @@ from callisto.services.orchestration.settings import OrchestrationSettings
 from callisto.services.orchestration.suggest import AgentSuggester
 from callisto.services.orchestration.tools.builtin import build_registry
 from callisto.services.orchestration.tools.registry import ToolRegistry
+from callisto.services.orchestration.tools.webhook_tool import narrowed_parameters
 from callisto.services.orchestration.webhooks import WebhookDispatcher, WebhookStore
 from callisto.services.orchestration.webhooks_api import WebhooksRpc
 
@@ -60,7 +63,7 @@ class OrchestrationServicer(
         RunsRpc.__init__(self, runs)
         ExportsRpc.__init__(self, backends)
         PlansRpc.__init__(self, agents, tools, runs.settings.max_prompt_chars)
-        ApprovalsRpc.__init__(self, backends, runs.settings)
+        ApprovalsRpc.__init__(self, runs.approvals)
         ArtifactsRpc.__init__(self, backends, runs.settings)
         WebhooksRpc.__init__(self, webhooks.store)
         HttpToolsRpc.__init__(self, http_tools)
@@ -82,9 +85,17 @@ async def build(runtime: Runtime[OrchestrationSettings]) -> ServiceDefinition:
     agents = AgentStore(backends.persistence, tools, settings.default_model)
     # Agents may name the tenant's HTTP tools as well as the built-ins.
     agents.use_tools(http_tools.registry_for)
-    runs = RunManager(runtime, backends, agents, tools)
+    runs = RunManager(
+        runtime,
+        backends,
+        agents,
+        tools,
+        toolbox=http_tools.registry_for,
+        publisher=webhooks,
+        narrow=functools.partial(narrowed_parameters, webhooks.store),
+    )
     suggester = AgentSuggester(settings, backends.generation, agents.check, tools.names)
-    servicer = OrchestrationServicer(agents, tools, backends, runs, suggester, webhooks, http_tools)  # type: ignore[abstract]  # being added
+    servicer = OrchestrationServicer(agents, tools, backends, runs, suggester, webhooks, http_tools)
     await runs.start()
     await webhooks.start()
 

@@ -386,6 +386,7 @@ class SimulationRun(Run):
             tenant=state.tenant,
             agent=speaker.agent or speaker.participant,
             model_extras=state.model_extras,
+            daily=self.context.daily,
         )
         history = await self._lines()
         turn = AgentTurnInput(

@@ -73,6 +73,9 @@ class TurnInput:
     history: list[generation_pb2.ChatMessage] = field(default_factory=list)
     # Most plan/execute rounds.
     max_iterations: int = 2
+    # Prefix of the idempotency keys of the turn's tool calls; the conversation and turn when
+    # empty (a workflow step's names its run, step and attempt).
+    call_key: str = ""
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -45,6 +46,9 @@ def retrieval_env(service_env: dict[str, str], triton_url: str, data_dir: Path) 
     }
 
 
+BUDGET_TENANT = "frugal"
+
+
 def orchestration_env(
     service_env: dict[str, str], persistence: str, generation: str, retrieval: str
 ) -> dict[str, str]:
@@ -57,6 +61,11 @@ def orchestration_env(
         # Tests steer toy_llm (delays, failures) through a run's model extras.
         "CALLISTO_ORCHESTRATION_FORWARD_MODEL_EXTRAS": "true",
         "CALLISTO_REFLECT_MESH": "true",
+        # Workflow steps answer in a few toy tokens and retry within a second.
+        "CALLISTO_WORKFLOW_STEP_MAX_TOKENS": "24",
+        "CALLISTO_WORKFLOW_RETRY_BASE_S": "0.2",
+        # One tenant with a daily budget a single run spends (test_tenant_budget).
+        "CALLISTO_TENANT_DAILY_TOKEN_OVERRIDES": json.dumps({BUDGET_TENANT: 40}),
     }
 
 

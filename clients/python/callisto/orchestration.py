@@ -23,6 +23,10 @@ name (`agents/a1`, `agents/a1@rev`) or a bare id (`a1`); conversations likewise
   `approve(...)`, `cancel(reason)` act on the run, `close()` stops watching (the run goes on).
 - `submit_turn` (with `end_conversation` a simulation's human ends it), `submit_approval`,
   `cancel` (CancelConversation) and `submit_feedback` are unary calls on a conversation by name.
+- Workflows: `workflow_start(task, plan=...)` builds the `start`; `workflow_plan(mapping)`
+  reads a plan from its JSON/YAML form; `validate_plan` dry-runs one; `list_approvals`,
+  `get_approval` (with its audit history) and `answer_approval(approval, decision)` serve the
+  people who approve steps.
 - Simulations: `suggest_agents(scenario, participate=...)` gives agents to run inline;
   `simulation_start(scenario, agents=..., inline_agents=..., ...)` builds the `start` that
   `run()` or `converse()` takes.
@@ -47,7 +51,7 @@ from typing import Any, TypeAlias
 
 import grpc
 from google.api import httpbody_pb2
-from google.protobuf import field_mask_pb2
+from google.protobuf import field_mask_pb2, json_format
 from google.rpc import status_pb2
 
 from callisto._facade import Facade, Metadata
@@ -154,6 +158,49 @@ def simulation_start(
         simulation=options,
         tags=list(tags),
     )
+
+
+def workflow_plan(data: Any) -> pb.WorkflowPlan:
+    """A `WorkflowPlan` from its JSON/YAML form (`{"steps": [{"id": ..., "agent": ...,
+    "instruction": ..., "depends_on": [...], "timeout": "30s", ...}]}`); ValueError, naming the
+    field, for anything that is not one."""
+    plan = pb.WorkflowPlan()
+    try:
+        json_format.ParseDict(data, plan)
+    except json_format.ParseError as error:
+        raise ValueError(f"not a workflow plan: {error}") from None
+    return plan
+
+
+def workflow_start(
+    task: str = "",
+    *,
+    plan: pb.WorkflowPlan | None = None,
+    agents: Sequence[str] = (),
+    max_parallel_steps: int = 0,
+    max_total_tokens: int = 0,
+    title: str = "",
+    tags: Sequence[str] = (),
+) -> pb.StartConversation:
+    """A `StartConversation` of a workflow: the given `plan`, or one the planner makes of
+    `task` over `agents` (every agent of the tenant when empty)."""
+    start = pb.StartConversation(
+        title=title,
+        mode=pb.CONVERSATION_MODE_WORKFLOW,
+        agents=[agent_name(agent) for agent in agents],
+        prompt=task,
+        budget=pb.Budget(max_total_tokens=max_total_tokens),
+        workflow=pb.WorkflowOptions(max_parallel_steps=max_parallel_steps),
+        tags=list(tags),
+    )
+    if plan is not None:
+        start.plan.CopyFrom(plan)
+    return start
+
+
+def approval_name(approval: str) -> str:
+    """`approvals/{id}` from a name or a bare id."""
+    return approval if approval.startswith("approvals/") else f"approvals/{approval}"
 
 
 def _event_id(event: pb.ConversationEvent) -> int | None:
@@ -747,6 +794,68 @@ class OrchestrationClient(WebhooksMixin, ArtifactsMixin, Facade):
         """Answers a pending approval; returns the id of the event that recorded it."""
         request = pb.SubmitInputRequest(name=conversation_name(conversation), approval=approval)
         return await self._submit(request, timeout, metadata)
+
+    async def answer_approval(
+        self,
+        approval: str,
+        decision: pb.ApprovalDecision.ValueType,
+        *,
+        modified_output: str = "",
+        comment: str = "",
+        reviewer: str = "",
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> int:
+        """Approves, rejects or modifies a pending approval by its name or id (its
+        conversation is looked up); returns the id of its `approval_decided` event."""
+        found = await self.get_approval(approval, timeout=timeout, metadata=metadata)
+        answer = pb.Approval(
+            approval_id=found.name,
+            decision=decision,
+            modified_output=modified_output,
+            comment=comment,
+            reviewer=reviewer,
+        )
+        return await self.submit_approval(
+            found.conversation, answer, timeout=timeout, metadata=metadata
+        )
+
+    def list_approvals(
+        self,
+        *,
+        conversation: str = "",
+        page_size: int = 0,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> AsyncIterator[pb.StepApproval]:
+        """The tenant's pending approvals, newest first (of one conversation if given)."""
+        name = conversation_name(conversation) if conversation else ""
+
+        async def fetch(token: str) -> pb.ListApprovalsResponse:
+            return await self._unary(
+                self.stub.ListApprovals,
+                pb.ListApprovalsRequest(page_size=page_size, page_token=token, conversation=name),
+                idempotent=True,
+                timeout=timeout,
+                metadata=metadata,
+                response_type=pb.ListApprovalsResponse,
+            )
+
+        return paged(fetch, lambda r: r.approvals, lambda r: r.next_page_token)
+
+    async def get_approval(
+        self, approval: str, *, timeout: float | None = None, metadata: Metadata | None = None
+    ) -> pb.StepApproval:
+        """An approval, pending or decided, with its audit history."""
+        response = await self._unary(
+            self.stub.GetApproval,
+            pb.GetApprovalRequest(name=approval_name(approval)),
+            idempotent=True,
+            timeout=timeout,
+            metadata=metadata,
+            response_type=pb.GetApprovalResponse,
+        )
+        return response.approval
 
     async def _submit(
         self, request: pb.SubmitInputRequest, timeout: float | None, metadata: Metadata | None

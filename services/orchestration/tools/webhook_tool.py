@@ -9,8 +9,9 @@ fails the call (not retried by the registry: the dispatcher already retried it).
 
 from __future__ import annotations
 
+import copy
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import grpc
@@ -125,3 +126,33 @@ def spec(dispatcher: Deliverer, *, timeout_s: float) -> ToolSpec:
         timeout_s=timeout_s,
         side_effects=True,
     )
+
+
+class Webhooks(Protocol):
+    """What narrowing needs of the webhook store (webhooks.WebhookStore)."""
+
+    async def all_stored(self) -> Sequence[Any]: ...
+
+
+async def narrowed_parameters(
+    store: Webhooks, tool: str, parameters: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The tool's schema for a workflow step of the bound tenant: `webhook` one of the
+    tenant's webhooks and the payload a summary, so even a small model names a real endpoint
+    and says something; None for other tools or a tenant without webhooks."""
+    if tool != NAME:
+        return None
+    names = [stored.webhook.name for stored in await store.all_stored()]
+    if not names:
+        return None
+    narrowed = copy.deepcopy(parameters)
+    properties = narrowed.setdefault("properties", {})
+    properties["webhook"] = {"type": "string", "enum": names}
+    properties["event_type"] = {"type": "string", "enum": [EVENT_TYPES[0]]}
+    properties["payload"] = {
+        "type": "object",
+        "properties": {"summary": {"type": "string", "minLength": 1, "maxLength": 1000}},
+        "required": ["summary"],
+    }
+    narrowed["required"] = ["webhook", "event_type", "payload"]
+    return narrowed

@@ -1,8 +1,11 @@
 """toy_llm: a deterministic, decoupled stand-in for `llm` with the same I/O contract.
 
 Token i is word (seed + i) mod n of the last user message, followed by a space, so a test can
-predict the exact stream. Extra request fields: `delay_ms` (sleep before each token) and
-`fail_after` (raise an `internal:` error after that many tokens). When the environment variable
+predict the exact stream. Extra request fields: `delay_ms` (sleep before each token),
+`fail_after` (raise an `internal:` error after that many tokens), and `fail_when` with
+`fail_times` (the first `fail_times` requests of a `tag` whose last user message contains
+`fail_when` fail as `unavailable:` after their first token, so a test can make one workflow
+step fail transiently and then succeed). When the environment variable
 CALLISTO_TOY_LLM_EVENTS names a file, one JSON line per finished request is appended to it
 (`tag`, `produced`, `sent`, `finish_reason`, `cancel_seen_at`) so tests can measure how many
 tokens were produced after a cancellation.
@@ -156,6 +159,9 @@ def _parse(raw, context_length):
         "delay_s": max(0.0, float(body.get("delay_ms", 0))) / 1000.0,
         "fail_after": body.get("fail_after"),
         "tag": str(body.get("tag", "")),
+        "fail_when": str(body.get("fail_when", "")),
+        "fail_times": body["fail_times"] if isinstance(body.get("fail_times"), int) else 0,
+        "user_text": user_text,
     }
 
 
@@ -196,6 +202,8 @@ class TritonPythonModel:
         self.events_lock = threading.Lock()
         self.threads = set()
         self.threads_lock = threading.Lock()
+        # Requests failed so far per (tag, fail_when).
+        self.failures = {}
 
     def execute(self, requests):
         # Decoupled: each request streams from its own thread, so slow (delay_ms) requests
@@ -206,6 +214,18 @@ class TritonPythonModel:
                 self.threads.add(thread)
             thread.start()
         return None
+
+    def _fails_now(self, spec):
+        """Whether this request is one of the first `fail_times` matching `fail_when`."""
+        if not spec["fail_when"] or spec["fail_when"] not in spec["user_text"]:
+            return False
+        key = (spec["tag"], spec["fail_when"])
+        with self.threads_lock:
+            failed = self.failures.get(key, 0)
+            if failed >= spec["fail_times"]:
+                return False
+            self.failures[key] = failed + 1
+        return True
 
     def _serve(self, request):
         sender = request.get_response_sender()
@@ -224,6 +244,8 @@ class TritonPythonModel:
         except RequestError as exc:
             sender.send(_error(str(exc)), flags=FINAL)
             return
+        # After one token, so the client cannot simply start the request again.
+        transient = self._fails_now(spec)
         words, stops = spec["words"], spec["stop"]
         prompt_tokens = spec["prompt_tokens"]
         text, sent_upto, produced, sent = "", 0, 0, 0
@@ -238,6 +260,10 @@ class TritonPythonModel:
             if request.is_cancelled():
                 finish, cancel_seen_at = "cancelled", produced
                 break
+            if transient and produced >= 1:
+                self._record(spec["tag"], produced, sent, "error", None)
+                sender.send(_error("unavailable: toy_llm went away (fail_when)"), flags=FINAL)
+                return
             if spec["fail_after"] is not None and produced >= spec["fail_after"]:
                 self._record(spec["tag"], produced, sent, "error", None)
                 message = f"internal: toy_llm failed after {produced} tokens"
