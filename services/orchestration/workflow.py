@@ -775,6 +775,11 @@ class WorkflowRun(Run):
             state.cancel_reason = self._cancel_reason or ""
         now = time.time()
         stopped = []
+        # An approval nobody may answer any more says so before the run's end is told.
+        for step in wf.steps.values():
+            if step.state == AWAITING_APPROVAL:
+                with contextlib.suppress(Exception):
+                    await self.approvals.cancel(step.approval, f"the run ended ({reason})")
         for step_id, step in wf.steps.items():
             if step.state not in ENDED:
                 if step.state != PENDING:
@@ -795,17 +800,17 @@ class WorkflowRun(Run):
 
     async def _fail(self, error: BaseException) -> None:
         await self._stop_steps()
+        for step in self.wf.steps.values():
+            if step.state == AWAITING_APPROVAL:
+                with contextlib.suppress(Exception):
+                    await self.approvals.cancel(step.approval, "the run failed")
         await super()._fail(error)
         with contextlib.suppress(Exception):
             await self._after_end(FAILED, None)
 
     async def _after_end(self, reason: str, done: pb.Done | None) -> None:
-        """What follows the terminal event: pending approvals cancelled, the conversation's
-        status, the `run.done` (or `run.failed`) webhook."""
-        for step in self.wf.steps.values():
-            if step.approval:
-                with contextlib.suppress(Exception):
-                    await self.approvals.cancel(step.approval, f"the run ended ({reason})")
+        """What follows the terminal event: the conversation's status, the `run.done` (or
+        `run.failed`) webhook."""
         status = {
             CANCELLED: persistence_pb2.CONVERSATION_STATUS_CANCELLED,
             FAILED: persistence_pb2.CONVERSATION_STATUS_FAILED,

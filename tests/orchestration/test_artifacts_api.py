@@ -219,11 +219,6 @@ async def test_download_over_http_answers_the_content_type_and_the_bytes(
         assert anonymous.status_code == 401
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="contract gap: persistence and orchestration both bind GET "
-    "/v1/{parent=conversations/*}/artifacts, so Envoy's transcoder resolves it to neither",
-)
 async def test_list_over_http_answers_the_newest_artifacts(
     mesh_gateway: EnvoyGateway, api_key: str, stored: Stored
 ) -> None:

@@ -61,6 +61,12 @@ def seeds(conversation: str, message: str, session: str) -> dict[str, Message]:
         ),
         "ListEvents": pb.ListEventsRequest(parent=conversation, page_size=2),
         "ExportConversation": pb.ExportConversationRequest(name=conversation, include_events=True),
+        "CreateArtifact": pb.CreateArtifactRequest(
+            parent=conversation,
+            artifact=pb.Artifact(display_name="r.csv", content_type="text/csv", content=b"a,b\n"),
+        ),
+        "GetArtifact": pb.GetArtifactRequest(name=f"{conversation}/artifacts/abc"),
+        "ListArtifacts": pb.ListArtifactsRequest(parent=conversation, page_size=2),
         "CreateSession": pb.CreateSessionRequest(session=pb.Session(kind="k", state={"a": 1})),
         "GetSession": pb.GetSessionRequest(name=session),
         "ListSessions": pb.ListSessionsRequest(page_size=2, kind="k"),

@@ -1,5 +1,6 @@
 """The built-in tools: search_documents, search_entities, calculator, current_time,
-get_conversation, and send_webhook when the process has a webhook dispatcher."""
+get_conversation, create_report, and send_webhook when the process has a webhook
+dispatcher."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from callisto.services.orchestration.tools import (
     calculator,
     clock,
     conversation,
+    report,
     search,
     webhook_tool,
 )
@@ -24,6 +26,7 @@ BUILTIN_TOOLS: tuple[ToolSpec, ...] = (
     calculator.SPEC,
     clock.SPEC,
     conversation.SPEC,
+    report.SPEC,
 )
 
 

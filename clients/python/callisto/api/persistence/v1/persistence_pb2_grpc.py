@@ -279,7 +279,8 @@ class PersistenceServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListArtifacts(self, request, context):
-        """Lists a conversation's artifacts, newest first, without their content.
+        """Lists a conversation's artifacts, newest first, without their content. No HTTP binding:
+        over HTTP the orchestration service's ListArtifacts answers that path.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

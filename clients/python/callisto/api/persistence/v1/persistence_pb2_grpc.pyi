@@ -83,7 +83,9 @@ class PersistenceServiceStub:
     GetArtifact: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.GetArtifactRequest, _persistence_pb2.GetArtifactResponse]
     """Gets an artifact with its content."""
     ListArtifacts: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.ListArtifactsRequest, _persistence_pb2.ListArtifactsResponse]
-    """Lists a conversation's artifacts, newest first, without their content."""
+    """Lists a conversation's artifacts, newest first, without their content. No HTTP binding:
+    over HTTP the orchestration service's ListArtifacts answers that path.
+    """
     CreateSession: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.CreateSessionRequest, _persistence_pb2.CreateSessionResponse]
     """Creates a session document (workflow state, chat session, anything versioned)."""
     GetSession: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.GetSessionRequest, _persistence_pb2.GetSessionResponse]
@@ -158,7 +160,9 @@ class PersistenceServiceAsyncStub(PersistenceServiceStub):
     GetArtifact: _aio.UnaryUnaryMultiCallable[_persistence_pb2.GetArtifactRequest, _persistence_pb2.GetArtifactResponse]  # type: ignore[assignment]
     """Gets an artifact with its content."""
     ListArtifacts: _aio.UnaryUnaryMultiCallable[_persistence_pb2.ListArtifactsRequest, _persistence_pb2.ListArtifactsResponse]  # type: ignore[assignment]
-    """Lists a conversation's artifacts, newest first, without their content."""
+    """Lists a conversation's artifacts, newest first, without their content. No HTTP binding:
+    over HTTP the orchestration service's ListArtifacts answers that path.
+    """
     CreateSession: _aio.UnaryUnaryMultiCallable[_persistence_pb2.CreateSessionRequest, _persistence_pb2.CreateSessionResponse]  # type: ignore[assignment]
     """Creates a session document (workflow state, chat session, anything versioned)."""
     GetSession: _aio.UnaryUnaryMultiCallable[_persistence_pb2.GetSessionRequest, _persistence_pb2.GetSessionResponse]  # type: ignore[assignment]
@@ -326,7 +330,9 @@ class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _persistence_pb2.ListArtifactsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_persistence_pb2.ListArtifactsResponse, _abc.Awaitable[_persistence_pb2.ListArtifactsResponse]]:
-        """Lists a conversation's artifacts, newest first, without their content."""
+        """Lists a conversation's artifacts, newest first, without their content. No HTTP binding:
+        over HTTP the orchestration service's ListArtifacts answers that path.
+        """
 
     @_abc_1.abstractmethod
     def CreateSession(
