@@ -55,8 +55,12 @@ class WebhookReceiver:
         fail_first: int = 0,
         tolerance_s: float = DEFAULT_TOLERANCE_S,
         status: int = 200,
+        hold_s: float = 0.0,
     ) -> None:
         self.secret = secret
+        # How long each answer waits after the request is recorded (a slow endpoint: a
+        # sender may die between the receiver acting and its answer).
+        self.hold_s = hold_s
         self.log_path = Path(log_path)
         self.fail_first = fail_first
         self.tolerance_s = tolerance_s
@@ -169,6 +173,8 @@ def _handler_for(receiver: WebhookReceiver) -> type[BaseHTTPRequestHandler]:
             body = self.rfile.read(length)
             headers = {k.lower(): v for k, v in self.headers.items()}
             status = receiver.handle(self.path, headers, body)
+            if receiver.hold_s:
+                time.sleep(receiver.hold_s)
             self._answer(status, {"ok": 200 <= status < 300})
 
         def do_GET(self) -> None:

@@ -30,6 +30,7 @@ from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 from callisto.api.common.v1 import common_pb2
 from callisto.api.orchestration.v1 import orchestration_pb2 as pb
 from callisto.api.persistence.v1 import persistence_pb2
+from callisto.errors import CallistoError
 from callisto.services.orchestration import events
 from callisto.services.orchestration.approvals import (
     SYSTEM,
@@ -664,9 +665,11 @@ class WorkflowRun(Run):
                         narrowed=narrowed,
                     )
                 except BudgetExhausted:
-                    self._take_spend(llm, step)
                     self._ending = self._ending or BUDGET
                     raise _Stopped() from None
+                except CallistoError as error:
+                    # The model could not make the call's arguments: the action did not happen.
+                    raise StepFailed(f"{tool}: {describe(error)}") from error
                 finally:
                     self._take_spend(llm, step)
             if not outcome.ok:

@@ -64,6 +64,8 @@ def orchestration_env(
         # Workflow steps answer in a few toy tokens and retry within a second.
         "CALLISTO_WORKFLOW_STEP_MAX_TOKENS": "24",
         "CALLISTO_WORKFLOW_RETRY_BASE_S": "0.2",
+        # Webhooks of the workflow tests reach receivers the tests start on this machine.
+        "CALLISTO_OUTBOUND_ALLOWED_NETWORKS": "127.0.0.1/32",
         # One tenant with a daily budget a single run spends (test_tenant_budget).
         "CALLISTO_TENANT_DAILY_TOKEN_OVERRIDES": json.dumps({BUDGET_TENANT: 40}),
     }

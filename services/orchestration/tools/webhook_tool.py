@@ -151,7 +151,7 @@ async def narrowed_parameters(
     properties["event_type"] = {"type": "string", "enum": [EVENT_TYPES[0]]}
     properties["payload"] = {
         "type": "object",
-        "properties": {"summary": {"type": "string", "minLength": 1, "maxLength": 1000}},
+        "properties": {"summary": {"type": "string", "minLength": 1, "maxLength": 256}},
         "required": ["summary"],
     }
     narrowed["required"] = ["webhook", "event_type", "payload"]
