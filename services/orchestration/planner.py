@@ -24,10 +24,11 @@ from callisto.services.orchestration.turns import ModelCaller
 
 log = logging.getLogger("callisto.orchestration.planner")
 
-# Steps a planned workflow may have (a given plan may have up to plans.MAX_STEPS).
+# Steps a planned workflow may have (a given plan may have up to plans.MAX_STEPS); strings
+# within what the model server's grammar bounds (256 characters).
 MAX_PLANNED_STEPS = 12
-MAX_INSTRUCTION = 600
-MAX_QUESTION = 300
+MAX_INSTRUCTION = 256
+MAX_QUESTION = 256
 STEP_IDS = [f"step-{n}" for n in range(1, MAX_PLANNED_STEPS + 1)]
 
 SYSTEM = """You plan workflows for a team of AI agents. Break the user's task into steps.

@@ -471,6 +471,19 @@ class RunManager:
             else Workflow.from_json(state.workflow)
         )
         asking = workflow.asking
+        if asking is None and workflow.clarifications:
+            # A retried submit of the answer the planner already took: the same answer again.
+            number = len(workflow.clarifications)
+            async for message in self._backends.persistence.list_messages(conversation):
+                fields = message.metadata.fields
+                if (
+                    fields.get("run") is not None
+                    and fields["run"].string_value == state.run_id
+                    and fields.get("clarify") is not None
+                    and fields["clarify"].number_value == number
+                    and message.text == turn.text
+                ):
+                    return int(message.event_sequence)
         if asking is None:
             raise FailedPrecondition(
                 f"{conversation}'s workflow is not waiting for an answer; a pending approval "
