@@ -133,8 +133,15 @@ class BenchMesh:
     """Starts everything from the main thread (children die with it) and stops it at exit."""
 
     def __init__(
-        self, workdir: Path, stack: ExitStack, *, with_llm: bool, with_sentiment: bool = False
+        self,
+        workdir: Path,
+        stack: ExitStack,
+        *,
+        with_llm: bool,
+        with_sentiment: bool = False,
+        orchestration_env: dict[str, str] | None = None,
     ) -> None:
+        """`orchestration_env` adds settings to the (untapped) orchestration process."""
         self.workdir = workdir
         self.stack = stack
         self.with_llm = with_llm
@@ -196,7 +203,9 @@ class BenchMesh:
         )
         self.generation_metrics = ServiceMetrics(generation_metrics, GENERATION_SERVICE)
         self.retrieval_metrics = ServiceMetrics(retrieval_metrics, RETRIEVAL_SERVICE)
-        self.orchestration = self.start_orchestration("orchestration", self.generation.address)
+        self.orchestration = self.start_orchestration(
+            "orchestration", self.generation.address, orchestration_env
+        )
         self.gateway = self._gateway(
             "gateway",
             {
