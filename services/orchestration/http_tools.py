@@ -311,7 +311,12 @@ def check_parameters(v: Violations, tool: pb.HttpTool, field: str) -> None:
     if not tool.HasField("parameters"):
         v.add(field, "is required: the JSON Schema of the arguments object")
         return
-    schema = json_format.MessageToDict(tool.parameters)
+    try:
+        schema = json_format.MessageToDict(tool.parameters)
+    except (ValueError, RecursionError):
+        # A Struct may hold what JSON cannot (Infinity, NaN): no schema is made of that.
+        v.add(field, "must be JSON: it holds a number JSON cannot carry (Infinity or NaN)")
+        return
     size = len(json.dumps(schema, separators=(",", ":")).encode())
     if size > MAX_SCHEMA_BYTES:
         v.add(field, f"must be at most {MAX_SCHEMA_BYTES} bytes as JSON")

@@ -18,6 +18,8 @@ from callisto.services.common.validation import RESOURCE_ID, RESOURCE_ID_RULE, V
 from callisto.services.orchestration.agents import AGENT_NAME, check_tool_names
 
 MAX_STEPS = 50
+# A plan is kept whole in its run's checkpoint, beside every step's state.
+MAX_PLAN_BYTES = 64 * 1024
 MAX_RETRIES = 10
 MAX_STEP_TIMEOUT = timedelta(hours=24)
 MAX_APPROVAL_TIMEOUT = timedelta(days=30)
@@ -38,6 +40,10 @@ def check_steps(
         return []
     if len(steps) > MAX_STEPS:
         v.add(f"{field}.steps", f"must hold at most {MAX_STEPS} steps, not {len(steps)}")
+        return []
+    size = plan.ByteSize()
+    if size > MAX_PLAN_BYTES:
+        v.add(field, f"is {size} bytes; a plan holds at most {MAX_PLAN_BYTES}")
         return []
     index_of: dict[str, int] = {}
     for index, step in enumerate(steps):

@@ -501,7 +501,7 @@ class WorkflowRun(Run):
                     continue
                 spend = self._take_spend(llm, step)
                 message = await self._store_output(step_id, step, answer, reasoning, spend)
-                step.output, step.reasoning = answer.text, reasoning
+                step.keep(answer.text, reasoning)
                 step.message, step.error = message.name, ""
                 await self.save()
                 return
@@ -630,7 +630,7 @@ class WorkflowRun(Run):
         approval = record.approval
         last = approval.history[-1] if approval.history else pb.ApprovalAuditEntry()
         if approval.state == pb.APPROVAL_STATE_MODIFIED:
-            step.output = approval.final_output
+            step.keep(approval.final_output)
             step.acted.clear()
         elif approval.state != pb.APPROVAL_STATE_APPROVED:
             who = last.actor or SYSTEM
@@ -766,8 +766,8 @@ class WorkflowRun(Run):
             return
         step.state = RUNNING
         step.attempt = int(metadata.get("attempt", step.attempt) or step.attempt)
-        step.output, step.message = message.text, message.name
-        step.reasoning = str(metadata.get("reasoning", ""))
+        step.keep(message.text, str(metadata.get("reasoning", "")))
+        step.message = message.name
 
     # The end
 

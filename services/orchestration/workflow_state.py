@@ -23,6 +23,14 @@ SKIPPED, CANCELLED = "skipped", "cancelled"
 ENDED = frozenset({SUCCEEDED, FAILED, SKIPPED, CANCELLED})
 # Retries of a step that sets none: 3 attempts.
 DEFAULT_RETRIES = 2
+# What of a step's output and reasoning the checkpoint keeps (and dependents are shown): the
+# whole is the step's stored message. Bounded so 50 steps and their plan fit one session.
+OUTPUT_CHARS = 1500
+REASONING_CHARS = 500
+
+
+def cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 @dataclass
@@ -50,6 +58,12 @@ class StepState:
     # Side-effecting tools already called for the current output, with their results.
     acted: dict[str, str] = field(default_factory=dict)
     spend: Spend = field(default_factory=Spend)
+
+    def keep(self, output: str, reasoning: str | None = None) -> None:
+        """The step's output (and reasoning), as much of them as the checkpoint holds."""
+        self.output = cut(output, OUTPUT_CHARS)
+        if reasoning is not None:
+            self.reasoning = cut(reasoning, REASONING_CHARS)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

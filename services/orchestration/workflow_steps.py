@@ -22,9 +22,8 @@ from callisto.services.orchestration.backends import Backends
 from callisto.services.orchestration.events import EventWriter
 from callisto.services.orchestration.tools.registry import ToolContext, ToolOutcome, ToolRegistry
 from callisto.services.orchestration.turns import ModelCaller, TurnAnswer, TurnInput
+from callisto.services.orchestration.workflow_state import OUTPUT_CHARS, cut
 
-# Characters of each earlier step's output a step is shown.
-INPUT_CHARS = 3000
 MAX_REASONING = 2000
 
 
@@ -57,8 +56,8 @@ def prompt(step: StepInput) -> str:
     return f"{step.step.instruction}\n\nResults of the steps this one builds on:\n\n{earlier}"
 
 
-def _cut(text: str, limit: int = INPUT_CHARS) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+def _cut(text: str, limit: int = OUTPUT_CHARS) -> str:
+    return cut(text, limit)
 
 
 class ReasoningSink:

@@ -1,8 +1,9 @@
 """A fixed-seed barrage of hostile requests at every orchestration RPC (the agent RPCs, ListTools,
-SubmitFeedback, SuggestAgents, ValidatePlan, the bidi Converse, RunConversation, StreamConversation,
-SubmitInput, CancelConversation), from tenant acme, tenant globex (with and without a forged
+SubmitFeedback, SuggestAgents, ValidatePlan, approvals, artifacts, webhooks, HTTP tools, the bidi
+Converse, RunConversation, StreamConversation, SubmitInput, CancelConversation), from tenant
+acme, tenant globex (with and without a forged
 `x-callisto-on-behalf-of` naming acme), a key that does not exist and no key at all: each answer
-is OK or a client error (never INTERNAL/UNKNOWN; UNIMPLEMENTED only where the contract says so),
+is OK or a client error (never INTERNAL/UNKNOWN/UNIMPLEMENTED),
 every run stream ends with exactly one terminal event, the service stays SERVING and still runs,
 and tenant acme's agent and conversation are byte-for-byte intact and invisible to globex."""
 
@@ -19,7 +20,7 @@ from typing import Any
 import grpc
 import pytest
 import pytest_asyncio
-from google.protobuf import field_mask_pb2
+from google.protobuf import field_mask_pb2, struct_pb2
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
 from hostile_support import (
@@ -68,9 +69,35 @@ UNARY = (
     "SubmitInput",
     "CancelConversation",
     "SubmitFeedback",
+    "ListApprovals",
+    "GetApproval",
+    "ListArtifacts",
+    "DownloadArtifact",
+    "CreateWebhook",
+    "GetWebhook",
+    "ListWebhooks",
+    "DeleteWebhook",
+    "ListWebhookDeliveries",
+    "CreateHttpTool",
+    "GetHttpTool",
+    "ListHttpTools",
+    "DeleteHttpTool",
 )
-TOOLS = ("search_documents", "search_entities", "calculator", "current_time", "get_conversation")
-LATER_MODES = (pb.CONVERSATION_MODE_WORKFLOW,)
+TOOLS = (
+    "search_documents",
+    "search_entities",
+    "calculator",
+    "current_time",
+    "get_conversation",
+    "create_report",
+    "send_webhook",
+)
+
+
+def struct(value: dict[str, Any]) -> struct_pb2.Struct:
+    result = struct_pb2.Struct()
+    result.update(value)
+    return result
 
 
 def assistant(agent: str, prompt: str, **fields: Any) -> pb.StartConversation:
@@ -118,6 +145,36 @@ def seeds(
                 ]
             )
         ),
+        "ListApprovals": pb.ListApprovalsRequest(page_size=2, conversation=conversation),
+        "GetApproval": pb.GetApprovalRequest(name="approvals/ap-" + "0" * 24),
+        "ListArtifacts": pb.ListArtifactsRequest(parent=conversation, page_size=2),
+        "DownloadArtifact": pb.DownloadArtifactRequest(name=f"{conversation}/artifacts/a1"),
+        "CreateWebhook": pb.CreateWebhookRequest(
+            webhook=pb.Webhook(
+                url="https://hooks.example.com/callisto",
+                secret="s" * 32,
+                event_types=["run.done"],
+            ),
+            webhook_id="hostile-hook",
+        ),
+        "GetWebhook": pb.GetWebhookRequest(name="webhooks/hostile-hook"),
+        "ListWebhooks": pb.ListWebhooksRequest(page_size=2),
+        "DeleteWebhook": pb.DeleteWebhookRequest(name="webhooks/hostile-hook"),
+        "ListWebhookDeliveries": pb.ListWebhookDeliveriesRequest(
+            parent="webhooks/hostile-hook", page_size=2
+        ),
+        "CreateHttpTool": pb.CreateHttpToolRequest(
+            http_tool=pb.HttpTool(
+                description="Looks a part up.",
+                parameters=struct({"type": "object", "properties": {"part": {"type": "string"}}}),
+                url="https://tools.example.com/parts",
+                secret="t" * 32,
+            ),
+            http_tool_id="hostile_tool",
+        ),
+        "GetHttpTool": pb.GetHttpToolRequest(name="httpTools/hostile_tool"),
+        "ListHttpTools": pb.ListHttpToolsRequest(page_size=2),
+        "DeleteHttpTool": pb.DeleteHttpToolRequest(name="httpTools/hostile_tool"),
         "SubmitInput": pb.SubmitInputRequest(name=conversation, turn=turn),
         "CancelConversation": pb.CancelConversationRequest(name=conversation, reason="stop"),
         "SubmitFeedback": pb.SubmitFeedbackRequest(
@@ -160,15 +217,7 @@ class Precious:
 # Checks
 
 
-def _unimplemented_allowed(request: Message) -> bool:
-    start = getattr(request, "start", None)
-    return isinstance(start, pb.StartConversation) and start.mode in LATER_MODES
-
-
 def check_error(error: grpc.RpcError, what: str, method: str, request: Message) -> None:
-    code = error.code()  # type: ignore[attr-defined]
-    if code == grpc.StatusCode.UNIMPLEMENTED and _unimplemented_allowed(request):
-        return
     check_rpc_error(error, what)
 
 

@@ -94,6 +94,14 @@ async def test_a_plan_needs_steps_and_at_most_fifty(
     fifty = pb.WorkflowPlan(steps=[step(f"s{i}", agents["writer"]) for i in range(50)])
     reply = await orch_stub.ValidatePlan(pb.ValidatePlanRequest(plan=fifty), timeout=30)
     assert [len(s.step_ids) for s in reply.stages] == [50]
+    # Fifty steps of the longest instructions are more than a run's checkpoint holds.
+    heavy = pb.WorkflowPlan(
+        steps=[
+            pb.WorkflowStep(id=f"s{i}", agent=agents["writer"], instruction="x" * 16000)
+            for i in range(5)
+        ]
+    )
+    assert "at most 65536" in (await refused(orch_stub, heavy))["plan"]
 
 
 async def test_every_depends_on_names_another_step_of_the_plan(

@@ -1046,7 +1046,9 @@ Global___WorkflowStep: _TypeAlias = WorkflowStep  # noqa: Y015
 
 @_typing.final
 class WorkflowPlan(_message.Message):
-    """A workflow plan: a DAG of steps (validated: no cycles, no dangling references)."""
+    """A workflow plan: a DAG of steps (validated: no cycles, no dangling references; at most 50
+    steps and 64 KiB).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1957,7 +1959,9 @@ class StepResult(_message.Message):
     error: _builtins.str
     """Why it failed or was skipped."""
     output: _builtins.str
-    """Its output (the approved or modified one after an approval)."""
+    """Its output (the approved or modified one after an approval), its first 1500 characters;
+    the whole is the step's stored message (or the approval's `final_output`).
+    """
     @_builtins.property
     def duration(self) -> _duration_pb2.Duration:
         """Time from its first attempt's start to its end, approval waits included."""

@@ -319,7 +319,7 @@ class OrchestrationServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListApprovals(self, request, context):
-        """Pending approvals of workflow steps across the tenant, oldest first; `conversation`
+        """Pending approvals of workflow steps across the tenant, newest first; `conversation`
         narrows them to one run.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

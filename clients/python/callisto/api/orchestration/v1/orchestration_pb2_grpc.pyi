@@ -84,7 +84,7 @@ class OrchestrationServiceStub:
     stages its steps would run in.
     """
     ListApprovals: _grpc.UnaryUnaryMultiCallable[_orchestration_pb2.ListApprovalsRequest, _orchestration_pb2.ListApprovalsResponse]
-    """Pending approvals of workflow steps across the tenant, oldest first; `conversation`
+    """Pending approvals of workflow steps across the tenant, newest first; `conversation`
     narrows them to one run.
     """
     GetApproval: _grpc.UnaryUnaryMultiCallable[_orchestration_pb2.GetApprovalRequest, _orchestration_pb2.GetApprovalResponse]
@@ -178,7 +178,7 @@ class OrchestrationServiceAsyncStub(OrchestrationServiceStub):
     stages its steps would run in.
     """
     ListApprovals: _aio.UnaryUnaryMultiCallable[_orchestration_pb2.ListApprovalsRequest, _orchestration_pb2.ListApprovalsResponse]  # type: ignore[assignment]
-    """Pending approvals of workflow steps across the tenant, oldest first; `conversation`
+    """Pending approvals of workflow steps across the tenant, newest first; `conversation`
     narrows them to one run.
     """
     GetApproval: _aio.UnaryUnaryMultiCallable[_orchestration_pb2.GetApprovalRequest, _orchestration_pb2.GetApprovalResponse]  # type: ignore[assignment]
@@ -371,7 +371,7 @@ class OrchestrationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _orchestration_pb2.ListApprovalsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_orchestration_pb2.ListApprovalsResponse, _abc.Awaitable[_orchestration_pb2.ListApprovalsResponse]]:
-        """Pending approvals of workflow steps across the tenant, oldest first; `conversation`
+        """Pending approvals of workflow steps across the tenant, newest first; `conversation`
         narrows them to one run.
         """
 
