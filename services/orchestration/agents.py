@@ -29,6 +29,7 @@ from callisto.services.common.errors import Aborted, InvalidArgument, NotFound
 from callisto.services.common.pagination import page_tokens
 from callisto.services.common.validation import Violations, check_page_size
 from callisto.services.orchestration.relay import relayed
+from callisto.services.orchestration.session_lists import session_page
 from callisto.services.orchestration.tools.registry import ToolRegistry
 
 HEAD_KIND = "orchestration.agent"
@@ -171,20 +172,10 @@ class AgentStore:
         v = Violations()
         page_size = check_page_size(v, page_size, default=50)
         v.raise_if_any()
-        query = {"list": "agents"}
-        cursor = await page_tokens.decode(page_token, query)
-        inner = cursor.get("p") if cursor is not None else ""
-        if not isinstance(inner, str):
-            raise InvalidArgument.field("page_token", "is not a token this service issued")
-        try:
-            page = await self._persistence.list_sessions_page(
-                kind=HEAD_KIND, page_size=page_size, page_token=inner
-            )
-        except sdk.CallistoError as error:
-            raise relayed(error) from None
-        agents = [_read_head(session).agent for session in page.sessions]
-        token = await page_tokens.encode({"p": page.next_page_token}, query)
-        return agents, token if page.next_page_token else ""
+        sessions, token = await session_page(
+            self._persistence, HEAD_KIND, page_size, page_token, "agents"
+        )
+        return [_read_head(session).agent for session in sessions], token
 
     async def list_revisions(
         self, name: str, page_size: int, page_token: str

@@ -22,8 +22,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2
-
 from callisto.api.common.v1 import common_pb2
 from callisto.api.generation.v1 import generation_pb2
 from callisto.api.orchestration.v1 import orchestration_pb2 as pb
@@ -31,6 +29,7 @@ from callisto.errors import CallistoError
 from callisto.services.orchestration import citations, prompts, relevance
 from callisto.services.orchestration.backends import Backends
 from callisto.services.orchestration.citations import source_key
+from callisto.services.orchestration.model_json import answer_json, to_struct
 from callisto.services.orchestration.settings import OrchestrationSettings
 from callisto.services.orchestration.tools.registry import (
     CIRCUIT_OPEN,
@@ -269,12 +268,6 @@ def agent_tools(agent: pb.Agent, tools: ToolRegistry) -> list[ToolSpec]:
     return [tools.get(name) for name in names]
 
 
-def _struct(value: dict[str, Any]) -> struct_pb2.Struct:
-    struct = struct_pb2.Struct()
-    struct.update(json.loads(json.dumps(value)))
-    return struct
-
-
 async def _structured(
     state: TurnState, name: str, schema: dict[str, Any], messages: list[generation_pb2.ChatMessage]
 ) -> tuple[Any, str]:
@@ -288,7 +281,7 @@ async def _structured(
         parameters=generation_pb2.SamplingParameters(
             max_tokens=options.step_max_tokens, temperature=options.temperature
         ),
-        response_format=generation_pb2.ResponseFormat(json_schema=_struct(schema), name=name),
+        response_format=generation_pb2.ResponseFormat(json_schema=to_struct(schema), name=name),
     )
     try:
         result = await state.llm.generate(request)
@@ -296,13 +289,7 @@ async def _structured(
         log.warning("assistant %s step failed: %s", name, error)
         return None, ""
     state.account(result)
-    text = result.text.strip()
-    if result.HasField("parsed"):
-        return json_format.MessageToDict(result.parsed), text
-    try:
-        return json.loads(text), text
-    except ValueError:
-        return None, text
+    return answer_json(result), result.text.strip()
 
 
 # --- the steps ----------------------------------------------------------------------------
@@ -763,7 +750,7 @@ async def answer_turn(
                     entities=understanding.entities,
                     needs_knowledge=understanding.needs_knowledge,
                     calls=[
-                        pb.PlannedCall(tool=tool, arguments=_struct(arguments))
+                        pb.PlannedCall(tool=tool, arguments=to_struct(arguments))
                         for tool, arguments in planned.calls
                     ],
                     source=planned.source,

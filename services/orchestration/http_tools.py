@@ -47,6 +47,7 @@ from callisto.services.orchestration.outbound import (
     check_url,
 )
 from callisto.services.orchestration.relay import relayed
+from callisto.services.orchestration.session_lists import all_sessions, session_page
 from callisto.services.orchestration.tools.breaker import CircuitBreaker
 from callisto.services.orchestration.tools.errors import ToolInputError, TransientToolError
 from callisto.services.orchestration.tools.registry import (
@@ -57,7 +58,7 @@ from callisto.services.orchestration.tools.registry import (
     ToolResult,
     ToolSpec,
 )
-from callisto.services.orchestration.webhooks import check_label, check_secret, session_page
+from callisto.services.orchestration.webhooks import check_label, check_secret
 from callisto.signing import signed_headers
 
 log = logging.getLogger("callisto.orchestration.http_tools")
@@ -284,13 +285,7 @@ class HttpTools:
         return [_read(s).tool for s in sessions], token
 
     async def all_stored(self) -> list[StoredTool]:
-        found = []
-        try:
-            async for session in self._persistence.list_sessions(kind=KIND, page_size=100):
-                found.append(_read(session))
-        except sdk.CallistoError as error:
-            raise relayed(error) from None
-        return found
+        return [_read(s) for s in await all_sessions(self._persistence, KIND)]
 
     async def delete(self, name: str) -> None:
         stored = await self.stored(name)

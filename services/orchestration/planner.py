@@ -7,19 +7,17 @@ never makes up an agent or a tool: the schema offers only those that exist.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-
-from google.protobuf import json_format, struct_pb2
 
 from callisto.api.common.v1 import common_pb2
 from callisto.api.generation.v1 import generation_pb2
 from callisto.api.orchestration.v1 import orchestration_pb2 as pb
 from callisto.errors import CallistoError
 from callisto.services.common.errors import InvalidArgument
+from callisto.services.orchestration.model_json import answer_json, to_struct
 from callisto.services.orchestration.turns import ModelCaller
 
 log = logging.getLogger("callisto.orchestration.planner")
@@ -176,7 +174,7 @@ async def make_plan(
             role=common_pb2.ROLE_USER, content=_user_text(task, clarifications)
         ),
     ]
-    format_ = generation_pb2.ResponseFormat(json_schema=_struct(schema(agents)), name="plan")
+    format_ = generation_pb2.ResponseFormat(json_schema=to_struct(schema(agents)), name="plan")
     problems = ""
     tries = max(1, attempts)
     for attempt in range(1, tries + 1):
@@ -193,7 +191,7 @@ async def make_plan(
                 raise
             log.warning("planner attempt %d failed: %s", attempt, error)
             continue
-        answer = _parsed(result)
+        answer = answer_json(result)
         kind = answer.get("kind") if isinstance(answer, dict) else None
         if kind == "clarify" and str(answer.get("question", "")).strip():
             return PlannerOutcome(attempt, question=str(answer["question"]).strip())
@@ -222,18 +220,3 @@ async def make_plan(
         tries,
         missing=f"no valid plan of the task over these agents after {tries} attempts ({problems})",
     )
-
-
-def _parsed(result: generation_pb2.GenerationResult) -> Any:
-    if result.HasField("parsed"):
-        return json_format.MessageToDict(result.parsed)
-    try:
-        return json.loads(result.text)
-    except ValueError:
-        return None
-
-
-def _struct(value: dict[str, Any]) -> struct_pb2.Struct:
-    struct = struct_pb2.Struct()
-    struct.update(json.loads(json.dumps(value)))
-    return struct

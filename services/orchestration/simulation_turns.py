@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import json_format
 
 from callisto.api.common.v1 import common_pb2
 from callisto.api.generation.v1 import generation_pb2
@@ -22,6 +22,7 @@ from callisto.errors import CallistoError
 from callisto.services.common.validation import MAX_MESSAGE_TEXT_BYTES
 from callisto.services.orchestration import citations, prompts
 from callisto.services.orchestration.backends import Backends
+from callisto.services.orchestration.model_json import to_struct
 from callisto.services.orchestration.simulation_state import Simulation, Speaker
 from callisto.services.orchestration.tools.registry import ToolContext, ToolOutcome, ToolRegistry
 from callisto.services.orchestration.turns import ModelCaller, RunSink
@@ -337,7 +338,7 @@ async def choose_next(
             max_tokens=SELECTION_MAX_TOKENS, temperature=0.0
         ),
         response_format=generation_pb2.ResponseFormat(
-            json_schema=_struct(selection_schema([s.participant for s in others])),
+            json_schema=to_struct(selection_schema([s.participant for s in others])),
             name="next_speaker",
         ),
     )
@@ -359,9 +360,3 @@ async def choose_next(
         if speaker.participant == chosen and speaker.participant != last.participant:
             return index
     return None
-
-
-def _struct(value: dict[str, Any]) -> struct_pb2.Struct:
-    struct = struct_pb2.Struct()
-    struct.update(value)
-    return struct

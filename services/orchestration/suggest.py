@@ -36,7 +36,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import json_format
 from prometheus_client import Counter
 
 from callisto import errors as sdk
@@ -47,6 +47,7 @@ from callisto.services.common.validation import Violations
 from callisto.services.orchestration import suggest_prompts as prompts
 from callisto.services.orchestration.agents import MAX_DISPLAY_NAME, MAX_LABEL
 from callisto.services.orchestration.budget import PriceTable, RunModelCaller, TokenBudget
+from callisto.services.orchestration.model_json import to_struct
 from callisto.services.orchestration.prompts import user
 from callisto.services.orchestration.settings import OrchestrationSettings
 
@@ -575,7 +576,7 @@ class AgentSuggester:
                 seed=seed,
             ),
             response_format=generation_pb2.ResponseFormat(
-                json_schema=_struct(prompts.schema(plan.agent_count)), name="agents"
+                json_schema=to_struct(prompts.schema(plan.agent_count)), name="agents"
             ),
         )
         try:
@@ -635,9 +636,3 @@ class AgentSuggester:
         if human is not None:
             response.human.CopyFrom(human)
         return response
-
-
-def _struct(value: dict[str, Any]) -> struct_pb2.Struct:
-    struct = struct_pb2.Struct()
-    struct.update(value)
-    return struct

@@ -49,7 +49,6 @@ from callisto.api.orchestration.v1 import orchestration_pb2 as pb
 from callisto.api.persistence.v1 import persistence_pb2
 from callisto.persistence import PersistenceClient
 from callisto.services.common.errors import InvalidArgument, NotFound, ResourceExhausted
-from callisto.services.common.pagination import page_tokens
 from callisto.services.common.tenancy import bind_tenant, current_tenant, reset_tenant
 from callisto.services.common.validation import Violations, check_page_size
 from callisto.services.orchestration.outbound import (
@@ -59,7 +58,9 @@ from callisto.services.orchestration.outbound import (
     check_url,
 )
 from callisto.services.orchestration.relay import relayed
+from callisto.services.orchestration.session_lists import all_sessions, session_page
 from callisto.services.orchestration.settings import OrchestrationSettings
+from callisto.services.orchestration.webhook_events import ACTION_EVENT, DELIVERED_EVENTS
 from callisto.signing import signed_headers
 
 log = logging.getLogger("callisto.orchestration.webhooks")
@@ -69,8 +70,7 @@ DELIVERY_KIND = "orchestration.webhook_delivery."
 WEBHOOK_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,49}$")
 WEBHOOK_NAME = re.compile(r"^webhooks/([a-z0-9][a-z0-9-]{0,62})$")
 DELIVERY_ID = re.compile(r"^[0-9a-f]{40}$")
-EVENT_TYPES = ("run.done", "run.failed", "approval.requested", "approval.decided", "step.failed")
-ACTION_EVENT = "workflow.action"
+EVENT_TYPES = DELIVERED_EVENTS
 MAX_WEBHOOKS = 20
 MAX_DESCRIPTION = 1000
 MIN_SECRET_BYTES, MAX_SECRET_BYTES = 16, 256
@@ -196,13 +196,7 @@ class WebhookStore:
 
     async def all_stored(self) -> list[StoredWebhook]:
         """Every webhook of the tenant, with secrets (at most MAX_WEBHOOKS and a few)."""
-        found = []
-        try:
-            async for session in self._persistence.list_sessions(kind=KIND, page_size=100):
-                found.append(_read_webhook(session))
-        except sdk.CallistoError as error:
-            raise relayed(error) from None
-        return found
+        return [_read_webhook(s) for s in await all_sessions(self._persistence, KIND)]
 
     async def delete(self, name: str) -> StoredWebhook:
         """Removes the webhook, then (best effort) its deliveries; its pending deliveries stop
@@ -625,24 +619,6 @@ def _check_event(event_type: str, key: str) -> None:
         raise ValueError(f"unknown event type {event_type!r}")
     if not key or len(key) > MAX_KEY_CHARS or not key.isascii() or not key.isprintable():
         raise ValueError(f"an idempotency key is 1-{MAX_KEY_CHARS} printable ASCII characters")
-
-
-async def session_page(
-    persistence: PersistenceClient, kind: str, page_size: int, page_token: str, listing: str
-) -> tuple[list[persistence_pb2.Session], str]:
-    query = {"list": listing}
-    cursor = await page_tokens.decode(page_token, query)
-    inner = cursor.get("p") if cursor is not None else ""
-    if not isinstance(inner, str):
-        raise InvalidArgument.field("page_token", "is not a token this service issued")
-    try:
-        page = await persistence.list_sessions_page(
-            kind=kind, page_size=page_size, page_token=inner
-        )
-    except sdk.CallistoError as error:
-        raise relayed(error) from None
-    token = await page_tokens.encode({"p": page.next_page_token}, query)
-    return list(page.sessions), token if page.next_page_token else ""
 
 
 def _member(tenant: str, session_id: str) -> str:

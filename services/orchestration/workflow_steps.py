@@ -7,11 +7,8 @@ repeats the call is seen once by the receiving end).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
-
-from google.protobuf import json_format, struct_pb2
 
 from callisto.api.common.v1 import common_pb2
 from callisto.api.generation.v1 import generation_pb2
@@ -20,6 +17,7 @@ from callisto.services.orchestration import assistant
 from callisto.services.orchestration.assistant import LoopOptions
 from callisto.services.orchestration.backends import Backends
 from callisto.services.orchestration.events import EventWriter
+from callisto.services.orchestration.model_json import answer_json, to_struct
 from callisto.services.orchestration.tools.registry import ToolContext, ToolOutcome, ToolRegistry
 from callisto.services.orchestration.turns import ModelCaller, TurnAnswer, TurnInput
 from callisto.services.orchestration.workflow_state import OUTPUT_CHARS, cut
@@ -183,11 +181,11 @@ async def act(
         messages=messages,
         parameters=generation_pb2.SamplingParameters(max_tokens=max_tokens, temperature=0.0),
         response_format=generation_pb2.ResponseFormat(
-            json_schema=_struct(parameters), name=f"{tool}_arguments"
+            json_schema=to_struct(parameters), name=f"{tool}_arguments"
         ),
     )
     result = await llm.generate(request)
-    arguments = _parsed(result)
+    arguments = answer_json(result)
     context = ToolContext(
         tenant=step.tenant,
         conversation=step.conversation,
@@ -204,18 +202,3 @@ async def act(
 
 def inputs_of(step: pb.WorkflowStep, outputs: dict[str, str]) -> list[tuple[str, str]]:
     return [(dep, outputs.get(dep, "")) for dep in step.depends_on]
-
-
-def _parsed(result: generation_pb2.GenerationResult) -> Any:
-    if result.HasField("parsed"):
-        return json_format.MessageToDict(result.parsed)
-    try:
-        return json.loads(result.text)
-    except ValueError:
-        return {}
-
-
-def _struct(value: dict[str, Any]) -> struct_pb2.Struct:
-    struct = struct_pb2.Struct()
-    struct.update(json.loads(json.dumps(value)))
-    return struct

@@ -20,16 +20,11 @@ from callisto.api.orchestration.v1 import orchestration_pb2 as pb
 from callisto.services.common.errors import CallistoError
 from callisto.services.orchestration.tools.errors import ToolInputError
 from callisto.services.orchestration.tools.registry import ToolContext, ToolResult, ToolSpec
+from callisto.services.orchestration.webhook_events import ACTION_EVENT, DELIVERED_EVENTS
 
 NAME = "send_webhook"
-EVENT_TYPES = (
-    "workflow.action",
-    "run.done",
-    "run.failed",
-    "approval.requested",
-    "approval.decided",
-    "step.failed",
-)
+# What a step may post: a workflow action, or one of the event types a webhook takes.
+EVENT_TYPES = (ACTION_EVENT, *DELIVERED_EVENTS)
 
 PARAMETERS: dict[str, Any] = {
     "type": "object",
