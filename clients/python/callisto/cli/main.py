@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import typer
 
+from callisto.cli.approvals import approvals_app
 from callisto.cli.artifacts import artifacts_app
 from callisto.cli.chat import chat
 from callisto.cli.conversations import conversations_app
 from callisto.cli.ingest import ingest
 from callisto.cli.simulate import simulate
+from callisto.cli.workflow import workflow_app
 
 
 def client_app() -> typer.Typer:
@@ -27,6 +29,8 @@ def client_app() -> typer.Typer:
     app.command()(simulate)
     app.add_typer(conversations_app, name="conversations")
     app.add_typer(artifacts_app, name="artifacts")
+    app.add_typer(workflow_app, name="workflow")
+    app.add_typer(approvals_app, name="approvals")
     return app
 
 
