@@ -15,6 +15,8 @@ from callisto.mesh.samples import (
     CONFERENCE_TENANT,
     SALES_AGENT,
     SIMULATION_TENANT,
+    WORKFLOW_TENANT,
+    sample_workflow_path,
 )
 
 DEMO_CONVERSATION = "welcome"
@@ -138,7 +140,7 @@ def _models_examples(mesh: Mesh) -> str:
     entities = shlex.quote(json.dumps({"query": "temperature sensors for vaccines", "pageSize": 3}))
     keys = mesh.config.home / "keys"
     folder = shlex.quote(str(samples_dir() / "tenants" / "corvane-data"))
-    return f"""{_chat_examples(mesh)}{_simulation_examples(mesh)}
+    return f"""{_chat_examples(mesh)}{_simulation_examples(mesh)}{_workflow_examples(mesh)}
   # stream tokens from the LLM (SmolLM2 on Triton): NDJSON, server-sent events, gRPC
   curl -sN -H {demo} -d {generate} {http}/v1/models/llm:generate
   curl -sN -H {demo} -H 'accept: text/event-stream' -d {generate} {http}/v1/models/llm:generate
@@ -221,4 +223,42 @@ def _simulation_examples(mesh: Mesh) -> str:
   {callisto} conversations replay {connect}
   {callisto} conversations export {connect} \\
       --format pdf -o {pdf}
+"""
+
+
+def _workflow_examples(mesh: Mesh) -> str:
+    """The sample workflow (tenant marrowick-motors): run it, answer its approval, download its
+    report, and see the receiver's signed deliveries."""
+    if mesh.orchestration is None or not mesh.workflow_webhook:
+        return ""
+    callisto = shlex.quote(python_bin("callisto"))
+    connect = (
+        f"--target {mesh.gateway.grpc_target} --home {shlex.quote(str(mesh.config.home))} "
+        f"--tenant {WORKFLOW_TENANT}"
+    )
+    plan = shlex.quote(str(sample_workflow_path()))
+    log = shlex.quote(str(mesh.receiver_log))
+    return f"""
+  # a workflow on Marrowick Motor Works' documents (tenant {WORKFLOW_TENANT}): a supplier's offer
+  # checked against the procurement policy and the security requirements in parallel, a
+  # recommendation that waits for your approval, a PDF report, and a notification through
+  # {mesh.workflow_webhook} to the local receiver. It streams each step (lines prefixed by the
+  # step), prints the approval's id with the commands that answer it, and waits for the answer
+  # (Ctrl-C stops watching, not the run: `workflow watch CONVERSATION` re-attaches)
+  {callisto} workflow run {plan} \\
+      {connect}
+
+  # from another terminal: the pending approvals, then approve one (or reject, or modify
+  # --output TEXT) with the id the run printed; the run goes on at once
+  {callisto} approvals list {connect}
+  {callisto} approvals approve APPROVAL_ID {connect}
+
+  # the run's PDF report (the finished run prints this command with the artifact's name)
+  {callisto} artifacts download ARTIFACT_NAME {connect}
+
+  # what the local receiver got: one JSON line per signed delivery, each verified
+  # ("verified": true, "acted": true) and acted on once per idempotency key. The embedded
+  # default lets the orchestration process reach it (CALLISTO_OUTBOUND_ALLOWED_NETWORKS=
+  # 127.0.0.1/32); webhooks to loopback or private addresses are refused otherwise
+  tail -n 5 {log}
 """

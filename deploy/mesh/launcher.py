@@ -1,14 +1,23 @@
 """The embedded mesh: every part as a local child process, started in dependency order, waited on
-until healthy, and stopped by PID in reverse order."""
+until healthy, and stopped by PID in reverse order.
+
+With the models comes the local webhook receiver of the sample workflow (its JSON lines under
+logs/webhooks.jsonl, its secret in webhook-receiver.secret, readable by the owner only), and
+the orchestration process may reach 127.0.0.1 (CALLISTO_OUTBOUND_ALLOWED_NETWORKS): the
+embedded default's choice, so the sample's deliveries arrive; the scaled deployment allows no
+loopback unless configured."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
+import secrets
 import signal
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -21,6 +30,7 @@ from callisto.cli.state import MeshState
 from callisto.gateway.config import GatewaySpec, cors_origins_from_environment
 from callisto.mesh.gateway import EnvoyGateway
 from callisto.mesh.processes import (
+    ManagedProcess,
     ProcessError,
     RedisServer,
     ServiceProcess,
@@ -46,6 +56,18 @@ SAMPLE_TENANTS = (
     "sales-simulation",
     "conference-demo",
 )
+# The local webhook receiver of the sample workflow: where deliveries to loopback may go.
+RECEIVER_NETWORK = "127.0.0.1/32"
+RECEIVER_HOST = "127.0.0.1"
+RECEIVER_SECRET_FILE = "webhook-receiver.secret"
+# Runs the receiver's command line with the secret read from its file, so the secret is never
+# on a command line (visible to every local user) or in a log.
+_RECEIVER_MAIN = (
+    "import sys, pathlib; from callisto.mesh.webhook_receiver import main; "
+    "port, secret, log = sys.argv[1:4]; "
+    "main(['--host', '127.0.0.1', '--port', port, '--log', log, "
+    "'--secret', pathlib.Path(secret).read_text(encoding='utf-8').strip()])"
+)
 
 
 @dataclass
@@ -61,6 +83,7 @@ class MeshConfig:
     generation_port: int = 50052
     retrieval_port: int = 50053
     orchestration_port: int = 50054
+    webhook_receiver_port: int = 8787
     appendfsync: str = "everysec"
     # Serve models (Triton, generation, retrieval) and the orchestration service over them; off
     # gives the persistence-only mesh.
@@ -108,6 +131,10 @@ class Mesh:
         self.generation: ServiceProcess | None = None
         self.retrieval: ServiceProcess | None = None
         self.orchestration: ServiceProcess | None = None
+        self.receiver: ManagedProcess | None = None
+        self.receiver_port = 0
+        self.receiver_log = self.logs / "webhooks.jsonl"
+        self.receiver_secret_path = home / RECEIVER_SECRET_FILE
         if config.with_models:
             self.generation = ServiceProcess(
                 "generation",
@@ -134,9 +161,29 @@ class Mesh:
                     "CALLISTO_GENERATION_TARGET": self.generation.address,
                     "CALLISTO_RETRIEVAL_TARGET": self.retrieval.address,
                     "CALLISTO_ORCHESTRATION_DEFAULT_MODEL": "models/llm",
+                    "CALLISTO_OUTBOUND_ALLOWED_NETWORKS": _with_receiver_network(
+                        env.get(
+                            "CALLISTO_OUTBOUND_ALLOWED_NETWORKS",
+                            os.environ.get("CALLISTO_OUTBOUND_ALLOWED_NETWORKS", ""),
+                        )
+                    ),
                 },
                 log_path=self.logs / "orchestration.log",
                 host=config.host,
+            )
+            self.receiver_port = _port(config.webhook_receiver_port, RECEIVER_HOST)
+            self.receiver = ManagedProcess(
+                "webhook-receiver",
+                [
+                    sys.executable,
+                    "-c",
+                    _RECEIVER_MAIN,
+                    str(self.receiver_port),
+                    str(self.receiver_secret_path),
+                    str(self.receiver_log),
+                ],
+                log_path=self.logs / "webhook-receiver.log",
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
             self.services += [self.generation, self.retrieval, self.orchestration]
             upstreams[GENERATION_SERVICE] = (config.host, self.generation.port)
@@ -158,6 +205,14 @@ class Mesh:
         self.keys: dict[str, str] = {}
         # Tenant -> `agents/{id}@{revision}` of its sample agent.
         self.agents: dict[str, str] = {}
+        # Agent id -> `agents/{id}@{revision}` of the sample workflow's agents, and its webhook.
+        self.workflow_agents: dict[str, str] = {}
+        self.workflow_webhook = ""
+
+    @property
+    def receiver_url(self) -> str:
+        """Where the local webhook receiver takes deliveries."""
+        return f"http://{RECEIVER_HOST}:{self.receiver_port}/hook"
 
     def start(self) -> None:
         """Starts every part (from the main thread) and waits until each is healthy."""
@@ -180,6 +235,7 @@ class Mesh:
         if self.config.with_models:
             self._ingest_samples()
             self._create_agents()
+            self._create_workflow_sample()
         self.state().write(self.config.home)
 
     def _start_models(self) -> None:
@@ -202,12 +258,38 @@ class Mesh:
                 partial(_start_service, service),
                 service.address,
             )
+        receiver = self.receiver
+        assert receiver is not None
+        self._step(
+            "receiver",
+            lambda: self._start_receiver(receiver),
+            lambda: f"{self.receiver_url} (sample webhooks; log {self.receiver_log})",
+        )
         assert self.orchestration is not None
         self._step(
             "orchestration",
             partial(_start_service, self.orchestration),
             self.orchestration.address,
         )
+
+    def _start_receiver(self, receiver: ManagedProcess) -> None:
+        """Starts the receiver with the mesh's webhook secret (made once, kept across starts)
+        and waits until it answers."""
+        _ensure_secret(self.receiver_secret_path)
+        receiver.start()
+        deadline = time.monotonic() + 20.0
+        health = f"http://{RECEIVER_HOST}:{self.receiver_port}/healthz"
+        while True:
+            receiver.check_alive()
+            try:
+                with urllib.request.urlopen(health, timeout=1.0) as answer:
+                    if answer.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise ProcessError(f"webhook receiver not answering:\n{receiver.log_tail()}")
+            time.sleep(0.1)
 
     def _quiet(self, line: str) -> None:
         self.say(f"    {line}")
@@ -218,6 +300,8 @@ class Mesh:
         self.gateway.stop()
         for service in reversed(self.services):
             service.stop()
+        if self.receiver is not None:
+            self.receiver.stop()
         if self.triton is not None:
             self.triton.stop()
         self.redis.stop()
@@ -226,6 +310,8 @@ class Mesh:
         pids = {"redis": self.redis.pid, **{s.service: s.pid for s in self.services if s.running}}
         if self.triton is not None:
             pids["triton"] = self.triton.pid
+        if self.receiver is not None and self.receiver.running:
+            pids["webhook-receiver"] = self.receiver.pid
         if self.gateway.pid is not None:
             pids["gateway"] = self.gateway.pid
         return MeshState(
@@ -243,6 +329,8 @@ class Mesh:
                 return f"{child.name} exited:\n{child.log_tail()}"
         if self.triton is not None and not self.triton.running:
             return f"triton exited:\n{self.triton.log_tail()}"
+        if self.receiver is not None and not self.receiver.running:
+            return f"webhook receiver exited:\n{self.receiver.log_tail()}"
         if self.gateway.pid is not None and not self.gateway.running:
             return "gateway exited"
         return None
@@ -310,6 +398,46 @@ class Mesh:
             f"  ✓ {'agents':<12} {names} in {len(self.agents)} tenants"
             f"  ({time.monotonic() - started:.1f} s)"
         )
+
+    def _create_workflow_sample(self) -> None:
+        """The sample workflow's agents and the receiver's webhook (every start: cheap)."""
+        from callisto.mesh.samples import WORKFLOW_TENANT, ensure_workflow_sample
+
+        key = self.keys.get(WORKFLOW_TENANT)
+        if key is None or self.receiver is None:
+            return
+        started = time.monotonic()
+        sample = asyncio.run(
+            ensure_workflow_sample(
+                self.gateway.grpc_target,
+                key,
+                receiver_url=self.receiver_url,
+                secret=self.receiver_secret_path.read_text(encoding="utf-8").strip(),
+            )
+        )
+        self.workflow_agents = sample.agents
+        self.workflow_webhook = sample.webhook
+        names = ", ".join(name.split("@")[0] for name in sample.agents.values())
+        self.say(
+            f"  ✓ {'workflow':<12} {names} and {sample.webhook} ({sample.webhook_change}) "
+            f"in {sample.tenant}  ({time.monotonic() - started:.1f} s)"
+        )
+
+
+def _with_receiver_network(configured: str) -> str:
+    """The configured outbound networks plus the local receiver's."""
+    networks = [n.strip() for n in configured.split(",") if n.strip()]
+    if RECEIVER_NETWORK not in networks:
+        networks.append(RECEIVER_NETWORK)
+    return ",".join(networks)
+
+
+def _ensure_secret(path: Path) -> None:
+    """The webhook secret at `path`, made once (private from its first byte)."""
+    if path.exists() and path.read_text(encoding="utf-8").strip():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_private(path, secrets.token_urlsafe(32) + "\n")
 
 
 def _model_threads() -> dict[str, str]:

@@ -14,11 +14,19 @@ The sample agents have fixed ids, so the commands the banner prints stay the sam
 summit) and `agents/sales-assistant` in each company tenant (document search limited to that
 company). An agent that exists unchanged is left alone (no new revision); one whose definition
 here changed gets a new revision with the new fields.
+
+The sample workflow (`samples/workflows/supplier-offer.yaml`) runs in `marrowick-motors` with
+three more agents of fixed ids (`agents/policy-analyst` and `agents/security-analyst`, each
+searching one of the company's policies, and `agents/procurement-lead`, who writes the report
+and notifies) and the webhook `webhooks/sample-receiver`: the local receiver `callisto up`
+starts. The webhook is registered again only when its URL, event types or secret changed (the
+secret is write-only, so its description carries a fingerprint of it, never the secret).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -41,6 +49,20 @@ CONFERENCE_TENANT = "conference-demo"
 ENTITY_BATCH = 100
 CONFERENCE_AGENT = "conference-assistant"
 SALES_AGENT = "sales-assistant"
+# The sample workflow: its tenant, agents, webhook and the event types the webhook takes.
+WORKFLOW_TENANT = "marrowick-motors"
+WORKFLOW_FILE = "supplier-offer.yaml"
+POLICY_AGENT = "policy-analyst"
+SECURITY_AGENT = "security-analyst"
+LEAD_AGENT = "procurement-lead"
+SAMPLE_WEBHOOK = "sample-receiver"
+SAMPLE_WEBHOOK_EVENTS = (
+    "approval.requested",
+    "approval.decided",
+    "step.failed",
+    "run.done",
+    "run.failed",
+)
 # The fields of an agent this module defines (the rest are the service's).
 AGENT_FIELDS = ("display_name", "role", "company", "system_prompt", "tools", "knowledge_tags")
 
@@ -259,3 +281,119 @@ async def ensure_sample_agents(
             agent, _ = await ensure_agent(client, agent_id, wanted)
         revisions[tenant] = f"{agent.name}@{agent.revision_id}"
     return revisions
+
+
+def sample_workflow_path(samples: Path | None = None) -> Path:
+    """The sample workflow's plan file."""
+    return (samples or samples_dir()) / "workflows" / WORKFLOW_FILE
+
+
+def workflow_agents(folder: Path) -> dict[str, orchestration_pb.Agent]:
+    """Agent id -> agent of the sample workflow, in the company tenant of `folder`."""
+    described = json.loads((folder / "tenant.json").read_text(encoding="utf-8"))
+    company = str(described.get("display_name", folder.name))
+    cite = "Cite every fact with the number of its source, like [1]. Be brief."
+
+    def analyst(what: str, tag: str) -> orchestration_pb.Agent:
+        return orchestration_pb.Agent(
+            display_name=f"{company} {what} analyst",
+            role=f"{what} analyst",
+            company=company,
+            system_prompt=(
+                f"You check supplier offers for {company} against its {what} rules, found "
+                f"with search_documents. {cite}"
+            ),
+            tools=["search_documents"],
+            # Only the documents of that policy (see the tags in tenant.json).
+            knowledge_tags=[tag],
+        )
+
+    return {
+        POLICY_AGENT: analyst("procurement", "procurement"),
+        SECURITY_AGENT: analyst("security", "security"),
+        LEAD_AGENT: orchestration_pb.Agent(
+            display_name=f"{company} procurement lead",
+            role="procurement lead",
+            company=company,
+            system_prompt=(
+                f"You lead procurement at {company}. You weigh your analysts' findings, "
+                "recommend what to do in plain words, write reports and tell the buyers. "
+                "Be brief."
+            ),
+            tools=["create_report", "send_webhook"],
+        ),
+    }
+
+
+def secret_fingerprint(secret: str) -> str:
+    """A short digest that tells secrets apart without revealing them."""
+    return hashlib.sha256(secret.encode()).hexdigest()[:12]
+
+
+def sample_webhook(url: str, secret: str) -> orchestration_pb.Webhook:
+    return orchestration_pb.Webhook(
+        url=url,
+        secret=secret,
+        event_types=list(SAMPLE_WEBHOOK_EVENTS),
+        description=(
+            "The local receiver `callisto up` starts for the sample workflow "
+            f"(secret sha256:{secret_fingerprint(secret)}...)"
+        ),
+    )
+
+
+async def ensure_webhook(
+    client: Client, webhook_id: str, wanted: orchestration_pb.Webhook
+) -> tuple[orchestration_pb.Webhook, str]:
+    """The webhook `webhook_id` as `wanted` says, and what was done: created, replaced (its
+    URL, event types or secret changed; there is no update) or unchanged."""
+    try:
+        stored = await client.orchestration.get_webhook(webhook_id)
+    except NotFound:
+        created = await client.orchestration.create_webhook(wanted, webhook_id=webhook_id)
+        return created, "created"
+    same = (
+        stored.url == wanted.url
+        and list(stored.event_types) == list(wanted.event_types)
+        and stored.description == wanted.description
+    )
+    if same:
+        return stored, "unchanged"
+    await client.orchestration.delete_webhook(webhook_id)
+    created = await client.orchestration.create_webhook(wanted, webhook_id=webhook_id)
+    return created, "replaced"
+
+
+@dataclass
+class WorkflowSample:
+    """What the sample workflow runs with: its agents' `agents/{id}@{revision}` and webhook."""
+
+    tenant: str
+    agents: dict[str, str] = field(default_factory=dict)
+    webhook: str = ""
+    webhook_change: str = ""
+
+
+async def ensure_workflow_sample(
+    target: str,
+    key: str,
+    *,
+    receiver_url: str,
+    secret: str,
+    samples: Path | None = None,
+) -> WorkflowSample:
+    """Creates (or brings up to date) the sample workflow's agents and the webhook of the
+    local receiver at `receiver_url`, in the workflow's tenant (whose API key is `key`)."""
+    root = samples or samples_dir()
+    folder = root / "tenants" / WORKFLOW_TENANT
+    agents = await asyncio.to_thread(workflow_agents, folder)
+    sample = WorkflowSample(WORKFLOW_TENANT)
+    async with await Client.connect(target, api_key=key) as client:
+        for agent_id, wanted in agents.items():
+            agent, _ = await ensure_agent(client, agent_id, wanted)
+            sample.agents[agent_id] = f"{agent.name}@{agent.revision_id}"
+        hook, change = await ensure_webhook(
+            client, SAMPLE_WEBHOOK, sample_webhook(receiver_url, secret)
+        )
+    sample.webhook, sample.webhook_change = hook.name, change
+    return sample
