@@ -91,7 +91,7 @@ async def chat_mesh(
 
 
 def _kind(event: dict[str, Any]) -> str:
-    (kind,) = [k for k in event if k not in ("eventId", "conversation", "createTime")]
+    (kind,) = [k for k in event if k not in ("eventId", "conversation", "createTime", "stepId")]
     return kind
 
 

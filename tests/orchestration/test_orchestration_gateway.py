@@ -44,7 +44,7 @@ def _run_body(agent: str, prompt: str) -> dict[str, Any]:
 
 
 def _kind(event: dict[str, Any]) -> str:
-    (kind,) = [k for k in event if k not in ("eventId", "conversation", "createTime")]
+    (kind,) = [k for k in event if k not in ("eventId", "conversation", "createTime", "stepId")]
     return kind
 
 
