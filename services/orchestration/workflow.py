@@ -394,9 +394,12 @@ class WorkflowRun(Run):
                     raise error
 
     async def _stop_steps(self) -> None:
+        """Stops the steps still working; a step that already ended only tells it (its last
+        `StepUpdate`), so that goes out before the run's end."""
         tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
+        for step_id, task in self._tasks.items():
+            if self.wf.steps[step_id].state not in ENDED:
+                task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
@@ -414,18 +417,20 @@ class WorkflowRun(Run):
             await self._update(step_id, step)
         except StepFailed as failure:
             step.state, step.ended, step.error = STEP_FAILED, time.time(), str(failure)
-            await self._update(step_id, step)
-            await self._publish(
-                "step.failed",
-                {"step_id": step_id, "error": step.error, "attempts": step.attempt},
-                f"{self.state.run_id}.step.{step_id}.failed",
-            )
+            # Decided before anything awaits: the main loop must not see the failed step
+            # (and skip its dependents as if the run went on) before the run's end is set.
             if spec.on_failure != pb.STEP_FAILURE_POLICY_CONTINUE and self._ending is None:
                 self.wf.detail = f"step {step_id} failed: {step.error}"
                 self._ending = FAILED
                 for other, task in self._tasks.items():
                     if other != step_id:
                         task.cancel()
+            await self._update(step_id, step)
+            await self._publish(
+                "step.failed",
+                {"step_id": step_id, "error": step.error, "attempts": step.attempt},
+                f"{self.state.run_id}.step.{step_id}.failed",
+            )
         except _Stopped:
             pass
         finally:

@@ -91,13 +91,27 @@ async def test_a_start_with_an_unknown_agent_is_invalid_at_its_path(
     assert set(_violations(error)) == {"start.agents[0]"}
 
 
-async def test_workflows_are_unimplemented_for_now(
+async def test_a_workflow_start_refuses_what_only_other_modes_take(
     orch_stub: pb_grpc.OrchestrationServiceAsyncStub, agent: str
 ) -> None:
-    request = pb.StartConversation(agents=[agent], prompt="hi", mode=pb.CONVERSATION_MODE_WORKFLOW)
+    request = pb.StartConversation(
+        prompt="hi",
+        mode=pb.CONVERSATION_MODE_WORKFLOW,
+        conversation="conversations/c1",
+        inline_agents=[pb.Agent(display_name="Ivy", system_prompt="Buy.")],
+        simulation=pb.SimulationOptions(max_turn_tokens=32),
+        human_in_the_loop=True,
+        max_iterations=2,
+    )
     error = await _run_error(orch_stub, request)
-    assert error.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "ASSISTANT" in (error.details() or "")
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert set(_violations(error)) == {
+        "start.conversation",
+        "start.inline_agents",
+        "start.simulation",
+        "start.human_in_the_loop",
+        "start.max_iterations",
+    }
 
 
 async def test_an_assistant_start_refuses_what_only_simulations_take(
@@ -119,7 +133,7 @@ async def test_an_assistant_start_refuses_what_only_simulations_take(
     }
 
 
-async def test_converse_refuses_a_bad_first_message_and_approvals(
+async def test_converse_refuses_a_bad_first_message_and_unknown_approvals(
     orch_stub: pb_grpc.OrchestrationServiceAsyncStub, agent: str
 ) -> None:
     call = orch_stub.Converse()
@@ -131,17 +145,22 @@ async def test_converse_refuses_a_bad_first_message_and_approvals(
         orch_stub.RunConversation(pb.RunConversationRequest(start=start(agent, "approve?")))
     )
     conversation = events[0].conversation
-    approval = pb.Approval(approval_id="a1", decision=pb.APPROVAL_DECISION_APPROVE)
+    malformed = pb.Approval(approval_id="a1", decision=pb.APPROVAL_DECISION_APPROVE)
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await orch_stub.SubmitInput(pb.SubmitInputRequest(name=conversation, approval=malformed))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # An assistant conversation has no approvals to answer.
+    approval = pb.Approval(approval_id="ap-" + "0" * 24, decision=pb.APPROVAL_DECISION_APPROVE)
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await orch_stub.SubmitInput(pb.SubmitInputRequest(name=conversation, approval=approval))
-    assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
     call = orch_stub.Converse()
     await call.write(pb.ConverseRequest(attach=pb.AttachConversation(conversation=conversation)))
     await call.write(pb.ConverseRequest(approval=approval))
     with pytest.raises(grpc.aio.AioRpcError) as error:
         async for _ in call:
             pass
-    assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 async def test_malformed_names_and_turns_are_invalid(
