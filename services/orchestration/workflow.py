@@ -31,6 +31,7 @@ from callisto.api.common.v1 import common_pb2
 from callisto.api.orchestration.v1 import orchestration_pb2 as pb
 from callisto.api.persistence.v1 import persistence_pb2
 from callisto.errors import CallistoError
+from callisto.persistence import PersistenceClient
 from callisto.services.orchestration import events
 from callisto.services.orchestration.approvals import (
     SYSTEM,
@@ -576,7 +577,7 @@ class WorkflowRun(Run):
                 if record.pending:  # escalated: a new wait
                     await self._asked(record)
                 else:
-                    await self._decided(record)
+                    await decided_event(self.persistence, record)
                 continue
             if record.deadline and not record.warned and now >= record.warn_at:
                 warned = await self.approvals.warn(step.approval)
@@ -627,10 +628,6 @@ class WorkflowRun(Run):
             f"{record.id}.requested" + (".escalated" if approval.escalated else ""),
         )
 
-    async def _decided(self, record: Record) -> None:
-        """The `approval_decided` of a decision the run made itself (an expiry)."""
-        await decided_event(self.persistence, record)
-
     def _apply(self, step: StepState, record: Record) -> None:
         approval = record.approval
         last = approval.history[-1] if approval.history else pb.ApprovalAuditEntry()
@@ -646,10 +643,11 @@ class WorkflowRun(Run):
 
     async def _act(self, step_id: str, spec: pb.WorkflowStep, step: StepState) -> None:
         tools = await self._tools_now()
-        for tool in actions(spec, tools):
-            if tool in step.acted:
-                continue
-            agent = await self.context.agents.get(step.agent)
+        pending = [tool for tool in actions(spec, tools) if tool not in step.acted]
+        if not pending:
+            return
+        agent = await self.context.agents.get(step.agent)
+        for tool in pending:
             async with self._slots, self.context.step_slots:
                 llm = self._caller(step.agent)
                 writer = self._writer(step_id, step.attempt, tool)
@@ -784,10 +782,7 @@ class WorkflowRun(Run):
         now = time.time()
         stopped = []
         # An approval nobody may answer any more says so before the run's end is told.
-        for step in wf.steps.values():
-            if step.state == AWAITING_APPROVAL:
-                with contextlib.suppress(Exception):
-                    await self.approvals.cancel(step.approval, f"the run ended ({reason})")
+        await self._cancel_approvals(f"the run ended ({reason})")
         for step_id, step in wf.steps.items():
             if step.state not in ENDED:
                 if step.state != PENDING:
@@ -808,13 +803,16 @@ class WorkflowRun(Run):
 
     async def _fail(self, error: BaseException) -> None:
         await self._stop_steps()
-        for step in self.wf.steps.values():
-            if step.state == AWAITING_APPROVAL:
-                with contextlib.suppress(Exception):
-                    await self.approvals.cancel(step.approval, "the run failed")
+        await self._cancel_approvals("the run failed")
         await super()._fail(error)
         with contextlib.suppress(Exception):
             await self._after_end(FAILED, None)
+
+    async def _cancel_approvals(self, reason: str) -> None:
+        for step in self.wf.steps.values():
+            if step.state == AWAITING_APPROVAL:
+                with contextlib.suppress(Exception):
+                    await self.approvals.cancel(step.approval, reason)
 
     async def _after_end(self, reason: str, done: pb.Done | None) -> None:
         """What follows the terminal event: the conversation's status, the `run.done` (or
@@ -888,7 +886,7 @@ def done_of(spend: Spend, wf: Workflow, reason: str) -> pb.Done:
     )
 
 
-async def decided_event(persistence: Any, record: Record) -> int:
+async def decided_event(persistence: PersistenceClient, record: Record) -> int:
     """Appends the `approval_decided` of a decision (once, whoever writes it)."""
     approval = record.approval
     last = approval.history[-1] if approval.history else pb.ApprovalAuditEntry()
