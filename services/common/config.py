@@ -54,7 +54,9 @@ class CommonSettings:
     redis_url: str = setting(
         "CALLISTO_REDIS_URL",
         "redis://127.0.0.1:6379/0",
-        "Redis holding API keys (and, for persistence, the data).",
+        "Redis holding API keys, the replica registry (and, for persistence, the data): "
+        "`redis://host:port/db`, or through Sentinel "
+        "`redis+sentinel://host:port[,host:port…]/primary-name/db`.",
     )
     auth_cache_seconds: float = setting(
         "CALLISTO_AUTH_CACHE_SECONDS",
@@ -99,6 +101,40 @@ class CommonSettings:
         "",
         "This process's service credential for calls on a tenant's behalf; empty creates one "
         "in the auth Redis at start-up and revokes it at shutdown.",
+    )
+    redis_min_replicas: int = setting(
+        "CALLISTO_REDIS_MIN_REPLICAS",
+        0,
+        "Replicas that must confirm an acknowledged write (Redis `WAIT`) before it is answered; "
+        "0 answers once the primary has it (a lone Redis), 1 with a replica behind Sentinel.",
+    )
+    redis_wait_timeout_ms: int = setting(
+        "CALLISTO_REDIS_WAIT_TIMEOUT_MS",
+        1000,
+        "How long a write waits for those replicas before it is answered UNAVAILABLE "
+        "(retry it with the same request id).",
+    )
+    register: bool = setting(
+        "CALLISTO_REGISTER",
+        True,
+        "Register this replica (address, zone, weight, health) in Redis with a TTL heartbeat, "
+        "for the gateway's control plane.",
+    )
+    advertise_host: str = setting(
+        "CALLISTO_ADVERTISE_HOST",
+        "",
+        "Address other processes reach this replica at; empty: the bind address, or this "
+        "host's own address when binding every interface.",
+    )
+    zone: str = setting("CALLISTO_ZONE", "local", "Zone (locality) the replica registers in.")
+    weight: int = setting(
+        "CALLISTO_WEIGHT", 1, "Load-balancing weight the replica registers with (1-128)."
+    )
+    registry_ttl_seconds: float = setting(
+        "CALLISTO_REGISTRY_TTL_SECONDS",
+        3.0,
+        "A registration not renewed for this long is dropped (the heartbeat renews it three "
+        "times per TTL).",
     )
     reflect_mesh: bool = setting(
         "CALLISTO_REFLECT_MESH",

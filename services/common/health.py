@@ -49,6 +49,11 @@ class HealthMonitor:
         # Per dependency: "" while it answers, else how it last failed (None before a probe);
         # a failure is logged when it starts or changes, not on every probe.
         self._failures: dict[str, str | None] = {check.name: None for check in self._checks}
+        self._listeners: list[Callable[[bool], Awaitable[None]]] = []
+
+    def on_change(self, listener: Callable[[bool], Awaitable[None]]) -> None:
+        """Calls `listener(serving)` on every later change (drain included)."""
+        self._listeners.append(listener)
 
     @property
     def healthy(self) -> bool:
@@ -80,6 +85,7 @@ class HealthMonitor:
         self._draining = True
         for name in self._names:
             await self.servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._notify(False)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -145,6 +151,14 @@ class HealthMonitor:
         for name in self._names:
             await self.servicer.set(name, status)
         self._changed.set()
+        await self._notify(healthy)
+
+    async def _notify(self, serving: bool) -> None:
+        for listener in self._listeners:
+            try:
+                await listener(serving)
+            except Exception:  # a listener must not break health reporting
+                log.exception("health listener failed")
 
 
 def _unreachable(error: Exception) -> bool:

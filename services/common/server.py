@@ -20,8 +20,6 @@ from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -31,6 +29,14 @@ from callisto.services.common.config import CommonSettings
 from callisto.services.common.health import DependencyCheck, HealthMonitor
 from callisto.services.common.interceptors import ServerInterceptor
 from callisto.services.common.pagination import page_tokens
+from callisto.services.common.redis_client import connect_redis
+from callisto.services.common.registry import (
+    MAX_WEIGHT,
+    Registration,
+    Replica,
+    advertised_host,
+    new_replica_id,
+)
 from callisto.services.common.telemetry import (
     configure_logging,
     configure_tracing,
@@ -88,19 +94,6 @@ class Runtime(Generic[S]):
         await self.auth_redis.aclose()
 
 
-def connect_redis(url: str) -> Redis:
-    """A Redis client that survives a Redis restart: a command that finds its pooled connection
-    closed is retried once on a fresh one (safe for the idempotent reads this is used for)."""
-    return Redis.from_url(
-        url,
-        socket_timeout=2.0,
-        socket_connect_timeout=2.0,
-        retry=Retry(NoBackoff(), 1),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        health_check_interval=10,
-    )
-
-
 def message_size_options(limit: int) -> list[tuple[str, Any]]:
     return [
         ("grpc.max_receive_message_length", limit),
@@ -149,6 +142,7 @@ async def serve(
     metrics_port = start_metrics_server(settings.host, settings.metrics_port)
     await server.start()
     await monitor.start()
+    registration = await _register(runtime, definition, bound, monitor)
     log.info(
         "serving",
         extra={"fields": {"address": f"{settings.host}:{bound}", "metrics_port": metrics_port}},
@@ -163,6 +157,9 @@ async def serve(
 
     log.info("shutting down", extra={"fields": {"grace_seconds": settings.shutdown_grace_seconds}})
     await monitor.drain()
+    if registration is not None:
+        # Out of the control plane's endpoints first, so Envoy sends no new calls here.
+        await registration.stop()
     runtime.stopping.set()
     await server.stop(settings.shutdown_grace_seconds)
     await monitor.stop()
@@ -170,6 +167,41 @@ async def serve(
         await close()
     await runtime.close()
     log.info("stopped")
+
+
+async def _register(
+    runtime: Runtime[Any], definition: ServiceDefinition, port: int, monitor: HealthMonitor
+) -> Registration | None:
+    """This replica in the registry, under every service it serves, following its health."""
+    settings = runtime.settings
+    if not settings.register:
+        return None
+    if not 1 <= settings.weight <= MAX_WEIGHT:
+        raise SystemExit(f"CALLISTO_WEIGHT must be between 1 and {MAX_WEIGHT}")
+    host = await advertised_host(settings.host, settings.advertise_host)
+    replica_id = new_replica_id()
+    registration = Registration(
+        runtime.auth_redis,
+        [
+            Replica(
+                service=service,
+                replica_id=replica_id,
+                host=host,
+                port=port,
+                zone=settings.zone,
+                weight=settings.weight,
+            )
+            for service in definition.service_names
+        ],
+        settings.registry_ttl_seconds,
+    )
+    await registration.start(monitor.healthy)
+    monitor.on_change(registration.set_serving)
+    log.info(
+        "registered",
+        extra={"fields": {"replica": replica_id, "address": f"{host}:{port}"}},
+    )
+    return registration
 
 
 def run(
