@@ -30,6 +30,7 @@
 from __future__ import annotations
 
 import collections
+import json
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
@@ -65,10 +66,13 @@ def auth_metadata(api_key: str) -> tuple[tuple[str, str], ...]:
     return ((AUTHORIZATION, bearer(api_key)),)
 
 
-# Messages of up to 64 MiB each way (document uploads, exports of long conversations).
+# Messages of up to 64 MiB each way (document uploads, exports of long conversations). Calls
+# spread over every address the target resolves to (`ipv4:a:p1,b:p2`, or a DNS name with one
+# record per replica), skipping a replica that stopped answering; one address works as before.
 _CHANNEL_OPTIONS: Sequence[tuple[str, Any]] = (
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})),
 )
 
 
