@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,15 @@ from typing import Any
 import yaml
 
 from callisto.client import ON_BEHALF_OF
+from callisto.gateway.clusters import (
+    HTTP_PROTOCOL_OPTIONS,
+    ClusterPolicy,
+    cluster_name,
+    is_ip,
+    static_cluster_config,
+)
 from callisto.gateway.descriptors import find_service, http_annotated_methods, is_server_streaming
+from callisto.gateway.retries import is_idempotent, retry_policy
 
 Config = dict[str, Any]
 
@@ -43,7 +52,7 @@ TRANSCODER_TYPE = _TYPE + "envoy.extensions.filters.http.grpc_json_transcoder.v3
 LUA_TYPE = _TYPE + "envoy.extensions.filters.http.lua.v3.Lua"
 ROUTER_TYPE = _TYPE + "envoy.extensions.filters.http.router.v3.Router"
 STDOUT_LOG_TYPE = _TYPE + "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
-HTTP_PROTOCOL_OPTIONS_TYPE = _TYPE + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+HTTP_PROTOCOL_OPTIONS_TYPE = _TYPE + HTTP_PROTOCOL_OPTIONS
 
 TRANSCODER = "envoy.filters.http.grpc_json_transcoder"
 CORS = "envoy.filters.http.cors"
@@ -108,19 +117,31 @@ _ACCESS_LOG_FORMAT: dict[str, str] = {
 
 @dataclass(frozen=True, kw_only=True)
 class GatewaySpec:
-    """What the gateway listens on and where each routed service lives.
+    """What the gateway listens on, which services it routes and how it finds their replicas.
 
-    Durations are in seconds. Only the services in `upstreams` are routed and transcoded.
+    Two modes, exactly one given: static (`upstreams`: one address per service, written into
+    the bootstrap) or xDS (`services` routed, their clusters and endpoints sent by the control
+    planes at `control_planes` over ADS). Durations are in seconds. Only the routed services
+    (`routed_services`) are routed and transcoded.
     """
 
-    # Service full name -> (host, port) of the gRPC server that implements it.
-    upstreams: dict[str, tuple[str, int]]
+    # Static mode: service full name -> (host, port) of the gRPC server that implements it.
+    upstreams: dict[str, tuple[str, int]] = field(default_factory=dict)
+    # xDS mode: the routed services (full names) ...
+    services: tuple[str, ...] = ()
+    # ... and where their control planes serve ADS (IPs or names Envoy resolves); any one of
+    # them is enough, and with all of them gone Envoy keeps serving its last configuration.
+    control_planes: tuple[tuple[str, int], ...] = ()
     # Descriptor set written by `descriptors.descriptor_set_bytes` (absolute path).
     descriptor_path: Path
     listen_address: str = "127.0.0.1"
     listen_port: int = 8080
     # The admin interface is always bound to 127.0.0.1: it can stop the server.
     admin_port: int = 9901
+    # How this Envoy names itself to the control planes (their logs); empty: the host name
+    # and listen port. Every gateway of a deployment shares `node_cluster`.
+    node_id: str = ""
+    node_cluster: str = "callisto-gateway"
     # The service whose upstream answers server reflection and health; the first one by default.
     reflection_service: str | None = None
     # Local rate limit: one token bucket per API key (the `authorization` header value), so one
@@ -150,17 +171,36 @@ class GatewaySpec:
     )
     # Most a gRPC deadline may ask for on a streaming RPC (they have no route timeout).
     max_stream_duration_s: float = 3600.0
+    # Idempotent unary calls (the contract's `idempotency_level`): how often Envoy replays one
+    # that met an unavailable or reset replica, and how long one attempt may take (at most
+    # half the route's timeout, so a replay fits in it).
+    idempotent_retries: int = 2
+    retry_per_try_timeout_s: float = 10.0
     connect_timeout_s: float = 2.0
     # How often each upstream's grpc.health.v1 status is checked.
     health_check_interval_s: float = 5.0
     max_request_headers_kb: int = 60
 
     def __post_init__(self) -> None:
-        if not self.upstreams:
-            raise ValueError("a gateway needs at least one upstream service")
-        if self.reflection_service is not None and self.reflection_service not in self.upstreams:
+        if bool(self.upstreams) == bool(self.services or self.control_planes):
+            raise ValueError(
+                "a gateway needs either upstreams (static) or services and control planes (xDS)"
+            )
+        if self.services and not self.control_planes:
+            raise ValueError("an xDS gateway needs at least one control plane")
+        if self.control_planes and not self.services:
+            raise ValueError("an xDS gateway needs at least one routed service")
+        if len(set(self.services)) != len(self.services):
+            raise ValueError("a routed service is listed twice")
+        for host, port in self.control_planes:
+            if not host or not 0 < port < 65536:
+                raise ValueError(f"control plane {host}:{port} is not a host and port")
+        if (
+            self.reflection_service is not None
+            and self.reflection_service not in self.routed_services
+        ):
             raise ValueError(f"reflection service {self.reflection_service!r} is not routed")
-        for name in self.upstreams:
+        for name in self.routed_services:
             find_service(name)  # fails early, with the known names, on a typo
         for method_path in self.method_timeouts_s:
             service_name, _, method_name = method_path.partition("/")
@@ -174,10 +214,31 @@ class GatewaySpec:
         for origin in self.cors_allowed_origins:
             if not re.fullmatch(r"https?://[^/\s]+", origin):
                 raise ValueError(f"CORS origin {origin!r} must read scheme://host[:port]")
+        if self.idempotent_retries < 0 or self.retry_per_try_timeout_s <= 0:
+            raise ValueError("retries must be >= 0 and the per-try timeout positive")
+
+    @property
+    def xds(self) -> bool:
+        """Whether clusters and endpoints come from the control planes."""
+        return bool(self.control_planes)
+
+    @property
+    def routed_services(self) -> tuple[str, ...]:
+        """The services this gateway routes (full names), in either mode."""
+        return self.services if self.xds else tuple(self.upstreams)
 
     @property
     def reflection_upstream(self) -> str:
-        return self.reflection_service or next(iter(self.upstreams))
+        return self.reflection_service or self.routed_services[0]
+
+    @property
+    def cluster_policy(self) -> ClusterPolicy:
+        """What this spec's upstream clusters carry (the control plane sends the defaults)."""
+        return ClusterPolicy(
+            connect_timeout_s=self.connect_timeout_s,
+            buffer_limit_bytes=self.max_request_body_bytes,
+            health_check_interval_s=self.health_check_interval_s,
+        )
 
     @property
     def own_origins(self) -> tuple[str, ...]:
@@ -207,16 +268,9 @@ def _duration(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
-def cluster_name(service: str) -> str:
-    """`callisto.generation.v1.GenerationService` -> `callisto_generation_v1_generation_service`."""
-    package, _, short = service.rpartition(".")
-    snake = "".join(f"_{c.lower()}" if c.isupper() else c for c in short).lstrip("_")
-    return f"{package.replace('.', '_')}_{snake}"
-
-
 def transcoded_services(spec: GatewaySpec) -> list[str]:
     """Routed services with at least one `google.api.http`-annotated RPC."""
-    return [name for name in spec.upstreams if http_annotated_methods(find_service(name))]
+    return [name for name in spec.routed_services if http_annotated_methods(find_service(name))]
 
 
 def _transcoder(spec: GatewaySpec, *, server_sent_events: bool) -> Config:
@@ -294,7 +348,7 @@ def _routes(spec: GatewaySpec) -> list[Config]:
         }
     ]
     reflection_cluster = cluster_name(spec.reflection_upstream)
-    for service_name in spec.upstreams:
+    for service_name in spec.routed_services:
         # The health of one service, named in the request body (header set by the Lua filter).
         # Watch is a stream: no route timeout.
         routes.append(
@@ -323,46 +377,66 @@ def _routes(spec: GatewaySpec) -> list[Config]:
                 max_s=spec.max_stream_duration_s,
             )
         )
-    for service_name in spec.upstreams:
+    for service_name in spec.routed_services:
         service = find_service(service_name)
         cluster = cluster_name(service_name)
         for method in service.methods:
+            method_path = f"{service_name}/{method.name}"
             if is_server_streaming(method) or method.client_streaming:
                 # Streams are bounded by the idle timeout and the client's deadline, never
                 # by a fixed route timeout: a conversation run lasts as long as it needs.
+                # No retries: a stream ends UNAVAILABLE and the SDK resumes it.
                 route = _grpc_route(
-                    {"path": f"/{service_name}/{method.name}"},
+                    {"path": f"/{method_path}"},
                     cluster,
                     timeout_s=0,
                     max_s=spec.max_stream_duration_s,
                 )
-                idle_s = spec.stream_idle_timeouts_s.get(f"{service_name}/{method.name}")
+                idle_s = spec.stream_idle_timeouts_s.get(method_path)
                 if idle_s is not None:
                     route["route"]["idle_timeout"] = _duration(idle_s)
                 routes.append(route)
-            elif (
-                timeout_s := spec.method_timeouts_s.get(f"{service_name}/{method.name}")
-            ) is not None:
+            elif (timeout_s := spec.method_timeouts_s.get(method_path)) is not None:
                 route = _grpc_route(
-                    {"path": f"/{service_name}/{method.name}"},
+                    {"path": f"/{method_path}"},
                     cluster,
                     timeout_s=timeout_s,
                     max_s=timeout_s,
                 )
                 # A long unary call sends nothing until it answers: the stream idle timeout
-                # must not reset it before its own bound.
+                # must not reset it before its own bound. No per-try timeout: a call meant to
+                # run long would only start its work again.
                 route["route"]["idle_timeout"] = _duration(
                     max(timeout_s, spec.stream_idle_timeout_s)
                 )
+                route["route"]["retry_policy"] = retry_policy(
+                    idempotent=is_idempotent(method), retries=spec.idempotent_retries
+                )
                 routes.append(route)
-        routes.append(
-            _grpc_route(
-                {"prefix": f"/{service_name}/"},
-                cluster,
-                timeout_s=spec.unary_timeout_s,
-                max_s=spec.unary_timeout_s,
-            )
+            elif is_idempotent(method):
+                route = _grpc_route(
+                    {"path": f"/{method_path}"},
+                    cluster,
+                    timeout_s=spec.unary_timeout_s,
+                    max_s=spec.unary_timeout_s,
+                )
+                route["route"]["retry_policy"] = retry_policy(
+                    idempotent=True,
+                    retries=spec.idempotent_retries,
+                    per_try_timeout_s=min(spec.retry_per_try_timeout_s, spec.unary_timeout_s / 2),
+                )
+                routes.append(route)
+        # The service's other unary calls: replayed only when they never reached a replica.
+        route = _grpc_route(
+            {"prefix": f"/{service_name}/"},
+            cluster,
+            timeout_s=spec.unary_timeout_s,
+            max_s=spec.unary_timeout_s,
         )
+        route["route"]["retry_policy"] = retry_policy(
+            idempotent=False, retries=spec.idempotent_retries
+        )
+        routes.append(route)
     return routes
 
 
@@ -558,6 +632,9 @@ def _listener(spec: GatewaySpec) -> Config:
                                 # Only a service principal inside the mesh may act for a
                                 # tenant; no outside request carries that claim through.
                                 "request_headers_to_remove": [ON_BEHALF_OF],
+                                # Under xDS the clusters arrive after the bootstrap is read:
+                                # a route to one not there yet answers 503 until it is.
+                                "validate_clusters": not spec.xds,
                                 "virtual_hosts": [
                                     {
                                         "name": "callisto",
@@ -576,52 +653,44 @@ def _listener(spec: GatewaySpec) -> Config:
     }
 
 
-def _cluster(spec: GatewaySpec, service: str, host: str, port: int) -> Config:
-    name = cluster_name(service)
+# The bootstrap cluster of the control planes, and how often a lost ADS stream is reopened.
+XDS_CLUSTER = "xds_cluster"
+_ADS_RETRY_BASE_S = 0.25
+_ADS_RETRY_MAX_S = 2.0
+
+
+def _xds_cluster(spec: GatewaySpec) -> Config:
+    """Every control plane as one endpoint of a cluster: the ADS stream runs to one healthy
+    control plane and moves to another when it breaks."""
+    resolved_by_envoy = not all(is_ip(host) for host, _ in spec.control_planes)
     return {
-        "name": name,
-        "type": "STATIC" if _is_ip(host) else "STRICT_DNS",
-        "connect_timeout": _duration(spec.connect_timeout_s),
-        "per_connection_buffer_limit_bytes": spec.max_request_body_bytes,
+        "name": XDS_CLUSTER,
+        "type": "STRICT_DNS" if resolved_by_envoy else "STATIC",
+        "connect_timeout": "1s",
         "typed_extension_protocol_options": {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            HTTP_PROTOCOL_OPTIONS: {
                 "@type": HTTP_PROTOCOL_OPTIONS_TYPE,
-                # gRPC needs HTTP/2 to the upstream whatever the client spoke.
-                "explicit_http_config": {"http2_protocol_options": {}},
+                "explicit_http_config": {
+                    "http2_protocol_options": {
+                        # A control plane whose host vanished (no RST) is noticed in seconds.
+                        "connection_keepalive": {"interval": "5s", "timeout": "3s"}
+                    }
+                },
             }
         },
-        "circuit_breakers": {
-            "thresholds": [
-                {
-                    "priority": "DEFAULT",
-                    "max_connections": 1024,
-                    "max_pending_requests": 1024,
-                    "max_requests": 4096,
-                    "max_retries": 3,
-                }
-            ]
-        },
-        # Active grpc.health.v1 checks of the whole server (service ""): a host that says
-        # NOT_SERVING (dependencies not ready) takes no traffic while another host can.
+        # A control plane that stopped answering is taken out before the stream is reopened.
         "health_checks": [
             {
                 "timeout": "1s",
-                "interval": _duration(spec.health_check_interval_s),
-                "unhealthy_threshold": 2,
+                "interval": "1s",
+                "no_traffic_interval": "1s",
+                "unhealthy_threshold": 1,
                 "healthy_threshold": 1,
                 "grpc_health_check": {},
             }
         ],
-        # Eject a host that keeps failing; with one host per service the panic threshold still
-        # routes to it, so the caller sees the service's own error.
-        "outlier_detection": {
-            "consecutive_5xx": 5,
-            "consecutive_gateway_failure": 5,
-            "interval": "5s",
-            "base_ejection_time": "10s",
-        },
         "load_assignment": {
-            "cluster_name": name,
+            "cluster_name": XDS_CLUSTER,
             "endpoints": [
                 {
                     "lb_endpoints": [
@@ -630,6 +699,7 @@ def _cluster(spec: GatewaySpec, service: str, host: str, port: int) -> Config:
                                 "address": {"socket_address": {"address": host, "port_value": port}}
                             }
                         }
+                        for host, port in spec.control_planes
                     ]
                 }
             ],
@@ -637,26 +707,61 @@ def _cluster(spec: GatewaySpec, service: str, host: str, port: int) -> Config:
     }
 
 
-def _is_ip(host: str) -> bool:
-    import ipaddress
+def _node(spec: GatewaySpec) -> Config:
+    node_id = spec.node_id or f"{socket.gethostname()}-{spec.listen_port}"
+    return {"id": node_id, "cluster": spec.node_cluster}
 
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
+
+def _dynamic_resources() -> Config:
+    """Clusters over ADS (state of the world), their endpoints over ADS too (see clusters.py).
+    Envoy keeps the last configuration it accepted while no control plane answers."""
+    return {
+        "ads_config": {
+            "api_type": "GRPC",
+            "transport_api_version": "V3",
+            "set_node_on_first_message_only": True,
+            "grpc_services": [
+                {
+                    "envoy_grpc": {
+                        "cluster_name": XDS_CLUSTER,
+                        "retry_policy": {
+                            "retry_back_off": {
+                                "base_interval": _duration(_ADS_RETRY_BASE_S),
+                                "max_interval": _duration(_ADS_RETRY_MAX_S),
+                            }
+                        },
+                    }
+                }
+            ],
+        },
+        "cds_config": {"ads": {}, "resource_api_version": "V3"},
+    }
 
 
 def render_config(spec: GatewaySpec) -> Config:
     """The whole Envoy bootstrap for `spec`, as plain data (YAML/JSON-serializable)."""
-    return {
+    admin: Config = {
         "admin": {
             "address": {"socket_address": {"address": "127.0.0.1", "port_value": spec.admin_port}},
         },
+    }
+    if spec.xds:
+        return {
+            "node": _node(spec),
+            **admin,
+            "dynamic_resources": _dynamic_resources(),
+            "static_resources": {
+                "listeners": [_listener(spec)],
+                "clusters": [_xds_cluster(spec)],
+            },
+        }
+    policy = spec.cluster_policy
+    return {
+        **admin,
         "static_resources": {
             "listeners": [_listener(spec)],
             "clusters": [
-                _cluster(spec, service, host, port)
+                static_cluster_config(service, policy, host, port)
                 for service, (host, port) in spec.upstreams.items()
             ],
         },
@@ -676,6 +781,7 @@ __all__ = [
     "LONG_UNARY_METHODS",
     "QUIET_STREAM_METHODS",
     "RATE_LIMITED_HEADER",
+    "XDS_CLUSTER",
     "GatewaySpec",
     "cluster_name",
     "cors_origins_from_environment",

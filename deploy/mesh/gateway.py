@@ -1,14 +1,21 @@
-"""Envoy as a supervised child of the launcher: start it on the gateway's files, wait, stop."""
+"""Envoy and its xDS control plane as supervised children of the launcher (and the tests):
+start each on its files or settings, wait until it is ready, stop it."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from callisto.gateway.config import GatewaySpec
 from callisto.gateway.process import (
@@ -21,7 +28,61 @@ from callisto.gateway.process import (
     validate,
     write_gateway_files,
 )
-from callisto.mesh.processes import ManagedProcess, free_port
+from callisto.mesh.processes import ManagedProcess, ProcessError, free_port
+
+
+class ControlPlaneProcess(ManagedProcess):
+    """`python -m callisto.gateway.control_plane` on `host:port`, reading the replica registry
+    in the Redis at `redis_url` (`env` adds or overrides settings, e.g. the poll interval)."""
+
+    def __init__(
+        self,
+        port: int,
+        *,
+        redis_url: str,
+        log_path: Path,
+        host: str = "127.0.0.1",
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        merged = dict(os.environ)
+        merged.update(env or {})
+        merged["CALLISTO_GRPC_HOST"] = host
+        merged["CALLISTO_CONTROL_PLANE_PORT"] = str(port)
+        merged["CALLISTO_REDIS_URL"] = redis_url
+        merged.setdefault("PYTHONUNBUFFERED", "1")
+        super().__init__(
+            "control-plane",
+            [sys.executable, "-m", "callisto.gateway.control_plane"],
+            log_path=log_path,
+            env=merged,
+        )
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def health(self, timeout: float = 1.0) -> int:
+        """The grpc.health status it reports (SERVING once it has read its source)."""
+        with grpc.insecure_channel(self.address) as channel:
+            try:
+                reply = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=""), timeout=timeout
+                )
+            except grpc.RpcError:
+                return int(health_pb2.HealthCheckResponse.UNKNOWN)
+            return int(reply.status)
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Waits until its health says SERVING; raises `ProcessError` with the log's tail."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_alive()
+            if self.health() == health_pb2.HealthCheckResponse.SERVING:
+                return
+            time.sleep(0.1)
+        raise ProcessError(f"control plane not SERVING within {timeout} s:\n{self.log_tail()}")
 
 
 class EnvoyGateway:
