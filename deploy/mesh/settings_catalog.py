@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from callisto.gateway.control_plane.settings import ControlPlaneSettings
 from callisto.services.common.config import CommonSettings, settings_table
 from callisto.services.generation.settings import GenerationSettings
 from callisto.services.orchestration.settings import OrchestrationSettings
@@ -16,6 +17,7 @@ SECTIONS: dict[str, list[type[Any]]] = {
     "generation": [GenerationSettings],
     "retrieval": [RetrievalSettings],
     "orchestration": [OrchestrationSettings],
+    "control plane": [ControlPlaneSettings],
 }
 
 
