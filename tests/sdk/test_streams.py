@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,9 +16,12 @@ import callisto
 from callisto import errors
 from callisto.api.persistence.v1 import persistence_pb2 as pb
 from callisto.api.persistence.v1 import persistence_pb2_grpc as pb_grpc
+from callisto.mesh.gateway import EnvoyGateway
 from callisto.streams import resume_stream
 
 pytestmark = pytest.mark.timeout(180)
+
+PERSISTENCE = "callisto.persistence.v1.PersistenceService"
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -69,6 +73,57 @@ async def test_subscription_resumes_across_a_kill_and_restart_without_gap_or_dup
     assert len(seen) > total
     assert subscription.resumes >= 1
     assert subscription.last_sequence == subscription.end.last_sequence
+
+
+async def test_a_subscription_through_envoy_resumes_when_its_upstream_dies_mid_stream(
+    sdk: callisto.Client, restartable: Restartable, tmp_path: Path
+) -> None:
+    # Envoy resets a stream whose upstream died after the response began (RST_STREAM, which
+    # gRPC reports as INTERNAL); the SDK takes that for the lost connection it is.
+    gateway = EnvoyGateway.on_free_ports(
+        {PERSISTENCE: ("127.0.0.1", restartable.service.port)}, tmp_path / "gateway"
+    )
+    await gateway.start_async()
+    try:
+        async with await callisto.Client.connect(
+            gateway.grpc_target, api_key=restartable.api_key, retry_policy=PATIENT
+        ) as through_envoy:
+            conversation = await sdk.persistence.create_conversation(title="reset")
+            subscription = through_envoy.persistence.subscribe_events(
+                conversation.name, policy=PATIENT
+            )
+            seen: list[int] = []
+            under_way = asyncio.Event()
+
+            async def writer() -> None:
+                for i in range(1, 31):
+                    await sdk.persistence.append_event(
+                        conversation.name, "step", {"i": i}, timeout=60
+                    )
+                    if i == 10:
+                        await under_way.wait()  # the stream's response began through Envoy
+                        await asyncio.to_thread(restartable.kill_service)
+                        await restartable.restart_service_after(0.5)
+                await sdk.persistence.update_conversation(
+                    pb.Conversation(
+                        name=conversation.name, status=pb.CONVERSATION_STATUS_COMPLETED
+                    ),
+                    ["status"],
+                    timeout=30,
+                )
+
+            writing = asyncio.create_task(writer())
+            async with asyncio.timeout(120):
+                async for event in subscription:
+                    seen.append(event.sequence)
+                    if len(seen) == 10:
+                        under_way.set()
+            await writing
+    finally:
+        await gateway.stop_async()
+    assert subscription.end is not None
+    assert seen == list(range(1, subscription.end.last_sequence + 1))
+    assert subscription.resumes >= 1
 
 
 async def test_subscription_from_a_sequence_starts_after_it(sdk: callisto.Client) -> None:

@@ -223,7 +223,16 @@ def from_rpc_error(error: grpc.RpcError) -> CallistoError:
             # The trailer is authoritative only when it agrees with the call's own code.
             if status.code == code.value[0]:
                 return from_status(status)
+    if code == grpc.StatusCode.INTERNAL and _TRANSPORT_RESET in message:
+        # No server answered INTERNAL: the stream was reset in transit, as a gateway resets a
+        # stream whose upstream died after the response began. That is a lost connection, and
+        # a resumable stream or an idempotent call may be tried again.
+        return Unavailable(f"the stream was reset in transit ({message})")
     return error_class(code)(message, code=code)
+
+
+# How grpc-core words an HTTP/2 RST_STREAM from the peer (the status it maps it to is INTERNAL).
+_TRANSPORT_RESET = "Received RST_STREAM"
 
 
 __all__ = [
