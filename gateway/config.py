@@ -666,6 +666,8 @@ def _xds_cluster(spec: GatewaySpec) -> Config:
     return {
         "name": XDS_CLUSTER,
         "type": "STRICT_DNS" if resolved_by_envoy else "STATIC",
+        # A name with both families (localhost) is reached over IPv4, where servers bind.
+        "dns_lookup_family": "V4_PREFERRED",
         "connect_timeout": "1s",
         "typed_extension_protocol_options": {
             HTTP_PROTOCOL_OPTIONS: {

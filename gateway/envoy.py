@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> None:
         print(config)
         return
     envoy = str(envoy_binary())
-    command = [envoy, "-c", str(config), "--log-level", args.log_level]
+    # A dynamic base id: no hot restart is used, and several gateways may share a host.
+    command = [envoy, "-c", str(config), "--use-dynamic-base-id", "--log-level", args.log_level]
     if args.concurrency:
         command += ["--concurrency", str(args.concurrency)]
     sys.stdout.flush()
