@@ -22,6 +22,7 @@ from envoy_data_plane.envoy.config.cluster.v3 import (
     CircuitBreakersThresholds,
     CircuitBreakersThresholdsRetryBudget,
     Cluster,
+    ClusterCommonLbConfig,
     ClusterDiscoveryType,
     ClusterEdsClusterConfig,
     OutlierDetection,
@@ -177,6 +178,9 @@ def service_cluster(
                 grpc_health_check=HealthCheckGrpcHealthCheck(),
             )
         ],
+        # Health and weight changes reach the workers at once, not merged over Envoy's default
+        # one-second window: a new replica takes traffic as soon as its first check passes.
+        common_lb_config=ClusterCommonLbConfig(update_merge_window=_seconds(0)),
         # A replica the control plane no longer sends (deregistered, expired) goes at once;
         # otherwise Envoy would keep it until its own health checks failed.
         ignore_health_on_host_removal=True,

@@ -222,12 +222,17 @@ async def first_request_reaches(
     replica: ServiceProcess,
     within: float,
 ) -> float:
-    """Calls until Envoy has sent `replica` a request; the seconds that took."""
+    """Calls until Envoy has sent `replica` a request; the seconds that took. A service's first
+    replica is not routed until Envoy's first check of it passed (milliseconds after it
+    joins): a call in between is UNAVAILABLE, as the SDK retries it."""
     started = time.monotonic()
     while mesh.host_requests().get(replica.address, 0) == 0:
         assert time.monotonic() - started < within, f"{replica.address} got no request"
-        for _ in range(4):
+        try:
             await list_conversations(stub, mesh)
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.UNAVAILABLE:
+                raise
     return time.monotonic() - started
 
 
