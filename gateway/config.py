@@ -13,6 +13,12 @@ match: a Lua filter reads the one request message of `/grpc.health.v1.Health/*` 
 the service name in a header and recomputes the route, so each service's health is answered by
 that service. An empty name (the server as a whole) and names no routed service carries go to
 the reflection service, which answers for itself and NOT_FOUND for names it does not serve.
+
+Where the upstreams are: in static mode each service's one address is a cluster of the bootstrap;
+in xDS mode the clusters and their endpoints come from the control planes over ADS (see
+`callisto.gateway.control_plane`), while the listener, routes and transcoder stay here. Either
+way a cluster is built by `clusters.py`, and unary routes replay calls as the contract's
+`idempotency_level` allows (`retries.py`).
 """
 
 from __future__ import annotations

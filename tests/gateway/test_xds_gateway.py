@@ -253,6 +253,19 @@ async def test_a_registered_replica_receives_traffic_within_two_seconds(
     assert all(after[r.address] > before[r.address] for r in (first, second))
 
 
+async def test_http_json_is_transcoded_to_the_replicas_the_control_plane_sent(
+    xds_mesh: XdsMesh,
+) -> None:
+    async with httpx.AsyncClient(base_url=xds_mesh.gateway.http_url, timeout=5) as client:
+        response = await client.get(
+            "/v1/conversations",
+            params={"pageSize": 1},
+            headers={"authorization": bearer(xds_mesh.api_key)},
+        )
+    assert response.status_code == 200, response.text
+    assert "conversations" in response.json()
+
+
 async def test_a_replica_gets_no_traffic_while_not_serving_nor_once_deregistered(
     xds_mesh: XdsMesh, stub: persistence_pb2_grpc.PersistenceServiceStub
 ) -> None:
