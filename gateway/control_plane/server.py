@@ -28,6 +28,7 @@ from callisto.gateway.control_plane.sources import (
     RegistrySource,
     SourceError,
 )
+from callisto.services.common.config import SettingsError
 from callisto.services.common.health import DependencyCheck, HealthMonitor
 from callisto.services.common.redis_client import connect_redis
 from callisto.services.common.server import message_size_options
@@ -162,6 +163,9 @@ async def serve(settings: ControlPlaneSettings, *, stop: asyncio.Event | None = 
 
 
 def main() -> None:
-    settings = ControlPlaneSettings.from_env()
+    try:
+        settings = ControlPlaneSettings.from_env()
+    except SettingsError as error:
+        raise SystemExit(f"control plane: {error}") from error
     configure_logging(NAME, settings.log_level, settings.log_format)
     asyncio.run(serve(settings))
