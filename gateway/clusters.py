@@ -84,9 +84,14 @@ class ClusterPolicy:
     max_pending_requests: int = 1024
     max_requests: int = 4096
     # Retries in flight may add at most this share of the active requests (at least
-    # `min_retry_concurrency`), so a failing service is not hit by a retry storm.
-    retry_budget_percent: float = 20.0
-    min_retry_concurrency: int = 3
+    # `min_retry_concurrency`), so a failing service is not hit by a retry storm. The floor is
+    # what lets every call that met a replica's death at once retry on another: a `kill -9`
+    # fails every call in flight to it within milliseconds (Envoy's default, 3, failed most).
+    retry_budget_percent: float = 25.0
+    min_retry_concurrency: int = 64
+    # At most this share of a service's replicas is ejected for failing (one of two; Envoy's
+    # default, 10 %, ejects none of a handful).
+    max_ejection_percent: int = 50
 
 
 @dataclass(frozen=True)
@@ -192,6 +197,7 @@ def service_cluster(
             enforcing_consecutive_gateway_failure=100,
             interval=_seconds(5),
             base_ejection_time=_seconds(10),
+            max_ejection_percent=policy.max_ejection_percent,
         ),
         **discovery,
     )
