@@ -69,7 +69,8 @@ def print_banner(mesh: Mesh) -> None:
 Callisto mesh is up — checked: created {conversation} over HTTP/JSON through Envoy.
 
   gateway     {http}  (HTTP/JSON, gRPC + reflection, gRPC-Web)
-  persistence {mesh.persistence.address}  (gRPC, direct){_model_endpoints(mesh)}
+  xDS         {mesh.control_plane.address}  (control plane: Envoy's endpoints from the registry)
+{_replica_lines(mesh)}{_model_endpoints(mesh)}
   redis       {mesh.redis.url}  (AOF appendfsync {mesh.redis.appendfsync})
   envoy admin {mesh.gateway.admin_url}
   logs        {mesh.logs}
@@ -104,18 +105,28 @@ Press Ctrl-C to stop everything.
     )
 
 
+def _replica_lines(mesh: Mesh) -> str:
+    """One line per service replica (direct gRPC; each registered, so Envoy routes to it)."""
+    lines = []
+    for replicas in mesh.replicas.values():
+        for replica in replicas:
+            lines.append(f"  {replica.name:<15} {replica.address}  (gRPC, direct)")
+    count = mesh.config.replicas
+    each = "one replica" if count == 1 else f"{count} replicas"
+    lines.append(f"  ({each} of each service; a part that exits is restarted on its port)")
+    return "\n".join(lines)
+
+
 def _model_endpoints(mesh: Mesh) -> str:
-    if mesh.generation is None or mesh.retrieval is None or mesh.triton is None:
+    if mesh.triton is None:
         return ""
+    if mesh.milvus is not None:
+        milvus = f"{mesh.milvus.uri}  (milvus-lite server, shared by the retrieval replicas)"
+    else:
+        milvus = f"{mesh.config.home / 'retrieval'}  (Milvus Lite file, embedded in retrieval)"
     return (
-        f"\n  generation  {mesh.generation.address}  (gRPC, direct)"
-        f"\n  retrieval   {mesh.retrieval.address}  (gRPC, direct)"
-        + (
-            f"\n  orchestration {mesh.orchestration.address}  (gRPC, direct)"
-            if mesh.orchestration is not None
-            else ""
-        )
-        + f"\n  triton      {mesh.triton.grpc_url}  (gRPC; HTTP {mesh.triton.http_url})"
+        f"\n  triton      {mesh.triton.grpc_url}  (gRPC; HTTP {mesh.triton.http_url})"
+        f"\n  milvus      {milvus}"
     )
 
 

@@ -1,8 +1,9 @@
 """The full `callisto` command line: the client commands plus the server side.
 
-`up` runs the embedded mesh, `keys` manages API keys in Redis, `config` prints the settings
-reference, `gateway render|run` writes or runs the Envoy config alone, and `models prepare|serve`
-builds the Triton environment or serves the model repository alone.
+`up` runs the embedded mesh (and restarts what exits), `status` shows its parts, `keys` manages
+API keys in Redis, `config` prints the settings reference, `gateway render|run` writes or runs
+the Envoy config alone, and `models prepare|serve` builds the Triton environment or serves the
+model repository alone.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from redis.asyncio import Redis
 
 from callisto.cli.ingest import set_key_minter
 from callisto.cli.main import client_app
-from callisto.cli.state import MeshState, mesh_home
+from callisto.cli.state import MeshState, ReplicaState, mesh_home
 from callisto.services.common.auth import ApiKeyInfo, ApiKeyStore
 
 if TYPE_CHECKING:
@@ -61,10 +62,39 @@ def up(
         bool,
         typer.Option(help="Serve models (Triton, generation, retrieval); --no-models skips them."),
     ] = True,
+    replicas: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=8,
+            help="Replicas of each service, each on its own port, all behind Envoy "
+            "(with more than one, retrieval shares a milvus-lite server).",
+        ),
+    ] = 1,
+    restart_delay: Annotated[
+        float,
+        typer.Option(
+            min=0.01,
+            help="Seconds before a child that exited is started again; doubles on each quick "
+            "exit, up to 30 s.",
+        ),
+    ] = 0.5,
+    restart_max_attempts: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Failed restarts of one child within --restart-window that stop the mesh.",
+        ),
+    ] = 5,
+    restart_window: Annotated[
+        float, typer.Option(min=1.0, help="Seconds over which failed restarts are counted.")
+    ] = 60.0,
 ) -> None:
-    """Start the whole mesh locally, show it working, and run until Ctrl-C."""
+    """Start the whole mesh locally, show it working, and run until Ctrl-C; a part that exits
+    is restarted on its own port (a crash loop stops the mesh)."""
     from callisto.mesh.banner import print_banner
     from callisto.mesh.launcher import Mesh, MeshConfig, run_until_stopped
+    from callisto.mesh.supervisor import RestartPolicy
 
     if appendfsync not in ("everysec", "always"):
         raise typer.BadParameter("use everysec or always", param_hint="--appendfsync")
@@ -75,10 +105,68 @@ def up(
         redis_port=redis_port,
         appendfsync=appendfsync,
         with_models=models,
+        replicas=replicas,
+        restart_policy=RestartPolicy(
+            delay_s=restart_delay,
+            max_delay_s=max(30.0, restart_delay),
+            max_attempts=restart_max_attempts,
+            window_s=restart_window,
+        ),
     )
     typer.echo(f"Starting the Callisto mesh (data and logs in {config.home})")
     mesh = Mesh(config, say=typer.echo)
     raise typer.Exit(run_until_stopped(mesh, print_banner))
+
+
+@app.command()
+def status(home: HomeOption = None) -> None:
+    """Show the running mesh's parts: each service replica, Envoy, the control plane, Redis...
+    with its address, PID, whether it runs and answers, and its restarts."""
+    folder = (home or mesh_home()).resolve()
+    state = MeshState.read(folder)
+    if state is None:
+        typer.echo(f"no mesh running at {folder} (start one with `callisto up`)", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"gateway        {state.gateway}  (admin {state.admin})")
+    typer.echo(f"control plane  {state.control_plane or '-'}")
+    typer.echo(f"redis          {state.redis_url}\n")
+    typer.echo(f"{'NAME':<18} {'ADDRESS':<30} {'PID':>8}  {'STATE':<12} RESTARTS")
+    states = []
+    for name, child in state.replicas.items():
+        states.append(_child_state(child))
+        typer.echo(
+            f"{name:<18} {child.address:<30} {child.pid:>8}  {states[-1]:<12} {child.restarts}"
+        )
+    if any(state != "up" for state in states):
+        raise typer.Exit(1)
+
+
+# Children that answer grpc.health: `status` asks them, the others only need to run.
+_HEALTH_CHECKED = ("persistence", "generation", "retrieval", "orchestration", "control-plane")
+
+
+def _child_state(child: ReplicaState) -> str:
+    """`up`, `not serving` (runs, health not SERVING: starting, or waiting for Triton) or
+    `gone` (the launcher is restarting it, or it stopped)."""
+    try:
+        os.kill(child.pid, 0)
+    except ProcessLookupError:
+        return "gone"
+    except PermissionError:
+        pass  # runs, as another user
+    if child.kind not in _HEALTH_CHECKED:
+        return "up"
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(child.address) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=1.0
+            )
+        except grpc.RpcError:
+            return "not serving"
+    return "up" if reply.status == health_pb2.HealthCheckResponse.SERVING else "not serving"
 
 
 def _redis_url(explicit: str | None) -> str:

@@ -80,8 +80,14 @@ class ManagedProcess:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    @property
+    def exit_code(self) -> int | None:
+        """How it ended (negative: the signal that killed it); None while it runs."""
+        return None if self._process is None else self._process.poll()
+
     def start(self) -> None:
-        """Starts the child; from the main thread it also dies with this process."""
+        """Starts the child (again after it exited: same argv, log appended); from the main
+        thread it also dies with this process."""
         if self.running:
             return
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -226,7 +232,9 @@ class ServiceProcess(ManagedProcess):
         log_path: Path,
         env: Mapping[str, str] | None = None,
         host: str = "127.0.0.1",
+        name: str | None = None,
     ) -> None:
+        """`name` tells replicas apart in logs and messages (default: the service)."""
         self.service = service
         self.host = host
         self.port = port
@@ -236,7 +244,7 @@ class ServiceProcess(ManagedProcess):
         merged["CALLISTO_GRPC_PORT"] = str(port)
         merged.setdefault("PYTHONUNBUFFERED", "1")
         super().__init__(
-            service,
+            name or service,
             [sys.executable, "-m", f"callisto.services.{service}"],
             log_path=log_path,
             env=merged,
@@ -245,6 +253,10 @@ class ServiceProcess(ManagedProcess):
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    def serving_now(self) -> bool:
+        """Whether it answers health SERVING right now (a quick check)."""
+        return self.health(0.5) == int(health_pb2.HealthCheckResponse.SERVING)
 
     def health(self, timeout: float = 1.0) -> int:
         """The health status the service reports (a HealthCheckResponse.ServingStatus value)."""
@@ -275,3 +287,52 @@ class ServiceProcess(ManagedProcess):
             yield self
         finally:
             self.stop()
+
+
+class MilvusLiteServer(ManagedProcess):
+    """`milvus-lite server` on loopback with its data in `data_dir`, for several retrieval
+    replicas (a Milvus Lite file has one owner). Its write-ahead log keeps what a `kill -9`
+    interrupted."""
+
+    def __init__(self, data_dir: Path, port: int, *, log_path: Path, host: str = "127.0.0.1"):
+        self.host = host
+        self.port = port
+        # Next to this Python (a venv's console script) or on PATH; else the module itself.
+        script = Path(sys.executable).parent / "milvus-lite"
+        found = str(script) if script.exists() else shutil.which("milvus-lite")
+        command = [found] if found else [sys.executable, "-m", "milvus_lite.cmdline"]
+        super().__init__(
+            "milvus",
+            # Its default host is every interface, with no auth: always bind loopback.
+            [*command, "server", "--data-dir", str(data_dir), "--host", host,
+             "--port", str(port)],
+            log_path=log_path,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+
+    @property
+    def uri(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def answering(self) -> bool:
+        """Whether it accepts connections (it has no grpc.health)."""
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.settimeout(0.5)
+            return sock.connect_ex((self.host, self.port)) == 0
+
+    def start_and_wait(self, timeout: float = 60.0) -> None:
+        """Starts it and waits until it accepts connections."""
+        self.start()
+        self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_alive()
+            if self.answering:
+                return
+            time.sleep(0.1)
+        raise ProcessError(
+            f"milvus-lite server not listening within {timeout} s:\n{self.log_tail()}"
+        )

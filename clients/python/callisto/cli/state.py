@@ -1,11 +1,13 @@
-"""Where a running embedded mesh is, recorded by `callisto up` for the other CLI commands."""
+"""Where a running embedded mesh is, recorded by `callisto up` for the other CLI commands (and
+rewritten by it whenever a child is restarted: a new PID, the same address)."""
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 DEFAULT_HOME = Path(".callisto")
 STATE_FILE = "mesh.json"
@@ -27,26 +29,50 @@ def default_target() -> str:
 
 
 @dataclass
+class ReplicaState:
+    """One child of the mesh: a service replica, or Redis, Envoy, Triton..."""
+
+    # `persistence`, `generation`... for service replicas, else the part itself (`gateway`).
+    kind: str
+    address: str
+    pid: int
+    # Times the launcher started it again after it exited.
+    restarts: int = 0
+
+
+@dataclass
 class MeshState:
     """Endpoints and PIDs of a running mesh."""
 
     redis_url: str
     gateway: str
     admin: str
+    # Service -> a gRPC target reaching all its replicas (`ipv4:a:p1,a:p2` with several).
     services: dict[str, str] = field(default_factory=dict)
+    # Child name -> PID, every child.
     pids: dict[str, int] = field(default_factory=dict)
+    control_plane: str = ""
+    # Child name (`persistence-2`, `gateway`...) -> where it listens and its PID.
+    replicas: dict[str, ReplicaState] = field(default_factory=dict)
 
     def write(self, home: Path) -> None:
+        """Replaces the file in one rename, so a reader never sees half of it."""
         home.mkdir(parents=True, exist_ok=True)
-        (home / STATE_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
+        partial = home / f".{STATE_FILE}.{os.getpid()}"
+        partial.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        partial.replace(home / STATE_FILE)
 
     @classmethod
     def read(cls, home: Path) -> MeshState | None:
         try:
-            data = json.loads((home / STATE_FILE).read_text())
-        except (OSError, ValueError):
+            data: dict[str, Any] = json.loads((home / STATE_FILE).read_text())
+            known = {f.name for f in fields(cls)}
+            replicas = {
+                name: ReplicaState(**child) for name, child in data.pop("replicas", {}).items()
+            }
+            return cls(**{k: v for k, v in data.items() if k in known}, replicas=replicas)
+        except (OSError, ValueError, TypeError):
             return None
-        return cls(**data)
 
     @staticmethod
     def clear(home: Path) -> None:
