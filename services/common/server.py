@@ -94,6 +94,9 @@ class Runtime(Generic[S]):
         await self.auth_redis.aclose()
 
 
+_MAX_CONNECTION_AGE_MS = 5 * 60 * 1000
+
+
 def message_size_options(limit: int) -> list[tuple[str, Any]]:
     return [
         ("grpc.max_receive_message_length", limit),
@@ -124,7 +127,13 @@ async def serve(
     if tracing:
         interceptors.append(aio_server_interceptor())  # type: ignore[no-untyped-call]
     server = grpc.aio.server(
-        interceptors=interceptors, options=message_size_options(settings.max_message_bytes)
+        interceptors=interceptors,
+        options=[
+            *message_size_options(settings.max_message_bytes),
+            # Clients connect again now and then (streams under way keep their connection), so
+            # a channel over a DNS name with one record per replica finds replicas added since.
+            ("grpc.max_connection_age_ms", _MAX_CONNECTION_AGE_MS),
+        ],
     )
     definition.register(server)
     monitor = HealthMonitor(
