@@ -17,9 +17,10 @@ from google.protobuf.descriptor import MethodDescriptor
 
 # Conditions under which nothing reached a replica: safe for every call.
 NEVER_SENT_RETRY_ON = "connect-failure,refused-stream,reset-before-request"
-# For idempotent calls, also what may have reached one: an UNAVAILABLE status, a reset (the
-# replica died mid-call, or the attempt timed out) and Envoy's own 502/503/504.
-IDEMPOTENT_RETRY_ON = f"unavailable,reset,gateway-error,{NEVER_SENT_RETRY_ON}"
+# For idempotent calls, also what may have reached one: an UNAVAILABLE status, a CANCELLED one
+# (a stopping replica cancels what it could not finish), a reset (the replica died mid-call, or
+# the attempt timed out) and Envoy's own 502/503/504.
+IDEMPOTENT_RETRY_ON = f"unavailable,cancelled,reset,gateway-error,{NEVER_SENT_RETRY_ON}"
 # Replays of calls that never reached a replica.
 NEVER_SENT_RETRIES = 2
 # How many other replicas a replay may try before it accepts one it already used.

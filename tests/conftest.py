@@ -7,6 +7,7 @@ same authenticated channel for requests the SDK would not build."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -18,6 +19,10 @@ from callisto.mesh.gateway import EnvoyGateway
 from callisto.mesh.launcher import PERSISTENCE_SERVICE
 from callisto.mesh.processes import RedisServer, ServiceProcess, free_port
 from callisto.services.common.auth import create_api_key
+
+# Service processes under test stop without the pause a replica takes for load balancers to
+# stop sending (they inherit this environment); the scale-out tests ask for it.
+os.environ.setdefault("CALLISTO_DRAIN_SECONDS", "0")
 
 
 @pytest.fixture(scope="session")

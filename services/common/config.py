@@ -87,6 +87,12 @@ class CommonSettings:
         5.0,
         "On SIGTERM, how long in-flight calls may finish before they are cancelled.",
     )
+    drain_seconds: float = setting(
+        "CALLISTO_DRAIN_SECONDS",
+        1.0,
+        "On SIGTERM, how long a replica keeps taking calls after it reported NOT_SERVING and "
+        "left the registry, so load balancers stop sending before it refuses any.",
+    )
     health_interval_seconds: float = setting(
         "CALLISTO_HEALTH_INTERVAL_SECONDS", 1.0, "How often dependencies are probed for health."
     )

@@ -169,6 +169,8 @@ async def serve(
     if registration is not None:
         # Out of the control plane's endpoints first, so Envoy sends no new calls here.
         await registration.stop()
+    # Calls already routed here still arrive for a moment; a stopping server would cancel them.
+    await asyncio.sleep(settings.drain_seconds)
     runtime.stopping.set()
     await server.stop(settings.shutdown_grace_seconds)
     await monitor.stop()

@@ -49,6 +49,7 @@ def scaled(
         "CALLISTO_HEALTH_INTERVAL_SECONDS": "0.2",
         "CALLISTO_SHUTDOWN_GRACE_SECONDS": "2",
         "CALLISTO_REGISTRY_TTL_SECONDS": "1.5",
+        "CALLISTO_DRAIN_SECONDS": "1",
     }
     mesh.envs = {
         "persistence": {**base, "CALLISTO_REFLECT_MESH": "true"},
