@@ -110,7 +110,7 @@ def _replica_lines(mesh: Mesh) -> str:
     lines = []
     for replicas in mesh.replicas.values():
         for replica in replicas:
-            lines.append(f"  {replica.name:<15} {replica.address}  (gRPC, direct)")
+            lines.append(f"  {replica.name:<11} {replica.address}  (gRPC, direct)")
     count = mesh.config.replicas
     each = "one replica" if count == 1 else f"{count} replicas"
     lines.append(f"  ({each} of each service; a part that exits is restarted on its port)")

@@ -469,7 +469,12 @@ class Mesh:
         milvus = self.milvus
         if milvus is not None:
             children.append(
-                _process_child(milvus, milvus.start, lambda: milvus.answering, lambda: milvus.uri)
+                _process_child(
+                    milvus,
+                    milvus.start,
+                    lambda: milvus.answering and milvus.load_collections(),
+                    lambda: f"{milvus.uri} (collections loaded)",
+                )
             )
         for replicas in self.replicas.values():
             for replica in replicas:
