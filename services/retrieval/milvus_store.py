@@ -234,6 +234,12 @@ def _chunk_ids(tenant: str, document_id: str, generation: str, count: int) -> li
 
 
 _RETRYABLE_CODES = frozenset({1, 2, 3, 4, 7, 8})  # not ready, unavailable, limits, rate limit
+# "Collection is in state 'released'": a Milvus server that restarted loads nothing by itself.
+_NOT_LOADED = 101
+
+
+class _CollectionReleased(Exception):
+    """Milvus holds the collection but has not loaded it (its server restarted)."""
 
 
 def classify_milvus_error(exc: BaseException) -> RetrievalError:
@@ -327,11 +333,34 @@ class MilvusStore:
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a write (or schema) call on the writer thread."""
-        return await self._run(self._writes, fn, *args, **kwargs)
+        return await self._loaded(self._writes, fn, *args, **kwargs)
 
     async def _read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a read on the read pool: never queued behind writes."""
-        return await self._run(self._reads, fn, *args, **kwargs)
+        return await self._loaded(self._reads, fn, *args, **kwargs)
+
+    async def _loaded(
+        self, executor: ThreadPoolExecutor, fn: Callable[..., T], *args: Any, **kwargs: Any
+    ) -> T:
+        """Runs the call; when Milvus came back without the collections loaded, loads them
+        and runs it once more (still released: unavailable, to be retried)."""
+        try:
+            return await self._run(executor, fn, *args, **kwargs)
+        except _CollectionReleased:
+            log.warning("milvus collections were released (a server restart); loading them")
+        try:
+            await self._run(self._writes, self._load_collections)
+            return await self._run(executor, fn, *args, **kwargs)
+        except _CollectionReleased as error:
+            raise BackendUnavailable("milvus", "Milvus is loading the collections") from error
+
+    def _load_collections(self) -> None:
+        for name in (
+            self.config.chunk_collection,
+            self.config.entity_collection,
+            self.config.document_collection,
+        ):
+            self._client.load_collection(name)
 
     @staticmethod
     async def _run(
@@ -344,6 +373,8 @@ class MilvusStore:
         try:
             return await loop.run_in_executor(executor, partial(fn, *args, **kwargs))
         except (MilvusException, grpc.RpcError, grpc.FutureTimeoutError, TimeoutError) as exc:
+            if isinstance(exc, MilvusException) and exc.code == _NOT_LOADED:
+                raise _CollectionReleased() from exc
             raise classify_milvus_error(exc) from exc
 
     # ----------------------------------------------------------------- schema
@@ -362,12 +393,7 @@ class MilvusStore:
             self._create_entities()
         if not self._client.has_collection(self.config.document_collection):
             self._create_documents()
-        for name in (
-            self.config.chunk_collection,
-            self.config.entity_collection,
-            self.config.document_collection,
-        ):
-            self._client.load_collection(name)
+        self._load_collections()
         for name in (self.config.chunk_collection, self.config.entity_collection):
             self._analyzers[name] = self._stored_analyzer(name)
 
