@@ -472,8 +472,9 @@ class Mesh:
                 _process_child(
                     milvus,
                     milvus.start,
-                    lambda: milvus.answering and milvus.load_collections(),
-                    lambda: f"{milvus.uri} (collections loaded)",
+                    # Retrieval loads the collections a restarted server holds released.
+                    lambda: milvus.answering,
+                    lambda: milvus.uri,
                 )
             )
         for replicas in self.replicas.values():

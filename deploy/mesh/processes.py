@@ -326,19 +326,6 @@ class MilvusLiteServer(ManagedProcess):
         self.start()
         self.wait_ready(timeout)
 
-    def load_collections(self) -> bool:
-        """Loads every collection again: a restarted server keeps their data but not their
-        loaded state, and searches of a released collection fail. True once done."""
-        from pymilvus import MilvusClient
-
-        client = MilvusClient(self.uri, timeout=10.0)
-        try:
-            for name in client.list_collections():
-                client.load_collection(name)
-        finally:
-            client.close()
-        return True
-
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
