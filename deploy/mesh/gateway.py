@@ -14,9 +14,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from callisto.gateway.config import GatewaySpec
 from callisto.gateway.process import (
     ACCESS_LOG_FILE,
@@ -28,10 +25,10 @@ from callisto.gateway.process import (
     validate,
     write_gateway_files,
 )
-from callisto.mesh.processes import ManagedProcess, ProcessError, free_port
+from callisto.mesh.processes import GrpcServerProcess, ManagedProcess, free_port
 
 
-class ControlPlaneProcess(ManagedProcess):
+class ControlPlaneProcess(GrpcServerProcess):
     """`python -m callisto.gateway.control_plane` on `host:port`, reading the replica registry
     in the Redis at `redis_url` (`env` adds or overrides settings, e.g. the poll interval)."""
 
@@ -44,8 +41,6 @@ class ControlPlaneProcess(ManagedProcess):
         host: str = "127.0.0.1",
         env: Mapping[str, str] | None = None,
     ) -> None:
-        self.host = host
-        self.port = port
         merged = dict(os.environ)
         merged.update(env or {})
         merged["CALLISTO_GRPC_HOST"] = host
@@ -55,34 +50,11 @@ class ControlPlaneProcess(ManagedProcess):
         super().__init__(
             "control-plane",
             [sys.executable, "-m", "callisto.gateway.control_plane"],
+            host=host,
+            port=port,
             log_path=log_path,
             env=merged,
         )
-
-    @property
-    def address(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-    def health(self, timeout: float = 1.0) -> int:
-        """The grpc.health status it reports (SERVING once it has read its source)."""
-        with grpc.insecure_channel(self.address) as channel:
-            try:
-                reply = health_pb2_grpc.HealthStub(channel).Check(
-                    health_pb2.HealthCheckRequest(service=""), timeout=timeout
-                )
-            except grpc.RpcError:
-                return int(health_pb2.HealthCheckResponse.UNKNOWN)
-            return int(reply.status)
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        """Waits until its health says SERVING; raises `ProcessError` with the log's tail."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.check_alive()
-            if self.health() == health_pb2.HealthCheckResponse.SERVING:
-                return
-            time.sleep(0.1)
-        raise ProcessError(f"control plane not SERVING within {timeout} s:\n{self.log_tail()}")
 
 
 class EnvoyGateway:

@@ -643,7 +643,7 @@ def _start_service(service: ServiceProcess) -> None:
 
 def _start_control_plane(control_plane: ControlPlaneProcess) -> None:
     control_plane.start()
-    control_plane.wait_ready()
+    control_plane.wait_healthy()
 
 
 def _process_child(

@@ -221,7 +221,53 @@ class RedisServer(ManagedProcess):
             return False
 
 
-class ServiceProcess(ManagedProcess):
+class GrpcServerProcess(ManagedProcess):
+    """A child serving gRPC with `grpc.health.v1` on `host:port`."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        host: str,
+        port: int,
+        log_path: Path,
+        env: Mapping[str, str],
+    ) -> None:
+        self.host = host
+        self.port = port
+        super().__init__(name, argv, log_path=log_path, env=env)
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def serving_now(self) -> bool:
+        """Whether it answers health SERVING right now (a quick check)."""
+        return self.health(0.5) == int(health_pb2.HealthCheckResponse.SERVING)
+
+    def health(self, timeout: float = 1.0) -> int:
+        """The health status it reports (a HealthCheckResponse.ServingStatus value)."""
+        with grpc.insecure_channel(self.address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+            except grpc.RpcError:
+                return int(health_pb2.HealthCheckResponse.UNKNOWN)
+            return int(reply.status)
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        """Waits until its health says SERVING; raises `ProcessError` with the log's tail."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_alive()
+            if self.health() == health_pb2.HealthCheckResponse.SERVING:
+                return
+            time.sleep(0.1)
+        raise ProcessError(f"{self.name} not SERVING within {timeout} s:\n{self.log_tail()}")
+
+
+class ServiceProcess(GrpcServerProcess):
     """A Callisto service (`python -m callisto.services.<service>`) on a given port."""
 
     def __init__(
@@ -236,8 +282,6 @@ class ServiceProcess(ManagedProcess):
     ) -> None:
         """`name` tells replicas apart in logs and messages (default: the service)."""
         self.service = service
-        self.host = host
-        self.port = port
         merged = dict(os.environ)
         merged.update(env or {})
         merged["CALLISTO_GRPC_HOST"] = host
@@ -246,36 +290,11 @@ class ServiceProcess(ManagedProcess):
         super().__init__(
             name or service,
             [sys.executable, "-m", f"callisto.services.{service}"],
+            host=host,
+            port=port,
             log_path=log_path,
             env=merged,
         )
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    def serving_now(self) -> bool:
-        """Whether it answers health SERVING right now (a quick check)."""
-        return self.health(0.5) == int(health_pb2.HealthCheckResponse.SERVING)
-
-    def health(self, timeout: float = 1.0) -> int:
-        """The health status the service reports (a HealthCheckResponse.ServingStatus value)."""
-        with grpc.insecure_channel(self.address) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
-            except grpc.RpcError:
-                return int(health_pb2.HealthCheckResponse.UNKNOWN)
-            return int(reply.status)
-
-    def wait_healthy(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.check_alive()
-            if self.health() == health_pb2.HealthCheckResponse.SERVING:
-                return
-            time.sleep(0.1)
-        raise ProcessError(f"{self.service} not SERVING within {timeout} s:\n{self.log_tail()}")
 
     @contextlib.contextmanager
     def serving(self, timeout: float = 30.0) -> Iterator[ServiceProcess]:

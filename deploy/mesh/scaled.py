@@ -69,7 +69,7 @@ class ScaledMesh:
     def start(self) -> None:
         self.redis.start()
         self.control_plane.start()
-        self.control_plane.wait_ready()
+        self.control_plane.wait_healthy()
 
     def start_gateway(self) -> None:
         self.gateway.start()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import socket
 import time
 
@@ -31,7 +30,7 @@ from callisto.gateway.control_plane.sources import (
 from callisto.services.common.config import SettingsError
 from callisto.services.common.health import DependencyCheck, HealthMonitor
 from callisto.services.common.redis_client import connect_redis
-from callisto.services.common.server import message_size_options
+from callisto.services.common.server import message_size_options, until_stopped
 from callisto.services.common.telemetry import configure_logging, start_metrics_server
 
 log = logging.getLogger("callisto.control_plane")
@@ -145,12 +144,7 @@ async def serve(settings: ControlPlaneSettings, *, stop: asyncio.Event | None = 
         },
     )
 
-    if stop is None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_stopped(stop)
 
     log.info("shutting down")
     await monitor.drain()

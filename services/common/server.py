@@ -157,12 +157,7 @@ async def serve(
         extra={"fields": {"address": f"{settings.host}:{bound}", "metrics_port": metrics_port}},
     )
 
-    if stop is None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_stopped(stop)
 
     log.info("shutting down", extra={"fields": {"grace_seconds": settings.shutdown_grace_seconds}})
     await monitor.drain()
@@ -178,6 +173,16 @@ async def serve(
         await close()
     await runtime.close()
     log.info("stopped")
+
+
+async def until_stopped(stop: asyncio.Event | None) -> None:
+    """Returns when `stop` is set, or (without one) on SIGTERM or SIGINT."""
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
 
 
 async def _register(

@@ -292,7 +292,7 @@ def control_planes(
         process.start()
     try:
         for process in started:
-            process.wait_ready()
+            process.wait_healthy()
         yield started
     finally:
         for process in started:

@@ -188,7 +188,7 @@ def xds_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[XdsMesh]:
         for process in control_planes:
             process.start()
         for process in control_planes:
-            process.wait_ready()
+            process.wait_healthy()
         gateway.start()
         yield mesh
     finally:
