@@ -35,13 +35,14 @@ from dataclasses import replace
 from functools import partial
 from typing import Any, TypeVar
 
-from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
-from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.client import NEVER_DECODE
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from callisto.services.common.errors import (
@@ -53,6 +54,7 @@ from callisto.services.common.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from callisto.services.common.redis_client import PoolExhausted, queued_client
 from callisto.services.persistence.models import (
     FINISHED,
     FOLLOW_POLICY,
@@ -142,7 +144,10 @@ end
 _CREATE_CONVERSATION = """
 if ARGV[8] == '1' then
   local existing = redis.call('GET', KEYS[9])
-  if existing then return {'DUPLICATE', existing} end
+  if existing then
+    redis.call('SET', KEYS[9], existing, 'KEEPTTL')  -- a write, for the WAIT (see _write)
+    return {'DUPLICATE', existing}
+  end
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'EXISTS'} end
 -- Leftovers of an expired namesake must not leak into the new conversation.
@@ -195,7 +200,10 @@ _CREATE_MESSAGE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'NOT_FOUND'} end
 if ARGV[2] ~= '' then
   local seen = redis.call('HGET', KEYS[4], 'm:' .. ARGV[2])
-  if seen then return {'DUPLICATE', redis.call('LINDEX', KEYS[2], tonumber(seen) - 1)} end
+  if seen then
+    redis.call('HSET', KEYS[4], 'm:' .. ARGV[2], seen)  -- a write, for the WAIT (see _write)
+    return {'DUPLICATE', redis.call('LINDEX', KEYS[2], tonumber(seen) - 1)}
+  end
 end
 local status = redis.call('HGET', KEYS[1], 'status')
 if is_finished(status) then return {'FINISHED', status} end
@@ -228,7 +236,9 @@ _CREATE_EVENT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'NOT_FOUND'} end
 local seq
 if ARGV[3] ~= '' then seq = redis.call('HGET', KEYS[4], 'e:' .. ARGV[3]) end
-if not seq then
+if seq then
+  redis.call('HSET', KEYS[4], 'e:' .. ARGV[3], seq)  -- a write, for the WAIT (see _write)
+else
   local status = redis.call('HGET', KEYS[1], 'status')
   if is_finished(status) then return {'FINISHED', status} end
   local now = now_ms()
@@ -248,7 +258,10 @@ if ARGV[4] ~= '' then
   local seen = redis.call('HGET', KEYS[4], 'a:' .. ARGV[4])
   if seen then
     local first = redis.call('HGET', KEYS[6], seen)
-    if first then return {'DUPLICATE', first} end
+    if first then
+      redis.call('HSET', KEYS[4], 'a:' .. ARGV[4], seen)  -- a write, for the WAIT (see _write)
+      return {'DUPLICATE', first}
+    end
   end
 end
 local count = redis.call('ZCARD', KEYS[7])
@@ -336,61 +349,9 @@ class _Keys:
         return f"{self.prefix}:sess:{session_id}"
 
 
-# What a dead, restarting or unreachable Redis raises (BusyLoadingError is a ConnectionError).
+# What a dead, restarting or unreachable Redis raises (BusyLoadingError is a ConnectionError;
+# through Sentinel, so are a demoted primary's READONLY and a primary nobody names yet).
 _LOST = (RedisConnectionError, RedisTimeoutError, OSError)
-
-
-class PoolExhausted(Exception):
-    """Every connection of a pool stayed busy for the whole wait; nothing was sent to Redis."""
-
-
-class _QueuedPool(ConnectionPool):
-    """A bounded pool whose callers wait their turn for a connection.
-
-    redis-py's default pool refuses a caller outright once `max_connections` are in use, with
-    a ConnectionError that reads like a lost Redis. Here a caller queues (first come, first
-    served) for one of `max_connections` slots; one that waited `wait_seconds` in vain gets
-    PoolExhausted, which says the command was never sent. Taking a free slot costs nothing
-    (redis-py's BlockingConnectionPool takes a condition lock and a timer on every call).
-    """
-
-    def __init__(self, *, wait_seconds: float, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.wait_seconds = wait_seconds
-        self._slots = asyncio.Semaphore(self.max_connections)
-        # Connections handed out under a slot (the base pool releases a connection it failed
-        # to connect before handing it out, and that one's slot is given back below).
-        self._slotted: set[AbstractConnection] = set()
-
-    async def get_connection(self, *args: Any, **kwargs: Any) -> AbstractConnection:
-        if self._slots.locked():
-            try:
-                async with asyncio.timeout(self.wait_seconds):
-                    await self._slots.acquire()
-            except TimeoutError as error:
-                raise PoolExhausted(
-                    f"all {self.max_connections} Redis connections stayed busy for "
-                    f"{self.wait_seconds:g} s"
-                ) from error
-        else:
-            await self._slots.acquire()  # free: returns at once
-        try:
-            connection: AbstractConnection = await super().get_connection(  # type: ignore[no-untyped-call]
-                *args, **kwargs
-            )
-        except BaseException:
-            self._slots.release()
-            raise
-        self._slotted.add(connection)
-        return connection
-
-    async def release(self, connection: AbstractConnection) -> None:
-        try:
-            await super().release(connection)
-        finally:
-            if connection in self._slotted:
-                self._slotted.discard(connection)
-                self._slots.release()
 
 
 def _unavailable(what: str = "") -> Unavailable:
@@ -413,35 +374,43 @@ class RedisStore:
         request_id_ttl_seconds: int = 86400,
         connections: int = _CONNECTIONS,
         follow_connections: int = _FOLLOW_CONNECTIONS,
+        min_replicas: int = 0,
+        wait_timeout_ms: int = 1000,
     ) -> None:
+        """`url` is a Redis or Sentinel URL (services/common/redis_client.py); with
+        `min_replicas` > 0 every write is acknowledged only once that many replicas have it
+        (WAIT for at most `wait_timeout_ms`)."""
+        if min_replicas < 0 or wait_timeout_ms < 0:
+            raise ValueError("min_replicas and wait_timeout_ms must not be negative")
         # No automatic retries: a write replayed after a lost reply could duplicate a message.
-        # Dead pooled connections are replaced at checkout, so a restarted Redis is picked up.
+        # Dead pooled connections are replaced at checkout, so a restarted Redis (or, through
+        # Sentinel, the primary after a failover) is picked up.
         options: dict[str, Any] = {
             "decode_responses": True,
             "socket_connect_timeout": 2.0,
             "retry": Retry(NoBackoff(), 0),
         }
-        self._redis: Redis = Redis.from_pool(
-            _QueuedPool.from_url(
-                url,
-                max_connections=connections,
-                wait_seconds=_CONNECTION_WAIT_SECONDS,
-                socket_timeout=5.0,
-                **options,
-            )
+        # A write's reply comes after its WAIT: the socket timeout must outlast the wait.
+        write_timeout = 5.0 + (wait_timeout_ms / 1000 if min_replicas else 0.0)
+        self._redis: Redis = queued_client(
+            url,
+            max_connections=connections,
+            wait_seconds=_CONNECTION_WAIT_SECONDS,
+            socket_timeout=write_timeout,
+            **options,
         )
         # Blocking XREADs hold their connection for a while; their own pool keeps them from
         # starving ordinary calls. A follower waits at most one slice for a connection.
-        self._blocking: Redis = Redis.from_pool(
-            _QueuedPool.from_url(
-                url,
-                max_connections=follow_connections,
-                wait_seconds=_FOLLOW_SLICE_SECONDS,
-                socket_timeout=_FOLLOW_SLICE_SECONDS + 5.0,
-                **options,
-            )
+        self._blocking: Redis = queued_client(
+            url,
+            max_connections=follow_connections,
+            wait_seconds=_FOLLOW_SLICE_SECONDS,
+            socket_timeout=_FOLLOW_SLICE_SECONDS + 5.0,
+            **options,
         )
         self._request_id_ttl = request_id_ttl_seconds
+        self._min_replicas = min_replicas
+        self._wait_timeout_ms = wait_timeout_ms
         register = self._redis.register_script
         self._create_conversation = register(_PRELUDE + _CREATE_CONVERSATION)
         self._update_conversation = register(_PRELUDE + _UPDATE_CONVERSATION)
@@ -458,8 +427,53 @@ class RedisStore:
     async def ping(self) -> bool:
         return bool(await self._read(self._redis.ping))
 
-    async def _write(self, call: Awaitable[T]) -> T:
-        """Runs one write, never replayed: a lost reply might hide an applied script."""
+    async def _write(
+        self,
+        script: AsyncScript,
+        keys: Sequence[str],
+        args: Sequence[str | int | bytes],
+        *,
+        dedupes: bool = False,
+    ) -> Any:
+        """Runs one write script, never replayed: a lost reply might hide an applied script.
+
+        With min replicas, the script and a WAIT go down one connection together (WAIT counts
+        the replicas that have every write of its connection so far); too few acknowledgements
+        and the write is answered UNAVAILABLE although the primary has it. `dedupes` says the
+        write carries a request id, so retrying it answers the first write instead of making
+        another (the duplicate paths rewrite their request-id marker, so the retry's own WAIT
+        also covers the first write)."""
+        if not self._min_replicas:
+            return await self._guarded(script(keys=keys, args=args))
+        for attempt in range(2):
+            try:
+                reply, acknowledged = await self._guarded(self._script_and_wait(script, keys, args))
+                break
+            except NoScriptError:
+                # A new primary (or a restarted Redis) has an empty script cache; NOSCRIPT
+                # means nothing ran, so loading the script and running it again is safe.
+                if attempt:
+                    raise _unavailable() from None
+                await self._guarded(self._redis.script_load(script.script))
+        if int(acknowledged) < self._min_replicas:
+            hint = "retry with the same request id" if dedupes else "read it back before retrying"
+            raise Unavailable(
+                f"written on the primary, not yet confirmed by a replica; {hint}",
+                retry_after=1.0,
+            )
+        return reply
+
+    async def _script_and_wait(
+        self, script: AsyncScript, keys: Sequence[str], args: Sequence[str | int | bytes]
+    ) -> list[Any]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            pipe.wait(self._min_replicas, self._wait_timeout_ms)
+            result: list[Any] = await pipe.execute()
+        return result
+
+    async def _guarded(self, call: Awaitable[T]) -> T:
+        """Maps what a lost, refusing or busy Redis raises to UNAVAILABLE."""
         try:
             return await call
         except PoolExhausted as error:  # busy, not lost: the pooled connections are fine
@@ -467,6 +481,14 @@ class RedisStore:
         except _LOST as error:
             await self._forget_connections()
             raise _unavailable() from error
+        except ReadOnlyError as error:  # a replica (a direct URL to a demoted primary)
+            await self._forget_connections()
+            raise _unavailable("it is a read-only replica now") from error
+        except ResponseError as error:
+            # A primary with min-replicas-to-write and too few replicas refuses every write.
+            if "NOREPLICAS" in str(error):  # (a pipeline prefixes its errors)
+                raise _unavailable("too few replicas to write, nothing was written") from error
+            raise
 
     async def _read(self, call: Callable[[], Awaitable[T]]) -> T:
         """Runs one read, once more on a fresh connection if the pooled one was dead."""
@@ -510,19 +532,19 @@ class RedisStore:
     ) -> Conversation:
         keys = _Keys(tenant)
         reply = await self._write(
-            self._create_conversation(
-                keys=[
-                    *keys.conversation(conversation_id),
-                    keys.conversations,
-                    keys.conversation_request(request_id),
-                ],
-                args=[
-                    conversation_id,
-                    *_conversation_args(fields),
-                    "1" if request_id else "",
-                    self._request_id_ttl,
-                ],
-            )
+            self._create_conversation,
+            keys=[
+                *keys.conversation(conversation_id),
+                keys.conversations,
+                keys.conversation_request(request_id),
+            ],
+            args=[
+                conversation_id,
+                *_conversation_args(fields),
+                "1" if request_id else "",
+                self._request_id_ttl,
+            ],
+            dedupes=bool(request_id),
         )
         if reply[0] == "DUPLICATE":
             return await self.get_conversation(tenant, reply[1])
@@ -548,10 +570,9 @@ class RedisStore:
         """Writes the `changes` (stored field name → value) with compare-and-set on the version."""
         flat = [item for pair in changes.items() for item in pair]
         reply = await self._write(
-            self._update_conversation(
-                keys=_Keys(tenant).conversation(conversation_id),
-                args=[_version_arg(expected_version), status_event_data, *flat],
-            )
+            self._update_conversation,
+            keys=_Keys(tenant).conversation(conversation_id),
+            args=[_version_arg(expected_version), status_event_data, *flat],
         )
         _check_reply(reply, f"conversation {conversation_id!r}", f"conversations/{conversation_id}")
         return _conversation(_pairs(reply[1]))
@@ -561,10 +582,9 @@ class RedisStore:
     ) -> None:
         keys = _Keys(tenant)
         reply = await self._write(
-            self._delete_conversation(
-                keys=[*keys.conversation(conversation_id), keys.conversations],
-                args=[conversation_id, _version_arg(expected_version)],
-            )
+            self._delete_conversation,
+            keys=[*keys.conversation(conversation_id), keys.conversations],
+            args=[conversation_id, _version_arg(expected_version)],
         )
         _check_reply(reply, f"conversation {conversation_id!r}", f"conversations/{conversation_id}")
 
@@ -597,9 +617,10 @@ class RedisStore:
         self, tenant: str, conversation_id: str, body_json: str, request_id: str
     ) -> StoredMessage:
         reply = await self._write(
-            self._create_message(
-                keys=_Keys(tenant).conversation(conversation_id), args=[body_json, request_id]
-            )
+            self._create_message,
+            keys=_Keys(tenant).conversation(conversation_id),
+            args=[body_json, request_id],
+            dedupes=bool(request_id),
         )
         _check_reply(reply, f"conversation {conversation_id!r}", f"conversations/{conversation_id}")
         return _message(reply[1])
@@ -634,7 +655,9 @@ class RedisStore:
             current = await self.get_message(tenant, conversation_id, position)
             record = _record(replace(current, body_json=change(current.body_json)))
             reply = await self._write(
-                self._replace_message(keys=keys, args=[position - 1, _record(current), record])
+                self._replace_message,
+                keys=keys,
+                args=[position - 1, _record(current), record],
             )
             if reply[0] == "NO_MESSAGE":
                 raise _message_not_found(conversation_id, position)
@@ -665,10 +688,10 @@ class RedisStore:
         self, tenant: str, conversation_id: str, event_type: str, data_json: str, request_id: str
     ) -> StoredEvent:
         reply = await self._write(
-            self._create_event(
-                keys=_Keys(tenant).conversation(conversation_id),
-                args=[event_type, data_json, request_id],
-            )
+            self._create_event,
+            keys=_Keys(tenant).conversation(conversation_id),
+            args=[event_type, data_json, request_id],
+            dedupes=bool(request_id),
         )
         _check_reply(reply, f"conversation {conversation_id!r}", f"conversations/{conversation_id}")
         return _event(reply[1][0])
@@ -836,10 +859,10 @@ class RedisStore:
             separators=(",", ":"),
         )
         reply = await self._write(
-            self._create_artifact(
-                keys=_Keys(tenant).conversation(conversation_id),
-                args=[artifact_id, record, content, request_id, max_count],
-            )
+            self._create_artifact,
+            keys=_Keys(tenant).conversation(conversation_id),
+            args=[artifact_id, record, content, request_id, max_count],
+            dedupes=bool(request_id),
         )
         if reply[0] == "FULL":
             raise ResourceExhausted(
@@ -897,10 +920,9 @@ class RedisStore:
     async def create_session(self, tenant: str, session_id: str, fields: SessionFields) -> Session:
         keys = _Keys(tenant)
         reply = await self._write(
-            self._create_session(
-                keys=[keys.session(session_id), keys.retention, keys.sessions],
-                args=[session_id, fields.kind, fields.state_json, fields.ttl_ms],
-            )
+            self._create_session,
+            keys=[keys.session(session_id), keys.retention, keys.sessions],
+            args=[session_id, fields.kind, fields.state_json, fields.ttl_ms],
         )
         if reply[0] == "EXISTS":
             raise AlreadyExists(f"session {session_id!r} already exists")
@@ -919,10 +941,9 @@ class RedisStore:
         keys = _Keys(tenant)
         flat = [item for pair in changes.items() for item in pair]
         reply = await self._write(
-            self._update_session(
-                keys=[keys.session(session_id), keys.retention],
-                args=[_version_arg(expected_version), *flat],
-            )
+            self._update_session,
+            keys=[keys.session(session_id), keys.retention],
+            args=[_version_arg(expected_version), *flat],
         )
         _check_reply(reply, f"session {session_id!r}")
         return _session(_pairs(reply[1]))
@@ -932,10 +953,9 @@ class RedisStore:
     ) -> None:
         keys = _Keys(tenant)
         reply = await self._write(
-            self._delete_session(
-                keys=[keys.session(session_id), keys.sessions],
-                args=[session_id, _version_arg(expected_version)],
-            )
+            self._delete_session,
+            keys=[keys.session(session_id), keys.sessions],
+            args=[session_id, _version_arg(expected_version)],
         )
         _check_reply(reply, f"session {session_id!r}")
 
@@ -968,7 +988,11 @@ class RedisStore:
 
     async def update_retention(self, tenant: str, changes: dict[str, int]) -> RetentionPolicy:
         flat = [item for pair in changes.items() for item in pair]
-        reply = await self._write(self._update_retention(keys=[_Keys(tenant).retention], args=flat))
+        reply = await self._write(
+            self._update_retention,
+            keys=[_Keys(tenant).retention],
+            args=flat,
+        )
         return _retention(_pairs(reply[1]))
 
     # Listing
@@ -1037,7 +1061,7 @@ class RedisStore:
                 items = await self._read(partial(load, ids))
                 gone = [c.id for c, item in zip(fresh, items, strict=True) if item is None]
                 if gone:
-                    await self._write(self._redis.zrem(index, *gone))
+                    await self._guarded(self._redis.zrem(index, *gone))
                 found.extend(
                     (c, item)
                     for c, item in zip(fresh, items, strict=True)

@@ -972,7 +972,12 @@ def _int_cursor(raw: dict[str, Any] | None, key: str) -> int:
 
 async def build(runtime: Runtime[PersistenceSettings]) -> ServiceDefinition:
     settings = runtime.settings
-    store = RedisStore(settings.redis_url, request_id_ttl_seconds=settings.request_id_ttl_seconds)
+    store = RedisStore(
+        settings.redis_url,
+        request_id_ttl_seconds=settings.request_id_ttl_seconds,
+        min_replicas=settings.redis_min_replicas,
+        wait_timeout_ms=settings.redis_wait_timeout_ms,
+    )
     servicer = PersistenceServicer(store, settings, runtime)
     return ServiceDefinition(
         service_names=[SERVICE_NAME],
