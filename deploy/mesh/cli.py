@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
-from redis.asyncio import Redis
 
 from callisto.cli.ingest import set_key_minter
 from callisto.cli.main import client_app
 from callisto.cli.state import MeshState, ReplicaState, mesh_home
 from callisto.services.common.auth import ApiKeyInfo, ApiKeyStore
+from callisto.services.common.redis_client import connect_redis
 
 if TYPE_CHECKING:
     from callisto.gateway.config import GatewaySpec
@@ -185,7 +185,7 @@ def _redis_url(explicit: str | None) -> str:
 
 def _with_keys(redis_url: str, action: Callable[[ApiKeyStore], Awaitable[T]]) -> T:
     async def run() -> T:
-        redis = Redis.from_url(redis_url, socket_connect_timeout=3)
+        redis = connect_redis(redis_url)
         try:
             return await action(ApiKeyStore(redis))
         finally:

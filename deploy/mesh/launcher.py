@@ -33,7 +33,6 @@ from pathlib import Path
 from types import FrameType
 
 from grpc_health.v1 import health_pb2
-from redis.asyncio import Redis
 
 from callisto.cli.state import MeshState, ReplicaState
 from callisto.gateway.config import GatewaySpec, cors_origins_from_environment
@@ -50,6 +49,7 @@ from callisto.mesh.processes import (
 from callisto.mesh.supervisor import Child, CrashLoop, RestartPolicy, Supervisor
 from callisto.mesh.triton import TritonServer, default_model_repository, ensure_triton_environment
 from callisto.services.common.auth import ApiKeyStore
+from callisto.services.common.redis_client import connect_redis
 
 log = logging.getLogger("callisto.mesh")
 
@@ -535,7 +535,7 @@ class Mesh:
         tenants = [DEMO_TENANT, *(SAMPLE_TENANTS if self.config.with_models else ())]
         folder = self.config.home / "keys"
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        redis = Redis.from_url(self.redis.url)
+        redis = connect_redis(self.redis.url)
         keys: dict[str, str] = {}
         try:
             store = ApiKeyStore(redis)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from callisto.services.common.redis_client import connect_redis
 from callisto.services.common.tenancy import TENANT_PATTERN
 
 KEY_PATTERN = re.compile(r"^cal_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
@@ -187,7 +188,7 @@ class ApiKeyStore:
 
 async def create_api_key(redis_url: str, tenant: str, label: str = "") -> str:
     """Creates a key for `tenant` in the Redis at `redis_url` and returns it (shown once)."""
-    redis = Redis.from_url(redis_url)
+    redis = connect_redis(redis_url)
     try:
         key, _ = await ApiKeyStore(redis).create(tenant, label)
         return key

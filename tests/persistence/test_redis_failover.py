@@ -54,8 +54,8 @@ def ha(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisHA]:
 
 @pytest_asyncio.fixture(scope="module")
 async def mesh(ha: RedisHA, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mesh]:
-    primary_url = f"redis://127.0.0.1:{ha.primary_port()}/0"
-    key = await create_api_key(primary_url, "failover", label="tests")
+    # Through the Sentinels, as `callisto keys create --redis-url` would.
+    key = await create_api_key(ha.sentinel_url, "failover", label="tests")
     env = {
         "CALLISTO_REDIS_URL": ha.sentinel_url,
         "CALLISTO_REDIS_MIN_REPLICAS": "1",
