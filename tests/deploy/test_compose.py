@@ -213,7 +213,7 @@ def test_services_are_configured_for_the_deployment(services: dict[str, dict[str
     orchestration = services["orchestration"]["environment"]
     for name, (_, port, _) in CALLISTO_SERVICES.items():
         if name != "orchestration":
-            assert orchestration[f"CALLISTO_{name.upper()}_TARGET"] == f"{name}:{port}"
+            assert orchestration[f"CALLISTO_{name.upper()}_TARGET"] == f"dns:///{name}:{port}"
     milvus = services["milvus"]["environment"]
     minio = services["minio"]["environment"]
     assert milvus["MINIO_ADDRESS"] == "minio:9000" and milvus["ETCD_ENDPOINTS"] == "etcd:2379"

@@ -447,7 +447,8 @@ def test_the_control_plane_resolves_every_service_through_its_headless_dns_name(
     for short in ("persistence", "generation", "retrieval"):
         assert (
             config_value(objects, "callisto-orchestration", f"CALLISTO_{short.upper()}_TARGET")
-            == targets[next(n for n in targets if n.split(".")[1] == short)]
+            # The control plane's DNS target, through gRPC's DNS resolver: every ready replica.
+            == "dns:///" + targets[next(n for n in targets if n.split(".")[1] == short)]
         )
     # The Redis registry has no reader here, so the services do not write to it.
     assert config_value(objects, "callisto-common", "CALLISTO_REGISTER") == "false"

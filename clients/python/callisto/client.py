@@ -66,14 +66,21 @@ def auth_metadata(api_key: str) -> tuple[tuple[str, str], ...]:
     return ((AUTHORIZATION, bearer(api_key)),)
 
 
-# Messages of up to 64 MiB each way (document uploads, exports of long conversations). Calls
-# spread over every address the target resolves to (`ipv4:a:p1,b:p2`, or a DNS name with one
-# record per replica), skipping a replica that stopped answering; one address works as before.
+# Messages of up to 64 MiB each way (document uploads, exports of long conversations).
 _CHANNEL_OPTIONS: Sequence[tuple[str, Any]] = (
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
-    ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})),
 )
+# A target that names its resolver (`ipv4:a:p1,b:p2`, `dns:///name:port` with a record per
+# replica) stands for several replicas: calls spread over all of them, skipping one that stopped
+# answering. A plain `host:port` keeps gRPC's pick-first, which reconnects on demand to a server
+# that restarted, rather than after a reconnect backoff.
+_BALANCED_SCHEMES = ("ipv4:", "ipv6:", "dns:")
+_ROUND_ROBIN = ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]}))
+
+
+def _target_options(target: str) -> list[tuple[str, Any]]:
+    return [_ROUND_ROBIN] if target.startswith(_BALANCED_SCHEMES) else []
 
 
 class _CallDetails:
@@ -190,7 +197,7 @@ class Client:
             kind(api_key, default_timeout, on_behalf_of)
             for kind in (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)
         ]
-        channel_options = [*_CHANNEL_OPTIONS, *options]
+        channel_options = [*_CHANNEL_OPTIONS, *_target_options(target), *options]
         if tls or root_certificates is not None:
             credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
             channel = grpc.aio.secure_channel(
@@ -304,11 +311,12 @@ def blocking_channel(
     """A blocking (non-asyncio) `grpc.Channel` carrying the API key, for code that needs the
     synchronous grpc client itself (a request stream that must see the server's own status when
     the server ends the call early, which grpc.aio's client races)."""
+    options = [*_CHANNEL_OPTIONS, *_target_options(target)]
     if tls or root_certificates is not None:
         credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
-        channel = grpc.secure_channel(target, credentials, options=_CHANNEL_OPTIONS)
+        channel = grpc.secure_channel(target, credentials, options=options)
     else:
-        channel = grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
+        channel = grpc.insecure_channel(target, options=options)
     if api_key is None:
         return channel
     return grpc.intercept_channel(channel, _BlockingAuth(api_key))
