@@ -20,7 +20,7 @@ import os
 import secrets
 import socket
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from redis.asyncio import Redis
@@ -168,9 +168,7 @@ class Registration:
 
     async def set_serving(self, serving: bool) -> None:
         """Records a health change at once, rather than at the next heartbeat."""
-        self._replicas = [
-            Replica(**{**asdict(replica), "serving": serving}) for replica in self._replicas
-        ]
+        self._replicas = [replace(replica, serving=serving) for replica in self._replicas]
         await self._renew()
 
     async def stop(self) -> None:
@@ -245,7 +243,9 @@ class RegistryReader:
 
     async def snapshot(self) -> dict[str, list[Replica]]:
         """Every service's live registrations."""
-        return {service: await self.replicas(service) for service in await self.services()}
+        services = await self.services()
+        found = await asyncio.gather(*(self.replicas(service) for service in services))
+        return dict(zip(services, found, strict=True))
 
     async def changes(self) -> AsyncIterator[str]:
         """Names of services as their registrations change (runs until cancelled)."""
