@@ -339,3 +339,29 @@ async def test_two_control_planes_send_the_same_serving_endpoints_at_the_same_ve
         await serving.stop()
         await not_serving.stop()
         await redis.aclose()
+
+
+async def test_undecodable_and_oversized_requests_end_only_their_own_stream(
+    control_planes: list[ControlPlaneProcess],
+) -> None:
+    process = control_planes[0]
+    method = f"/{ADS_SERVICE}/{ADS_METHOD}"
+    async with grpc.aio.insecure_channel(
+        process.address, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]
+    ) as channel:
+        raw = channel.stream_stream(method)  # bytes in, bytes out: no (de)serialization
+        for junk in (b"\xff\xff\xff\xff\x0f", b"\x0a\xff\xff\xff\xff\x0f", b"\x00" * (8 << 20)):
+            call = raw(iter([junk]), timeout=10)
+            try:
+                # Nothing a stranger sends is answered with configuration.
+                assert [answer async for answer in call] == []
+            except grpc.aio.AioRpcError as refused:
+                assert refused.code() in (
+                    grpc.StatusCode.INTERNAL,
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                ), refused
+        # The process still serves: health, and a well-formed subscription.
+        assert process.serving_now()
+        client, endpoints = await subscribed(channel)
+        client.close()
+        assert endpoints.type_url.endswith("ClusterLoadAssignment")
