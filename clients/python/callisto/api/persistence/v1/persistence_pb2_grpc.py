@@ -154,6 +154,11 @@ class PersistenceServiceStub:
                 request_serializer=callisto_dot_persistence_dot_v1_dot_persistence__pb2.UpdateRetentionPolicyRequest.SerializeToString,
                 response_deserializer=callisto_dot_persistence_dot_v1_dot_persistence__pb2.UpdateRetentionPolicyResponse.FromString,
                 _registered_method=True)
+        self.GetCaller = channel.unary_unary(
+                '/callisto.persistence.v1.PersistenceService/GetCaller',
+                request_serializer=callisto_dot_persistence_dot_v1_dot_persistence__pb2.GetCallerRequest.SerializeToString,
+                response_deserializer=callisto_dot_persistence_dot_v1_dot_persistence__pb2.GetCallerResponse.FromString,
+                _registered_method=True)
 
 
 class PersistenceServiceServicer:
@@ -337,6 +342,14 @@ class PersistenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCaller(self, request, context):
+        """Who the caller is: the tenant its credential acts for (a console shows it after sign-in,
+        and a rejected key is UNAUTHENTICATED here as everywhere).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PersistenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -454,6 +467,11 @@ def add_PersistenceServiceServicer_to_server(servicer, server):
                     servicer.UpdateRetentionPolicy,
                     request_deserializer=callisto_dot_persistence_dot_v1_dot_persistence__pb2.UpdateRetentionPolicyRequest.FromString,
                     response_serializer=callisto_dot_persistence_dot_v1_dot_persistence__pb2.UpdateRetentionPolicyResponse.SerializeToString,
+            ),
+            'GetCaller': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCaller,
+                    request_deserializer=callisto_dot_persistence_dot_v1_dot_persistence__pb2.GetCallerRequest.FromString,
+                    response_serializer=callisto_dot_persistence_dot_v1_dot_persistence__pb2.GetCallerResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1082,6 +1100,33 @@ class PersistenceService:
             '/callisto.persistence.v1.PersistenceService/UpdateRetentionPolicy',
             callisto_dot_persistence_dot_v1_dot_persistence__pb2.UpdateRetentionPolicyRequest.SerializeToString,
             callisto_dot_persistence_dot_v1_dot_persistence__pb2.UpdateRetentionPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCaller(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callisto.persistence.v1.PersistenceService/GetCaller',
+            callisto_dot_persistence_dot_v1_dot_persistence__pb2.GetCallerRequest.SerializeToString,
+            callisto_dot_persistence_dot_v1_dot_persistence__pb2.GetCallerResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -104,6 +104,10 @@ class PersistenceServiceStub:
     """Updates the tenant's retention policy; applies to conversations and sessions created or
     written after the change.
     """
+    GetCaller: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.GetCallerRequest, _persistence_pb2.GetCallerResponse]
+    """Who the caller is: the tenant its credential acts for (a console shows it after sign-in,
+    and a rejected key is UNAUTHENTICATED here as everywhere).
+    """
 
 @_typing.type_check_only
 class PersistenceServiceAsyncStub(PersistenceServiceStub):
@@ -180,6 +184,10 @@ class PersistenceServiceAsyncStub(PersistenceServiceStub):
     UpdateRetentionPolicy: _aio.UnaryUnaryMultiCallable[_persistence_pb2.UpdateRetentionPolicyRequest, _persistence_pb2.UpdateRetentionPolicyResponse]  # type: ignore[assignment]
     """Updates the tenant's retention policy; applies to conversations and sessions created or
     written after the change.
+    """
+    GetCaller: _aio.UnaryUnaryMultiCallable[_persistence_pb2.GetCallerRequest, _persistence_pb2.GetCallerResponse]  # type: ignore[assignment]
+    """Who the caller is: the tenant its credential acts for (a console shows it after sign-in,
+    and a rejected key is UNAUTHENTICATED here as everywhere).
     """
 
 class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -392,6 +400,16 @@ class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_persistence_pb2.UpdateRetentionPolicyResponse, _abc.Awaitable[_persistence_pb2.UpdateRetentionPolicyResponse]]:
         """Updates the tenant's retention policy; applies to conversations and sessions created or
         written after the change.
+        """
+
+    @_abc_1.abstractmethod
+    def GetCaller(
+        self,
+        request: _persistence_pb2.GetCallerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.GetCallerResponse, _abc.Awaitable[_persistence_pb2.GetCallerResponse]]:
+        """Who the caller is: the tenant its credential acts for (a console shows it after sign-in,
+        and a rejected key is UNAUTHENTICATED here as everywhere).
         """
 
 def add_PersistenceServiceServicer_to_server(servicer: PersistenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
