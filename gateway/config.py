@@ -41,6 +41,7 @@ from callisto.gateway.clusters import (
     is_ip,
     static_cluster_config,
 )
+from callisto.gateway.console import console_files, console_routes, largest_file_bytes
 from callisto.gateway.descriptors import find_service, http_annotated_methods, is_server_streaming
 from callisto.gateway.retries import is_idempotent, retry_policy
 
@@ -57,6 +58,7 @@ GRPC_WEB_TYPE = _TYPE + "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb"
 TRANSCODER_TYPE = _TYPE + "envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder"
 LUA_TYPE = _TYPE + "envoy.extensions.filters.http.lua.v3.Lua"
 ROUTER_TYPE = _TYPE + "envoy.extensions.filters.http.router.v3.Router"
+FILTER_CONFIG_TYPE = _TYPE + "envoy.config.route.v3.FilterConfig"
 STDOUT_LOG_TYPE = _TYPE + "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
 HTTP_PROTOCOL_OPTIONS_TYPE = _TYPE + HTTP_PROTOCOL_OPTIONS
 
@@ -186,6 +188,9 @@ class GatewaySpec:
     # How often each upstream's grpc.health.v1 status is checked.
     health_check_interval_s: float = 5.0
     max_request_headers_kb: int = 60
+    # A built web console (its folder holds index.html and assets/) served under /console/;
+    # None serves none.
+    console_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if bool(self.upstreams) == bool(self.services or self.control_planes):
@@ -327,7 +332,15 @@ def _grpc_route(prefix_or_path: Config, cluster: str, *, timeout_s: float, max_s
 
 
 def _routes(spec: GatewaySpec) -> list[Config]:
-    routes: list[Config] = [
+    routes: list[Config] = []
+    if spec.console_dir is not None:
+        # Static files answer before any gRPC route; the transcoder would refuse them as
+        # unknown methods.
+        routes += console_routes(
+            console_files(spec.console_dir),
+            disabled_filters={TRANSCODER: {"@type": FILTER_CONFIG_TYPE, "disabled": True}},
+        )
+    routes += [
         {
             # Server streams as server-sent events when asked for; otherwise the listener-level
             # transcoder emits newline-delimited JSON. Only the transcoder's per-route config is
@@ -641,6 +654,7 @@ def _listener(spec: GatewaySpec) -> Config:
                                 # Under xDS the clusters arrive after the bootstrap is read:
                                 # a route to one not there yet answers 503 until it is.
                                 "validate_clusters": not spec.xds,
+                                **_console_body_limit(spec),
                                 "virtual_hosts": [
                                     {
                                         "name": "callisto",
@@ -656,6 +670,16 @@ def _listener(spec: GatewaySpec) -> Config:
                 ]
             }
         ],
+    }
+
+
+def _console_body_limit(spec: GatewaySpec) -> Config:
+    """Direct responses are capped at 4 KiB unless the route table allows more: room for the
+    console's largest file."""
+    if spec.console_dir is None:
+        return {}
+    return {
+        "max_direct_response_body_size_bytes": largest_file_bytes(console_files(spec.console_dir))
     }
 
 

@@ -68,7 +68,7 @@ def print_banner(mesh: Mesh) -> None:
         f"""
 Callisto mesh is up — checked: created {conversation} over HTTP/JSON through Envoy.
 
-  gateway     {http}  (HTTP/JSON, gRPC + reflection, gRPC-Web)
+  gateway     {http}  (HTTP/JSON, gRPC + reflection, gRPC-Web){_console_line(mesh)}
   xDS         {mesh.control_plane.address}  (control plane: Envoy's endpoints from the registry)
 {_replica_lines(mesh)}{_model_endpoints(mesh)}
   redis       {mesh.redis.url}  (AOF appendfsync {mesh.redis.appendfsync})
@@ -103,6 +103,15 @@ Try it (copy and paste):
 Press Ctrl-C to stop everything.
 """
     )
+
+
+def _console_line(mesh: Mesh) -> str:
+    """Where the web console is (sign in with the demo key), or why it is not served."""
+    if mesh.console_url is not None:
+        return f"\n  console     {mesh.console_url}  (web console: sign in with the API key below)"
+    if mesh.console_problem:
+        return f"\n  console     not served: {mesh.console_problem.splitlines()[0]}"
+    return ""
 
 
 def _replica_lines(mesh: Mesh) -> str:

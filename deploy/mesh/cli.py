@@ -89,6 +89,13 @@ def up(
     restart_window: Annotated[
         float, typer.Option(min=1.0, help="Seconds over which failed restarts are counted.")
     ] = 60.0,
+    console: Annotated[
+        bool,
+        typer.Option(
+            help="Build the web console once (cached; needs Node.js) and serve it from the "
+            "gateway under /console/."
+        ),
+    ] = True,
 ) -> None:
     """Start the whole mesh locally, show it working, and run until Ctrl-C; a part that exits
     is restarted on its own port (a crash loop stops the mesh)."""
@@ -105,6 +112,7 @@ def up(
         redis_port=redis_port,
         appendfsync=appendfsync,
         with_models=models,
+        with_console=console,
         replicas=replicas,
         restart_policy=RestartPolicy(
             delay_s=restart_delay,
@@ -416,3 +424,20 @@ def models_serve(
         typer.echo(f"tritonserver ready in {time.monotonic() - started:.1f}s (pid {server.pid})")
         typer.echo(f"grpc: {server.grpc_url}\nhttp: {server.http_url}\nlog:  {server.log_path}")
         _wait_for_signal()
+
+
+console_app = typer.Typer(help="Build the web console the gateway serves under /console/.")
+app.add_typer(console_app, name="console")
+
+
+@console_app.command("build")
+def console_build(cache_dir: CacheOption = None) -> None:
+    """Install the console's npm packages (npm ci) and build it, unless this version is cached;
+    prints the folder the gateway serves."""
+    from callisto.mesh.console import ConsoleUnavailable, build_console
+
+    try:
+        typer.echo(build_console(cache_dir, log=typer.echo))
+    except ConsoleUnavailable as unavailable:
+        typer.echo(f"error: {unavailable}", err=True)
+        raise typer.Exit(1) from unavailable

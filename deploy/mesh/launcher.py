@@ -27,7 +27,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from types import FrameType
@@ -36,6 +36,7 @@ from grpc_health.v1 import health_pb2
 
 from callisto.cli.state import MeshState, ReplicaState
 from callisto.gateway.config import GatewaySpec, cors_origins_from_environment
+from callisto.mesh.console import ConsoleUnavailable, build_console
 from callisto.mesh.gateway import ControlPlaneProcess, EnvoyGateway
 from callisto.mesh.processes import (
     ManagedProcess,
@@ -118,8 +119,10 @@ class MeshConfig:
     # Serve models (Triton, generation, retrieval) and the orchestration service over them; off
     # gives the persistence-only mesh.
     with_models: bool = True
-    # Where the Triton environment and the compiled llama.cpp wheel are cached.
+    # Where the Triton environment, the compiled llama.cpp wheel and the built console are cached.
     cache_dir: Path | None = None
+    # Build the web console (cached) and serve it from the gateway under /console/.
+    with_console: bool = True
     # Extra environment for every service process.
     service_env: dict[str, str] = field(default_factory=dict)
 
@@ -212,6 +215,7 @@ class Mesh:
             home / "gateway",
         )
         self.supervisor: Supervisor | None = None
+        self.console_problem = ""
         self.demo_key = ""
         self.keys: dict[str, str] = {}
         # Tenant -> `agents/{id}@{revision}` of its sample agent.
@@ -316,6 +320,8 @@ class Mesh:
             step(replica.name, partial(_start_service, replica), replica.address)
         if self.config.with_models:
             self._start_models()
+        if self.config.with_console:
+            self._build_console()
         step("gateway", self.gateway.start, lambda: self.gateway.http_url)
         self.keys = asyncio.run(self._ensure_keys())
         self.demo_key = self.keys[DEMO_TENANT]
@@ -521,6 +527,28 @@ class Mesh:
             on_restart=lambda child: self.state().write(self.config.home),
         )
         return self.supervisor
+
+    def _build_console(self) -> None:
+        """The console's files for the gateway to serve; without Node.js (or outside a source
+        checkout) the mesh starts without it and says why."""
+        started = time.monotonic()
+        try:
+            built = build_console(self.config.cache_dir, log=self.say)
+        except ConsoleUnavailable as unavailable:
+            self.console_problem = str(unavailable)
+            self.say(f"  · {'console':<13} not served: {unavailable}")
+            return
+        self.gateway.spec = replace(self.gateway.spec, console_dir=built)
+        self.say(
+            f"  ✓ {'console':<13} {built}  ({time.monotonic() - started:.1f} s, cached per version)"
+        )
+
+    @property
+    def console_url(self) -> str | None:
+        """Where the console is, once the gateway serves it."""
+        if self.gateway.spec.console_dir is None:
+            return None
+        return f"{self.gateway.http_url}/console/"
 
     def _step(self, name: str, action: Callable[[], None], where: str | Callable[[], str]) -> None:
         """Runs one start-up step and reports where the part listens (known only after some
