@@ -593,7 +593,9 @@ class Mesh:
 
         started = time.monotonic()
         self.say("  … ingesting the sample tenants' documents and the conference entities")
-        report = asyncio.run(ingest_samples(self.gateway.grpc_target, self.keys))
+        report = asyncio.run(
+            ingest_samples(self.gateway.grpc_target, self.keys, showcase=(DEMO_TENANT,))
+        )
         if report.failed:
             raise ProcessError(f"sample ingestion failed: {report.failed}")
         documents = sum(
@@ -610,7 +612,9 @@ class Mesh:
         from callisto.mesh.samples import ensure_sample_agents
 
         started = time.monotonic()
-        self.agents = asyncio.run(ensure_sample_agents(self.gateway.grpc_target, self.keys))
+        self.agents = asyncio.run(
+            ensure_sample_agents(self.gateway.grpc_target, self.keys, showcase=(DEMO_TENANT,))
+        )
         names = ", ".join(sorted({name.split("@")[0] for name in self.agents.values()}))
         self.say(
             f"  ✓ {'agents':<13} {names} in {len(self.agents)} tenants"
@@ -619,26 +623,39 @@ class Mesh:
 
     def _create_workflow_sample(self) -> None:
         """The sample workflow's agents and the receiver's webhook (every start: cheap)."""
-        from callisto.mesh.samples import WORKFLOW_TENANT, ensure_workflow_sample
+        from callisto.mesh.samples import (
+            WORKFLOW_TENANT,
+            WorkflowSample,
+            ensure_workflow_sample,
+        )
 
         key = self.keys.get(WORKFLOW_TENANT)
         if key is None or self.receiver is None:
             return
         started = time.monotonic()
-        sample = asyncio.run(
-            ensure_workflow_sample(
-                self.gateway.grpc_target,
-                key,
-                receiver_url=self.receiver_url,
-                secret=self.receiver_secret_path.read_text(encoding="utf-8").strip(),
+        secret = self.receiver_secret_path.read_text(encoding="utf-8").strip()
+        target = self.gateway.grpc_target
+
+        async def both_tenants() -> tuple[WorkflowSample, WorkflowSample]:
+            # The workflow's own tenant (the CLI examples), and the demo tenant (the console).
+            return await asyncio.gather(
+                ensure_workflow_sample(target, key, receiver_url=self.receiver_url, secret=secret),
+                ensure_workflow_sample(
+                    target,
+                    self.keys[DEMO_TENANT],
+                    receiver_url=self.receiver_url,
+                    secret=secret,
+                    tenant=DEMO_TENANT,
+                ),
             )
-        )
+
+        sample, _ = asyncio.run(both_tenants())
         self.workflow_agents = sample.agents
         self.workflow_webhook = sample.webhook
         names = ", ".join(name.split("@")[0] for name in sample.agents.values())
         self.say(
             f"  ✓ {'workflow':<13} {names} and {sample.webhook} ({sample.webhook_change}) "
-            f"in {sample.tenant}  ({time.monotonic() - started:.1f} s)"
+            f"in {sample.tenant} and {DEMO_TENANT}  ({time.monotonic() - started:.1f} s)"
         )
 
 

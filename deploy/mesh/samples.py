@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,8 +153,11 @@ async def ingest_samples(
     *,
     samples: Path | None = None,
     deadline_s: float = 600.0,
+    showcase: Sequence[str] = (),
 ) -> SamplesReport:
-    """Ingest every sample tenant that has a key in `keys_by_tenant` (tenant -> API key)."""
+    """Ingest every sample tenant that has a key in `keys_by_tenant` (tenant -> API key).
+    The `showcase` tenants (the demo tenant, whose key signs in to the web console) also get
+    the simulation's company documents and the conference entities."""
     root = samples or samples_dir()
     report = SamplesReport()
     for tenant in COMPANY_TENANTS:
@@ -165,17 +168,19 @@ async def ingest_samples(
         specs = await asyncio.to_thread(company_specs, folder)
         async with await Client.connect(target, api_key=key) as client:
             report.documents[tenant] = await client.retrieval.ingest(specs, timeout=deadline_s)
-    key = keys_by_tenant.get(SIMULATION_TENANT)
-    if key is not None:
+    for tenant in (SIMULATION_TENANT, *showcase):
+        key = keys_by_tenant.get(tenant)
+        if key is None:
+            continue
         specs = await asyncio.to_thread(simulation_specs, root)
         if specs:
             async with await Client.connect(target, api_key=key) as client:
-                report.documents[SIMULATION_TENANT] = await client.retrieval.ingest(
-                    specs, timeout=deadline_s
-                )
-    key = keys_by_tenant.get(CONFERENCE_TENANT)
+                report.documents[tenant] = await client.retrieval.ingest(specs, timeout=deadline_s)
     entities_path = root / "conference" / "entities.jsonl"
-    if key is not None and await asyncio.to_thread(entities_path.exists):
+    for tenant in (CONFERENCE_TENANT, *showcase):
+        key = keys_by_tenant.get(tenant)
+        if key is None or not await asyncio.to_thread(entities_path.exists):
+            continue
         entities = await asyncio.to_thread(entity_messages, entities_path)
         async with await Client.connect(target, api_key=key) as client:
             await client.retrieval.upsert_entities(
@@ -231,10 +236,14 @@ def sales_agent(folder: Path) -> orchestration_pb.Agent:
     )
 
 
-def sample_agents(samples: Path | None = None) -> dict[str, tuple[str, orchestration_pb.Agent]]:
-    """Tenant -> (agent id, agent) of every sample agent."""
+def sample_agents(
+    samples: Path | None = None, showcase: Sequence[str] = ()
+) -> dict[str, tuple[str, orchestration_pb.Agent]]:
+    """Tenant -> (agent id, agent) of every sample agent; the `showcase` tenants get the
+    conference assistant too."""
     root = samples or samples_dir()
-    agents = {CONFERENCE_TENANT: (CONFERENCE_AGENT, conference_agent(root))}
+    conference = (CONFERENCE_AGENT, conference_agent(root))
+    agents = {tenant: conference for tenant in (CONFERENCE_TENANT, *showcase)}
     for tenant in COMPANY_TENANTS:
         folder = root / "tenants" / tenant
         if folder.is_dir():
@@ -267,11 +276,15 @@ async def ensure_agent(
 
 
 async def ensure_sample_agents(
-    target: str, keys_by_tenant: Mapping[str, str], *, samples: Path | None = None
+    target: str,
+    keys_by_tenant: Mapping[str, str],
+    *,
+    samples: Path | None = None,
+    showcase: Sequence[str] = (),
 ) -> dict[str, str]:
     """Creates (or brings up to date) the sample agent of every tenant with a key; returns
     `agents/{id}@{revision}` per tenant."""
-    agents = await asyncio.to_thread(sample_agents, samples)
+    agents = await asyncio.to_thread(sample_agents, samples, showcase)
     revisions: dict[str, str] = {}
     for tenant, (agent_id, wanted) in agents.items():
         key = keys_by_tenant.get(tenant)
@@ -381,13 +394,15 @@ async def ensure_workflow_sample(
     receiver_url: str,
     secret: str,
     samples: Path | None = None,
+    tenant: str = WORKFLOW_TENANT,
 ) -> WorkflowSample:
     """Creates (or brings up to date) the sample workflow's agents and the webhook of the
-    local receiver at `receiver_url`, in the workflow's tenant (whose API key is `key`)."""
+    local receiver at `receiver_url`, in `tenant` (the workflow's own by default, whose API
+    key is `key`)."""
     root = samples or samples_dir()
     folder = root / "tenants" / WORKFLOW_TENANT
     agents = await asyncio.to_thread(workflow_agents, folder)
-    sample = WorkflowSample(WORKFLOW_TENANT)
+    sample = WorkflowSample(tenant)
     async with await Client.connect(target, api_key=key) as client:
         for agent_id, wanted in agents.items():
             agent, _ = await ensure_agent(client, agent_id, wanted)
