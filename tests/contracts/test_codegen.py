@@ -49,3 +49,22 @@ def test_buf_lint_is_clean(repo_root: Path) -> None:
         [str(buf), "lint"], cwd=repo_root, capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_generated_typescript_matches_the_protos(repo_root: Path, tmp_path: Path) -> None:
+    subprocess.run(
+        [
+            sys.executable,
+            str(repo_root / "scripts" / "codegen.py"),
+            "--typescript-out",
+            str(tmp_path),
+        ],
+        check=True,
+    )
+    generated = Path("clients") / "typescript" / "src" / "gen"
+    fresh = _files(tmp_path / generated)
+    committed = _files(repo_root / generated)
+    assert fresh, "buf generate wrote no TypeScript"
+    assert sorted(committed) == sorted(fresh), "run: python scripts/codegen.py"
+    stale = [name for name in fresh if not filecmp.cmp(fresh[name], committed[name], shallow=False)]
+    assert not stale, f"stale generated files {stale}; run: python scripts/codegen.py"

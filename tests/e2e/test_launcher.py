@@ -11,7 +11,6 @@ import queue
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,47 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from launcher_support import Launcher, pid_alive
 from pypdf import PdfReader
-
-from callisto.mesh.processes import free_port
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-class Launcher:
-    def __init__(self, home: Path, *extra: str) -> None:
-        self.home = home
-        home.mkdir(parents=True, exist_ok=True)
-        self.output = home / "up.out"
-        self.process = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "callisto"), "up",
-                "--home", str(home),
-                "--gateway-port", str(free_port()),
-                "--admin-port", str(free_port()),
-                "--redis-port", str(free_port()),
-                *extra,
-            ],
-            stdout=self.output.open("wb"),
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-
-    def banner(self, timeout: float = 240) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = self.output.read_text()
-            if "Press Ctrl-C" in text:
-                return text
-            if self.process.poll() is not None:
-                pytest.fail(f"callisto up exited:\n{text}")
-            time.sleep(0.2)
-        pytest.fail(f"no banner within {timeout} s:\n{self.output.read_text()}")
 
 
 @pytest.fixture()
@@ -292,15 +252,15 @@ def test_callisto_up_serves_prints_working_examples_and_stops_cleanly(
 
     state = json.loads((launcher.home / "mesh.json").read_text())
     children = list(state["pids"].values())
-    assert len(children) >= 3 and all(_pid_alive(pid) for pid in children)
+    assert len(children) >= 3 and all(pid_alive(pid) for pid in children)
     assert "webhook-receiver" in state["pids"]
 
     launcher.process.send_signal(signal.SIGTERM)
     assert launcher.process.wait(60) == 0
     deadline = time.monotonic() + 10
-    while any(_pid_alive(pid) for pid in children) and time.monotonic() < deadline:
+    while any(pid_alive(pid) for pid in children) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not [pid for pid in children if _pid_alive(pid)], "children outlived the launcher"
+    assert not [pid for pid in children if pid_alive(pid)], "children outlived the launcher"
     assert not (launcher.home / "mesh.json").exists()
 
 
@@ -331,6 +291,6 @@ def test_children_die_with_a_killed_launcher(tmp_path: Path) -> None:
     launcher.process.kill()  # SIGKILL: the launcher gets no chance to clean up
     launcher.process.wait()
     deadline = time.monotonic() + 15
-    while any(_pid_alive(pid) for pid in children) and time.monotonic() < deadline:
+    while any(pid_alive(pid) for pid in children) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not [pid for pid in children if _pid_alive(pid)], "children outlived the launcher"
+    assert not [pid for pid in children if pid_alive(pid)], "children outlived the launcher"

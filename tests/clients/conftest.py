@@ -1,0 +1,36 @@
+"""One `callisto up` on the embedded default (models, samples, the built console) shared by the
+TypeScript client's tests and the console's browser tests, as a new user starts it."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+from launcher_support import Launcher
+from node_support import CLIENTS, LiveMesh
+
+from callisto.mesh.console import ensure_node_modules
+
+
+@pytest.fixture(scope="package")
+def live_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveMesh]:
+    # The launcher builds the console (or reuses its cached build); the tests also need the
+    # workspace's own node_modules (vitest, playwright-core).
+    ensure_node_modules(CLIENTS)
+    launcher = Launcher(tmp_path_factory.mktemp("mesh") / "home")
+    try:
+        banner = launcher.banner(timeout=600)
+        gateway = re.search(r"^\s*gateway\s+(http://\S+)", banner, re.M)
+        console = re.search(r"^\s*console\s+(http://\S+/console/)", banner, re.M)
+        key = re.search(r"API key\s+(cal_\S+)", banner)
+        assert gateway and console and key, banner
+        yield LiveMesh(gateway[1], console[1], key[1], launcher.home / "keys")
+    finally:
+        launcher.process.send_signal(signal.SIGTERM)
+        try:
+            launcher.process.wait(60)
+        except subprocess.TimeoutExpired:
+            launcher.process.kill()
