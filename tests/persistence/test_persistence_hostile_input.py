@@ -83,6 +83,7 @@ def seeds(conversation: str, message: str, session: str) -> dict[str, Message]:
             update_mask=field_mask_pb2.FieldMask(paths=["conversation_ttl"]),
         ),
         "SubscribeEvents": pb.SubscribeEventsRequest(parent=conversation),
+        "GetCaller": pb.GetCallerRequest(),
     }
 
 

@@ -674,6 +674,20 @@ class PersistenceClient(Facade):
 
     # Retention
 
+    async def get_caller(
+        self, *, timeout: float | None = None, metadata: Metadata | None = None
+    ) -> str:
+        """The tenant this client's credential acts for."""
+        response = await self._unary(
+            self.stub.GetCaller,
+            pb.GetCallerRequest(),
+            idempotent=True,
+            timeout=timeout,
+            metadata=metadata,
+            response_type=pb.GetCallerResponse,
+        )
+        return response.tenant
+
     async def get_retention_policy(
         self, *, timeout: float | None = None, metadata: Metadata | None = None
     ) -> pb.RetentionPolicy:
