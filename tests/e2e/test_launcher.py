@@ -176,6 +176,8 @@ def test_callisto_up_serves_prints_working_examples_and_stops_cleanly(
     banner = launcher.banner()
     key = re.search(r"API key\s+(cal_\S+)", banner)
     assert key is not None
+    # The web console on the gateway's own origin (its browser tests are in tests/clients).
+    assert re.search(r"^\s*console\s+http://\S+/console/\s", banner, re.M), banner
     examples = _examples(banner)
     assert any("grpcurl" in c and c.endswith(" list") for c in examples)
     assert any("llm:generate" in c for c in examples)
