@@ -5,6 +5,15 @@
 #   docker run --rm callisto python -m callisto.mesh.healthcheck --help
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+ARG NODE_IMAGE=node:20-bookworm-slim
+
+# --- console: the web console's static files (npm ci from the lock, then Vite) ---
+FROM ${NODE_IMAGE} AS console
+WORKDIR /src/clients
+COPY clients/package.json clients/package-lock.json ./
+COPY clients/typescript typescript
+COPY clients/web web
+RUN npm ci --no-audit --no-fund && npm run build -w @callisto/web -- --outDir /console
 
 # --- build: the project and its runtime dependencies into a venv (no dev extras) ---
 FROM ${PYTHON_IMAGE} AS build
@@ -28,6 +37,8 @@ FROM ${PYTHON_IMAGE}
 RUN groupadd --system --gid 10001 callisto \
  && useradd --system --uid 10001 --gid callisto --home-dir /home/callisto --create-home callisto
 COPY --from=build /opt/callisto /opt/callisto
+# Served by Envoy (`python -m callisto.gateway.envoy --console /opt/callisto/console`).
+COPY --from=console /console /opt/callisto/console
 # Fails the build if a compiled dependency needs a library the run image lacks.
 RUN /opt/callisto/bin/python -c "import callisto.services.persistence.server, \
 callisto.services.generation.server, callisto.services.retrieval.server, \

@@ -56,6 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=0, help="worker threads; 0: one per CPU")
     parser.add_argument("--log-level", default="warning")
     parser.add_argument(
+        "--console", type=Path, help="a built web console to serve under /console/ (its folder)"
+    )
+    parser.add_argument(
         "--validate-only", action="store_true", help="write and validate, do not start Envoy"
     )
     return parser.parse_args(argv)
@@ -73,6 +76,7 @@ def spec_for(args: argparse.Namespace) -> GatewaySpec:
         node_id=args.node_id,
         reflection_service=REFLECTION_SERVICE,
         cors_allowed_origins=cors_origins_from_environment(),
+        console_dir=args.console.absolute() if args.console else None,
     )
 
 

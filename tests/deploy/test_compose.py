@@ -170,13 +170,16 @@ def test_callisto_processes_run_the_one_built_image(
     assert services["control-plane"]["command"] == "python -m callisto.gateway.control_plane"
     assert services["envoy"]["command"].split() == [
         "python", "-m", "callisto.gateway.envoy", "--control-plane", "control-plane:18000",
-        "--listen", "0.0.0.0:8080", "--admin-port", "9901",
+        "--listen", "0.0.0.0:8080", "--admin-port", "9901", "--console", "/opt/callisto/console",
     ]  # fmt: skip
     assert (repo_root / "gateway" / "control_plane" / "__main__.py").is_file()
     assert (repo_root / "gateway" / "envoy.py").is_file()
     dockerfile = (repo_root / "Dockerfile").read_text()
     assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim-bookworm$", dockerfile, re.M)
     assert dockerfile.count("FROM ${PYTHON_IMAGE}") == 2  # build and run stages
+    # The console is built with Node in its own stage; the run image serves its files only.
+    assert re.search(r"^FROM \$\{NODE_IMAGE\} AS console$", dockerfile, re.M)
+    assert "npm ci" in dockerfile and "COPY --from=console" in dockerfile
     assert "pip install ." in dockerfile and "[dev]" not in dockerfile
     assert re.search(r"^USER callisto$", dockerfile, re.MULTILINE)
 

@@ -146,6 +146,8 @@ def test_every_callisto_process_runs_from_the_project_image_with_its_entry_point
         "0.0.0.0:8080",
         "--admin-port",
         "9901",
+        "--console",
+        "/opt/callisto/console",
     ]
     triton = pod_spec(deployments["triton"])
     assert triton["containers"][0]["image"].startswith("callisto-triton:")

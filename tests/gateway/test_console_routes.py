@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -98,9 +100,28 @@ def test_the_apis_still_answer_beside_the_console(
 
 
 def test_a_console_without_an_index_or_with_unroutable_names_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ConsoleBuildError, match="index.html"):
+    with pytest.raises(ConsoleBuildError, match=r"index\.html"):
         console_files(tmp_path)
     built = _built_console(tmp_path / "built")
     (built / "assets" / "bad name?.js").write_text("")
     with pytest.raises(ConsoleBuildError, match="won't route"):
         console_files(built)
+
+
+def test_the_compose_and_kubernetes_gateway_serves_a_console_folder_envoy_accepts(
+    tmp_path: Path,
+) -> None:
+    console = _built_console(tmp_path / "console")
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "callisto.gateway.envoy",
+            "--control-plane", "127.0.0.1:18000",
+            "--dir", str(tmp_path / "gateway"),
+            "--console", str(console),
+            "--validate-only",
+        ],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    config = Path(result.stdout.strip()).read_text()
+    assert str(console / "assets" / "index-Ab1.js") in config
