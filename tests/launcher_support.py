@@ -3,7 +3,9 @@ from its output, its children stopped with it."""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -50,3 +52,25 @@ class Launcher:
                 pytest.fail(f"callisto up exited:\n{text}")
             time.sleep(0.2)
         pytest.fail(f"no banner within {timeout} s:\n{self.output.read_text()}")
+
+    def children(self) -> dict[str, int]:
+        """Every child's PID by name, from the mesh's state file."""
+        state = json.loads((self.home / "mesh.json").read_text())
+        return {name: int(pid) for name, pid in state["pids"].items()}
+
+    def stop_cleanly(self) -> None:
+        """SIGTERM, as a service manager stops it: it exits 0, no child outlives it and its
+        state file is gone."""
+        children = list(self.children().values())
+        self.process.send_signal(signal.SIGTERM)
+        assert self.process.wait(60) == 0
+        deadline = time.monotonic() + 10
+        while any(pid_alive(pid) for pid in children) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [pid for pid in children if pid_alive(pid)], "children outlived the launcher"
+        assert not (self.home / "mesh.json").exists()
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()

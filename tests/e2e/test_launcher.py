@@ -13,22 +13,13 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from launcher_support import Launcher, pid_alive
+from node_support import EmbeddedMesh
 from pypdf import PdfReader
-
-
-@pytest.fixture()
-def launcher(tmp_path: Path) -> Iterator[Launcher]:
-    started = Launcher(tmp_path / "home")
-    yield started
-    if started.process.poll() is None:
-        started.process.kill()
-        started.process.wait()
 
 
 def _examples(banner: str) -> list[str]:
@@ -170,10 +161,10 @@ def _run_sample_workflow(commands: list[str], banner: str, workdir: Path) -> dic
 
 
 @pytest.mark.timeout(1200)
-def test_callisto_up_serves_prints_working_examples_and_stops_cleanly(
-    launcher: Launcher, tmp_path: Path
+def test_callisto_up_serves_and_prints_working_examples(
+    embedded_mesh: EmbeddedMesh, tmp_path: Path
 ) -> None:
-    banner = launcher.banner()
+    launcher, banner = embedded_mesh.launcher, embedded_mesh.banner
     key = re.search(r"API key\s+(cal_\S+)", banner)
     assert key is not None
     # The web console on the gateway's own origin (its browser tests are in tests/clients).
@@ -252,18 +243,21 @@ def test_callisto_up_serves_prints_working_examples_and_stops_cleanly(
     timings = _run_sample_workflow(workflow, banner, tmp_path)
     print("sample workflow:", ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
 
-    state = json.loads((launcher.home / "mesh.json").read_text())
-    children = list(state["pids"].values())
-    assert len(children) >= 3 and all(pid_alive(pid) for pid in children)
-    assert "webhook-receiver" in state["pids"]
+    children = launcher.children()
+    assert len(children) >= 3 and all(pid_alive(pid) for pid in children.values())
+    assert "webhook-receiver" in children
+    # The mesh's fixture stops it with SIGTERM once the whole package is done, and checks that
+    # nothing outlives it (stopping cleanly is tested below on a mesh of its own).
 
-    launcher.process.send_signal(signal.SIGTERM)
-    assert launcher.process.wait(60) == 0
-    deadline = time.monotonic() + 10
-    while any(pid_alive(pid) for pid in children) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not [pid for pid in children if pid_alive(pid)], "children outlived the launcher"
-    assert not (launcher.home / "mesh.json").exists()
+
+def test_sigterm_stops_every_child_and_removes_the_mesh_state(tmp_path: Path) -> None:
+    launcher = Launcher(tmp_path / "home", "--no-models")
+    try:
+        launcher.banner()
+        assert all(pid_alive(pid) for pid in launcher.children().values())
+        launcher.stop_cleanly()
+    finally:
+        launcher.kill()
 
 
 def test_a_second_start_reuses_the_demo_key_and_data(tmp_path: Path) -> None:

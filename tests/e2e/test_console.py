@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from node_support import CLIENTS, REPO, LiveMesh, run_vitest
+from node_support import CLIENTS, REPO, EmbeddedMesh, run_vitest
 
 BROWSER_TESTS = sorted((CLIENTS / "web" / "tests").glob("*.test.ts"))
 SCREENSHOTS = REPO / "test-results" / "console"
@@ -17,15 +17,15 @@ CHROMIUM = "/usr/bin/chromium"
 
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("suite", BROWSER_TESTS, ids=lambda path: path.name.split(".")[0])
-def test_the_console_in_chromium(suite: Path, live_mesh: LiveMesh) -> None:
+def test_the_console_in_chromium(suite: Path, embedded_mesh: EmbeddedMesh) -> None:
     if shutil.which(CHROMIUM) is None:
         pytest.fail(f"{CHROMIUM} is missing: ./dev test installs Debian's chromium")
     output = run_vitest(
         "web",
         ["--config", "vitest.browser.config.ts", f"tests/{suite.name}"],
         {
-            "CALLISTO_CONSOLE_URL": live_mesh.console_url,
-            "CALLISTO_API_KEY": live_mesh.demo_key,
+            "CALLISTO_CONSOLE_URL": embedded_mesh.console_url,
+            "CALLISTO_API_KEY": embedded_mesh.demo_key,
             "CALLISTO_SCREENSHOTS": str(SCREENSHOTS),
             "CALLISTO_CHROMIUM": CHROMIUM,
         },

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from launcher_support import Launcher
 
 REPO = Path(__file__).resolve().parents[2]
 CLIENTS = REPO / "clients"
@@ -16,16 +17,18 @@ VITEST = CLIENTS / "node_modules" / ".bin" / "vitest"
 
 
 @dataclass(frozen=True)
-class LiveMesh:
-    """A running `callisto up`: its gateway, console and the keys it made."""
+class EmbeddedMesh:
+    """A running `callisto up` on the embedded default: its banner, gateway, console and the
+    keys it made."""
 
+    launcher: Launcher
+    banner: str
     gateway_url: str
     console_url: str
     demo_key: str
-    keys_dir: Path
 
     def key(self, tenant: str) -> str:
-        return (self.keys_dir / f"{tenant}.key").read_text().strip()
+        return (self.launcher.home / "keys" / f"{tenant}.key").read_text().strip()
 
 
 def run_vitest(
