@@ -521,7 +521,9 @@ class PersistenceServicer(pb_grpc.PersistenceServiceServicer):
         policy = await self._store.get_retention(current_tenant())
         return pb.GetRetentionPolicyResponse(retention_policy=_retention_proto(policy))
 
-    async def GetCaller(self, request: pb.GetCallerRequest, context: Context) -> pb.GetCallerResponse:
+    async def GetCaller(
+        self, request: pb.GetCallerRequest, context: Context
+    ) -> pb.GetCallerResponse:
         return pb.GetCallerResponse(tenant=current_tenant())
 
     async def UpdateRetentionPolicy(
