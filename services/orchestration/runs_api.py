@@ -65,8 +65,8 @@ class RunsRpc(pb_grpc.OrchestrationServiceServicer):
                 yield pb.RunConversationResponse(event=event)
         finally:
             # The client cancelling this call cancels the run (not a server shutting down:
-            # its runs resume elsewhere).
-            if not finished and not self._runs.stopping:
+            # its runs resume elsewhere), unless it started the run detached.
+            if not finished and not self._runs.stopping and not request.start.detached:
                 self._cancel_later(conversation, "the RunConversation call was cancelled")
 
     async def StreamConversation(

@@ -94,6 +94,18 @@ async def test_cancelling_the_run_conversation_call_cancels_the_run(
     assert (await toy_event(toy_events_path, tag, "cancelled"))["cancel_seen_at"] is not None
 
 
+async def test_closing_the_call_of_a_detached_run_leaves_it_running_to_done(
+    orch_stub: pb_grpc.OrchestrationServiceAsyncStub, agent: str
+) -> None:
+    detached = start(agent, "keep going without me")
+    detached.detached = True
+    call = orch_stub.RunConversation(pb.RunConversationRequest(start=detached))
+    seen = await wait_for_kind(call, "token")
+    call.cancel()
+    events = await watch(orch_stub, seen[0].conversation, seen[-1].event_id)
+    assert kind(events[-1]) == "done" and events[-1].done.reason != "cancelled", events[-1]
+
+
 async def test_a_budget_too_small_for_any_call_ends_the_run_before_it_spends(
     orch_stub: pb_grpc.OrchestrationServiceAsyncStub, agent: str
 ) -> None:

@@ -1162,6 +1162,7 @@ class StartConversation(_message.Message):
     INLINE_AGENTS_FIELD_NUMBER: _builtins.int
     SIMULATION_FIELD_NUMBER: _builtins.int
     WORKFLOW_FIELD_NUMBER: _builtins.int
+    DETACHED_FIELD_NUMBER: _builtins.int
     conversation: _builtins.str
     """Run an existing conversation (`conversations/{conversation}`); a new one when empty."""
     title: _builtins.str
@@ -1176,6 +1177,12 @@ class StartConversation(_message.Message):
     """Include a human participant who is asked for a turn every round."""
     max_iterations: _builtins.int
     """Assistant mode: most plan/execute rounds per turn (1–5); 2 when zero."""
+    detached: _builtins.bool
+    """RunConversation: the run outlives the call. By default closing the call cancels the run
+    (curl's Ctrl-C); detached, only CancelConversation does, so a client whose connection may
+    go (a browser tab that reloads; gRPC-Web has no bidirectional Converse) re-attaches with
+    StreamConversation. Converse runs always outlive their stream.
+    """
     @_builtins.property
     def agents(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Agents taking part: `agents/{agent}` (or `agents/{agent}@{revision}`)."""
@@ -1227,10 +1234,11 @@ class StartConversation(_message.Message):
         inline_agents: _abc.Iterable[Global___Agent] | None = ...,
         simulation: Global___SimulationOptions | None = ...,
         workflow: Global___WorkflowOptions | None = ...,
+        detached: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "plan", b"plan", "simulation", b"simulation", "termination", b"termination", "workflow", b"workflow"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "budget", b"budget", "conversation", b"conversation", "human_in_the_loop", b"human_in_the_loop", "inline_agents", b"inline_agents", "max_iterations", b"max_iterations", "mode", b"mode", "plan", b"plan", "prompt", b"prompt", "simulation", b"simulation", "tags", b"tags", "termination", b"termination", "title", b"title", "workflow", b"workflow"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "budget", b"budget", "conversation", b"conversation", "detached", b"detached", "human_in_the_loop", b"human_in_the_loop", "inline_agents", b"inline_agents", "max_iterations", b"max_iterations", "mode", b"mode", "plan", b"plan", "prompt", b"prompt", "simulation", b"simulation", "tags", b"tags", "termination", b"termination", "title", b"title", "workflow", b"workflow"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
