@@ -1,5 +1,7 @@
 // The public surface of @callisto/client.
-export { CallistoClient, type ClientOptions } from "./client.js";
+export { CallistoClient, type ClientOptions, ConverseSession, type StartConversation } from "./client.js";
+export * from "./errors.js";
+export { EventStream, resumable, type ResumeOptions } from "./streams.js";
 
 // The generated messages, enums and services, one namespace per proto package (their names
 // overlap: both persistence and orchestration have a ListArtifactsRequest).
