@@ -68,8 +68,10 @@ export async function* resuming<T>(
     const abort = () => controller.abort();
     signal?.addEventListener("abort", abort, { once: true });
     let failure: CallistoError;
+    let received = 0;
     try {
       for await (const item of open(cursor, controller.signal)) {
+        received += 1;
         const at = position(item);
         if (at !== 0n && at <= cursor) continue; // already delivered before the drop
         if (at !== 0n) cursor = at;
@@ -77,6 +79,9 @@ export async function* resuming<T>(
         yield item;
         if (finished(item)) return;
       }
+      // A stream the service ends at once, cleanly, has nothing (more) to deliver: a run that
+      // already ended before `after`.
+      if (received === 0) return;
       failure = new CallistoError(Code.Unavailable, "the stream ended before its last event");
     } catch (error) {
       failure = asCallistoError(error);

@@ -13,6 +13,8 @@ export interface TurnView {
   toolCalls: orchestration.ToolCall[];
   sentiment?: number;
   sentimentLabel?: number;
+  /** The stored message of an ended turn: `conversations/{id}/messages/{n}`. */
+  message?: string;
   generationMs?: number;
   stepId: string;
   ended: boolean;
@@ -150,6 +152,7 @@ export function reduce(view: RunView, event: orchestration.ConversationEvent): R
         sentiment: ended.sentiment?.score,
         sentimentLabel: ended.sentiment?.label,
         generationMs: ended.generationMs,
+        message: ended.message || t.message,
         turn: ended.turn || t.turn,
         human: ended.human || t.human,
         ended: true,

@@ -11,6 +11,9 @@ export interface RunState {
   /** `speaker id -> "name (Company – Role)"`, from the conversation's participants. */
   labels: Record<string, string>;
   error: string;
+  /** Call after starting another run on the conversation (a follow-up question): the hook
+   * follows it too. */
+  follow: () => void;
 }
 
 export function participantLabel(participant: persistence.Participant): string {
@@ -21,7 +24,8 @@ export function participantLabel(participant: persistence.Participant): string {
 
 export function useRun(name: string | null): RunState {
   const { client } = useSession();
-  const [state, setState] = useState<RunState>({ view: emptyRun(name ?? ""), labels: {}, error: "" });
+  const [poke] = useState(() => new Poke());
+  const [state, setState] = useState<Omit<RunState, "follow">>({ view: emptyRun(name ?? ""), labels: {}, error: "" });
 
   useEffect(() => {
     if (!name) return;
@@ -29,12 +33,12 @@ export function useRun(name: string | null): RunState {
     let labels: Record<string, string> = {};
     let error = "";
     let frame = 0;
-    let stopped = false;
+    const controller = new AbortController();
     const publish = () => {
       if (frame) return;
       frame = requestAnimationFrame(() => {
         frame = 0;
-        if (!stopped) setState({ view, labels, error });
+        if (!controller.signal.aborted) setState({ view, labels, error });
       });
     };
     const loadLabels = async () => {
@@ -50,25 +54,63 @@ export function useRun(name: string | null): RunState {
     };
     setState({ view, labels, error });
     void loadLabels();
-    const stream = client.streamConversation(name);
     void (async () => {
-      try {
-        for await (const event of stream) {
-          view = reduce(view, event);
-          if (event.kind.case === "turnStarted" && !(event.kind.value.speaker in labels)) void loadLabels();
+      // One stream per run of the conversation: each ends with its run's terminal event, and a
+      // later run (a follow-up question) is followed from where the last one ended.
+      while (!controller.signal.aborted) {
+        const waiting = poke.next();
+        let delivered = 0;
+        try {
+          const stream = client.streamConversation(name, { afterEventId: view.lastEventId, signal: controller.signal });
+          for await (const event of stream) {
+            delivered += 1;
+            view = reduce(view, event);
+            if (event.kind.case === "turnStarted" && !(event.kind.value.speaker in labels)) void loadLabels();
+            publish();
+          }
+          error = "";
+        } catch (caught) {
+          error = caught instanceof Error ? caught.message : String(caught);
           publish();
         }
-      } catch (caught) {
-        error = caught instanceof Error ? caught.message : String(caught);
-        publish();
+        if (controller.signal.aborted) return;
+        if (delivered > 0 && !error) {
+          // The log may already hold another run's events (a replay of several questions).
+          const found = await client.persistence.getConversation({ name }).catch(() => undefined);
+          if ((found?.conversation?.lastSequence ?? 0n) > view.lastEventId) continue;
+        }
+        await waiting;
       }
     })();
     return () => {
-      stopped = true;
+      controller.abort();
       cancelAnimationFrame(frame);
-      stream.close();
+      poke.wake();
     };
-  }, [client, name]);
+  }, [client, name, poke]);
 
-  return state;
+  return { ...state, follow: () => poke.wake() };
+}
+
+/** A promise that the next `wake()` resolves. */
+class Poke {
+  private resolve: () => void = () => undefined;
+  private promise: Promise<void> = this.renew();
+
+  private renew(): Promise<void> {
+    this.promise = new Promise((resolve) => {
+      this.resolve = resolve;
+    });
+    return this.promise;
+  }
+
+  next(): Promise<void> {
+    return this.promise;
+  }
+
+  wake(): void {
+    const resolve = this.resolve;
+    this.renew();
+    resolve();
+  }
 }

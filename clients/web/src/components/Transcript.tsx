@@ -17,7 +17,7 @@ export function Transcript({
     <ol className="transcript" aria-label="Transcript" data-testid="transcript">
       {turns.map((turn) => (
         <li key={turn.key} className="turn" data-testid="turn" data-ended={turn.ended}>
-          <div className="speaker">{labels[turn.speakerId] ?? turn.speakerId}</div>
+          <div className="speaker">{labels[turn.speakerId] ?? (turn.human ? "You" : turn.speakerId)}</div>
           <div className="meta">
             {turn.turn > 0 && <>Turn {turn.turn}</>}
             {turn.generationMs !== undefined && turn.generationMs > 0 && (
