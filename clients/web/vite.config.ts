@@ -18,6 +18,8 @@ export default defineConfig({
     chunkSizeWarningLimit: 2048,
   },
   server: {
+    // The sample workflow is bundled from deploy/samples (outside this workspace).
+    fs: { allow: ["..", "../../deploy/samples"] },
     // `npm run dev` against a running mesh: calls go to the gateway (CALLISTO_GATEWAY).
     proxy: {
       "^/(callisto|grpc)\\.": process.env.CALLISTO_GATEWAY ?? "http://127.0.0.1:8080",

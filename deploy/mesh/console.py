@@ -20,8 +20,9 @@ from pathlib import Path
 from callisto.mesh.triton import default_cache_dir
 
 MIN_NODE = (20, 19)
-# What the build reads: the workspace's manifests and lock, the client's and console's sources.
-_SOURCES = ("package.json", "package-lock.json", "typescript", "web")
+# What the build reads: the workspace's manifests and lock, the client's and console's sources,
+# and the sample workflow the console bundles.
+_SOURCES = ("package.json", "package-lock.json", "typescript", "web", "../deploy/samples/workflows")
 _SKIPPED = {"node_modules", "dist", "tests", "test", "test-results"}
 _STAMP = ".callisto-lock-sha256"
 _KEPT_BUILDS = 3
@@ -58,7 +59,7 @@ def source_digest(clients: Path) -> str:
     """One hash of every file the build reads (names and contents)."""
     digest = hashlib.sha256()
     for path in _source_files(clients):
-        digest.update(path.relative_to(clients).as_posix().encode() + b"\0")
+        digest.update(os.path.relpath(path, clients).encode() + b"\0")
         digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()[:20]
 

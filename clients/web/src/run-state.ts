@@ -169,7 +169,7 @@ export function reduce(view: RunView, event: orchestration.ConversationEvent): R
       const states = before ? [...before.states] : [];
       if (states.at(-1) !== update.state) states.push(update.state);
       next = { ...next, steps: { ...next.steps, [update.stepId]: { update, states } } };
-      if (next.awaiting?.stepId === update.stepId && update.state !== "waiting_approval") {
+      if (next.awaiting?.stepId === update.stepId && update.state !== "awaiting_approval") {
         next = { ...next, awaiting: undefined };
       }
       break;
