@@ -39,9 +39,37 @@ test("a forged key is refused with a message and nothing is stored", async () =>
   expect(await page.evaluate(() => sessionStorage.getItem("callisto.apiKey"))).toBeNull();
 });
 
-test("the navigation fits a phone-width screen", async () => {
-  const page = await signedIn(browser, "#/status", { viewport: PHONE });
-  const width = await page.evaluate(() => document.documentElement.scrollWidth);
-  expect(width).toBeLessThanOrEqual(PHONE.width);
-  await screenshot(page, "phone-status");
+test("every page fits a phone-width screen and names its controls", async () => {
+  const page = await signedIn(browser, "#/simulator", { viewport: PHONE });
+  for (const path of ["simulator", "conversations", "assistant", "workflows", "approvals", "status"]) {
+    await page.goto(`${CONSOLE_URL}#/${path}`);
+    await page.getByRole("heading", { level: 1 }).waitFor();
+    await page.waitForLoadState("networkidle");
+    const width = await page.evaluate(() => document.documentElement.scrollWidth);
+    expect(width, path).toBeLessThanOrEqual(PHONE.width);
+    // Every form control has an accessible name (a label, or a button's text).
+    const unnamed = await page.evaluate(() =>
+      [...document.querySelectorAll("input, select, textarea, button")]
+        .filter((el) => !(el as HTMLElement).closest("dialog:not([open])"))
+        .filter((el) => {
+          const labelled = (el as HTMLInputElement).labels?.length || el.getAttribute("aria-label");
+          return !labelled && !(el.textContent ?? "").trim();
+        })
+        .map((el) => el.outerHTML.slice(0, 80)),
+    );
+    expect(unnamed, path).toEqual([]);
+  }
+  await page.goto(`${CONSOLE_URL}#/simulator`);
+  await screenshot(page, "phone-simulator");
+});
+
+test("the pages work from the keyboard: Tab reaches the navigation and Enter follows it", async () => {
+  const page = await signedIn(browser, "#/simulator");
+  await page.keyboard.press("Tab"); // the skip link
+  await page.keyboard.press("Tab");
+  const focused = await page.evaluate(() => document.activeElement?.textContent);
+  expect(focused).toBe("Simulator");
+  await page.keyboard.press("Tab");
+  await page.keyboard.press("Enter");
+  await page.getByRole("heading", { name: "Conversations", level: 1 }).waitFor();
 });
