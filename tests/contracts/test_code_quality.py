@@ -33,3 +33,14 @@ def test_tree_holds_no_symbolic_links(repo_root: Path) -> None:
         line.split("\t", 1)[1] for line in listed.stdout.splitlines() if line.startswith("120000")
     ]
     assert not links, f"symbolic links in the tree: {links}"
+
+
+def test_the_typescript_client_and_the_console_typecheck_strictly(repo_root: Path) -> None:
+    from callisto.mesh.console import ensure_node_modules
+
+    clients = repo_root / "clients"
+    ensure_node_modules(clients)
+    tsc = clients / "node_modules" / ".bin" / "tsc"
+    for project in ("typescript/tsconfig.json", "web/tsconfig.json"):
+        result = _run(clients, str(tsc), "-p", project, "--noEmit")
+        assert result.returncode == 0, f"{project}:\n{result.stdout[-5000:]}"

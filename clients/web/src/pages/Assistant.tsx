@@ -3,7 +3,8 @@ import { useEffect, useState } from "react";
 import { CitationDialog } from "../assistant/CitationDialog.js";
 import { errorText } from "../components/download.js";
 import { Transcript } from "../components/Transcript.js";
-import { replaceRoute, type Route } from "../router.js";
+import { RunPage, startRun } from "../components/RunPage.js";
+import type { Route } from "../router.js";
 import { finished } from "../run-state.js";
 import { useSession } from "../session.js";
 import { useRun } from "../use-run.js";
@@ -109,14 +110,11 @@ function Ask({ agentFromUrl }: { agentFromUrl: string }) {
     setBusy(true);
     setProblem("");
     try {
-      const stream = client.run({ mode: orchestration.ConversationMode.ASSISTANT, agents: [agent], prompt: question, title: question.slice(0, 80), tags: ["console"] });
-      for await (const event of stream) {
-        if (event.conversation) {
-          stream.close();
-          replaceRoute("assistant", [event.conversation.split("/")[1] ?? ""]);
-          return;
-        }
-      }
+      await startRun(
+        client,
+        { mode: orchestration.ConversationMode.ASSISTANT, agents: [agent], prompt: question, title: question.slice(0, 80), tags: ["console"] },
+        "assistant",
+      );
     } catch (caught) {
       setProblem(errorText(caught));
     } finally {
@@ -155,20 +153,13 @@ function Ask({ agentFromUrl }: { agentFromUrl: string }) {
 }
 
 export function AssistantPage({ route }: { route: Route }) {
-  const id = route.rest[0];
   return (
-    <>
-      <h1>Assistant</h1>
-      {id ? (
-        <>
-          <p>
-            <a href="#/assistant">New chat</a>
-          </p>
-          <Chat name={`conversations/${id}`} />
-        </>
-      ) : (
-        <Ask agentFromUrl={route.query.get("agent") ?? ""} />
-      )}
-    </>
+    <RunPage
+      title="Assistant"
+      route={route}
+      again="New chat"
+      start={<Ask agentFromUrl={route.query.get("agent") ?? ""} />}
+      run={(name) => <Chat name={name} />}
+    />
   );
 }

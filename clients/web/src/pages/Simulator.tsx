@@ -1,7 +1,8 @@
 import { orchestration } from "@callisto/client";
 import { useState } from "react";
 import { errorText } from "../components/download.js";
-import { replaceRoute, type Route } from "../router.js";
+import { RunPage, startRun } from "../components/RunPage.js";
+import type { Route } from "../router.js";
 import { useSession } from "../session.js";
 import { RunPanel } from "../sim/RunPanel.js";
 
@@ -81,7 +82,7 @@ function Setup() {
     setBusy("Starting…");
     setProblem("");
     try {
-      const stream = client.run({
+      await startRun(client, {
         mode: SIMULATION,
         title: scenario.slice(0, 80),
         prompt: scenario,
@@ -96,15 +97,7 @@ function Setup() {
         humanInTheLoop: participate && human !== undefined,
         simulation: participate && human ? { human } : {},
         tags: ["console"],
-      });
-      // The first event names the conversation; from then on the page follows it by name.
-      for await (const event of stream) {
-        if (event.conversation) {
-          stream.close();
-          replaceRoute("simulator", [event.conversation.split("/")[1] ?? ""]);
-          return;
-        }
-      }
+      }, "simulator");
     } catch (caught) {
       setProblem(errorText(caught));
     } finally {
@@ -171,20 +164,5 @@ function Setup() {
 }
 
 export function SimulatorPage({ route }: { route: Route }) {
-  const id = route.rest[0];
-  return (
-    <>
-      <h1>Simulator</h1>
-      {id ? (
-        <>
-          <p>
-            <a href="#/simulator">New simulation</a>
-          </p>
-          <RunPanel name={`conversations/${id}`} live />
-        </>
-      ) : (
-        <Setup />
-      )}
-    </>
-  );
+  return <RunPage title="Simulator" route={route} again="New simulation" start={<Setup />} run={(name) => <RunPanel name={name} live />} />;
 }

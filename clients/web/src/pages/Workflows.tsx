@@ -1,7 +1,8 @@
 import { InvalidArgument, orchestration, type persistence } from "@callisto/client";
 import { useEffect, useState } from "react";
 import { errorText, saveBytes } from "../components/download.js";
-import { href, replaceRoute, type Route } from "../router.js";
+import { RunPage, startRun } from "../components/RunPage.js";
+import { href, type Route } from "../router.js";
 import { finished } from "../run-state.js";
 import { useSession } from "../session.js";
 import { useRun } from "../use-run.js";
@@ -48,20 +49,11 @@ function Start() {
     try {
       const parsed = await validate();
       if (!parsed) return;
-      const stream = client.run({
-        mode: orchestration.ConversationMode.WORKFLOW,
-        title: SAMPLE_TASK,
-        prompt: SAMPLE_TASK,
-        plan: parsed,
-        tags: ["console", "workflow"],
-      });
-      for await (const event of stream) {
-        if (event.conversation) {
-          stream.close();
-          replaceRoute("workflows", [event.conversation.split("/")[1] ?? ""]);
-          return;
-        }
-      }
+      await startRun(
+        client,
+        { mode: orchestration.ConversationMode.WORKFLOW, title: SAMPLE_TASK, prompt: SAMPLE_TASK, plan: parsed, tags: ["console", "workflow"] },
+        "workflows",
+      );
     } catch (caught) {
       setProblems([errorText(caught)]);
     } finally {
@@ -219,20 +211,5 @@ function RunView({ name }: { name: string }) {
 }
 
 export function WorkflowsPage({ route }: { route: Route }) {
-  const id = route.rest[0];
-  return (
-    <>
-      <h1>Workflows</h1>
-      {id ? (
-        <>
-          <p>
-            <a href="#/workflows">Start another</a>
-          </p>
-          <RunView name={`conversations/${id}`} />
-        </>
-      ) : (
-        <Start />
-      )}
-    </>
-  );
+  return <RunPage title="Workflows" route={route} again="Start another" start={<Start />} run={(name) => <RunView name={name} />} />;
 }
