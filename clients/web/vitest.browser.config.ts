@@ -4,6 +4,10 @@ import { defineConfig } from "vitest/config";
 // CALLISTO_CONSOLE_URL (the gateway's /console/), CALLISTO_API_KEY and CALLISTO_SCREENSHOTS
 // (where each test saves its final state); tests/test_console.py runs them in the suite.
 export default defineConfig({
+  // The tests drive the mesh through @callisto/client too: from its TypeScript source, as the
+  // console's build does, so they need no built dist.
+  resolve: { conditions: ["source"] },
+  ssr: { resolve: { conditions: ["source"] } },
   test: {
     include: ["tests/**/*.test.ts"],
     environment: "node",

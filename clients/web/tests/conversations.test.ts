@@ -8,6 +8,9 @@ let browser: Browser;
 let client: CallistoClient;
 const tag = `replay-${Math.random().toString(36).slice(2, 8)}`;
 let conversation = "";
+// What the live run showed, for the replay to match.
+let liveTurns: string[] = [];
+let livePoints = 0;
 
 beforeAll(async () => {
   browser = await launch();
@@ -21,7 +24,7 @@ const agent = (displayName: string, company: string, role: string) => ({
   displayName,
   company,
   role,
-  systemPrompt: `You are ${displayName}, ${role} at ${company}. Speak in two or three sentences.`,
+  systemPrompt: `You are ${displayName}, ${role} at ${company}. Speak in three or four sentences.`,
 });
 
 async function turnTexts(page: Page): Promise<string[]> {
@@ -29,6 +32,8 @@ async function turnTexts(page: Page): Promise<string[]> {
 }
 
 test("reloading mid-stream re-attaches: the same text, none duplicated, none missing", async () => {
+  // A person takes part, so the run waits for them: the page is open before the next agent's
+  // message starts, and the reload comes while that message streams in.
   const stream = client.run({
     mode: orchestration.ConversationMode.SIMULATION,
     title: "Reload me",
@@ -37,7 +42,9 @@ test("reloading mid-stream re-attaches: the same text, none duplicated, none mis
       agent("Ada Lind", "Tessaline Systems", "Account executive"),
       agent("Bo Marsh", "Marrowick Motor Works", "Procurement lead"),
     ],
-    termination: { maxTurns: 3 },
+    termination: { maxTurns: 4 },
+    humanInTheLoop: true,
+    simulation: { human: { id: "buyer", displayName: "Cy Rowe", company: "Marrowick Motor Works", role: "CFO" } },
     tags: ["console", tag],
   });
   for await (const event of stream) {
@@ -46,15 +53,27 @@ test("reloading mid-stream re-attaches: the same text, none duplicated, none mis
   conversation = stream.conversation;
   stream.close(); // a detached run goes on without its first stream
   const page = await signedIn(browser, `#/simulator/${conversation.split("/")[1]}`);
-  // While a message is streaming in, reload.
-  await page.locator('[data-testid="turn"][data-ended="false"] [data-testid="turn-text"]:not(:empty)').first().waitFor({ timeout: 120_000 });
+  await page.getByLabel(/^Your turn/).waitFor({ timeout: 180_000 });
+  await page.getByLabel(/^Your turn/).fill("What would a three-year contract cost?");
+  await page.getByRole("button", { name: "Send" }).click();
+  // While the next agent's message is streaming in, reload.
+  await page
+    .locator('[data-testid="turn"][data-ended="false"] [data-testid="turn-text"]:not(:empty)')
+    .first()
+    .waitFor({ timeout: 120_000 });
   await page.reload();
   await expect.poll(() => page.getByTestId("run-status").textContent(), { timeout: 180_000 }).toMatch(/^Done: /);
   const shown = await turnTexts(page);
   const stored = await client.persistence.listMessages({ parent: conversation, pageSize: 100 });
   const texts = stored.messages.filter((m) => m.author !== "" && m.role !== 1).map((m) => m.text.trim());
   expect(shown).toEqual(texts);
+  // Four agent turns and the person's message.
+  expect(shown).toHaveLength(5);
+  expect(shown).toContain("What would a three-year contract cost?");
   expect(new Set(shown).size).toBe(shown.length);
+  liveTurns = shown;
+  livePoints = Number(await page.getByTestId("sentiment-chart").getAttribute("data-points"));
+  expect(livePoints).toBeGreaterThanOrEqual(4);
   await screenshot(page, "reload-reattached");
 });
 
@@ -66,10 +85,9 @@ test("the conversation is found by its tag, replays with the same turns and char
   await expect.poll(() => page.getByTestId("conversation-row").count(), { timeout: 15_000 }).toBe(1);
   await page.getByRole("link", { name: "Reload me" }).click();
   await expect.poll(() => page.getByTestId("run-status").textContent(), { timeout: 30_000 }).toMatch(/^Done: /);
-  const turns = await page.getByTestId("turn").count();
-  expect(turns).toBe(3);
+  expect(await turnTexts(page)).toEqual(liveTurns);
   const points = Number(await page.getByTestId("sentiment-chart").getAttribute("data-points"));
-  expect(points).toBe(3);
+  expect(points).toBe(livePoints);
   const download = page.waitForEvent("download");
   await page.getByRole("button", { name: "JSON" }).click();
   const file = await download;
