@@ -84,8 +84,11 @@ PREFIX = "callisto:orchestration:webhooks"
 DUE = f"{PREFIX}:due"
 SWEEP_INTERVAL_S = 1.0
 SWEEP_BATCH = 100
-# A lease outlives an attempt (bounded by outbound_timeout_s) by this much.
-LEASE_MARGIN_S = 30.0
+# A lease outlives an attempt (bounded by outbound_timeout_s) by this much: enough for the
+# record's load and save around the send. It is also how long a delivery whose sender died
+# waits before another process sends it again (with the same Idempotency-Key, so a receiver
+# that already acted on it does not act twice).
+LEASE_MARGIN_S = 5.0
 # How often `deliver` looks again at a delivery another process is sending.
 POLL_S = 0.2
 
