@@ -32,7 +32,7 @@ MODELS = ("models/toy_llm", "models/nope", "models/../toy_llm", "models/toy_llm\
 GENERATION_IDS = ("g1", "g1", "g2", "", "-x", "a" * 129, "g\x00", "g 1", "ünï")
 SENTIMENT_MODELS = ("", "models/sentiment", "models/toy_llm", "models/nope", "sentiment", "models/")
 EXTRAS = (None, "not json", "[]", '{"messages": []}', '{"max_tokens": -1}', "{}")
-ROUNDS = 300
+ROUNDS = 120
 TIMEOUT_S = 20.0
 
 
