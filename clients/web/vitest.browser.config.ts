@@ -2,7 +2,7 @@ import { defineConfig } from "vitest/config";
 
 // End-to-end tests of the built console in Debian's Chromium against a live mesh. They read
 // CALLISTO_CONSOLE_URL (the gateway's /console/), CALLISTO_API_KEY and CALLISTO_SCREENSHOTS
-// (where each test saves its final state); tests/test_console.py runs them in the suite.
+// (where each test saves its final state); tests/e2e/test_console.py runs them in the suite.
 export default defineConfig({
   // The tests drive the mesh through @callisto/client too: from its TypeScript source, as the
   // console's build does, so they need no built dist.

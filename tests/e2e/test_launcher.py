@@ -167,7 +167,7 @@ def test_callisto_up_serves_and_prints_working_examples(
     launcher, banner = embedded_mesh.launcher, embedded_mesh.banner
     key = re.search(r"API key\s+(cal_\S+)", banner)
     assert key is not None
-    # The web console on the gateway's own origin (its browser tests are in tests/clients).
+    # The web console on the gateway's own origin (its browser tests: test_console.py).
     assert re.search(r"^\s*console\s+http://\S+/console/\s", banner, re.M), banner
     examples = _examples(banner)
     assert any("grpcurl" in c and c.endswith(" list") for c in examples)

@@ -83,9 +83,18 @@ def test_hashed_assets_larger_than_envoys_default_limit_are_served_whole_and_cac
 def test_unknown_console_paths_are_404_and_never_reach_a_service(
     console_gateway: EnvoyGateway,
 ) -> None:
-    for path in ("/console/assets/missing.js", "/console/index.html.bak", "/console/x/y"):
+    # Files are answered from memory (read when the config loads): an escaped dot segment
+    # names no file on disk, it is just another unknown path.
+    for path in (
+        "/console/assets/missing.js",
+        "/console/index.html.bak",
+        "/console/x/y",
+        "/console/%2e%2e/%2e%2e/etc/passwd",
+        "/console/assets/..%2f..%2fmesh.json",
+    ):
         answer = httpx.get(console_gateway.http_url + path)
         assert answer.status_code == 404, path
+        assert "root:" not in answer.text, path
 
 
 def test_the_apis_still_answer_beside_the_console(

@@ -11,7 +11,7 @@ const CHROMIUM = process.env.CALLISTO_CHROMIUM ?? "/usr/bin/chromium";
 
 function required(name: string): string {
   const value = process.env[name];
-  if (!value) throw new Error(`${name} is not set (tests/test_console.py sets it)`);
+  if (!value) throw new Error(`${name} is not set (tests/e2e/test_console.py sets it)`);
   return value;
 }
 
