@@ -1,4 +1,5 @@
 // Per-turn sentiment as an SVG line chart, with the same figures as a table for screen readers.
+import { TableHead } from "./TableHead.js";
 export interface SentimentPoint {
   turn: number;
   score: number;
@@ -39,13 +40,7 @@ export function SentimentChart({ points, title = "Sentiment per turn" }: { point
       <details>
         <summary>Sentiment as a table</summary>
         <table>
-          <thead>
-            <tr>
-              <th scope="col">Turn</th>
-              <th scope="col">Speaker</th>
-              <th scope="col">Score</th>
-            </tr>
-          </thead>
+          <TableHead columns={["Turn", "Speaker", "Score"]} />
           <tbody>
             {points.map((p) => (
               <tr key={`${p.turn}-${p.speaker}`}>

@@ -5,6 +5,7 @@ import { errorText } from "../components/download.js";
 import { href, type Route } from "../router.js";
 import { useSession } from "../session.js";
 import { consequence } from "../workflows/plan.js";
+import { TableHead } from "../components/TableHead.js";
 
 const REFRESH_MS = 5_000;
 const DECIDED_STORAGE = "callisto.decidedApprovals";
@@ -107,14 +108,7 @@ function History({ approval }: { approval: orchestration.StepApproval }) {
       </h3>
       <div className="table-scroll">
         <table aria-label={`Audit history of ${approval.name}`}>
-          <thead>
-            <tr>
-              <th scope="col">When</th>
-              <th scope="col">Action</th>
-              <th scope="col">Who</th>
-              <th scope="col">Comment</th>
-            </tr>
-          </thead>
+          <TableHead columns={["When", "Action", "Who", "Comment"]} />
           <tbody>
             {approval.history.map((entry, i) => (
               <tr key={i} data-testid="audit-entry">

@@ -5,6 +5,7 @@ import { errorText, saveBytes } from "../components/download.js";
 import { href, type Route } from "../router.js";
 import { useSession } from "../session.js";
 import { RunPanel } from "../sim/RunPanel.js";
+import { TableHead } from "../components/TableHead.js";
 
 const STATUSES: [string, persistence.ConversationStatus][] = [
   ["any", persistence.ConversationStatus.UNSPECIFIED],
@@ -103,15 +104,7 @@ function List() {
       )}
       <div className="table-scroll panel">
         <table aria-label="Conversations">
-          <thead>
-            <tr>
-              <th scope="col">Title</th>
-              <th scope="col">Participants</th>
-              <th scope="col">Outcome</th>
-              <th scope="col">Messages</th>
-              <th scope="col">Created</th>
-            </tr>
-          </thead>
+          <TableHead columns={["Title", "Participants", "Outcome", "Messages", "Created"]} />
           <tbody>
             {rows.map((c) => (
               <tr key={c.name} data-testid="conversation-row">

@@ -3,6 +3,7 @@ import { useCallback, useEffect, useState } from "react";
 import { errorText } from "../components/download.js";
 import type { Route } from "../router.js";
 import { useSession } from "../session.js";
+import { TableHead } from "../components/TableHead.js";
 
 const SERVICES = [
   ["persistence", "callisto.persistence.v1.PersistenceService"],
@@ -122,13 +123,7 @@ export function StatusPage(_props: { route: Route }) {
         <section className="panel" aria-labelledby="models-title">
           <h2 id="models-title">Models Triton serves</h2>
           <table>
-            <thead>
-              <tr>
-                <th scope="col">Model</th>
-                <th scope="col">Ready</th>
-                <th scope="col">Streaming</th>
-              </tr>
-            </thead>
+            <TableHead columns={["Model", "Ready", "Streaming"]} />
             <tbody>
               {snapshot?.models.map((m) => (
                 <tr key={m.name} data-testid="model">
@@ -149,15 +144,7 @@ export function StatusPage(_props: { route: Route }) {
         </p>
         <div className="table-scroll">
           <table>
-            <thead>
-              <tr>
-                <th scope="col">Conversation</th>
-                <th scope="col">Turns</th>
-                <th scope="col">Tokens</th>
-                <th scope="col">Cost</th>
-                <th scope="col">Outcome</th>
-              </tr>
-            </thead>
+            <TableHead columns={["Conversation", "Turns", "Tokens", "Cost", "Outcome"]} />
             <tbody>
               {snapshot?.usage.map(({ conversation, metrics }) => (
                 <tr key={conversation.name}>

@@ -8,6 +8,7 @@ import { useSession } from "../session.js";
 import { useRun } from "../use-run.js";
 import { Dag } from "../workflows/Dag.js";
 import { parsePlan, SAMPLE_PLAN, SAMPLE_TASK } from "../workflows/plan.js";
+import { TableHead } from "../components/TableHead.js";
 
 function Start() {
   const { client } = useSession();
@@ -174,15 +175,7 @@ function RunView({ name }: { name: string }) {
         <h2>Steps</h2>
         <div className="table-scroll">
           <table>
-            <thead>
-              <tr>
-                <th scope="col">Step</th>
-                <th scope="col">Agent</th>
-                <th scope="col">State</th>
-                <th scope="col">Attempts</th>
-                <th scope="col">Output</th>
-              </tr>
-            </thead>
+            <TableHead columns={["Step", "Agent", "State", "Attempts", "Output"]} />
             <tbody>
               {steps.map((step) => {
                 const s = view.steps[step.id];
