@@ -3,6 +3,7 @@ import { useEffect, useState } from "react";
 import { CitationDialog } from "../assistant/CitationDialog.js";
 import { errorText } from "../components/download.js";
 import { Transcript } from "../components/Transcript.js";
+import { useAction } from "../components/use-action.js";
 import { RunPage, startRun } from "../components/RunPage.js";
 import type { Route } from "../router.js";
 import { finished } from "../run-state.js";
@@ -93,8 +94,7 @@ function Ask({ agentFromUrl }: { agentFromUrl: string }) {
   const [agents, setAgents] = useState<orchestration.Agent[]>([]);
   const [agent, setAgent] = useState(agentFromUrl);
   const [question, setQuestion] = useState(QUESTION);
-  const [problem, setProblem] = useState("");
-  const [busy, setBusy] = useState(false);
+  const { busy, problem, setProblem, perform } = useAction();
 
   useEffect(() => {
     client.orchestration
@@ -106,21 +106,14 @@ function Ask({ agentFromUrl }: { agentFromUrl: string }) {
       .catch((caught: unknown) => setProblem(errorText(caught)));
   }, [client]);
 
-  async function ask() {
-    setBusy(true);
-    setProblem("");
-    try {
-      await startRun(
+  const ask = () =>
+    perform("Asking…", () =>
+      startRun(
         client,
         { mode: orchestration.ConversationMode.ASSISTANT, agents: [agent], prompt: question, title: question.slice(0, 80), tags: ["console"] },
         "assistant",
-      );
-    } catch (caught) {
-      setProblem(errorText(caught));
-    } finally {
-      setBusy(false);
-    }
-  }
+      ),
+    );
 
   return (
     <form
@@ -140,7 +133,7 @@ function Ask({ agentFromUrl }: { agentFromUrl: string }) {
       </select>
       <label htmlFor="question">Question</label>
       <textarea id="question" value={question} onChange={(e) => setQuestion(e.target.value)} required />
-      <button type="submit" disabled={busy || !agent}>
+      <button type="submit" disabled={busy !== "" || !agent}>
         Ask
       </button>
       {problem && (

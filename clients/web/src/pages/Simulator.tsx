@@ -1,6 +1,6 @@
 import { orchestration } from "@callisto/client";
 import { useState } from "react";
-import { errorText } from "../components/download.js";
+import { useAction } from "../components/use-action.js";
 import { RunPage, startRun } from "../components/RunPage.js";
 import type { Route } from "../router.js";
 import { useSession } from "../session.js";
@@ -58,31 +58,21 @@ function Setup() {
   const [maxTurns, setMaxTurns] = useState(6);
   const [agents, setAgents] = useState<Draft[]>([]);
   const [human, setHuman] = useState<orchestration.HumanParticipant>();
-  const [busy, setBusy] = useState("");
-  const [problem, setProblem] = useState("");
+  const { busy, problem, perform } = useAction();
 
-  async function suggest() {
-    setBusy("Suggesting agents…");
-    setProblem("");
-    try {
+  const suggest = () =>
+    perform("Suggesting agents…", async () => {
       const answer = await client.orchestration.suggestAgents(
         { scenario, agentCount: count, participate },
         { timeoutMs: 120_000 },
       );
       setAgents(answer.agents.map(draftOf));
       setHuman(answer.human);
-    } catch (caught) {
-      setProblem(errorText(caught));
-    } finally {
-      setBusy("");
-    }
-  }
+    });
 
-  async function run() {
-    setBusy("Starting…");
-    setProblem("");
-    try {
-      await startRun(client, {
+  const run = () =>
+    perform("Starting…", () =>
+      startRun(client, {
         mode: SIMULATION,
         title: scenario.slice(0, 80),
         prompt: scenario,
@@ -97,13 +87,8 @@ function Setup() {
         humanInTheLoop: participate && human !== undefined,
         simulation: participate && human ? { human } : {},
         tags: ["console"],
-      }, "simulator");
-    } catch (caught) {
-      setProblem(errorText(caught));
-    } finally {
-      setBusy("");
-    }
-  }
+      }, "simulator"),
+    );
 
   return (
     <form

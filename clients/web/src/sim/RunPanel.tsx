@@ -2,7 +2,7 @@
 // metrics, the human's turn, Stop and End.
 import type { orchestration } from "@callisto/client";
 import { useEffect, useMemo, useState } from "react";
-import { errorText } from "../components/download.js";
+import { useAction } from "../components/use-action.js";
 import { SentimentChart, type SentimentPoint } from "../components/SentimentChart.js";
 import { Transcript } from "../components/Transcript.js";
 import { href } from "../router.js";
@@ -48,8 +48,7 @@ export function RunPanel({ name, live }: { name: string; live: boolean }) {
   const { view, labels, error } = useRun(name);
   const [metrics, setMetrics] = useState<orchestration.ConversationMetrics>();
   const [reply, setReply] = useState("");
-  const [busy, setBusy] = useState(false);
-  const [problem, setProblem] = useState("");
+  const { busy, problem, perform } = useAction();
   const endedTurns = view.turns.filter((t) => t.ended).length;
   const over = finished(view);
 
@@ -67,17 +66,7 @@ export function RunPanel({ name, live }: { name: string; live: boolean }) {
   const points = useMemo(() => sentimentPoints(view.turns, labels), [view.turns, labels]);
   const yourTurn = view.awaiting !== undefined && view.awaiting.speaker !== "" && !view.awaiting.approvalId;
 
-  async function act(action: () => Promise<unknown>) {
-    setBusy(true);
-    setProblem("");
-    try {
-      await action();
-    } catch (caught) {
-      setProblem(errorText(caught));
-    } finally {
-      setBusy(false);
-    }
-  }
+  const act = (action: () => Promise<unknown>) => perform("…", action);
 
   const status = view.done
     ? `Done: ${view.done.reason}${view.done.detail ? ` (${view.done.detail})` : ""}`
@@ -98,13 +87,13 @@ export function RunPanel({ name, live }: { name: string; live: boolean }) {
         </span>
         {live && !over && (
           <>
-            <button type="button" className="danger" disabled={busy} onClick={() => void act(() => client.cancel(name, "stopped from the console"))}>
+            <button type="button" className="danger" disabled={busy !== ""} onClick={() => void act(() => client.cancel(name, "stopped from the console"))}>
               Stop
             </button>
             <button
               type="button"
               className="secondary"
-              disabled={busy}
+              disabled={busy !== ""}
               onClick={() => void act(() => client.submitTurn(name, "", { endConversation: true }))}
             >
               End
@@ -133,7 +122,7 @@ export function RunPanel({ name, live }: { name: string; live: boolean }) {
         >
           <label htmlFor="your-turn">Your turn{view.awaiting?.prompt ? `: ${view.awaiting.prompt}` : ""}</label>
           <textarea id="your-turn" value={reply} onChange={(e) => setReply(e.target.value)} autoFocus />
-          <button type="submit" disabled={busy || !reply.trim()}>
+          <button type="submit" disabled={busy !== "" || !reply.trim()}>
             Send
           </button>
         </form>
