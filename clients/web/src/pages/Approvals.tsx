@@ -1,11 +1,12 @@
 import { type CallistoClient, orchestration } from "@callisto/client";
-import { useCallback, useEffect, useState } from "react";
+import { useCallback, useState } from "react";
 import { ConfirmDialog } from "../approvals/ConfirmDialog.js";
 import { errorText } from "../components/download.js";
 import { href, type Route } from "../router.js";
 import { useSession } from "../session.js";
 import { consequence } from "../workflows/plan.js";
 import { TableHead } from "../components/TableHead.js";
+import { usePolling } from "../components/use-polling.js";
 
 const REFRESH_MS = 5_000;
 const DECIDED_STORAGE = "callisto.decidedApprovals";
@@ -146,11 +147,7 @@ export function ApprovalsPage({ route }: { route: Route }) {
     }
   }, [client]);
 
-  useEffect(() => {
-    void refresh();
-    const timer = setInterval(() => void refresh(), REFRESH_MS);
-    return () => clearInterval(timer);
-  }, [refresh]);
+  usePolling(refresh, REFRESH_MS);
 
   async function ask(choice: Pending) {
     setProblem("");

@@ -1,9 +1,10 @@
 import { generation, health, type orchestration, type persistence } from "@callisto/client";
-import { useCallback, useEffect, useState } from "react";
+import { useCallback, useState } from "react";
 import { errorText } from "../components/download.js";
 import type { Route } from "../router.js";
 import { useSession } from "../session.js";
 import { TableHead } from "../components/TableHead.js";
+import { usePolling } from "../components/use-polling.js";
 
 const SERVICES = [
   ["persistence", "callisto.persistence.v1.PersistenceService"],
@@ -75,11 +76,7 @@ export function StatusPage(_props: { route: Route }) {
     setLoading(false);
   }, [client]);
 
-  useEffect(() => {
-    void refresh();
-    const timer = setInterval(() => void refresh(), REFRESH_MS);
-    return () => clearInterval(timer);
-  }, [refresh]);
+  usePolling(refresh, REFRESH_MS);
 
   const tokens = snapshot?.usage.reduce((sum, u) => sum + (u.metrics?.usage?.totalTokens ?? 0), 0) ?? 0;
   const cost = snapshot?.usage.reduce((sum, u) => sum + (u.metrics?.cost ?? 0), 0) ?? 0;
