@@ -1,5 +1,6 @@
 // Per-turn sentiment as an SVG line chart, with the same figures as a table for screen readers.
 import { TableHead } from "./TableHead.js";
+
 export interface SentimentPoint {
   turn: number;
   score: number;

@@ -2,11 +2,11 @@ import { type CallistoClient, orchestration } from "@callisto/client";
 import { useCallback, useState } from "react";
 import { ConfirmDialog } from "../approvals/ConfirmDialog.js";
 import { errorText } from "../components/download.js";
+import { TableHead } from "../components/TableHead.js";
+import { usePolling } from "../components/use-polling.js";
 import { href, type Route } from "../router.js";
 import { useSession } from "../session.js";
 import { consequence } from "../workflows/plan.js";
-import { TableHead } from "../components/TableHead.js";
-import { usePolling } from "../components/use-polling.js";
 
 const REFRESH_MS = 5_000;
 const DECIDED_STORAGE = "callisto.decidedApprovals";

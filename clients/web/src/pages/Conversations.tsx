@@ -2,10 +2,10 @@ import { orchestration, persistence } from "@callisto/client";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { useEffect, useState } from "react";
 import { errorText, saveBytes } from "../components/download.js";
+import { TableHead } from "../components/TableHead.js";
 import { href, type Route } from "../router.js";
 import { useSession } from "../session.js";
 import { RunPanel } from "../sim/RunPanel.js";
-import { TableHead } from "../components/TableHead.js";
 
 const STATUSES: [string, persistence.ConversationStatus][] = [
   ["any", persistence.ConversationStatus.UNSPECIFIED],

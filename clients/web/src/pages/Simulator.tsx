@@ -1,7 +1,7 @@
 import { orchestration } from "@callisto/client";
 import { useState } from "react";
-import { useAction } from "../components/use-action.js";
 import { RunPage, startRun } from "../components/RunPage.js";
+import { useAction } from "../components/use-action.js";
 import type { Route } from "../router.js";
 import { useSession } from "../session.js";
 import { RunPanel } from "../sim/RunPanel.js";

@@ -1,10 +1,10 @@
 import { generation, health, type orchestration, type persistence } from "@callisto/client";
 import { useCallback, useState } from "react";
 import { errorText } from "../components/download.js";
-import type { Route } from "../router.js";
-import { useSession } from "../session.js";
 import { TableHead } from "../components/TableHead.js";
 import { usePolling } from "../components/use-polling.js";
+import type { Route } from "../router.js";
+import { useSession } from "../session.js";
 
 const SERVICES = [
   ["persistence", "callisto.persistence.v1.PersistenceService"],

@@ -2,13 +2,13 @@ import { InvalidArgument, orchestration, type persistence } from "@callisto/clie
 import { useEffect, useState } from "react";
 import { errorText, saveBytes } from "../components/download.js";
 import { RunPage, startRun } from "../components/RunPage.js";
+import { TableHead } from "../components/TableHead.js";
 import { href, type Route } from "../router.js";
 import { finished } from "../run-state.js";
 import { useSession } from "../session.js";
 import { useRun } from "../use-run.js";
 import { Dag } from "../workflows/Dag.js";
 import { parsePlan, SAMPLE_PLAN, SAMPLE_TASK } from "../workflows/plan.js";
-import { TableHead } from "../components/TableHead.js";
 
 function Start() {
   const { client } = useSession();

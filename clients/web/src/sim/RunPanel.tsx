@@ -2,9 +2,9 @@
 // metrics, the human's turn, Stop and End.
 import type { orchestration } from "@callisto/client";
 import { useEffect, useMemo, useState } from "react";
-import { useAction } from "../components/use-action.js";
 import { SentimentChart, type SentimentPoint } from "../components/SentimentChart.js";
 import { Transcript } from "../components/Transcript.js";
+import { useAction } from "../components/use-action.js";
 import { href } from "../router.js";
 import { finished } from "../run-state.js";
 import { useSession } from "../session.js";
@@ -66,8 +66,6 @@ export function RunPanel({ name, live }: { name: string; live: boolean }) {
   const points = useMemo(() => sentimentPoints(view.turns, labels), [view.turns, labels]);
   const yourTurn = view.awaiting !== undefined && view.awaiting.speaker !== "" && !view.awaiting.approvalId;
 
-  const act = (action: () => Promise<unknown>) => perform("…", action);
-
   const status = view.done
     ? `Done: ${view.done.reason}${view.done.detail ? ` (${view.done.detail})` : ""}`
     : view.error
@@ -87,14 +85,14 @@ export function RunPanel({ name, live }: { name: string; live: boolean }) {
         </span>
         {live && !over && (
           <>
-            <button type="button" className="danger" disabled={busy !== ""} onClick={() => void act(() => client.cancel(name, "stopped from the console"))}>
+            <button type="button" className="danger" disabled={busy !== ""} onClick={() => void perform("Stopping…", () => client.cancel(name, "stopped from the console"))}>
               Stop
             </button>
             <button
               type="button"
               className="secondary"
               disabled={busy !== ""}
-              onClick={() => void act(() => client.submitTurn(name, "", { endConversation: true }))}
+              onClick={() => void perform("Ending…", () => client.submitTurn(name, "", { endConversation: true }))}
             >
               End
             </button>
@@ -114,7 +112,7 @@ export function RunPanel({ name, live }: { name: string; live: boolean }) {
             event.preventDefault();
             const text = reply.trim();
             if (!text) return;
-            void act(async () => {
+            void perform("Sending…", async () => {
               await client.submitTurn(name, text, { author: view.awaiting?.speaker ?? "" });
               setReply("");
             });
